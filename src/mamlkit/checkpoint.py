@@ -1,0 +1,122 @@
+"""Checkpoints as safetensors: tensors plus JSON metadata. Loading executes no code, so a
+checkpoint from elsewhere cannot run anything (a pickle offered instead is refused)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mamlkit.errors import UserError
+
+_META_KEY = "mamlkit"
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write via a temporary file in the same directory, then rename: a crash mid-write
+    never leaves a half-written file under ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(
+        path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
+    )
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a mamlkit checkpoint; anything else raises :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"{path} is not a mamlkit safetensors checkpoint ({type(exc).__name__}); "
+            "pickle files are refused because loading them can execute code"
+        ) from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} is a safetensors file without mamlkit metadata; not a checkpoint")
+    return tensors, meta
+
+
+# --- optimiser state ---------------------------------------------------------------------
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# --- random number generators ------------------------------------------------------------
+
+def rng_to_tensors(generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
+    """States of torch (CPU and CUDA), numpy, Python ``random`` and the task samplers."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    for name, gen in generators.items():
+        tensors[f"rng.generator.{name}"] = gen.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy.keys"] = torch.from_numpy(keys.astype(np.int64))
+    version, py_state, gauss = random.getstate()
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(py_state), gauss]}
+    return tensors, meta
+
+
+def rng_from_tensors(tensors: dict, meta: dict, generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    for name, gen in generators.items():
+        gen.set_state(tensors[f"rng.generator.{name}"])
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy.keys"].numpy().astype(np.uint32), pos,
+                         has_gauss, cached))
+    version, py_state, gauss = meta["python"]
+    random.setstate((version, tuple(py_state), gauss))

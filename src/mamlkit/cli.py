@@ -1,0 +1,185 @@
+"""The ``mamlkit`` command: parses, builds the config, calls the library — nothing else.
+
+A user mistake prints one line on stderr and exits with code 2 (no traceback)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from mamlkit.errors import UserError
+
+PATH = click.Path(path_type=Path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mamlkit")
+def app() -> None:
+    """Model-agnostic meta-learning: train, evaluate and reproduce the MAML paper."""
+
+
+@app.group()
+def reproduce() -> None:
+    """Reproduce an experiment of the paper."""
+
+
+@app.group()
+def data() -> None:
+    """Fetch data sets."""
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"--device {device}: expected cpu or cuda")
+    return device
+
+
+@reproduce.command("sine")
+@click.option("--out", type=PATH, default=Path("runs/sine"), show_default=True,
+              help="Run directory to create.")
+@click.option("--iterations", type=int, default=None,
+              help="Meta-training iterations (default: the paper's 70000).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of initialisation and task sampling.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+def reproduce_sine_cmd(out, iterations, seed, device, force, resume, progress) -> None:
+    """Sine regression (MAML §5.1): train MAML and the pretrained baseline, evaluate both,
+    write results.json, sine_fits.png, sine_mse.png and report.md into --out."""
+    from mamlkit.reproduce import reproduce_sine
+
+    if resume and not (out / "maml").is_dir():
+        raise UserError(f"--resume: {out} holds no sine run to continue; drop --resume")
+    result = reproduce_sine(out, iterations, seed, _check_device(device), force=force,
+                            resume=resume, progress=progress)
+    table = {(r["method"], r["steps"]): r for r in result["records"] if r["k_shot"] == 5}
+    for method in ("maml", "pretrained"):
+        cells = "  ".join(f"{s} steps {table[(method, s)]['mse']:.3f}" for s in (1, 5, 10))
+        click.echo(f"{method:>10} 5-shot MSE: {cells}")
+    click.echo(f"wrote {out}/results.json, report.md, sine_fits.png, sine_mse.png")
+
+
+@app.command()
+@click.argument("config", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.iterations=100 (repeatable).")
+@click.option("--out", type=PATH, default=None, help="Run directory (default runs/<preset>).")
+@click.option("--resume", type=PATH, default=None, help="Continue the run in this directory.")
+@click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def train(config, overrides, out, resume, force, progress) -> None:
+    """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
+    from mamlkit.config import load_config
+    from mamlkit.runner import train_run
+
+    if resume is not None:
+        if config is not None or overrides:
+            raise UserError("--resume takes its config from the run directory; drop CONFIG/--set")
+        cfg_path = resume / "config.yaml"
+        if not cfg_path.is_file():
+            raise UserError(f"--resume {resume}: no config.yaml there; not a mamlkit run directory")
+        summary = train_run(load_config(str(cfg_path)), resume, resume=True, progress=progress)
+    else:
+        if config is None:
+            raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
+        cfg = load_config(config, list(overrides))
+        _check_device(cfg.train.device)
+        run_dir = out if out is not None else Path("runs") / Path(config).stem
+        summary = train_run(cfg, run_dir, force=force, progress=progress)
+    click.echo(json.dumps(summary))
+
+
+@app.command("eval")
+@click.argument("run_dir", type=PATH)
+@click.option("--tasks", type=int, default=None, help="Test tasks (default: config eval.tasks).")
+@click.option("--split", default=None, help="train, val or test (default: config eval.split).")
+@click.option("--steps", type=int, default=None, help="Test-time adaptation steps.")
+def eval_cmd(run_dir, tasks, split, steps) -> None:
+    """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
+    from mamlkit.runner import eval_run
+
+    click.echo(json.dumps(eval_run(run_dir, tasks=tasks, split=split, steps=steps)))
+
+
+@app.command()
+def presets() -> None:
+    """List the shipped config presets."""
+    from mamlkit.config import PRESET_DIR
+
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        lines = path.read_text().splitlines()
+        click.echo(f"{path.stem:<28} {lines[0].lstrip('# ') if lines else ''}")
+
+
+@app.command()
+@click.argument("root", type=PATH, default=Path("runs"))
+def runs(root) -> None:
+    """List run directories under ROOT with status and best metric."""
+    from mamlkit.runner import list_runs
+
+    for row in list_runs(root):
+        click.echo(f"{row['run']:<40} {row['status']:<9} step {row['step']:<8} {row['best']}")
+
+
+@app.command()
+@click.argument("run_dir", type=PATH)
+def plot(run_dir) -> None:
+    """Draw the learning curves of RUN_DIR to RUN_DIR/learning_curves.png."""
+    from mamlkit import plots
+
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl; not a mamlkit run directory")
+    plots.learning_curves(run_dir, run_dir / "learning_curves.png")
+    click.echo(f"wrote {run_dir / 'learning_curves.png'}")
+
+
+@data.command("download")
+@click.argument("dataset")
+@click.option("--dest", type=PATH, default=None, help="Target folder (default: user cache).")
+def data_download(dataset, dest) -> None:
+    """Fetch the official archives of DATASET (omniglot; needs internet)."""
+    from mamlkit.data import download_omniglot
+    from mamlkit.data.cache import default_cache_dir
+
+    if dataset != "omniglot":
+        raise UserError(f"unknown data set {dataset!r}; only omniglot can be downloaded")
+    path = download_omniglot(dest or default_cache_dir() / "omniglot")
+    click.echo(f"omniglot ready in {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes become one line on stderr and exit code 2."""
+    from mamlkit.data.errors import DataError
+
+    try:
+        app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
+    except (UserError, DataError) as exc:
+        click.echo(f"mamlkit: error: {exc}", err=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"mamlkit: error: {exc.format_message()}", err=True)
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("mamlkit: interrupted", err=True)
+        return 130
+    return 0
+
+
+def console() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

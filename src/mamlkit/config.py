@@ -1,0 +1,256 @@
+"""One typed config tree (task, model, algorithm, train, eval), loaded from YAML presets
+with ``--set a.b=c`` overrides and validated before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mamlkit.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sine"  # sine | omniglot | miniimagenet
+    # sine: K support and K query points per task
+    k_support: int = 10
+    k_query: int = 10
+    # few-shot episodes: N-way, K-shot, Q queries per class
+    ways: int = 5
+    shots: int = 1
+    queries: int = 1
+    train_ways: int | None = None  # ProtoNets train with more ways (e.g. 60)
+    train_queries: int | None = None
+    data_dir: str | None = None
+    split: str = "maml"  # Omniglot: maml (1200/423 random) | lake (background/evaluation)
+    split_seed: int = 0
+    val_classes: int = 0  # taken out of the training classes for validation
+    rotations: bool = True  # Omniglot: 0/90/180/270° as new classes (training only)
+    image_size: int = 28
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"  # mlp | conv4
+    hidden: list[int] = field(default_factory=lambda: [40, 40])
+    filters: int = 64
+    pooling: str = "stride"  # conv4: stride | max
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "maml"  # maml | fomaml | pretrained | protonet
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    first_order: bool = False
+    impl: str = "auto"  # auto | batched | vmap | loop
+    eval_inner_lr: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 70000
+    meta_batch: int = 25
+    outer_lr: float = 0.001
+    lr_halve_every: int = 0  # halve the outer learning rate every n iterations (0: never)
+    grad_clip: float | None = None  # clip meta-gradient values to [-c, c]
+    log_every: int = 100
+    val_every: int = 0  # 0: no periodic validation
+    val_tasks: int = 100
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    seed: int = 0
+    device: str = "cpu"
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    tasks: int = 600
+    steps: int = 10
+    seed: int = 20170301
+    split: str = "test"
+    chunk: int = 100  # tasks evaluated at once
+
+
+@dataclass
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(f"config key '{key}': expected {_name(tp)}, got {value!r}")
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or 'root'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}' (valid: {', '.join(sorted(names))})"
+            )
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.outer_lr=1e-3"`` -> ``{"train": {"outer_lr": 0.001}}`` (value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value (e.g. train.iterations=100), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads "1e-3" as a string
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A YAML path, or the name of a preset shipped in ``configs/`` (``omniglot_maml_5w1s``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    raise ConfigError(f"no config file or preset named '{name_or_path}' (presets: {known})")
+
+
+def load_config(
+    source: str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Build and validate a :class:`Config` from a preset name, a YAML path or a dict."""
+    data: dict[str, Any] = {}
+    if isinstance(source, dict):
+        data = source
+    elif source is not None:
+        path = resolve_preset(str(source))
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML; fix the syntax") from None
+        data.pop("defaults", None)
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    config = _build(Config, data, "")
+    validate(config)
+    return config
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def validate(c: Config) -> None:
+    """Refuse impossible values before training starts, naming the key."""
+    _require(c.task.name in ("sine", "omniglot", "miniimagenet"), "task.name",
+             f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet)")
+    _require(c.model.name in ("mlp", "conv4"), "model.name", f"unknown model {c.model.name!r} (mlp, conv4)")
+    _require(c.model.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
+    _require(c.algorithm.name in ("maml", "fomaml", "pretrained", "protonet"), "algorithm.name",
+             f"unknown algorithm {c.algorithm.name!r} (maml, fomaml, pretrained, protonet)")
+    _require(c.algorithm.impl in ("auto", "batched", "vmap", "loop"), "algorithm.impl",
+             "must be auto, batched, vmap or loop")
+    for key, value in [("task.k_support", c.task.k_support), ("task.k_query", c.task.k_query),
+                       ("task.ways", c.task.ways), ("task.shots", c.task.shots),
+                       ("task.queries", c.task.queries), ("task.image_size", c.task.image_size),
+                       ("train.iterations", c.train.iterations),
+                       ("train.meta_batch", c.train.meta_batch),
+                       ("train.log_every", c.train.log_every),
+                       ("train.checkpoint_every", c.train.checkpoint_every),
+                       ("train.keep_checkpoints", c.train.keep_checkpoints),
+                       ("train.val_tasks", c.train.val_tasks),
+                       ("eval.tasks", c.eval.tasks), ("eval.chunk", c.eval.chunk),
+                       ("model.filters", c.model.filters)]:
+        _require(value >= 1, key, f"must be >= 1, got {value}")
+    for key, value in [("task.train_ways", c.task.train_ways),
+                       ("task.train_queries", c.task.train_queries)]:
+        _require(value is None or value >= 1, key, f"must be >= 1, got {value}")
+    _require(c.task.ways >= 2, "task.ways", f"must be >= 2, got {c.task.ways}")
+    _require(all(h >= 1 for h in c.model.hidden), "model.hidden", "sizes must be >= 1")
+    for key, value in [("algorithm.inner_steps", c.algorithm.inner_steps),
+                       ("eval.steps", c.eval.steps), ("train.val_every", c.train.val_every),
+                       ("train.lr_halve_every", c.train.lr_halve_every),
+                       ("task.val_classes", c.task.val_classes)]:
+        _require(value >= 0, key, f"must be >= 0, got {value}")
+    for key, value in [("algorithm.inner_lr", c.algorithm.inner_lr),
+                       ("algorithm.eval_inner_lr", c.algorithm.eval_inner_lr),
+                       ("train.outer_lr", c.train.outer_lr), ("train.grad_clip", c.train.grad_clip)]:
+        _require(value is None or (math.isfinite(value) and value > 0), key,
+                 f"must be a positive number, got {value}")
+    _require(c.train.device == "cpu" or c.train.device.startswith("cuda"), "train.device",
+             f"must be cpu or cuda[:n], got {c.train.device!r}")
+    _require(c.eval.split in ("train", "val", "test"), "eval.split", "must be train, val or test")

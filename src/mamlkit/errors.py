@@ -1,0 +1,18 @@
+"""User-facing errors: the CLI prints ``str(exc)`` as one line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for (a path, a config value, a data set).
+
+    The message is one line that names the input and says how to fix it.
+    """
+
+
+class ConfigError(UserError):
+    """A config key is unknown, has the wrong type, or an impossible value."""
+
+
+class DivergenceError(UserError):
+    """The loss or the meta-gradient became NaN/Inf; training stopped."""

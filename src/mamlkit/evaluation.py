@@ -1,0 +1,75 @@
+"""Test-time metrics over many tasks: mean and 95% confidence interval (1.96·std/√n)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from mamlkit.algorithms.base import MetaLearner
+from mamlkit.tasks.base import TaskBatch, TaskDistribution
+
+
+def mean_ci95(values: Tensor) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% interval over tasks (n − 1 in the std)."""
+    values = values.double().flatten()
+    n = values.numel()
+    std = values.std().item() if n > 1 else 0.0
+    return values.mean().item(), 1.96 * std / math.sqrt(n)
+
+
+def task_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-task mean squared error ``[T]``."""
+    return (pred - target).pow(2).flatten(1).mean(1)
+
+
+def task_accuracy(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-task classification accuracy in percent ``[T]`` (``pred`` are logits)."""
+    return (pred.argmax(-1) == target).double().flatten(1).mean(1) * 100
+
+
+METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mse": task_mse, "accuracy": task_accuracy}
+
+
+def per_task_metric_by_step(
+    learner: MetaLearner, batch: TaskBatch, steps: int, metric: str, chunk: int = 100
+) -> Tensor:
+    """``[steps + 1, T]``: the metric of every task after 0..steps adaptation steps
+    (a single row for learners that do not adapt by steps). Tasks run in chunks."""
+    fn = METRICS[metric]
+    rows: list[Tensor] = []
+    for start in range(0, batch.num_tasks, chunk):
+        part = batch.slice(start, start + chunk)
+        preds = learner.query_predictions(part.support_x, part.support_y, part.query_x, steps)
+        rows.append(torch.stack([fn(p.detach(), part.query_y) for p in preds]))
+    return torch.cat(rows, dim=1)
+
+
+def evaluate(
+    learner: MetaLearner,
+    tasks: TaskDistribution,
+    num_tasks: int = 600,
+    steps: int = 10,
+    metric: str = "accuracy",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    chunk: int = 100,
+) -> list[dict[str, float]]:
+    """Draw ``num_tasks`` tasks with a fixed seed (the same tasks for every method) and
+    return ``[{"steps": s, metric: mean, "ci95": c}]`` for s = 0..steps."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    values = torch.cat(
+        [
+            per_task_metric_by_step(learner, tasks.sample(min(chunk, num_tasks - i), generator),
+                                    steps, metric, chunk)
+            for i in range(0, num_tasks, chunk)
+        ],
+        dim=1,
+    )
+    out = []
+    for s, row in enumerate(values):
+        mean, ci = mean_ci95(row)
+        out.append({"steps": s if values.shape[0] > 1 else 0, metric: mean, "ci95": ci})
+    return out

@@ -1,0 +1,96 @@
+"""The four-block convolutional network of MAML and Prototypical Networks ("Conv4")."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Conv4(nn.Module):
+    """4 × [3×3 conv, BatchNorm, ReLU (, 2×2 max-pool)], then a linear head.
+
+    ``pooling="stride"``: stride-2 convolutions, no pooling (MAML's Omniglot net);
+    ``pooling="max"``: stride-1 convolutions followed by 2×2 max-pooling (MiniImagenet,
+    ProtoNets). ``out_features=0`` drops the head and returns the flattened embedding.
+    BatchNorm always normalises with the current batch's statistics (no running stats),
+    as the original MAML code does, and its γ/β are ordinary (meta-learned) parameters.
+    """
+
+    def __init__(
+        self,
+        out_features: int,
+        in_channels: int = 1,
+        filters: int = 64,
+        image_size: int = 28,
+        pooling: str = "stride",
+        blocks: int = 4,
+    ):
+        super().__init__()
+        if pooling not in ("stride", "max"):
+            raise ValueError(f"pooling must be 'stride' or 'max', got {pooling!r}")
+        self.pooling, self.filters, self.blocks = pooling, filters, blocks
+        stride = 2 if pooling == "stride" else 1
+        layers: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for _ in range(blocks):
+            layers += [
+                nn.Conv2d(channels, filters, 3, stride=stride, padding=1),
+                nn.BatchNorm2d(filters, track_running_stats=False),
+                nn.ReLU(),
+            ]
+            if pooling == "max":
+                layers.append(nn.MaxPool2d(2))
+                size = size // 2
+            else:
+                size = (size + 1) // 2
+            channels = filters
+        self.features = nn.Sequential(*layers)
+        self.embedding_dim = filters * size * size
+        self.head = nn.Linear(self.embedding_dim, out_features) if out_features else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(x).flatten(1)
+        return self.head(h) if self.head is not None else h
+
+    def batched_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """T tasks at once: ``x [T, B, C, H, W]`` -> ``[T, B, out]``, per-task weights.
+
+        The tasks are stacked along the channel axis (``[B, T·C, H, W]``) and each
+        convolution runs with ``groups=T``. Plain ``F.batch_norm(training=True)`` on that
+        layout normalises every task's channels with that task's own batch statistics,
+        and unlike ``vmap`` over an affine batch norm its double backward is exact.
+        """
+        tasks, batch = x.shape[:2]
+        h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
+        for i, layer in enumerate(self.features):
+            if isinstance(layer, nn.Conv2d):
+                w = params[f"features.{i}.weight"]
+                h = F.conv2d(
+                    h,
+                    w.reshape(-1, *w.shape[2:]),
+                    params[f"features.{i}.bias"].reshape(-1),
+                    stride=layer.stride,
+                    padding=layer.padding,
+                    groups=tasks,
+                )
+            elif isinstance(layer, nn.BatchNorm2d):
+                h = F.batch_norm(
+                    h,
+                    None,
+                    None,
+                    params[f"features.{i}.weight"].reshape(-1),
+                    params[f"features.{i}.bias"].reshape(-1),
+                    training=True,
+                    eps=layer.eps,
+                )
+            elif isinstance(layer, nn.ReLU):
+                h = torch.relu(h)
+            else:
+                h = F.max_pool2d(h, 2)
+        # [B, T·C, h, w] -> [T, B, C·h·w]; the per-task flatten order matches forward().
+        h = h.reshape(batch, tasks, -1).transpose(0, 1)
+        if self.head is None:
+            return h
+        w, b = params["head.weight"], params["head.bias"]
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))

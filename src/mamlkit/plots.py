@@ -1,0 +1,90 @@
+"""Figures (matplotlib, imported lazily so ``import mamlkit`` stays light)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sine_fits(panels: list[dict[str, Any]], path: Path) -> None:
+    """Like Figure 2 of the paper. Each panel: ``title``, ``grid``, ``truth``, ``support_x``,
+    ``support_y`` and ``curves`` = {steps: predictions on the grid}."""
+    plt = _pyplot()
+    cols = 2
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
+    styles = {0: ("pre-update", ":", "tab:green"), 1: ("1 grad step", "--", "tab:orange"),
+              10: ("10 grad steps", "-", "tab:red")}
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        ax.plot(panel["grid"], panel["truth"], color="tab:blue", lw=2, label="ground truth")
+        for steps, pred in panel["curves"].items():
+            label, ls, color = styles.get(steps, (f"{steps} steps", "-.", "gray"))
+            ax.plot(panel["grid"], pred, ls=ls, color=color, label=label)
+        ax.scatter(panel["support_x"], panel["support_y"], marker="^", color="purple",
+                   zorder=5, label="used for grad")
+        ax.set_title(panel["title"])
+        ax.set_xlim(-5, 5)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sine_mse(results: list[dict[str, Any]], path: Path) -> None:
+    """Like Figure 3: MSE (±95% CI) against the number of test-time gradient steps."""
+    plt = _pyplot()
+    ks = sorted({r["k_shot"] for r in results})
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], ks, strict=True):
+        for method, color in (("maml", "tab:red"), ("pretrained", "tab:blue")):
+            rows = sorted((r for r in results if r["k_shot"] == k and r["method"] == method),
+                          key=lambda r: r["steps"])
+            if not rows:
+                continue
+            s = [r["steps"] for r in rows]
+            m = [r["mse"] for r in rows]
+            c = [r["ci95"] for r in rows]
+            ax.plot(s, m, marker="o", ms=3, color=color, label=method)
+            ax.fill_between(s, [a - b for a, b in zip(m, c, strict=True)],
+                            [a + b for a, b in zip(m, c, strict=True)], color=color, alpha=0.2)
+        ax.set_title(f"k-shot regression, k={k}")
+        ax.set_xlabel("number of gradient steps")
+        ax.set_ylabel("mean squared error")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def learning_curves(run_dir: Path, path: Path) -> list[str]:
+    """Plot every numeric series of ``metrics.jsonl`` against the step; returns their names."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    keys = sorted({k for r in records for k, v in r.items()
+                   if k != "step" and isinstance(v, (int, float)) and not k.endswith("ci95")})
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        ax.set_ylabel(key)
+        if key in ("loss", "mse", "val_mse") and all(p[1] > 0 for p in pts):
+            ax.set_yscale("log")
+    axes[-1, 0].set_xlabel("iteration")
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return keys

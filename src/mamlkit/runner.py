@@ -1,0 +1,108 @@
+"""What `mamlkit train`, `eval` and `runs` do, as functions (the CLI only parses)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mamlkit.build import build_learner, build_tasks, metric_for
+from mamlkit.checkpoint import atomic_write_text, load_checkpoint
+from mamlkit.config import Config, load_config
+from mamlkit.errors import UserError
+from mamlkit.evaluation import evaluate
+from mamlkit.training import Trainer, prepare_run_dir
+
+
+def train_run(config: Config, run_dir: Path, resume: bool = False, force: bool = False,
+              progress: bool = True) -> dict[str, Any]:
+    """Build everything first (bad data or impossible episodes fail before the run directory
+    is created), then train."""
+    train_tasks = build_tasks(config, "train")
+    val_tasks = build_tasks(config, "val") if config.train.val_every else None
+    learner = build_learner(config)
+    if not resume:
+        prepare_run_dir(run_dir, force)
+    trainer = Trainer(learner, train_tasks, config, run_dir, metric=metric_for(config),
+                      val_tasks=val_tasks, progress=progress, description=run_dir.name)
+    summary = trainer.fit(resume=resume)
+    return {"run_dir": str(run_dir), **summary}
+
+
+def load_run(run_dir: Path) -> tuple[Config, Any]:
+    """The config and the trained learner of a run directory."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
+    config = load_config(str(cfg_path))
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{run_dir}: no model.safetensors; the run has not finished "
+                        f"(continue it with `mamlkit train --resume {run_dir}`)")
+    learner = build_learner(config)
+    tensors, _ = load_checkpoint(weights)
+    learner.load_state_dict(tensors)
+    return config, learner.to(config.train.device).eval()
+
+
+def eval_run(run_dir: Path, tasks: int | None = None, split: str | None = None,
+             steps: int | None = None) -> dict[str, Any]:
+    config, learner = load_run(run_dir)
+    tasks = config.eval.tasks if tasks is None else tasks
+    split = config.eval.split if split is None else split
+    steps = config.eval.steps if steps is None else steps
+    if tasks < 1:
+        raise UserError(f"--tasks must be >= 1, got {tasks}")
+    if steps < 0:
+        raise UserError(f"--steps must be >= 0, got {steps}")
+    if split not in ("train", "val", "test"):
+        raise UserError(f"--split must be train, val or test, got {split!r}")
+    metric = metric_for(config)
+    result = evaluate(learner, build_tasks(config, split), tasks, steps=steps, metric=metric,
+                      seed=config.eval.seed, device=config.train.device,
+                      chunk=config.eval.chunk)[-1]
+    out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
+    if config.task.name != "sine":
+        out.update({"ways": config.task.ways, "shots": config.task.shots})
+    else:
+        out["k_shot"] = config.task.k_support
+    out.update({"steps": result["steps"], "split": split})
+    atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Run directories under ``root`` (any depth) with status and best metric."""
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory; pass the folder that holds your runs")
+    rows = []
+    for status_file in sorted(root.rglob("status.json")):
+        run = status_file.parent
+        try:
+            status = json.loads(status_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            status = {"status": "unknown"}
+        state = status.get("status", "unknown")
+        if state == "running" and not _alive(int(status.get("pid", -1))):
+            state = "crashed"
+        best = status.get("best")
+        if (run / "eval.json").is_file():
+            ev = json.loads((run / "eval.json").read_text())
+            key = "accuracy" if "accuracy" in ev else "mse"
+            best_text = f"eval {key} {ev[key]:.4g} ± {ev['ci95']:.2g}"
+        elif best:
+            best_text = f"{best['metric']} {best['value']:.4g} @ {best['step']}"
+        else:
+            best_text = "-"
+        rows.append({"run": str(run), "status": state, "step": status.get("step", 0),
+                     "best": best_text})
+    return rows

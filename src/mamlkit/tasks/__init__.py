@@ -1,0 +1,6 @@
+"""Task distributions: each draws a :class:`TaskBatch` on the generator's device."""
+
+from mamlkit.tasks.base import TaskBatch, TaskDistribution
+from mamlkit.tasks.sine import SineTasks
+
+__all__ = ["SineTasks", "TaskBatch", "TaskDistribution"]

@@ -1,0 +1,287 @@
+"""The one meta-training loop: sample tasks, step the outer optimiser, log, validate,
+checkpoint, resume. Every algorithm and task distribution goes through :class:`Trainer`."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mamlkit.algorithms.base import MetaLearner
+from mamlkit.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    rng_from_tensors,
+    rng_to_tensors,
+    save_checkpoint,
+)
+from mamlkit.config import Config
+from mamlkit.errors import DivergenceError, UserError
+from mamlkit.evaluation import METRICS, evaluate
+from mamlkit.tasks.base import TaskDistribution
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def prepare_run_dir(out: str | Path, force: bool = False) -> Path:
+    """Check that a new run may be written to ``out`` (before anything is written)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(
+            f"--out {out} already exists and is not empty; pass --force to overwrite it, "
+            "--resume to continue it, or choose another directory"
+        )
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out} is not writable ({probe} denies writing); choose another path")
+    return out
+
+
+def environment_info(device: str) -> dict[str, Any]:
+    import numpy
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+        "argv": sys.argv,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        from importlib.metadata import version
+
+        info["mamlkit"] = version("mamlkit")
+    except Exception:  # not installed (PYTHONPATH=src)
+        info["mamlkit"] = "source"
+    try:
+        root = Path(__file__).resolve().parents[2]
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except Exception:
+        info["git_commit"] = None
+    return info
+
+
+def write_status(run_dir: Path, status: str, **extra: Any) -> None:
+    data = {"status": status, "pid": os.getpid(), "updated": time.time(), **extra}
+    atomic_write_text(run_dir / "status.json", json.dumps(data))
+
+
+def _make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    try:  # the fused kernel is fastest; older torch on CPU lacks it
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+class Trainer:
+    """Meta-trains ``learner`` on ``train_tasks`` as ``config.train`` says.
+
+    With a ``run_dir`` it writes ``config.yaml``, ``env.json``, ``metrics.jsonl`` (one JSON
+    object per logged step), TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
+    ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end.
+    ``metric`` ("accuracy" or "mse") is computed on the query predictions when logging.
+    """
+
+    def __init__(
+        self,
+        learner: MetaLearner,
+        train_tasks: TaskDistribution,
+        config: Config,
+        run_dir: str | Path | None = None,
+        metric: str | None = None,
+        val_tasks: TaskDistribution | None = None,
+        progress: bool = True,
+        description: str = "meta-train",
+    ):
+        self.learner, self.train_tasks, self.val_tasks = learner, train_tasks, val_tasks
+        self.config, self.cfg = config, config.train
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.metric, self.progress, self.description = metric, progress, description
+        self.device = torch.device(self.cfg.device)
+        self.learner.to(self.device)
+        self.optimizer = _make_optimizer(self.learner.parameters(), self.cfg.outer_lr)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        # running sums over the current logging window (checkpointed, for exact resume)
+        self.window = torch.zeros(3, dtype=torch.float64)
+        self._tb = None
+
+    # ---- run directory ------------------------------------------------------------------
+    def _checkpoints(self) -> list[Path]:
+        folder = self.run_dir / CHECKPOINT_DIR
+        return sorted(folder.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+
+    def save(self) -> Path:
+        tensors = {f"learner.{k}": v for k, v in self.learner.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
+        rng_tensors, rng_meta = rng_to_tensors({"tasks": self.generator})
+        tensors.update(opt_tensors)
+        tensors.update(rng_tensors)
+        tensors["window"] = self.window
+        meta = {"step": self.step, "optimizer": opt_meta, "rng": rng_meta, "best": self.best}
+        path = self.run_dir / CHECKPOINT_DIR / f"step-{self.step:08d}.safetensors"
+        save_checkpoint(path, tensors, meta)
+        for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def restore(self, path: Path) -> None:
+        tensors, meta = load_checkpoint(path)
+        state = {k[len("learner."):]: v for k, v in tensors.items() if k.startswith("learner.")}
+        self.learner.load_state_dict(state)
+        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        rng_from_tensors(tensors, meta["rng"], {"tasks": self.generator})
+        self.window = tensors["window"].clone()
+        self.step, self.best = int(meta["step"]), meta.get("best")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def _start_tensorboard(self, purge_step: int | None) -> None:
+        if self.run_dir is None or not self.cfg.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # optional: the run still has metrics.jsonl
+            return
+        self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+
+    # ---- the loop -----------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        if self.run_dir is not None:
+            if resume:
+                checkpoints = self._checkpoints()
+                if not checkpoints:
+                    raise UserError(f"{self.run_dir} has no checkpoint to resume from")
+                self.restore(checkpoints[-1])
+                _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+            else:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.run_dir / "config.yaml",
+                                  yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+                atomic_write_text(self.run_dir / "env.json",
+                                  json.dumps(environment_info(self.cfg.device), indent=2))
+            write_status(self.run_dir, "running", step=self.step)
+            self._start_tensorboard(self.step + 1 if resume else None)
+        try:
+            self._loop()
+        except DivergenceError:
+            if self.run_dir is not None:
+                write_status(self.run_dir, "diverged", step=self.step, best=self.best)
+            raise
+        except BaseException:
+            if self.run_dir is not None:
+                write_status(self.run_dir, "crashed", step=self.step, best=self.best)
+            raise
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+        if self.run_dir is not None:
+            if self.step % self.cfg.checkpoint_every:
+                self.save()
+            save_checkpoint(self.run_dir / "model.safetensors", self.learner.state_dict(),
+                            {"step": self.step, "kind": "weights"})
+            write_status(self.run_dir, "finished", step=self.step, best=self.best)
+        return {"step": self.step, "best": self.best}
+
+    def _loop(self) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        params = [p for p in self.learner.parameters() if p.requires_grad]
+        metric_fn = METRICS.get(self.metric) if self.metric else None
+        bar = tqdm(total=cfg.iterations, initial=self.step, desc=self.description,
+                   disable=not self.progress, mininterval=0.5, dynamic_ncols=True)
+        while self.step < cfg.iterations:
+            if cfg.lr_halve_every:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.outer_lr * 0.5 ** (self.step // cfg.lr_halve_every)
+            batch = self.train_tasks.sample(cfg.meta_batch, self.generator)
+            loss, pred = self.learner.meta_forward(*batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in params if p.grad is not None]
+            health = loss.detach() + torch.stack(torch._foreach_norm(grads)).sum()
+            if not torch.isfinite(health):
+                what = "loss" if not torch.isfinite(loss) else "meta-gradient"
+                raise DivergenceError(
+                    f"the {what} became NaN/Inf at iteration {self.step + 1}; training stopped "
+                    "(the last checkpoint is intact); lower the learning rates or set train.grad_clip"
+                )
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            with torch.no_grad():
+                m = metric_fn(pred.detach(), batch.query_y).mean() if metric_fn else loss
+                self.window += torch.stack([loss.detach().double().cpu(),
+                                            m.double().cpu(), torch.ones((), dtype=torch.float64)])
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
+                record = self._window_record()
+                if cfg.val_every and self.val_tasks is not None and (
+                    self.step % cfg.val_every == 0 or self.step == cfg.iterations
+                ):
+                    record.update(self.validate())
+                self._log(record)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
+            if self.run_dir is not None and self.step % cfg.checkpoint_every == 0:
+                self.save()
+        bar.close()
+
+    def _window_record(self) -> dict[str, Any]:
+        loss_sum, metric_sum, n = self.window.tolist()
+        self.window.zero_()
+        record: dict[str, Any] = {"step": self.step, "loss": loss_sum / n}
+        if self.metric:
+            record[self.metric] = metric_sum / n
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        return record
+
+    def validate(self) -> dict[str, float]:
+        """Metric on ``val_tasks`` after the test-time number of steps (fixed val tasks)."""
+        metric = self.metric or "mse"
+        result = evaluate(self.learner, self.val_tasks, self.cfg.val_tasks,
+                          steps=self.config.eval.steps, metric=metric,
+                          seed=self.config.eval.seed + 1, device=self.device,
+                          chunk=self.config.eval.chunk)[-1]
+        value = result[metric]
+        better = (self.best is None or (value > self.best["value"]) == (metric == "accuracy"))
+        if better:
+            self.best = {"metric": f"val_{metric}", "value": value, "step": self.step}
+        return {f"val_{metric}": value, f"val_{metric}_ci95": result["ci95"]}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint being resumed (they will be redone)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
