@@ -22,9 +22,14 @@ class PlainConvBN(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
-            nn.Conv2d(3, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
-            nn.Flatten(), nn.Linear(3 * 4 * 4, 3),
+            nn.Conv2d(1, 3, 3, padding=1),
+            nn.BatchNorm2d(3),
+            nn.ReLU(),
+            nn.Conv2d(3, 3, 3, stride=2, padding=1),
+            nn.BatchNorm2d(3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3 * 4 * 4, 3),
         )
 
     def forward(self, x):
@@ -35,7 +40,10 @@ def make_case(name: str, gen: torch.Generator):
     """(model, loss_fn, support_x, support_y, query_x, query_y, inner_lr) in float64."""
     if name == "mlp":
         model = MLP((1, 40, 40, 1))
-        xs, xq = torch.rand(TASKS, 10, 1, generator=gen) * 10 - 5, torch.rand(TASKS, 10, 1, generator=gen) * 10 - 5
+        xs, xq = (
+            torch.rand(TASKS, 10, 1, generator=gen) * 10 - 5,
+            torch.rand(TASKS, 10, 1, generator=gen) * 10 - 5,
+        )
         amp = torch.rand(TASKS, 1, 1, generator=gen) * 4.9 + 0.1
         return model, F.mse_loss, xs, amp * torch.sin(xs), xq, amp * torch.sin(xq), 0.01
     if name == "conv4-stride":
@@ -79,7 +87,9 @@ def first_order_by_definition(model, loss_fn, xs, ys, xq, yq, lr, steps):
         for _ in range(steps):
             loss = loss_fn(functional_call(model, phi, (xs[t],)), ys[t])
             grads = torch.autograd.grad(loss, list(phi.values()))
-            phi = {n: (p - lr * g).detach().requires_grad_() for (n, p), g in zip(phi.items(), grads)}
+            phi = {
+                n: (p - lr * g).detach().requires_grad_() for (n, p), g in zip(phi.items(), grads)
+            }
         query = loss_fn(functional_call(model, phi, (xq[t],)), yq[t]) / xs.shape[0]
         for n, g in zip(phi, torch.autograd.grad(query, list(phi.values()))):
             total[n] += g
@@ -99,10 +109,18 @@ def rel_error(a: dict, b: dict) -> float:
     return ((va - vb).norm() / vb.norm()).item()
 
 
-CASES = [("mlp", "batched"), ("mlp", "vmap"), ("mlp", "loop"),
-         ("conv4-stride", "batched"), ("conv4-stride", "vmap"), ("conv4-stride", "loop"),
-         ("conv4-max", "batched"), ("conv4-max", "vmap"),
-         ("plain-conv-bn", "vmap"), ("plain-conv-bn", "loop")]
+CASES = [
+    ("mlp", "batched"),
+    ("mlp", "vmap"),
+    ("mlp", "loop"),
+    ("conv4-stride", "batched"),
+    ("conv4-stride", "vmap"),
+    ("conv4-stride", "loop"),
+    ("conv4-max", "batched"),
+    ("conv4-max", "vmap"),
+    ("plain-conv-bn", "vmap"),
+    ("plain-conv-bn", "loop"),
+]
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -120,13 +138,18 @@ def test_second_order_meta_gradient_matches_reference(float64, case, impl, steps
 
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("case,impl", CASES)
-def test_first_order_equals_its_definition_and_differs_from_second_order(float64, case, impl, steps):
+def test_first_order_equals_its_definition_and_differs_from_second_order(
+    float64, case, impl, steps
+):
     gen = torch.Generator().manual_seed(2)
     torch.manual_seed(0)
     model, loss_fn, *data, lr = make_case(case, gen)
     fo = library_meta_grad(model, loss_fn, *data, lr, steps, impl, first_order=True)
     assert rel_error(fo, first_order_by_definition(model, loss_fn, *data, lr, steps)) <= 1e-8
-    assert rel_error(fo, reference_meta_grad(model, loss_fn, *data, lr, steps, first_order=True)) <= 1e-8
+    assert (
+        rel_error(fo, reference_meta_grad(model, loss_fn, *data, lr, steps, first_order=True))
+        <= 1e-8
+    )
     second = reference_meta_grad(model, loss_fn, *data, lr, steps)
     assert rel_error(fo, second) > 1e-3, "first-order and second-order meta-gradients coincide"
 
@@ -172,4 +195,6 @@ def test_custom_loss_callable_and_running_stats_model(float64):
     ref = reference_meta_grad(model, loss_fn, xs, ys, xq, yq, lr, 2)
     for impl in ("vmap", "loop"):
         torch.manual_seed(0)
-        assert rel_error(library_meta_grad(model, loss_fn, xs, ys, xq, yq, lr, 2, impl), ref) <= 1e-8
+        assert (
+            rel_error(library_meta_grad(model, loss_fn, xs, ys, xq, yq, lr, 2, impl), ref) <= 1e-8
+        )

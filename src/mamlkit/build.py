@@ -1,57 +1,137 @@
-"""Turn a validated :class:`Config` into the objects a run needs (model, learner, tasks)."""
+"""Turn a validated :class:`Config` into the objects a run needs (model, learner, tasks).
+
+Everything that can be refused (missing data, impossible episodes) is refused here, before
+a run directory is written."""
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamlkit.algorithms import MAML, MetaLearner, PretrainedRegression
+from mamlkit.algorithms import (
+    MAML,
+    MetaLearner,
+    PretrainedClassifier,
+    PretrainedRegression,
+    PrototypicalNetwork,
+)
 from mamlkit.config import Config
 from mamlkit.errors import ConfigError
 from mamlkit.models import MLP, Conv4
-from mamlkit.tasks import SineTasks, TaskDistribution
+from mamlkit.tasks import ClassBatches, EpisodeTasks, SineTasks, TaskDistribution
+
+
+def metric_for(c: Config) -> str:
+    return "mse" if c.task.name == "sine" else "accuracy"
 
 
 def build_model(c: Config, out_features: int | None = None) -> nn.Module:
     if c.model.name == "mlp":
-        return MLP((1, *c.model.hidden, 1))
-    channels = 1 if c.task.name == "omniglot" else 3
+        if c.task.name != "sine":
+            raise ConfigError("config key 'model.name': image tasks need model.name=conv4")
+        return MLP((1, *c.model.hidden, 1), init=c.model.init)
+    if c.task.name == "sine":
+        raise ConfigError("config key 'model.name': sine regression needs model.name=mlp")
     return Conv4(
         out_features=c.task.ways if out_features is None else out_features,
-        in_channels=channels,
+        in_channels=1 if c.task.name == "omniglot" else 3,
         filters=c.model.filters,
         image_size=c.task.image_size,
         pooling=c.model.pooling,
     )
 
 
-def build_learner(c: Config) -> MetaLearner:
+def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearner:
     a = c.algorithm
     if c.task.name == "sine":
-        if c.model.name != "mlp":
-            raise ConfigError("config key 'model.name': sine regression needs model.name=mlp")
-        loss = F.mse_loss
         if a.name == "pretrained":
-            return PretrainedRegression(build_model(c), loss, a.eval_inner_lr or a.inner_lr,
-                                        impl=a.impl)
+            return PretrainedRegression(
+                build_model(c), F.mse_loss, a.eval_inner_lr or a.inner_lr, impl=a.impl
+            )
+        if a.name == "protonet":
+            raise ConfigError("config key 'algorithm.name': protonet needs a classification task")
+        loss = F.mse_loss
     else:
         loss = F.cross_entropy
-    if a.name in ("maml", "fomaml"):
-        return MAML(build_model(c), loss, a.inner_lr, a.inner_steps,
-                    first_order=a.first_order or a.name == "fomaml", impl=a.impl,
-                    eval_inner_lr=a.eval_inner_lr)
-    raise ConfigError(f"config key 'algorithm.name': {a.name!r} is not available for task "
-                      f"{c.task.name!r}")
+        if a.name == "protonet":
+            return PrototypicalNetwork(build_model(c, out_features=0), impl=a.impl)
+        if a.name == "pretrained":
+            if num_train_classes is None:
+                num_train_classes = build_tasks(c, "train").num_classes
+            return PretrainedClassifier(
+                build_model(c, out_features=num_train_classes),
+                fine_tune_lr=a.eval_inner_lr or a.inner_lr,
+                impl=a.impl,
+            )
+    return MAML(
+        build_model(c),
+        loss,
+        a.inner_lr,
+        a.inner_steps,
+        first_order=a.first_order or a.name == "fomaml",
+        impl=a.impl,
+        eval_inner_lr=a.eval_inner_lr,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _omniglot_split_images(
+    data_dir: str | None, image_size: int, scheme: str, seed: int, n_val: int
+) -> dict[str, np.ndarray]:
+    from mamlkit.data import load_omniglot, omniglot_splits
+
+    data = load_omniglot(data_dir, image_size=image_size)
+    splits = omniglot_splits(data, scheme=scheme, seed=seed, n_val=n_val)
+    return {name: data.images[idx] for name, idx in splits.items()}
+
+
+def _class_images(c: Config, split: str) -> np.ndarray:
+    t = c.task
+    if t.name == "omniglot":
+        images = _omniglot_split_images(
+            t.data_dir, t.image_size, t.split, t.split_seed, t.val_classes
+        )[split]
+    else:
+        from mamlkit.data import load_miniimagenet
+
+        images = load_miniimagenet(t.data_dir, split, image_size=t.image_size).images
+    if len(images) == 0:
+        raise ConfigError(
+            f"config key 'task.val_classes': the {split!r} split is empty; "
+            "set task.val_classes > 0 or train.val_every=0"
+        )
+    return images
 
 
 def build_tasks(c: Config, split: str = "train") -> TaskDistribution:
-    if c.task.name == "sine":
+    """The task distribution of ``split`` (train / val / test) on ``train.device``."""
+    t = c.task
+    if t.name == "sine":
         if split == "train":
-            return SineTasks(c.task.k_support, c.task.k_query)
+            return SineTasks(t.k_support, t.k_query)
         # evaluation: MSE over a grid across the whole input range
-        return SineTasks(c.task.k_support, c.task.k_query, query_grid=100)
-    raise ConfigError(f"config key 'task.name': {c.task.name!r} is not available yet")
-
-
-def metric_for(c: Config) -> str:
-    return "mse" if c.task.name == "sine" else "accuracy"
+        return SineTasks(t.k_support, t.k_query, query_grid=100)
+    images = torch.from_numpy(_class_images(c, split))
+    rotations = t.rotations and t.name == "omniglot" and split == "train"
+    device = c.train.device
+    if split == "train" and c.algorithm.name == "pretrained":
+        return ClassBatches(images, t.batch_size, rotations=rotations, device=device)
+    ways = (t.train_ways or t.ways) if split == "train" else t.ways
+    queries = (t.train_queries or t.queries) if split == "train" else t.queries
+    classes = len(images) * (4 if rotations else 1)
+    key = "task.train_ways" if split == "train" and t.train_ways else "task.ways"
+    if ways > classes:
+        raise ConfigError(
+            f"config key '{key}': {ways}-way episodes need {ways} classes but the "
+            f"{split!r} split has {classes}"
+        )
+    if t.shots + queries > images.shape[1]:
+        raise ConfigError(
+            f"config key 'task.shots': shots + queries = {t.shots + queries} "
+            f"exceeds the {images.shape[1]} images per class"
+        )
+    return EpisodeTasks(images, ways, t.shots, queries, rotations=rotations, device=device)

@@ -66,6 +66,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 # --- optimiser state ---------------------------------------------------------------------
 
+
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = opt.state_dict()
     tensors, scalars = {}, {}
@@ -92,6 +93,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
 
 # --- random number generators ------------------------------------------------------------
 
+
 def rng_to_tensors(generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
     """States of torch (CPU and CUDA), numpy, Python ``random`` and the task samplers."""
     tensors = {"rng.torch": torch.get_rng_state()}
@@ -103,8 +105,10 @@ def rng_to_tensors(generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["rng.numpy.keys"] = torch.from_numpy(keys.astype(np.int64))
     version, py_state, gauss = random.getstate()
-    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
-            "python": [version, list(py_state), gauss]}
+    meta = {
+        "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(py_state), gauss],
+    }
     return tensors, meta
 
 
@@ -116,7 +120,8 @@ def rng_from_tensors(tensors: dict, meta: dict, generators: dict[str, torch.Gene
     for name, gen in generators.items():
         gen.set_state(tensors[f"rng.generator.{name}"])
     kind, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((kind, tensors["rng.numpy.keys"].numpy().astype(np.uint32), pos,
-                         has_gauss, cached))
+    np.random.set_state(
+        (kind, tensors["rng.numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, cached)
+    )
     version, py_state, gauss = meta["python"]
     random.setstate((version, tuple(py_state), gauss))

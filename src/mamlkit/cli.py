@@ -42,25 +42,54 @@ def _check_device(device: str) -> str:
 
 
 @reproduce.command("sine")
-@click.option("--out", type=PATH, default=Path("runs/sine"), show_default=True,
-              help="Run directory to create.")
-@click.option("--iterations", type=int, default=None,
-              help="Meta-training iterations (default: the paper's 70000).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of initialisation and task sampling.")
+@click.option(
+    "--out",
+    type=PATH,
+    default=Path("runs/sine"),
+    show_default=True,
+    help="Run directory to create.",
+)
+@click.option(
+    "--iterations",
+    type=int,
+    default=None,
+    help="Meta-training iterations (default: the paper's 70000).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of initialisation and task sampling.",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a value of both methods' configs (e.g. algorithm.inner_lr=0.02).",
+)
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def reproduce_sine_cmd(out, iterations, seed, device, force, resume, progress) -> None:
+def reproduce_sine_cmd(out, iterations, seed, device, force, resume, overrides, progress) -> None:
     """Sine regression (MAML §5.1): train MAML and the pretrained baseline, evaluate both,
     write results.json, sine_fits.png, sine_mse.png and report.md into --out."""
     from mamlkit.reproduce import reproduce_sine
 
     if resume and not (out / "maml").is_dir():
         raise UserError(f"--resume: {out} holds no sine run to continue; drop --resume")
-    result = reproduce_sine(out, iterations, seed, _check_device(device), force=force,
-                            resume=resume, progress=progress)
+    result = reproduce_sine(
+        out,
+        iterations,
+        seed,
+        _check_device(device),
+        force=force,
+        resume=resume,
+        progress=progress,
+        overrides=list(overrides),
+    )
     table = {(r["method"], r["steps"]): r for r in result["records"] if r["k_shot"] == 5}
     for method in ("maml", "pretrained"):
         cells = "  ".join(f"{s} steps {table[(method, s)]['mse']:.3f}" for s in (1, 5, 10))
@@ -70,8 +99,13 @@ def reproduce_sine_cmd(out, iterations, seed, device, force, resume, progress) -
 
 @app.command()
 @click.argument("config", required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set train.iterations=100 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set train.iterations=100 (repeatable).",
+)
 @click.option("--out", type=PATH, default=None, help="Run directory (default runs/<preset>).")
 @click.option("--resume", type=PATH, default=None, help="Continue the run in this directory.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")

@@ -38,6 +38,7 @@ class TaskConfig:
     val_classes: int = 0  # taken out of the training classes for validation
     rotations: bool = True  # Omniglot: 0/90/180/270° as new classes (training only)
     image_size: int = 28
+    batch_size: int = 64  # pretrained classifier: images per ordinary minibatch
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [40, 40])
     filters: int = 64
     pooling: str = "stride"  # conv4: stride | max
+    init: str = "torch"  # mlp: torch (PyTorch default) | trunc_normal (cbfinn/maml: std 0.01)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     tensorboard: bool = True
+    threads: int = 0  # torch intra-op threads (0: torch's default); 1 is fastest for tiny nets
 
 
 @dataclass
@@ -216,41 +219,79 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def validate(c: Config) -> None:
     """Refuse impossible values before training starts, naming the key."""
-    _require(c.task.name in ("sine", "omniglot", "miniimagenet"), "task.name",
-             f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet)")
-    _require(c.model.name in ("mlp", "conv4"), "model.name", f"unknown model {c.model.name!r} (mlp, conv4)")
+    _require(
+        c.task.name in ("sine", "omniglot", "miniimagenet"),
+        "task.name",
+        f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet)",
+    )
+    _require(
+        c.model.name in ("mlp", "conv4"),
+        "model.name",
+        f"unknown model {c.model.name!r} (mlp, conv4)",
+    )
     _require(c.model.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
-    _require(c.algorithm.name in ("maml", "fomaml", "pretrained", "protonet"), "algorithm.name",
-             f"unknown algorithm {c.algorithm.name!r} (maml, fomaml, pretrained, protonet)")
-    _require(c.algorithm.impl in ("auto", "batched", "vmap", "loop"), "algorithm.impl",
-             "must be auto, batched, vmap or loop")
-    for key, value in [("task.k_support", c.task.k_support), ("task.k_query", c.task.k_query),
-                       ("task.ways", c.task.ways), ("task.shots", c.task.shots),
-                       ("task.queries", c.task.queries), ("task.image_size", c.task.image_size),
-                       ("train.iterations", c.train.iterations),
-                       ("train.meta_batch", c.train.meta_batch),
-                       ("train.log_every", c.train.log_every),
-                       ("train.checkpoint_every", c.train.checkpoint_every),
-                       ("train.keep_checkpoints", c.train.keep_checkpoints),
-                       ("train.val_tasks", c.train.val_tasks),
-                       ("eval.tasks", c.eval.tasks), ("eval.chunk", c.eval.chunk),
-                       ("model.filters", c.model.filters)]:
+    _require(
+        c.model.init in ("torch", "trunc_normal"), "model.init", "must be 'torch' or 'trunc_normal'"
+    )
+    _require(c.train.threads >= 0, "train.threads", f"must be >= 0, got {c.train.threads}")
+    _require(
+        c.algorithm.name in ("maml", "fomaml", "pretrained", "protonet"),
+        "algorithm.name",
+        f"unknown algorithm {c.algorithm.name!r} (maml, fomaml, pretrained, protonet)",
+    )
+    _require(
+        c.algorithm.impl in ("auto", "batched", "vmap", "loop"),
+        "algorithm.impl",
+        "must be auto, batched, vmap or loop",
+    )
+    for key, value in [
+        ("task.k_support", c.task.k_support),
+        ("task.k_query", c.task.k_query),
+        ("task.ways", c.task.ways),
+        ("task.shots", c.task.shots),
+        ("task.queries", c.task.queries),
+        ("task.image_size", c.task.image_size),
+        ("task.batch_size", c.task.batch_size),
+        ("train.iterations", c.train.iterations),
+        ("train.meta_batch", c.train.meta_batch),
+        ("train.log_every", c.train.log_every),
+        ("train.checkpoint_every", c.train.checkpoint_every),
+        ("train.keep_checkpoints", c.train.keep_checkpoints),
+        ("train.val_tasks", c.train.val_tasks),
+        ("eval.tasks", c.eval.tasks),
+        ("eval.chunk", c.eval.chunk),
+        ("model.filters", c.model.filters),
+    ]:
         _require(value >= 1, key, f"must be >= 1, got {value}")
-    for key, value in [("task.train_ways", c.task.train_ways),
-                       ("task.train_queries", c.task.train_queries)]:
+    for key, value in [
+        ("task.train_ways", c.task.train_ways),
+        ("task.train_queries", c.task.train_queries),
+    ]:
         _require(value is None or value >= 1, key, f"must be >= 1, got {value}")
     _require(c.task.ways >= 2, "task.ways", f"must be >= 2, got {c.task.ways}")
     _require(all(h >= 1 for h in c.model.hidden), "model.hidden", "sizes must be >= 1")
-    for key, value in [("algorithm.inner_steps", c.algorithm.inner_steps),
-                       ("eval.steps", c.eval.steps), ("train.val_every", c.train.val_every),
-                       ("train.lr_halve_every", c.train.lr_halve_every),
-                       ("task.val_classes", c.task.val_classes)]:
+    for key, value in [
+        ("algorithm.inner_steps", c.algorithm.inner_steps),
+        ("eval.steps", c.eval.steps),
+        ("train.val_every", c.train.val_every),
+        ("train.lr_halve_every", c.train.lr_halve_every),
+        ("task.val_classes", c.task.val_classes),
+    ]:
         _require(value >= 0, key, f"must be >= 0, got {value}")
-    for key, value in [("algorithm.inner_lr", c.algorithm.inner_lr),
-                       ("algorithm.eval_inner_lr", c.algorithm.eval_inner_lr),
-                       ("train.outer_lr", c.train.outer_lr), ("train.grad_clip", c.train.grad_clip)]:
-        _require(value is None or (math.isfinite(value) and value > 0), key,
-                 f"must be a positive number, got {value}")
-    _require(c.train.device == "cpu" or c.train.device.startswith("cuda"), "train.device",
-             f"must be cpu or cuda[:n], got {c.train.device!r}")
+    for key, value in [
+        ("algorithm.inner_lr", c.algorithm.inner_lr),
+        ("algorithm.eval_inner_lr", c.algorithm.eval_inner_lr),
+        ("train.outer_lr", c.train.outer_lr),
+        ("train.grad_clip", c.train.grad_clip),
+    ]:
+        _require(
+            value is None or (math.isfinite(value) and value > 0),
+            key,
+            f"must be a positive number, got {value}",
+        )
+    _require(
+        c.train.device == "cpu" or c.train.device.startswith("cuda"),
+        "train.device",
+        f"must be cpu or cuda[:n], got {c.train.device!r}",
+    )
     _require(c.eval.split in ("train", "val", "test"), "eval.split", "must be train, val or test")

@@ -30,7 +30,10 @@ def task_accuracy(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.argmax(-1) == target).double().flatten(1).mean(1) * 100
 
 
-METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mse": task_mse, "accuracy": task_accuracy}
+METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mse": task_mse,
+    "accuracy": task_accuracy,
+}
 
 
 def per_task_metric_by_step(
@@ -62,8 +65,9 @@ def evaluate(
     generator = torch.Generator(device=device).manual_seed(seed)
     values = torch.cat(
         [
-            per_task_metric_by_step(learner, tasks.sample(min(chunk, num_tasks - i), generator),
-                                    steps, metric, chunk)
+            per_task_metric_by_step(
+                learner, tasks.sample(min(chunk, num_tasks - i), generator), steps, metric, chunk
+            )
             for i in range(0, num_tasks, chunk)
         ],
         dim=1,

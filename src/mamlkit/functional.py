@@ -87,7 +87,9 @@ def task_forward(model: nn.Module, impl: str = "auto") -> tuple[TaskForward, str
             shared = fixed()
             return torch.stack(
                 [
-                    functional_call(model, {**shared, **{n: p[t] for n, p in params.items()}}, (xt,))
+                    functional_call(
+                        model, {**shared, **{n: p[t] for n, p in params.items()}}, (xt,)
+                    )
                     for t, xt in enumerate(x)
                 ]
             )
@@ -147,7 +149,9 @@ def inner_loop(
         # Σᵢ Lᵢ(φᵢ): its gradient w.r.t. the stacked φ is ∇Lᵢ(φᵢ) in slice i.
         support_loss = task_mean_loss(loss_fn, forward(params, x), y) * tasks
         grads = torch.autograd.grad(
-            support_loss, tuple(params.values()), create_graph=not first_order,
+            support_loss,
+            tuple(params.values()),
+            create_graph=not first_order,
             allow_unused=True,
         )
         params = {

@@ -23,19 +23,28 @@ def sine_fits(panels: list[dict[str, Any]], path: Path) -> None:
     cols = 2
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
-    styles = {0: ("pre-update", ":", "tab:green"), 1: ("1 grad step", "--", "tab:orange"),
-              10: ("10 grad steps", "-", "tab:red")}
+    styles = {
+        0: ("pre-update", ":", "tab:green"),
+        1: ("1 grad step", "--", "tab:orange"),
+        10: ("10 grad steps", "-", "tab:red"),
+    }
     for ax, panel in zip(axes.flat, panels, strict=False):
         ax.plot(panel["grid"], panel["truth"], color="tab:blue", lw=2, label="ground truth")
         for steps, pred in panel["curves"].items():
             label, ls, color = styles.get(steps, (f"{steps} steps", "-.", "gray"))
             ax.plot(panel["grid"], pred, ls=ls, color=color, label=label)
-        ax.scatter(panel["support_x"], panel["support_y"], marker="^", color="purple",
-                   zorder=5, label="used for grad")
+        ax.scatter(
+            panel["support_x"],
+            panel["support_y"],
+            marker="^",
+            color="purple",
+            zorder=5,
+            label="used for grad",
+        )
         ax.set_title(panel["title"])
         ax.set_xlim(-5, 5)
         ax.legend(fontsize=7, loc="lower right")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -49,16 +58,23 @@ def sine_mse(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         for method, color in (("maml", "tab:red"), ("pretrained", "tab:blue")):
-            rows = sorted((r for r in results if r["k_shot"] == k and r["method"] == method),
-                          key=lambda r: r["steps"])
+            rows = sorted(
+                (r for r in results if r["k_shot"] == k and r["method"] == method),
+                key=lambda r: r["steps"],
+            )
             if not rows:
                 continue
             s = [r["steps"] for r in rows]
             m = [r["mse"] for r in rows]
             c = [r["ci95"] for r in rows]
             ax.plot(s, m, marker="o", ms=3, color=color, label=method)
-            ax.fill_between(s, [a - b for a, b in zip(m, c, strict=True)],
-                            [a + b for a, b in zip(m, c, strict=True)], color=color, alpha=0.2)
+            ax.fill_between(
+                s,
+                [a - b for a, b in zip(m, c, strict=True)],
+                [a + b for a, b in zip(m, c, strict=True)],
+                color=color,
+                alpha=0.2,
+            )
         ax.set_title(f"k-shot regression, k={k}")
         ax.set_xlabel("number of gradient steps")
         ax.set_ylabel("mean squared error")
@@ -70,10 +86,19 @@ def sine_mse(results: list[dict[str, Any]], path: Path) -> None:
 
 def learning_curves(run_dir: Path, path: Path) -> list[str]:
     """Plot every numeric series of ``metrics.jsonl`` against the step; returns their names."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
-    keys = sorted({k for r in records for k, v in r.items()
-                   if k != "step" and isinstance(v, (int, float)) and not k.endswith("ci95")})
+    records = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    keys = sorted(
+        {
+            k
+            for r in records
+            for k, v in r.items()
+            if k != "step" and isinstance(v, (int, float)) and not k.endswith("ci95")
+        }
+    )
     plt = _pyplot()
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), squeeze=False)
     for ax, key in zip(axes[:, 0], keys, strict=True):

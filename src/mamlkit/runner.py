@@ -15,8 +15,9 @@ from mamlkit.evaluation import evaluate
 from mamlkit.training import Trainer, prepare_run_dir
 
 
-def train_run(config: Config, run_dir: Path, resume: bool = False, force: bool = False,
-              progress: bool = True) -> dict[str, Any]:
+def train_run(
+    config: Config, run_dir: Path, resume: bool = False, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes fail before the run directory
     is created), then train."""
     train_tasks = build_tasks(config, "train")
@@ -24,8 +25,16 @@ def train_run(config: Config, run_dir: Path, resume: bool = False, force: bool =
     learner = build_learner(config)
     if not resume:
         prepare_run_dir(run_dir, force)
-    trainer = Trainer(learner, train_tasks, config, run_dir, metric=metric_for(config),
-                      val_tasks=val_tasks, progress=progress, description=run_dir.name)
+    trainer = Trainer(
+        learner,
+        train_tasks,
+        config,
+        run_dir,
+        metric=metric_for(config),
+        val_tasks=val_tasks,
+        progress=progress,
+        description=run_dir.name,
+    )
     summary = trainer.fit(resume=resume)
     return {"run_dir": str(run_dir), **summary}
 
@@ -38,16 +47,19 @@ def load_run(run_dir: Path) -> tuple[Config, Any]:
     config = load_config(str(cfg_path))
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
-        raise UserError(f"{run_dir}: no model.safetensors; the run has not finished "
-                        f"(continue it with `mamlkit train --resume {run_dir}`)")
+        raise UserError(
+            f"{run_dir}: no model.safetensors; the run has not finished "
+            f"(continue it with `mamlkit train --resume {run_dir}`)"
+        )
     learner = build_learner(config)
     tensors, _ = load_checkpoint(weights)
     learner.load_state_dict(tensors)
     return config, learner.to(config.train.device).eval()
 
 
-def eval_run(run_dir: Path, tasks: int | None = None, split: str | None = None,
-             steps: int | None = None) -> dict[str, Any]:
+def eval_run(
+    run_dir: Path, tasks: int | None = None, split: str | None = None, steps: int | None = None
+) -> dict[str, Any]:
     config, learner = load_run(run_dir)
     tasks = config.eval.tasks if tasks is None else tasks
     split = config.eval.split if split is None else split
@@ -59,9 +71,16 @@ def eval_run(run_dir: Path, tasks: int | None = None, split: str | None = None,
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
     metric = metric_for(config)
-    result = evaluate(learner, build_tasks(config, split), tasks, steps=steps, metric=metric,
-                      seed=config.eval.seed, device=config.train.device,
-                      chunk=config.eval.chunk)[-1]
+    result = evaluate(
+        learner,
+        build_tasks(config, split),
+        tasks,
+        steps=steps,
+        metric=metric,
+        seed=config.eval.seed,
+        device=config.train.device,
+        chunk=config.eval.chunk,
+    )[-1]
     out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
     if config.task.name != "sine":
         out.update({"ways": config.task.ways, "shots": config.task.shots})
@@ -103,6 +122,7 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
             best_text = f"{best['metric']} {best['value']:.4g} @ {best['step']}"
         else:
             best_text = "-"
-        rows.append({"run": str(run), "status": state, "step": status.get("step", 0),
-                     "best": best_text})
+        rows.append(
+            {"run": str(run), "status": state, "step": status.get("step", 0), "best": best_text}
+        )
     return rows

@@ -4,6 +4,7 @@ checkpoint, resume. Every algorithm and task distribution goes through :class:`T
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -44,8 +45,12 @@ def prepare_run_dir(out: str | Path, force: bool = False) -> Path:
             "--resume to continue it, or choose another directory"
         )
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise UserError(f"--out {out} is not writable: {probe} is a file; choose another path")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out} is not writable ({probe} denies writing); choose another path")
+        raise UserError(
+            f"--out {out} is not writable ({probe} denies writing); choose another path"
+        )
     return out
 
 
@@ -71,9 +76,12 @@ def environment_info(device: str) -> dict[str, Any]:
         info["mamlkit"] = "source"
     try:
         root = Path(__file__).resolve().parents[2]
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        info["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except Exception:
         info["git_commit"] = None
     return info
@@ -116,6 +124,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.metric, self.progress, self.description = metric, progress, description
         self.device = torch.device(self.cfg.device)
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
         self.learner.to(self.device)
         self.optimizer = _make_optimizer(self.learner.parameters(), self.cfg.outer_lr)
         self.generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
@@ -146,7 +156,7 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
-        state = {k[len("learner."):]: v for k, v in tensors.items() if k.startswith("learner.")}
+        state = {k[len("learner.") :]: v for k, v in tensors.items() if k.startswith("learner.")}
         self.learner.load_state_dict(state)
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
         rng_from_tensors(tensors, meta["rng"], {"tasks": self.generator})
@@ -183,10 +193,14 @@ class Trainer:
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
             else:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(self.run_dir / "config.yaml",
-                                  yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-                atomic_write_text(self.run_dir / "env.json",
-                                  json.dumps(environment_info(self.cfg.device), indent=2))
+                atomic_write_text(
+                    self.run_dir / "config.yaml",
+                    yaml.safe_dump(self.config.to_dict(), sort_keys=False),
+                )
+                atomic_write_text(
+                    self.run_dir / "env.json",
+                    json.dumps(environment_info(self.cfg.device), indent=2),
+                )
             write_status(self.run_dir, "running", step=self.step)
             self._start_tensorboard(self.step + 1 if resume else None)
         try:
@@ -205,8 +219,11 @@ class Trainer:
         if self.run_dir is not None:
             if self.step % self.cfg.checkpoint_every:
                 self.save()
-            save_checkpoint(self.run_dir / "model.safetensors", self.learner.state_dict(),
-                            {"step": self.step, "kind": "weights"})
+            save_checkpoint(
+                self.run_dir / "model.safetensors",
+                self.learner.state_dict(),
+                {"step": self.step, "kind": "weights"},
+            )
             write_status(self.run_dir, "finished", step=self.step, best=self.best)
         return {"step": self.step, "best": self.best}
 
@@ -216,8 +233,14 @@ class Trainer:
         cfg = self.cfg
         params = [p for p in self.learner.parameters() if p.requires_grad]
         metric_fn = METRICS.get(self.metric) if self.metric else None
-        bar = tqdm(total=cfg.iterations, initial=self.step, desc=self.description,
-                   disable=not self.progress, mininterval=0.5, dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.iterations,
+            initial=self.step,
+            desc=self.description,
+            disable=not self.progress,
+            mininterval=0.5,
+            dynamic_ncols=True,
+        )
         while self.step < cfg.iterations:
             if cfg.lr_halve_every:
                 for group in self.optimizer.param_groups:
@@ -227,26 +250,33 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = [p.grad for p in params if p.grad is not None]
-            health = loss.detach() + torch.stack(torch._foreach_norm(grads)).sum()
-            if not torch.isfinite(health):
+            # one check (and one sync) per iteration: NaN/Inf anywhere makes the sum non-finite
+            health = (loss.detach() + torch.stack(torch._foreach_norm(grads)).sum()).item()
+            if not math.isfinite(health):
                 what = "loss" if not torch.isfinite(loss) else "meta-gradient"
                 raise DivergenceError(
                     f"the {what} became NaN/Inf at iteration {self.step + 1}; training stopped "
-                    "(the last checkpoint is intact); lower the learning rates or set train.grad_clip"
+                    "(the last checkpoint is intact); lower the learning rates or set "
+                    "train.grad_clip"
                 )
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
             self.optimizer.step()
             self.step += 1
-            with torch.no_grad():
-                m = metric_fn(pred.detach(), batch.query_y).mean() if metric_fn else loss
-                self.window += torch.stack([loss.detach().double().cpu(),
-                                            m.double().cpu(), torch.ones((), dtype=torch.float64)])
+            loss_value = loss.item()
+            if metric_fn is None:
+                metric_value = loss_value
+            else:
+                with torch.no_grad():
+                    metric_value = metric_fn(pred.detach(), batch.query_y).mean().item()
+            self.window += torch.tensor([loss_value, metric_value, 1.0], dtype=torch.float64)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
                 record = self._window_record()
-                if cfg.val_every and self.val_tasks is not None and (
-                    self.step % cfg.val_every == 0 or self.step == cfg.iterations
+                if (
+                    cfg.val_every
+                    and self.val_tasks is not None
+                    and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
                 ):
                     record.update(self.validate())
                 self._log(record)
@@ -267,12 +297,18 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Metric on ``val_tasks`` after the test-time number of steps (fixed val tasks)."""
         metric = self.metric or "mse"
-        result = evaluate(self.learner, self.val_tasks, self.cfg.val_tasks,
-                          steps=self.config.eval.steps, metric=metric,
-                          seed=self.config.eval.seed + 1, device=self.device,
-                          chunk=self.config.eval.chunk)[-1]
+        result = evaluate(
+            self.learner,
+            self.val_tasks,
+            self.cfg.val_tasks,
+            steps=self.config.eval.steps,
+            metric=metric,
+            seed=self.config.eval.seed + 1,
+            device=self.device,
+            chunk=self.config.eval.chunk,
+        )[-1]
         value = result[metric]
-        better = (self.best is None or (value > self.best["value"]) == (metric == "accuracy"))
+        better = self.best is None or (value > self.best["value"]) == (metric == "accuracy")
         if better:
             self.best = {"metric": f"val_{metric}", "value": value, "step": self.step}
         return {f"val_{metric}": value, f"val_{metric}_ci95": result["ci95"]}
@@ -282,6 +318,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records written after the checkpoint being resumed (they will be redone)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
     atomic_write_text(path, "".join(line + "\n" for line in keep))

@@ -2,6 +2,14 @@
 
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.algorithms.maml import FOMAML, MAML
-from mamlkit.algorithms.pretrained import PretrainedRegression
+from mamlkit.algorithms.pretrained import PretrainedClassifier, PretrainedRegression
+from mamlkit.algorithms.protonet import PrototypicalNetwork
 
-__all__ = ["FOMAML", "MAML", "MetaLearner", "PretrainedRegression"]
+__all__ = [
+    "FOMAML",
+    "MAML",
+    "MetaLearner",
+    "PretrainedClassifier",
+    "PretrainedRegression",
+    "PrototypicalNetwork",
+]

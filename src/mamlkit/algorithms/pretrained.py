@@ -1,23 +1,29 @@
-"""The paper's "pretrained" baseline: no meta-learning, one network fit to all tasks jointly.
-
-Training minimises the ordinary loss of θ on every sampled point (support and query alike);
-at test time θ is fine-tuned on the support set by the same gradient steps MAML takes, so
-:meth:`query_predictions` and evaluation are shared with :class:`MAML`.
-"""
+"""The paper's "pretrained" baselines: no meta-learning, one network fit to all tasks jointly,
+then fine-tuned on each test task's support set by the same inner loop MAML uses."""
 
 from __future__ import annotations
 
-import torch
+import copy
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mamlkit.algorithms.base import MetaLearner
 from mamlkit.algorithms.maml import MAML
-from mamlkit.functional import adaptable_params, stack_params, task_mean_loss
+from mamlkit.functional import (
+    adaptable_params,
+    inner_loop,
+    stack_params,
+    task_forward,
+    task_mean_loss,
+)
 
 
 class PretrainedRegression(MAML):
-    """Plain regression on samples from all tasks, then fine-tuning like MAML at test time.
-
-    ``inner_lr`` is used only for test-time fine-tuning (the paper tuned it separately).
-    """
+    """Plain regression on samples from all tasks (support and query points alike), then
+    fine-tuning like MAML at test time. ``inner_lr`` is the test-time step size only (the
+    paper tuned it separately)."""
 
     def __init__(self, model, loss_fn, inner_lr, impl: str = "auto", **kwargs):
         super().__init__(model, loss_fn, inner_lr, inner_steps=0, impl=impl, **kwargs)
@@ -27,4 +33,68 @@ class PretrainedRegression(MAML):
         x = torch.cat([support_x, query_x], dim=1)
         y = torch.cat([support_y, query_y], dim=1)
         pred = self.predict(theta, x)
-        return task_mean_loss(self.loss_fn, pred, y), pred[:, support_x.shape[1]:]
+        return task_mean_loss(self.loss_fn, pred, y), pred[:, support_x.shape[1] :]
+
+
+class PretrainedClassifier(MetaLearner):
+    """Ordinary classification over all training classes (``model`` ends in a head with one
+    output per class; trained on :class:`~mamlkit.tasks.ClassBatches`), then, per test
+    episode, a new zero-initialised N-way head and ``steps`` SGD steps on the support set
+    over all parameters (``fine_tune_lr``)."""
+
+    def __init__(self, model: nn.Module, fine_tune_lr: float = 0.1, impl: str = "auto"):
+        super().__init__()
+        if getattr(model, "head", None) is None:
+            raise ValueError("PretrainedClassifier needs a model with a linear `head`")
+        self.model = model
+        self.fine_tune_lr = fine_tune_lr
+        self._forward, self.impl = task_forward(model, impl)
+        self._episode_models: dict[int, tuple[nn.Module, object]] = {}
+
+    def meta_forward(self, support_x, support_y, query_x, query_y):
+        # query_x is one minibatch per "task" with global class labels (ClassBatches)
+        theta = stack_params(adaptable_params(self.model), query_x.shape[0])
+        logits = self._forward(theta, query_x)
+        return F.cross_entropy(logits.flatten(0, 1), query_y.flatten()), logits
+
+    def _episode_forward(self, ways: int):
+        if ways not in self._episode_models:
+            twin = copy.deepcopy(self.model)
+            twin.head = nn.Linear(twin.head.in_features, ways).to(
+                next(self.model.parameters()).device
+            )
+            self._episode_models[ways] = (twin, task_forward(twin, self.impl)[0])
+        return self._episode_models[ways][1]
+
+    def query_predictions(self, support_x, support_y, query_x, steps):
+        ways = int(support_y.max()) + 1
+        forward = self._episode_forward(ways)
+        body = {
+            n: p.detach()
+            for n, p in adaptable_params(self.model).items()
+            if not n.startswith("head.")
+        }
+        head = self.model.head
+        body["head.weight"] = head.weight.new_zeros(ways, head.in_features)
+        body["head.bias"] = head.bias.new_zeros(ways)
+        body = {n: p.requires_grad_() for n, p in body.items()}
+        params = stack_params(body, support_x.shape[0])
+        preds = []
+
+        def record(_s, phi):
+            with torch.no_grad():
+                preds.append(forward(phi, query_x))
+
+        with torch.enable_grad():
+            inner_loop(
+                forward,
+                params,
+                support_x,
+                support_y,
+                F.cross_entropy,
+                self.fine_tune_lr,
+                steps,
+                first_order=True,
+                on_step=record,
+            )
+        return preds

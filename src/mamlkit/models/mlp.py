@@ -11,7 +11,7 @@ from torch import Tensor, nn
 class MLP(nn.Module):
     """Linear layers with ReLU between them; ``sizes=(1, 40, 40, 1)`` is the paper's net."""
 
-    def __init__(self, sizes: Sequence[int] = (1, 40, 40, 1)):
+    def __init__(self, sizes: Sequence[int] = (1, 40, 40, 1), init: str = "torch"):
         super().__init__()
         if len(sizes) < 2 or any(int(s) <= 0 for s in sizes):
             raise ValueError(f"MLP sizes must be >= 2 positive ints, got {list(sizes)}")
@@ -22,6 +22,13 @@ class MLP(nn.Module):
             layers.append(nn.Linear(n_in, n_out))
         self.net = nn.Sequential(*layers)
         self.sizes = tuple(int(s) for s in sizes)
+        if init == "trunc_normal":  # cbfinn/maml: weights ~ N(0, 0.01²) cut at 2σ, zero biases
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    nn.init.trunc_normal_(m.weight, std=0.01, a=-0.02, b=0.02)
+                    nn.init.zeros_(m.bias)
+        elif init != "torch":
+            raise ValueError(f"init must be 'torch' or 'trunc_normal', got {init!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -1,0 +1,121 @@
+"""Time one full second-order MAML meta-iteration (inner loop, query loss, outer backward,
+Adam step) after warm-up. Prints one JSON line.
+
+    python benchmarks/meta_iteration.py --workload sine|omniglot-5w1s|omniglot-20w1s \
+        [--impl auto|batched|vmap|loop] [--iters N] [--threads N] [--first-order]
+
+Random inputs: timing does not depend on the pixel values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mamlkit import MAML  # noqa: E402
+from mamlkit.models import MLP, Conv4  # noqa: E402
+
+WORKLOADS = {
+    # name: (model, loss, tasks, support, query, input shape, classes, inner steps, α)
+    "sine": dict(tasks=25, support=10, query=10, steps=1, lr=0.01),
+    "omniglot-5w1s": dict(tasks=32, ways=5, shots=1, queries=1, steps=1, lr=0.4),
+    "omniglot-20w1s": dict(tasks=16, ways=20, shots=1, queries=1, steps=5, lr=0.1),
+}
+
+
+def make(workload: str, impl: str, first_order: bool, device: str):
+    w = WORKLOADS[workload]
+    gen = torch.Generator(device=device).manual_seed(0)
+    if workload == "sine":
+        model = MLP((1, 40, 40, 1))
+        xs = torch.rand(w["tasks"], w["support"], 1, generator=gen, device=device) * 10 - 5
+        xq = torch.rand(w["tasks"], w["query"], 1, generator=gen, device=device) * 10 - 5
+        ys, yq = torch.sin(xs), torch.sin(xq)
+        loss = F.mse_loss
+    else:
+        model = Conv4(out_features=w["ways"], filters=64, image_size=28, pooling="stride")
+        n_s, n_q = w["ways"] * w["shots"], w["ways"] * w["queries"]
+        xs = torch.rand(w["tasks"], n_s, 1, 28, 28, generator=gen, device=device)
+        xq = torch.rand(w["tasks"], n_q, 1, 28, 28, generator=gen, device=device)
+        ys = (
+            torch.arange(w["ways"], device=device)
+            .repeat_interleave(w["shots"])
+            .expand(w["tasks"], -1)
+        )
+        yq = (
+            torch.arange(w["ways"], device=device)
+            .repeat_interleave(w["queries"])
+            .expand(w["tasks"], -1)
+        )
+        loss = F.cross_entropy
+    learner = MAML(model.to(device), loss, w["lr"], w["steps"], first_order=first_order, impl=impl)
+    try:
+        opt = torch.optim.Adam(learner.parameters(), 1e-3, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.Adam(learner.parameters(), 1e-3, foreach=True)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        learner.meta_loss(xs, ys, xq, yq).backward()
+        opt.step()
+
+    return learner, step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="sine")
+    p.add_argument("--impl", choices=["auto", "batched", "vmap", "loop"], default="auto")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--first-order", action="store_true")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    iters = args.iters or (2000 if args.workload == "sine" else 30)
+    warmup = args.warmup if args.warmup is not None else max(5, iters // 10)
+    learner, step = make(args.workload, args.impl, args.first_order, args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    print(
+        json.dumps(
+            {
+                "workload": args.workload,
+                "impl": learner.impl,
+                "first_order": args.first_order,
+                "ms_per_iter_median": round(statistics.median(times) * 1e3, 3),
+                "ms_per_iter_p10": round(sorted(times)[len(times) // 10] * 1e3, 3),
+                "iters": iters,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "threads": torch.get_num_threads(),
+                "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "cpu": platform.processor() or platform.machine(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Prototypical Networks (Snell, Swersky & Zemel, 2017): classify by distance to class means."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mamlkit.algorithms.base import MetaLearner
+from mamlkit.functional import adaptable_params, stack_params, task_forward
+
+
+def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: int) -> Tensor:
+    """−‖f(x) − c_k‖² for every query and class, c_k the mean support embedding of class k.
+
+    ``support [T, Ns, D]``, ``support_y [T, Ns]``, ``query [T, Nq, D]`` -> ``[T, Nq, ways]``.
+    """
+    onehot = F.one_hot(support_y, ways).to(support.dtype)  # [T, Ns, N]
+    prototypes = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)
+    return -torch.cdist(query, prototypes).pow(2)
+
+
+class PrototypicalNetwork(MetaLearner):
+    """Embeds support and query of each episode together (BatchNorm sees the episode's
+    statistics, as the original code does), averages support embeddings per class into
+    prototypes and scores queries by negative squared Euclidean distance."""
+
+    def __init__(self, model: nn.Module, impl: str = "auto"):
+        super().__init__()
+        self.model = model
+        self._forward, self.impl = task_forward(model, impl)
+
+    def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+        theta = stack_params(adaptable_params(self.model), support_x.shape[0])
+        z = self._forward(theta, torch.cat([support_x, query_x], dim=1))
+        return z[:, : support_x.shape[1]], z[:, support_x.shape[1] :]
+
+    def logits(self, support_x, support_y, query_x) -> Tensor:
+        ways = int(support_y.max()) + 1
+        support, query = self.embed(support_x, query_x)
+        return prototype_logits(support, support_y, query, ways)
+
+    def meta_forward(self, support_x, support_y, query_x, query_y):
+        logits = self.logits(support_x, support_y, query_x)
+        return F.cross_entropy(logits.flatten(0, 1), query_y.flatten()), logits
+
+    def query_predictions(self, support_x, support_y, query_x, steps):
+        with torch.no_grad():
+            return [self.logits(support_x, support_y, query_x)]

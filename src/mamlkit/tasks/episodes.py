@@ -1,0 +1,122 @@
+"""N-way K-shot episodes drawn on the device from a cached image array (no DataLoader)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mamlkit.tasks.base import TaskBatch
+
+
+class EpisodeTasks:
+    """Few-shot classification episodes over a class-indexed image tensor.
+
+    Args:
+        images: uint8 ``[C, M, H, W]`` (grey) or ``[C, M, H, W, 3]`` (RGB): M images of
+            each of C classes; moved to ``device`` once.
+        ways, shots, queries: N classes per episode, K support and Q query images per class.
+        rotations: also use every class rotated by 90°, 180° and 270° as a new class (4·C
+            classes; Omniglot meta-training).
+
+    ``sample(T, generator)`` returns support ``[T, N·K, ch, H, W]`` and query
+    ``[T, N·Q, ch, H, W]`` float images in [0, 1], class-major, with labels 0..N−1. The N
+    classes are distinct within an episode and come in random order, so which class gets
+    which label is random per episode.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        ways: int,
+        shots: int,
+        queries: int,
+        rotations: bool = False,
+        device: str | torch.device = "cpu",
+    ):
+        if images.dim() == 5:  # [C, M, H, W, 3] -> [C, M, 3, H, W]
+            images = images.permute(0, 1, 4, 2, 3)
+        elif images.dim() == 4:
+            images = images.unsqueeze(2)
+        else:
+            raise ValueError(
+                f"images must be [C, M, H, W] or [C, M, H, W, 3], got {list(images.shape)}"
+            )
+        self.images = images.to(device).contiguous()
+        self.ways, self.shots, self.queries, self.rotations = ways, shots, queries, rotations
+        self.num_classes = images.shape[0] * (4 if rotations else 1)
+        per_class = images.shape[1]
+        if ways > self.num_classes:
+            raise ValueError(
+                f"{ways}-way episodes need {ways} classes, only {self.num_classes} exist"
+            )
+        if shots + queries > per_class:
+            raise ValueError(
+                f"shots + queries = {shots + queries} exceeds the {per_class} images per class"
+            )
+
+    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
+        device = generator.device
+        n, k, q = self.ways, self.shots, self.queries
+        per_class = self.images.shape[1]
+        # N distinct classes per episode, in random order (the order assigns the labels)
+        classes = (
+            torch.rand(tasks, self.num_classes, generator=generator, device=device).topk(n).indices
+        )
+        # K + Q distinct images of each chosen class
+        picks = (
+            torch.rand(tasks, n, per_class, generator=generator, device=device).topk(k + q).indices
+        )
+        base, rotation = classes % self.images.shape[0], classes // self.images.shape[0]
+        x = self.images[base.unsqueeze(-1), picks]  # [T, N, K+Q, ch, H, W] uint8
+        if self.rotations:
+            x = x.clone()
+            for r in (1, 2, 3):
+                mask = rotation == r
+                if mask.any():
+                    x[mask] = torch.rot90(x[mask], r, dims=(-2, -1))
+        x = x.float().div_(255.0)
+        labels = torch.arange(n, device=device).view(1, n, 1).expand(tasks, n, k + q)
+        shape = x.shape[3:]
+        return TaskBatch(
+            x[:, :, :k].reshape(tasks, n * k, *shape),
+            labels[:, :, :k].reshape(tasks, n * k),
+            x[:, :, k:].reshape(tasks, n * q, *shape),
+            labels[:, :, k:].reshape(tasks, n * q),
+            info={"classes": classes},
+        )
+
+
+class ClassBatches:
+    """Ordinary classification minibatches over all classes (the pretrained baseline's
+    training data), in the TaskBatch shape: one "task" whose query set is the minibatch
+    with global labels and whose support set is empty."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        batch_size: int,
+        rotations: bool = False,
+        device: str | torch.device = "cpu",
+    ):
+        self.episodes = EpisodeTasks(images, 2, 0, 1, rotations, device)
+        self.batch_size = batch_size
+        self.num_classes = self.episodes.num_classes
+
+    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
+        device = generator.device
+        e = self.episodes
+        n_base, per_class = e.images.shape[:2]
+        size = tasks * self.batch_size
+        classes = torch.randint(self.num_classes, (size,), generator=generator, device=device)
+        picks = torch.randint(per_class, (size,), generator=generator, device=device)
+        x = e.images[classes % n_base, picks]
+        rotation = classes // n_base
+        if e.rotations:
+            x = x.clone()
+            for r in (1, 2, 3):
+                mask = rotation == r
+                if mask.any():
+                    x[mask] = torch.rot90(x[mask], r, dims=(-2, -1))
+        x = x.float().div_(255.0).view(tasks, self.batch_size, *x.shape[1:])
+        y = classes.view(tasks, self.batch_size)
+        return TaskBatch(x[:, :0], y[:, :0], x, y)
