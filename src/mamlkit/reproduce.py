@@ -16,7 +16,7 @@ from mamlkit.checkpoint import atomic_write_text
 from mamlkit.config import Config, load_config
 from mamlkit.evaluation import mean_ci95, per_task_metric_by_step
 from mamlkit.tasks import SineTasks
-from mamlkit.training import Trainer, prepare_run_dir
+from mamlkit.training import Trainer, prepare_run_dir, seed_everything
 
 PAPER_TABLE2 = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
 FINE_TUNE_GRID = (0.001, 0.003, 0.01, 0.02, 0.05, 0.1)
@@ -222,6 +222,7 @@ def reproduce_sine(
     out.mkdir(parents=True, exist_ok=True)
     learners = {}
     for name, config in configs.items():
+        seed_everything(config.train.seed)
         learner = build_learner(config)
         run = out / name
         trainer = Trainer(

@@ -7,12 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mamlkit.build import build_learner, build_tasks, metric_for
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import UserError
 from mamlkit.evaluation import evaluate
-from mamlkit.training import Trainer, prepare_run_dir
+from mamlkit.training import Trainer, prepare_run_dir, seed_everything
 
 
 def train_run(
@@ -20,6 +22,9 @@ def train_run(
 ) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes fail before the run directory
     is created), then train."""
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.train.seed)
     train_tasks = build_tasks(config, "train")
     val_tasks = build_tasks(config, "val") if config.train.val_every else None
     learner = build_learner(config)

@@ -54,6 +54,17 @@ def prepare_run_dir(out: str | Path, force: bool = False) -> Path:
     return out
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs (model initialisation, anything outside the task sampler)."""
+    import random
+
+    import numpy
+
+    random.seed(seed)
+    numpy.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def environment_info(device: str) -> dict[str, Any]:
     import numpy
 

@@ -1,0 +1,191 @@
+"""Run directories: exact resume after SIGKILL, divergence handling, safe checkpoints,
+run listing and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from mamlkit import MAML, SineTasks
+from mamlkit.checkpoint import load_checkpoint, save_checkpoint
+from mamlkit.cli import main
+from mamlkit.config import load_config
+from mamlkit.errors import DivergenceError, UserError
+from mamlkit.models import MLP
+from mamlkit.runner import list_runs
+from mamlkit.training import Trainer
+
+SRC = str(Path(__file__).parents[1] / "src")
+SETS = [
+    "train.iterations=2500",
+    "train.checkpoint_every=400",
+    "train.log_every=100",
+    "train.tensorboard=false",
+    "train.seed=3",
+]
+
+
+def cli(*argv) -> subprocess.Popen:
+    args = [sys.executable, "-c", "from mamlkit.cli import console; console()", *map(str, argv)]
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def train_args(out):
+    args = ["train", "sine_maml", "--out", out, "--no-progress"]
+    for s in SETS:
+        args += ["--set", s]
+    return args
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert cli(*train_args(straight)).wait(timeout=300) == 0
+
+    proc = cli(*train_args(killed))
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("step-*.safetensors")):
+        assert proc.poll() is None, "run finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "model.safetensors").exists()
+    assert [r["status"] for r in list_runs(tmp_path) if r["run"] == str(killed)] == ["crashed"]
+
+    resumed = cli("train", "--resume", killed, "--no-progress")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    assert (killed / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((killed / "status.json").read_text())["status"] == "finished"
+
+
+class NaNAt(MAML):
+    """A MAML whose loss turns NaN at a given iteration (a stand-in for divergence)."""
+
+    def __init__(self, bad_step, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad_step, self.calls = bad_step, 0
+
+    def meta_forward(self, *batch):
+        self.calls += 1
+        loss, pred = super().meta_forward(*batch)
+        return (loss * float("nan") if self.calls == self.bad_step else loss), pred
+
+
+def test_divergence_stops_with_iteration_and_keeps_last_checkpoint(tmp_path):
+    config = load_config(
+        "sine_maml", ["train.iterations=20", "train.checkpoint_every=5", "train.tensorboard=false"]
+    )
+    learner = NaNAt(8, MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
+    with pytest.raises(DivergenceError, match="iteration 8"):
+        Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False).fit()
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("*.safetensors"))
+    assert [p.name for p in ckpts] == ["step-00000005.safetensors"]
+    tensors, meta = load_checkpoint(ckpts[0])
+    assert meta["step"] == 5 and all(
+        torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()
+    )
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "diverged"
+
+
+def test_divergence_through_cli_is_exit_2(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "sine_maml",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--set",
+            "algorithm.inner_lr=1e30",
+            "--set",
+            "train.iterations=5",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "iteration 1" in err[0]
+
+
+def test_checkpoints_keep_last_n_and_are_safetensors(tmp_path):
+    config = load_config(
+        "sine_maml",
+        [
+            "train.iterations=12",
+            "train.checkpoint_every=2",
+            "train.keep_checkpoints=3",
+            "train.log_every=4",
+        ],
+    )
+    learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
+    Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False).fit()
+    run = tmp_path / "run"
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [
+        "step-00000008.safetensors",
+        "step-00000010.safetensors",
+        "step-00000012.safetensors",
+    ]
+    for path in (run / "checkpoints").iterdir():
+        assert path.read_bytes()[8:9] == b"{"  # safetensors header, not a pickle
+    assert (run / "config.yaml").is_file() and (run / "env.json").is_file()
+    assert json.loads((run / "env.json").read_text())["torch"] == torch.__version__
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8, 12]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_load_checkpoint_refuses_pickle_and_foreign_files(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "x"))
+
+    torch.save({"weights": Exploit()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="pickle"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    save_checkpoint(tmp_path / "ok.safetensors", {"w": torch.ones(2)}, {"step": 1})
+    tensors, meta = load_checkpoint(tmp_path / "ok.safetensors")
+    assert meta == {"step": 1} and torch.equal(tensors["w"], torch.ones(2))
+
+
+def test_runs_listing_and_plot(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "train",
+                "sine_maml",
+                "--out",
+                str(tmp_path / "runs" / "a"),
+                "--no-progress",
+                "--set",
+                "train.iterations=20",
+                "--set",
+                "train.log_every=5",
+            ]
+        )
+        == 0
+    )
+    assert main(["eval", str(tmp_path / "runs" / "a"), "--tasks", "20"]) == 0
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "finished" in out and "eval mse" in out
+    assert main(["plot", str(tmp_path / "runs" / "a")]) == 0
+    assert (tmp_path / "runs" / "a" / "learning_curves.png").stat().st_size > 1000
+    ev = json.loads((tmp_path / "runs" / "a" / "eval.json").read_text())
+    assert ev["tasks"] == 20 and ev["split"] == "test" and ev["mse"] > 0
