@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mamlkit import MAML  # noqa: E402
 from mamlkit.models import MLP, Conv4  # noqa: E402
+from mamlkit.system import tune_allocator  # noqa: E402
 
 WORKLOADS = {
     # name: (model, loss, tasks, support, query, input shape, classes, inner steps, α)
@@ -82,7 +83,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--first-order", action="store_true")
+    p.add_argument("--no-tune-allocator", action="store_true",
+                   help="leave glibc's malloc thresholds at their defaults")
     args = p.parse_args()
+    allocator_tuned = False if args.no_tune_allocator else tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     iters = args.iters or (2000 if args.workload == "sine" else 30)
@@ -109,6 +113,7 @@ def main() -> None:
                 "iters": iters,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "threads": torch.get_num_threads(),
+        "allocator_tuned": allocator_tuned,
                 "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
                 "torch": torch.__version__,
                 "cpu": platform.processor() or platform.machine(),

@@ -72,13 +72,20 @@ def _check_device(device: str) -> str:
     metavar="KEY=VALUE",
     help="Override a value of both methods' configs (e.g. algorithm.inner_lr=0.02).",
 )
+@click.option(
+    "--jobs", type=int, default=None, help="Models trained in parallel (default: one per CPU core)."
+)
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def reproduce_sine_cmd(out, iterations, seed, device, force, resume, overrides, progress) -> None:
+def reproduce_sine_cmd(
+    out, iterations, seed, device, force, resume, overrides, jobs, progress
+) -> None:
     """Sine regression (MAML §5.1): train MAML and the pretrained baseline, evaluate both,
     write results.json, sine_fits.png, sine_mse.png and report.md into --out."""
     from mamlkit.reproduce import reproduce_sine
 
-    if resume and not (out / "maml").is_dir():
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    if resume and not (out / "pretrained").is_dir():
         raise UserError(f"--resume: {out} holds no sine run to continue; drop --resume")
     result = reproduce_sine(
         out,
@@ -193,7 +200,9 @@ def data_download(dataset, dest) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     from mamlkit.data.errors import DataError
+    from mamlkit.system import tune_allocator
 
+    tune_allocator()
     try:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
     except (UserError, DataError) as exc:

@@ -129,11 +129,13 @@ class Trainer:
         val_tasks: TaskDistribution | None = None,
         progress: bool = True,
         description: str = "meta-train",
+        position: int = 0,
     ):
         self.learner, self.train_tasks, self.val_tasks = learner, train_tasks, val_tasks
         self.config, self.cfg = config, config.train
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.metric, self.progress, self.description = metric, progress, description
+        self.position = position  # progress-bar line, when several runs train side by side
         self.device = torch.device(self.cfg.device)
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -251,6 +253,7 @@ class Trainer:
             disable=not self.progress,
             mininterval=0.5,
             dynamic_ncols=True,
+            position=self.position,
         )
         while self.step < cfg.iterations:
             if cfg.lr_halve_every:
