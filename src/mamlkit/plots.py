@@ -52,11 +52,14 @@ def sine_fits(panels: list[dict[str, Any]], path: Path) -> None:
 
 
 def sine_mse(results: list[dict[str, Any]], path: Path) -> None:
-    """Like Figure 3: MSE (±95% CI) against the number of test-time gradient steps."""
+    """Like Figure 3: MSE (mean ± 95% CI, and the median dotted) against the number of
+    test-time gradient steps. The y-axis stops just above the pre-update error, so a mean
+    blown up by a few diverging tasks shows as leaving the plot (and is annotated)."""
     plt = _pyplot()
     ks = sorted({r["k_shot"] for r in results})
     fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
+        top = 1.15 * max(r["mse"] for r in results if r["k_shot"] == k and r["steps"] == 0)
         for method, color in (("maml", "tab:red"), ("pretrained", "tab:blue")):
             rows = sorted(
                 (r for r in results if r["k_shot"] == k and r["method"] == method),
@@ -65,20 +68,24 @@ def sine_mse(results: list[dict[str, Any]], path: Path) -> None:
             if not rows:
                 continue
             s = [r["steps"] for r in rows]
-            m = [r["mse"] for r in rows]
-            c = [r["ci95"] for r in rows]
-            ax.plot(s, m, marker="o", ms=3, color=color, label=method)
-            ax.fill_between(
-                s,
-                [a - b for a, b in zip(m, c, strict=True)],
-                [a + b for a, b in zip(m, c, strict=True)],
-                color=color,
-                alpha=0.2,
-            )
+            m = [min(r["mse"], 10 * top) for r in rows]
+            c = [min(r["ci95"], 10 * top) for r in rows]
+            ax.plot(s, m, marker="o", ms=3, color=color, label=f"{method} (mean)")
+            ax.fill_between(s, [a - b for a, b in zip(m, c)], [a + b for a, b in zip(m, c)],
+                            color=color, alpha=0.2)
+            if "median" in rows[0]:
+                ax.plot(s, [min(r["median"], 10 * top) for r in rows], ls=":", color=color,
+                        label=f"{method} (median)")
+            off = [r for r in rows if r["mse"] > top]
+            if off:
+                ax.annotate(f"{method} mean off-scale from step {off[0]['steps']}",
+                            (0.98, 0.9), xycoords="axes fraction", ha="right", fontsize=7,
+                            color=color)
+        ax.set_ylim(0, top)
         ax.set_title(f"k-shot regression, k={k}")
         ax.set_xlabel("number of gradient steps")
         ax.set_ylabel("mean squared error")
-        ax.legend()
+        ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
