@@ -147,3 +147,39 @@ def test_short_maml_run_reaches_70_percent_5w1s(omniglot_config):
     accuracy = _short_run(config, 400)
     print(f"MAML 5w1s after 400 iterations (meta-batch 8): {accuracy:.2f}%")
     assert accuracy >= 70.0, accuracy
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "omniglot_fomaml_5w1s",
+        "omniglot_maml_20w1s",
+        "omniglot_protonet_20w5s",
+        "omniglot_pretrained_5w1s",
+    ],
+)
+def test_presets_train_and_eval_through_the_cli(preset, tmp_path, capsys):
+    """Every algorithm family runs end to end: train (2 iterations) -> eval.json."""
+    import json
+
+    from mamlkit.cli import main
+
+    root = data_root()
+    run = tmp_path / "run"
+    argv = ["train", preset, "--out", str(run), "--no-progress"]
+    for s in (
+        f"task.data_dir={root}/omniglot",
+        "train.iterations=2",
+        "train.meta_batch=2",
+        "train.val_every=0",
+        "train.tensorboard=false",
+    ):
+        argv += ["--set", s]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main(["eval", str(run), "--tasks", "4"]) == 0, capsys.readouterr().err
+    result = json.loads((run / "eval.json").read_text())
+    config = load_config(str(run / "config.yaml"))
+    assert set(result) == {"accuracy", "ci95", "tasks", "ways", "shots", "steps", "split"}
+    assert result["ways"] == config.task.ways and result["shots"] == config.task.shots
+    assert result["steps"] == config.eval.steps and result["split"] == "test"
+    assert 0.0 <= result["accuracy"] <= 100.0 and result["tasks"] == 4

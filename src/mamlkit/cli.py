@@ -114,10 +114,16 @@ def reproduce_sine_cmd(
     help="Override a config value, e.g. --set train.iterations=100 (repeatable).",
 )
 @click.option("--out", type=PATH, default=None, help="Run directory (default runs/<preset>).")
+@click.option(
+    "--data-dir",
+    type=PATH,
+    default=None,
+    help="Data set folder (default: $MAMLKIT_DATA/<dataset>, then the user cache).",
+)
 @click.option("--resume", type=PATH, default=None, help="Continue the run in this directory.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train(config, overrides, out, resume, force, progress) -> None:
+def train(config, overrides, out, data_dir, resume, force, progress) -> None:
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
     from mamlkit.config import load_config
     from mamlkit.runner import train_run
@@ -132,7 +138,8 @@ def train(config, overrides, out, resume, force, progress) -> None:
     else:
         if config is None:
             raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
-        cfg = load_config(config, list(overrides))
+        extra = [f"task.data_dir={data_dir}"] if data_dir is not None else []
+        cfg = load_config(config, [*overrides, *extra])
         _check_device(cfg.train.device)
         run_dir = out if out is not None else Path("runs") / Path(config).stem
         summary = train_run(cfg, run_dir, force=force, progress=progress)
@@ -144,11 +151,13 @@ def train(config, overrides, out, resume, force, progress) -> None:
 @click.option("--tasks", type=int, default=None, help="Test tasks (default: config eval.tasks).")
 @click.option("--split", default=None, help="train, val or test (default: config eval.split).")
 @click.option("--steps", type=int, default=None, help="Test-time adaptation steps.")
-def eval_cmd(run_dir, tasks, split, steps) -> None:
+@click.option("--data-dir", type=PATH, default=None, help="Data set folder (default: as trained).")
+def eval_cmd(run_dir, tasks, split, steps, data_dir) -> None:
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
     from mamlkit.runner import eval_run
 
-    click.echo(json.dumps(eval_run(run_dir, tasks=tasks, split=split, steps=steps)))
+    result = eval_run(run_dir, tasks=tasks, split=split, steps=steps, data_dir=data_dir)
+    click.echo(json.dumps(result))
 
 
 @app.command()

@@ -71,16 +71,31 @@ def sine_mse(results: list[dict[str, Any]], path: Path) -> None:
             m = [min(r["mse"], 10 * top) for r in rows]
             c = [min(r["ci95"], 10 * top) for r in rows]
             ax.plot(s, m, marker="o", ms=3, color=color, label=f"{method} (mean)")
-            ax.fill_between(s, [a - b for a, b in zip(m, c)], [a + b for a, b in zip(m, c)],
-                            color=color, alpha=0.2)
+            ax.fill_between(
+                s,
+                [a - b for a, b in zip(m, c)],
+                [a + b for a, b in zip(m, c)],
+                color=color,
+                alpha=0.2,
+            )
             if "median" in rows[0]:
-                ax.plot(s, [min(r["median"], 10 * top) for r in rows], ls=":", color=color,
-                        label=f"{method} (median)")
+                ax.plot(
+                    s,
+                    [min(r["median"], 10 * top) for r in rows],
+                    ls=":",
+                    color=color,
+                    label=f"{method} (median)",
+                )
             off = [r for r in rows if r["mse"] > top]
             if off:
-                ax.annotate(f"{method} mean off-scale from step {off[0]['steps']}",
-                            (0.98, 0.9), xycoords="axes fraction", ha="right", fontsize=7,
-                            color=color)
+                ax.annotate(
+                    f"{method} mean off-scale from step {off[0]['steps']}",
+                    (0.98, 0.9),
+                    xycoords="axes fraction",
+                    ha="right",
+                    fontsize=7,
+                    color=color,
+                )
         ax.set_ylim(0, top)
         ax.set_title(f"k-shot regression, k={k}")
         ax.set_xlabel("number of gradient steps")

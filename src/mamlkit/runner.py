@@ -44,12 +44,12 @@ def train_run(
     return {"run_dir": str(run_dir), **summary}
 
 
-def load_run(run_dir: Path) -> tuple[Config, Any]:
+def load_run(run_dir: Path, data_dir: Path | None = None) -> tuple[Config, Any]:
     """The config and the trained learner of a run directory."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
-    config = load_config(str(cfg_path))
+    config = load_config(str(cfg_path), [f"task.data_dir={data_dir}"] if data_dir else [])
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise UserError(
@@ -63,9 +63,13 @@ def load_run(run_dir: Path) -> tuple[Config, Any]:
 
 
 def eval_run(
-    run_dir: Path, tasks: int | None = None, split: str | None = None, steps: int | None = None
+    run_dir: Path,
+    tasks: int | None = None,
+    split: str | None = None,
+    steps: int | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
-    config, learner = load_run(run_dir)
+    config, learner = load_run(run_dir, data_dir)
     tasks = config.eval.tasks if tasks is None else tasks
     split = config.eval.split if split is None else split
     steps = config.eval.steps if steps is None else steps

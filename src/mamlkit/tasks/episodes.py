@@ -54,6 +54,19 @@ class EpisodeTasks:
                 f"shots + queries = {shots + queries} exceeds the {per_class} images per class"
             )
 
+    def images_of(self, classes: Tensor, picks: Tensor) -> Tensor:
+        """Float images in [0, 1] of image ``picks`` of class ``classes`` (broadcast
+        together); class c >= C is class c mod C rotated by (c div C)·90°."""
+        base = self.images.shape[0]
+        x = self.images[classes % base, picks]
+        if self.rotations:
+            rotation = (classes // base).expand(picks.shape)
+            x = x.clone()
+            for r in (1, 2, 3):
+                mask = rotation == r
+                x[mask] = torch.rot90(x[mask], r, dims=(-2, -1))
+        return x.float().div_(255.0)
+
     def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
         device = generator.device
         n, k, q = self.ways, self.shots, self.queries
@@ -66,15 +79,7 @@ class EpisodeTasks:
         picks = (
             torch.rand(tasks, n, per_class, generator=generator, device=device).topk(k + q).indices
         )
-        base, rotation = classes % self.images.shape[0], classes // self.images.shape[0]
-        x = self.images[base.unsqueeze(-1), picks]  # [T, N, K+Q, ch, H, W] uint8
-        if self.rotations:
-            x = x.clone()
-            for r in (1, 2, 3):
-                mask = rotation == r
-                if mask.any():
-                    x[mask] = torch.rot90(x[mask], r, dims=(-2, -1))
-        x = x.float().div_(255.0)
+        x = self.images_of(classes.unsqueeze(-1), picks)  # [T, N, K+Q, ch, H, W]
         labels = torch.arange(n, device=device).view(1, n, 1).expand(tasks, n, k + q)
         shape = x.shape[3:]
         return TaskBatch(
@@ -105,18 +110,11 @@ class ClassBatches:
     def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
         device = generator.device
         e = self.episodes
-        n_base, per_class = e.images.shape[:2]
+        per_class = e.images.shape[1]
         size = tasks * self.batch_size
         classes = torch.randint(self.num_classes, (size,), generator=generator, device=device)
         picks = torch.randint(per_class, (size,), generator=generator, device=device)
-        x = e.images[classes % n_base, picks]
-        rotation = classes // n_base
-        if e.rotations:
-            x = x.clone()
-            for r in (1, 2, 3):
-                mask = rotation == r
-                if mask.any():
-                    x[mask] = torch.rot90(x[mask], r, dims=(-2, -1))
-        x = x.float().div_(255.0).view(tasks, self.batch_size, *x.shape[1:])
+        x = e.images_of(classes, picks)
+        x = x.view(tasks, self.batch_size, *x.shape[1:])
         y = classes.view(tasks, self.batch_size)
         return TaskBatch(x[:, :0], y[:, :0], x, y)
