@@ -21,6 +21,11 @@
 18. a missing data directory (names where it looked)
 19. a corrupt Omniglot zip
 20. an unknown data set for `data download`
+21. --force on a non-empty folder that is not a mamlkit run (nothing deleted)
+22. train_ways for an algorithm that trains on its test episodes (MAML)
+23. a YAML config whose top level is not a mapping
+24. an image size too small for four max-pooling blocks
+25. train --resume combined with --out / --force
 """
 
 from __future__ import annotations
@@ -315,3 +320,59 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_21_force_on_a_foreign_folder(capsys, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    assert_user_error(
+        capsys,
+        "train",
+        "sine_maml",
+        "--out",
+        home,
+        "--force",
+        "--set",
+        "train.iterations=5",
+        match="not a mamlkit run",
+    )
+    assert (home / "thesis.tex").read_text() == "years of work"
+
+
+def test_22_train_ways_with_maml(capsys, tmp_path):
+    assert_user_error(
+        capsys,
+        "train",
+        "omniglot_maml_5w1s",
+        "--set",
+        "task.train_ways=20",
+        "--out",
+        tmp_path / "r",
+        match="task.train_ways",
+    )
+
+
+def test_23_yaml_not_a_mapping(capsys, tmp_path):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    assert_user_error(capsys, "train", bad, "--out", tmp_path / "r", match="mapping")
+
+
+def test_24_image_too_small_for_max_pooling(capsys, tmp_path):
+    assert_user_error(
+        capsys,
+        "train",
+        "omniglot_protonet_5w1s",
+        "--set",
+        "task.image_size=8",
+        "--out",
+        tmp_path / "r",
+        match="task.image_size",
+    )
+
+
+def test_25_resume_with_out(capsys, tmp_path):
+    assert_user_error(
+        capsys, "train", "--resume", tmp_path, "--out", tmp_path / "x", match="--resume"
+    )

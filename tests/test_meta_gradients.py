@@ -213,3 +213,33 @@ def test_omniglot_geometry_conv4_meta_gradient(float64, pooling, size):
     ref = reference_meta_grad(model, F.cross_entropy, xs, ys, xq, ys, 0.4, 2)
     ours = library_meta_grad(model, F.cross_entropy, xs, ys, xq, ys, 0.4, 2, "batched")
     assert rel_error(ours, ref) <= 1e-8
+
+
+@pytest.mark.parametrize("impl", ["batched", "vmap", "loop"])
+def test_frozen_parameters_stay_shared_and_unadapted(float64, impl):
+    """Parameters with requires_grad=False are not adapted and get no meta-gradient; the
+    others' meta-gradient still matches the reference."""
+    gen = torch.Generator().manual_seed(8)
+    torch.manual_seed(0)
+    model, loss_fn, xs, ys, xq, yq, lr = make_case("mlp", gen)
+    model.net[0].weight.requires_grad_(False)
+    model.net[2].bias.requires_grad_(False)
+    learner = MAML(model, loss_fn, lr, inner_steps=2, impl=impl)
+    phi = learner.adapt(xs, ys)
+    assert "net.0.weight" not in phi and "net.2.bias" not in phi
+    model.zero_grad(set_to_none=True)
+    learner.meta_loss(xs, ys, xq, yq).backward()
+    ours = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    theta = {n: p for n, p in model.named_parameters()}
+    total = {n: torch.zeros_like(p) for n, p in ours.items()}
+    for t in range(TASKS):
+        phi_t = {n: theta[n] for n in ours}
+        for _ in range(2):
+            loss = loss_fn(functional_call(model, {**theta, **phi_t}, (xs[t],)), ys[t])
+            grads = torch.autograd.grad(loss, list(phi_t.values()), create_graph=True)
+            phi_t = {n: p - lr * g for (n, p), g in zip(phi_t.items(), grads)}
+        q = loss_fn(functional_call(model, {**theta, **phi_t}, (xq[t],)), yq[t]) / TASKS
+        for n, g in zip(ours, torch.autograd.grad(q, [theta[n] for n in ours])):
+            total[n] += g
+    assert rel_error(ours, total) <= 1e-8
+    assert model.net[0].weight.grad is None

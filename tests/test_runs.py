@@ -189,3 +189,47 @@ def test_runs_listing_and_plot(tmp_path, capsys):
     assert (tmp_path / "runs" / "a" / "learning_curves.png").stat().st_size > 1000
     ev = json.loads((tmp_path / "runs" / "a" / "eval.json").read_text())
     assert ev["tasks"] == 20 and ev["split"] == "test" and ev["mse"] > 0
+
+
+def test_force_replaces_an_old_run_completely(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = [
+        "train",
+        "sine_maml",
+        "--out",
+        str(run),
+        "--no-progress",
+        "--set",
+        "train.tensorboard=false",
+        "--set",
+        "train.log_every=5",
+    ]
+    assert main([*base, "--set", "train.iterations=20", "--set", "train.checkpoint_every=10"]) == 0
+    assert main(["eval", str(run), "--tasks", "5"]) == 0
+    assert (
+        main(
+            [*base, "--force", "--set", "train.iterations=10", "--set", "train.checkpoint_every=5"]
+        )
+        == 0
+    )
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["step-00000005.safetensors", "step-00000010.safetensors"]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10]
+    assert not (run / "eval.json").exists()
+
+
+def test_data_dir_is_a_literal_path(tmp_path, capsys):
+    """--data-dir is a path, never YAML: a folder named 2024 or null is still a path."""
+    code = main(
+        [
+            "train",
+            "omniglot_maml_5w1s",
+            "--data-dir",
+            str(tmp_path / "2024"),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "2024" in err and "expected str" not in err

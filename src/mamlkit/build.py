@@ -25,6 +25,15 @@ from mamlkit.models import MLP, Conv4
 from mamlkit.tasks import ClassBatches, EpisodeTasks, SineTasks, TaskDistribution
 
 
+def check_device(c: Config) -> None:
+    """Refuse a CUDA config on a machine without CUDA (also for resumed and evaluated runs)."""
+    if c.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"config key 'train.device': {c.train.device!r} but CUDA is not "
+            "available here; use --set train.device=cpu"
+        )
+
+
 def metric_for(c: Config) -> str:
     return "mse" if c.task.name == "sine" else "accuracy"
 
@@ -42,6 +51,8 @@ def build_model(c: Config, out_features: int | None = None) -> nn.Module:
         filters=c.model.filters,
         image_size=c.task.image_size,
         pooling=c.model.pooling,
+        global_pool=c.model.global_pool,
+        bn_running_stats=c.model.bn_running_stats,
     )
 
 
@@ -58,7 +69,7 @@ def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearne
     else:
         loss = F.cross_entropy
         if a.name == "protonet":
-            return PrototypicalNetwork(build_model(c, out_features=0), impl=a.impl)
+            return PrototypicalNetwork(build_model(c, out_features=0))
         if a.name == "pretrained":
             if num_train_classes is None:
                 num_train_classes = build_tasks(c, "train").num_classes
@@ -96,9 +107,10 @@ def _class_images(c: Config, split: str) -> np.ndarray:
             t.data_dir, t.image_size, t.split, t.split_seed, t.val_classes
         )[split]
     else:
-        from mamlkit.data import load_miniimagenet
+        from mamlkit.data import find_miniimagenet_dir, load_miniimagenet
 
-        images = load_miniimagenet(t.data_dir, split, image_size=t.image_size).images
+        root = find_miniimagenet_dir(t.data_dir)
+        images = load_miniimagenet(root, split, image_size=t.image_size).images
     if len(images) == 0:
         raise ConfigError(
             f"config key 'task.val_classes': the {split!r} split is empty; "

@@ -96,6 +96,7 @@ def reproduce_sine_cmd(
         resume=resume,
         progress=progress,
         overrides=list(overrides),
+        jobs=jobs,
     )
     table = {(r["method"], r["steps"]): r for r in result["records"] if r["k_shot"] == 5}
     for method in ("maml", "pretrained"):
@@ -126,21 +127,23 @@ def reproduce_sine_cmd(
 def train(config, overrides, out, data_dir, resume, force, progress) -> None:
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
     from mamlkit.config import load_config
-    from mamlkit.runner import train_run
+    from mamlkit.runner import data_dir_update, train_run
 
     if resume is not None:
-        if config is not None or overrides:
-            raise UserError("--resume takes its config from the run directory; drop CONFIG/--set")
+        if config is not None or overrides or out is not None or force:
+            raise UserError(
+                "--resume continues a run with its own config and directory; drop "
+                "CONFIG/--set/--out/--force"
+            )
         cfg_path = resume / "config.yaml"
         if not cfg_path.is_file():
             raise UserError(f"--resume {resume}: no config.yaml there; not a mamlkit run directory")
-        summary = train_run(load_config(str(cfg_path)), resume, resume=True, progress=progress)
+        cfg = load_config(str(cfg_path), updates=data_dir_update(data_dir))
+        summary = train_run(cfg, resume, resume=True, progress=progress)
     else:
         if config is None:
             raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
-        extra = [f"task.data_dir={data_dir}"] if data_dir is not None else []
-        cfg = load_config(config, [*overrides, *extra])
-        _check_device(cfg.train.device)
+        cfg = load_config(config, list(overrides), updates=data_dir_update(data_dir))
         run_dir = out if out is not None else Path("runs") / Path(config).stem
         summary = train_run(cfg, run_dir, force=force, progress=progress)
     click.echo(json.dumps(summary))

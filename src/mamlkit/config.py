@@ -48,6 +48,8 @@ class ModelConfig:
     filters: int = 64
     pooling: str = "stride"  # conv4: stride | max
     init: str = "torch"  # mlp: torch (PyTorch default) | trunc_normal (cbfinn/maml: std 0.01)
+    global_pool: bool = False  # conv4: average the last feature map before the head (cbfinn)
+    bn_running_stats: bool = False  # conv4 for protonet: track running stats, use them in eval
 
 
 @dataclass
@@ -190,9 +192,13 @@ def resolve_preset(name_or_path: str) -> Path:
 
 
 def load_config(
-    source: str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()
+    source: str | Path | dict | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    updates: dict[str, Any] | None = None,
 ) -> Config:
-    """Build and validate a :class:`Config` from a preset name, a YAML path or a dict."""
+    """Build and validate a :class:`Config` from a preset name, a YAML path or a dict, then
+    ``--set``-style ``overrides`` (values parsed as YAML) and nested ``updates`` (taken as
+    they are, e.g. a path from ``--data-dir``)."""
     data: dict[str, Any] = {}
     if isinstance(source, dict):
         data = source
@@ -204,9 +210,12 @@ def load_config(
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}{where}: not valid YAML; fix the syntax") from None
-        data.pop("defaults", None)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config sections")
     for text in overrides:
         data = _merge(data, parse_override(text))
+    if updates:
+        data = _merge(data, updates)
     config = _build(Config, data, "")
     validate(config)
     return config
@@ -234,6 +243,20 @@ def validate(c: Config) -> None:
         c.model.init in ("torch", "trunc_normal"), "model.init", "must be 'torch' or 'trunc_normal'"
     )
     _require(c.train.threads >= 0, "train.threads", f"must be >= 0, got {c.train.threads}")
+    if c.model.name == "conv4" and c.model.pooling == "max":
+        _require(
+            c.task.image_size >= 16,
+            "task.image_size",
+            f"conv4 with max-pooling halves the image 4 times; needs >= 16, got "
+            f"{c.task.image_size}",
+        )
+    for key in ("train_ways", "train_queries"):
+        _require(
+            getattr(c.task, key) is None or c.algorithm.name == "protonet",
+            f"task.{key}",
+            f"only Prototypical Networks train with other episodes than they test on; "
+            f"remove it for algorithm {c.algorithm.name!r}",
+        )
     _require(
         c.algorithm.name in ("maml", "fomaml", "pretrained", "protonet"),
         "algorithm.name",

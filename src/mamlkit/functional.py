@@ -82,7 +82,9 @@ def task_forward(model: nn.Module, impl: str = "auto") -> tuple[TaskForward, str
             raise ValueError(f"{type(model).__name__} has no batched_forward; use vmap or loop")
 
         def forward(params: Params, x: Tensor) -> Tensor:
-            return model.batched_forward({**fixed(), **params}, x)
+            # batched kernels index every tensor by task: shared ones get the task axis too
+            shared = {n: v.expand(x.shape[0], *v.shape) for n, v in fixed().items()}
+            return model.batched_forward({**shared, **params}, x)
 
     elif impl == "vmap":
 

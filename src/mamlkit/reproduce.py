@@ -7,6 +7,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -235,6 +236,8 @@ def train_one(
         position=position,
     )
     has_checkpoint = bool(list((run / "checkpoints").glob("*.safetensors")))
+    if run.exists() and not (resume and has_checkpoint):
+        shutil.rmtree(run)  # interrupted before its first checkpoint: start it afresh
     trainer.fit(resume=resume and has_checkpoint)
 
 

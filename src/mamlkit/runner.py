@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mamlkit.build import build_learner, build_tasks, metric_for
+from mamlkit.build import build_learner, build_tasks, check_device, metric_for
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import UserError
@@ -22,6 +22,7 @@ def train_run(
 ) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes fail before the run directory
     is created), then train."""
+    check_device(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
@@ -44,12 +45,18 @@ def train_run(
     return {"run_dir": str(run_dir), **summary}
 
 
+def data_dir_update(data_dir: Path | None) -> dict[str, Any] | None:
+    """``--data-dir`` as a config update (a path, never parsed as YAML)."""
+    return {"task": {"data_dir": str(data_dir)}} if data_dir is not None else None
+
+
 def load_run(run_dir: Path, data_dir: Path | None = None) -> tuple[Config, Any]:
     """The config and the trained learner of a run directory."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
-    config = load_config(str(cfg_path), [f"task.data_dir={data_dir}"] if data_dir else [])
+    config = load_config(str(cfg_path), updates=data_dir_update(data_dir))
+    check_device(config)
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise UserError(
@@ -58,7 +65,13 @@ def load_run(run_dir: Path, data_dir: Path | None = None) -> tuple[Config, Any]:
         )
     learner = build_learner(config)
     tensors, _ = load_checkpoint(weights)
-    learner.load_state_dict(tensors)
+    try:
+        learner.load_state_dict(tensors)
+    except RuntimeError:
+        raise UserError(
+            f"{weights} does not match the model in {cfg_path} (edited config or "
+            "a file from another run)"
+        ) from None
     return config, learner.to(config.train.device).eval()
 
 

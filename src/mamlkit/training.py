@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -34,8 +35,18 @@ from mamlkit.tasks.base import TaskDistribution
 CHECKPOINT_DIR = "checkpoints"
 
 
+def _is_run_dir(path: Path) -> bool:
+    """A run directory (or a reproduce directory of runs) that mamlkit wrote."""
+    markers = ("status.json", "config.yaml", "results.json")
+    return any((path / m).exists() for m in markers) or any(
+        (child / "status.json").exists() for child in path.iterdir() if child.is_dir()
+    )
+
+
 def prepare_run_dir(out: str | Path, force: bool = False) -> Path:
-    """Check that a new run may be written to ``out`` (before anything is written)."""
+    """Check that a new run may be written to ``out``; with ``force``, clear the old run
+    there first (only something mamlkit wrote: ``--force`` on any other folder is refused).
+    Call it after everything else is validated."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory; choose another path")
@@ -51,6 +62,13 @@ def prepare_run_dir(out: str | Path, force: bool = False) -> Path:
         raise UserError(
             f"--out {out} is not writable ({probe} denies writing); choose another path"
         )
+    if force and out.is_dir() and any(out.iterdir()):
+        if not _is_run_dir(out):
+            raise UserError(
+                f"--out {out} is not a mamlkit run directory; --force only replaces runs, so "
+                "choose an empty or new directory"
+            )
+        shutil.rmtree(out)
     return out
 
 
@@ -170,7 +188,13 @@ class Trainer:
     def restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
         state = {k[len("learner.") :]: v for k, v in tensors.items() if k.startswith("learner.")}
-        self.learner.load_state_dict(state)
+        try:
+            self.learner.load_state_dict(state)
+        except RuntimeError:
+            raise UserError(
+                f"checkpoint {path} does not match the model of this run's "
+                "config.yaml (was the config edited?)"
+            ) from None
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
         rng_from_tensors(tensors, meta["rng"], {"tasks": self.generator})
         self.window = tensors["window"].clone()
@@ -311,16 +335,20 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Metric on ``val_tasks`` after the test-time number of steps (fixed val tasks)."""
         metric = self.metric or "mse"
-        result = evaluate(
-            self.learner,
-            self.val_tasks,
-            self.cfg.val_tasks,
-            steps=self.config.eval.steps,
-            metric=metric,
-            seed=self.config.eval.seed + 1,
-            device=self.device,
-            chunk=self.config.eval.chunk,
-        )[-1]
+        self.learner.eval()  # e.g. ProtoNets' BatchNorm: running statistics at test time
+        try:
+            result = evaluate(
+                self.learner,
+                self.val_tasks,
+                self.cfg.val_tasks,
+                steps=self.config.eval.steps,
+                metric=metric,
+                seed=self.config.eval.seed + 1,
+                device=self.device,
+                chunk=self.config.eval.chunk,
+            )[-1]
+        finally:
+            self.learner.train()
         value = result[metric]
         better = self.best is None or (value > self.best["value"]) == (metric == "accuracy")
         if better:

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaLearner
-from mamlkit.functional import adaptable_params, stack_params, task_forward
 
 
 def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: int) -> Tensor:
@@ -21,18 +20,20 @@ def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: in
 
 
 class PrototypicalNetwork(MetaLearner):
-    """Embeds support and query of each episode together (BatchNorm sees the episode's
-    statistics, as the original code does), averages support embeddings per class into
-    prototypes and scores queries by negative squared Euclidean distance."""
+    """Embeds support and query of each episode in one batch, averages support embeddings
+    per class into prototypes and scores queries by negative squared Euclidean distance.
 
-    def __init__(self, model: nn.Module, impl: str = "auto"):
+    The embedding network is an ordinary module shared by all episodes, run once per
+    episode as the original code does: in training mode its BatchNorm normalises with the
+    episode's statistics (and, if it tracks them, updates running statistics, which
+    ``eval()`` mode then uses at test time, as Snell et al. evaluate)."""
+
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self._forward, self.impl = task_forward(model, impl)
 
     def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
-        theta = stack_params(adaptable_params(self.model), support_x.shape[0])
-        z = self._forward(theta, torch.cat([support_x, query_x], dim=1))
+        z = torch.stack([self.model(torch.cat([s, q])) for s, q in zip(support_x, query_x)])
         return z[:, : support_x.shape[1]], z[:, support_x.shape[1] :]
 
     def logits(self, support_x, support_y, query_x) -> Tensor:

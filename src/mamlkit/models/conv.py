@@ -13,8 +13,12 @@ class Conv4(nn.Module):
     ``pooling="stride"``: stride-2 convolutions, no pooling (MAML's Omniglot net);
     ``pooling="max"``: stride-1 convolutions followed by 2×2 max-pooling (MiniImagenet,
     ProtoNets). ``out_features=0`` drops the head and returns the flattened embedding.
-    BatchNorm always normalises with the current batch's statistics (no running stats),
-    as the original MAML code does, and its γ/β are ordinary (meta-learned) parameters.
+    ``global_pool`` averages the last feature map over space before the head, as
+    cbfinn/maml does for Omniglot (64 features instead of 64·2·2).
+    BatchNorm normalises with the current batch's statistics and keeps no running stats, as
+    the original MAML code does; its γ/β are ordinary (meta-learned) parameters.
+    ``bn_running_stats=True`` restores ordinary BatchNorm (running statistics, used in
+    ``eval()`` mode), as Prototypical Networks are evaluated.
     """
 
     def __init__(
@@ -25,18 +29,21 @@ class Conv4(nn.Module):
         image_size: int = 28,
         pooling: str = "stride",
         blocks: int = 4,
+        global_pool: bool = False,
+        bn_running_stats: bool = False,
     ):
         super().__init__()
         if pooling not in ("stride", "max"):
             raise ValueError(f"pooling must be 'stride' or 'max', got {pooling!r}")
         self.pooling, self.filters, self.blocks = pooling, filters, blocks
+        self.global_pool = global_pool
         stride = 2 if pooling == "stride" else 1
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
         for _ in range(blocks):
             layers += [
                 nn.Conv2d(channels, filters, 3, stride=stride, padding=1),
-                nn.BatchNorm2d(filters, track_running_stats=False),
+                nn.BatchNorm2d(filters, track_running_stats=bn_running_stats),
                 nn.ReLU(),
             ]
             if pooling == "max":
@@ -46,11 +53,12 @@ class Conv4(nn.Module):
                 size = (size + 1) // 2
             channels = filters
         self.features = nn.Sequential(*layers)
-        self.embedding_dim = filters * size * size
+        self.embedding_dim = filters if global_pool else filters * size * size
         self.head = nn.Linear(self.embedding_dim, out_features) if out_features else None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.features(x).flatten(1)
+        h = self.features(x)
+        h = h.mean((2, 3)) if self.global_pool else h.flatten(1)
         return self.head(h) if self.head is not None else h
 
     def batched_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -88,7 +96,9 @@ class Conv4(nn.Module):
                 h = torch.relu(h)
             else:
                 h = F.max_pool2d(h, 2)
-        # [B, T·C, h, w] -> [T, B, C·h·w]; the per-task flatten order matches forward().
+        if self.global_pool:
+            h = h.mean((2, 3))
+        # [B, T·C(, h, w)] -> [T, B, C(·h·w)]; the per-task flatten order matches forward().
         h = h.reshape(batch, tasks, -1).transpose(0, 1)
         if self.head is None:
             return h
