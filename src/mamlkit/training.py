@@ -183,6 +183,7 @@ class Trainer:
         save_checkpoint(path, tensors, meta)
         for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
             old.unlink()
+        write_status(self.run_dir, "running", step=self.step, best=self.best)
         return path
 
     def restore(self, path: Path) -> None:
