@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import ops
+
 
 class Conv4(nn.Module):
     """4 × [3×3 conv, BatchNorm, ReLU (, 2×2 max-pool)], then a linear head.
@@ -65,31 +67,30 @@ class Conv4(nn.Module):
         """T tasks at once: ``x [T, B, C, H, W]`` -> ``[T, B, out]``, per-task weights.
 
         The tasks are stacked along the channel axis (``[B, T·C, H, W]``) and each
-        convolution runs with ``groups=T``. Plain ``F.batch_norm(training=True)`` on that
-        layout normalises every task's channels with that task's own batch statistics,
-        and unlike ``vmap`` over an affine batch norm its double backward is exact.
+        convolution runs with ``groups=T``. Training-mode BatchNorm on that layout
+        normalises every task's channels with that task's own batch statistics, and unlike
+        ``vmap`` over an affine batch norm its double backward is exact. Both layers come
+        from :mod:`mamlkit.models.ops`: the same kernels as ``F.conv2d``/``F.batch_norm``,
+        with second derivatives that cost a few passes instead of a convolution per task.
         """
         tasks, batch = x.shape[:2]
         h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
         for i, layer in enumerate(self.features):
             if isinstance(layer, nn.Conv2d):
                 w = params[f"features.{i}.weight"]
-                h = F.conv2d(
+                h = ops.conv2d(
                     h,
                     w.reshape(-1, *w.shape[2:]),
                     params[f"features.{i}.bias"].reshape(-1),
-                    stride=layer.stride,
-                    padding=layer.padding,
+                    stride=layer.stride[0],
+                    padding=layer.padding[0],
                     groups=tasks,
                 )
             elif isinstance(layer, nn.BatchNorm2d):
-                h = F.batch_norm(
+                h = ops.batch_norm(
                     h,
-                    None,
-                    None,
                     params[f"features.{i}.weight"].reshape(-1),
                     params[f"features.{i}.bias"].reshape(-1),
-                    training=True,
                     eps=layer.eps,
                 )
             elif isinstance(layer, nn.ReLU):

@@ -1,0 +1,233 @@
+"""Convolution and BatchNorm for task-batched models, with cheap exact second derivatives.
+
+Second-order MAML differentiates the gradient of the support loss once more. PyTorch's own
+derivatives are exact but slow on that path for the layout ``Conv4.batched_forward`` uses
+(tasks stacked on the channel axis):
+
+* the double backward of a grouped convolution runs one convolution *per group* (per task),
+* the double backward of ``batch_norm`` is a composite of ~30 elementwise passes over the
+  activations.
+
+The functions below compute the same values with the same fused kernels
+(``F.conv2d``, ``convolution_backward``, ``native_batch_norm(_backward)``) and write the
+derivatives of the backward pass out by hand:
+
+* a convolution is bilinear in (input, weight), so its input gradient and weight gradient are
+  convolutions of the same kind again. :class:`_Conv`, :class:`_ConvInputGrad` and
+  :class:`_ConvWeightGrad` differentiate into each other — derivatives of any order, every
+  one a single grouped kernel call.
+* :class:`_BatchNormGrad` gives the second derivative of training-mode BatchNorm in closed
+  form: five per-channel moments and four passes over the activations. The formula is
+  written in differentiable operations, so a third derivative (``create_graph=True`` on
+  the outer backward) is exact too.
+
+Both are checked against float64 finite differences (``gradcheck``/``gradgradcheck``) and,
+inside MAML, against the per-task float64 reference (tests/test_meta_gradients.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+
+__all__ = ["conv2d", "batch_norm"]
+
+
+# ---------------------------------------------------------------------------- convolution
+
+
+def _conv_input_grad(g: Tensor, w: Tensor, x_shape, stride, padding, groups) -> Tensor:
+    # only the shape (and memory format) of the input is read
+    x = g.new_empty(x_shape)
+    return torch.ops.aten.convolution_backward(
+        g, x, w, None, stride, padding, [1, 1], False, [0, 0], groups, [True, False, False]
+    )[0]
+
+
+def _conv_weight_grad(x: Tensor, g: Tensor, w_shape, stride, padding, groups) -> Tensor:
+    w = g.new_empty(w_shape)  # only its shape is read
+    return torch.ops.aten.convolution_backward(
+        g, x, w, None, stride, padding, [1, 1], False, [0, 0], groups, [False, True, False]
+    )[1]
+
+
+class _Conv(Function):
+    """y = conv(x, w) + b."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride, padding, groups):
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, groups)
+        return F.conv2d(x, w, b, stride, padding, 1, groups)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        stride, padding, groups = ctx.conf
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = _ConvInputGrad.apply(g, w, x.shape, stride, padding, groups)
+        if ctx.needs_input_grad[1]:
+            gw = _ConvWeightGrad.apply(x, g, w.shape, stride, padding, groups)
+        if ctx.needs_input_grad[2]:
+            gb = g.sum((0, 2, 3))
+        return gx, gw, gb, None, None, None
+
+
+class _ConvInputGrad(Function):
+    """A(g, w) = ∂/∂x ⟨g, conv(x, w)⟩. Since ⟨u, A(g, w)⟩ = ⟨g, conv(u, w)⟩, its derivatives
+    are conv(u, w) for g and the weight gradient W(u, g) for w."""
+
+    @staticmethod
+    def forward(ctx, g, w, x_shape, stride, padding, groups):
+        ctx.save_for_backward(g, w)
+        ctx.conf = (stride, padding, groups)
+        return _conv_input_grad(g, w, x_shape, stride, padding, groups)
+
+    @staticmethod
+    def backward(ctx, u):
+        g, w = ctx.saved_tensors
+        stride, padding, groups = ctx.conf
+        gg = gw = None
+        if ctx.needs_input_grad[0]:
+            gg = _Conv.apply(u, w, None, stride, padding, groups)
+        if ctx.needs_input_grad[1]:
+            gw = _ConvWeightGrad.apply(u, g, w.shape, stride, padding, groups)
+        return gg, gw, None, None, None, None
+
+
+class _ConvWeightGrad(Function):
+    """W(x, g) = ∂/∂w ⟨g, conv(x, w)⟩. Since ⟨v, W(x, g)⟩ = ⟨g, conv(x, v)⟩, its derivatives
+    are the input gradient A(g, v) for x and conv(x, v) for g."""
+
+    @staticmethod
+    def forward(ctx, x, g, w_shape, stride, padding, groups):
+        ctx.save_for_backward(x, g)
+        ctx.conf = (stride, padding, groups)
+        return _conv_weight_grad(x, g, w_shape, stride, padding, groups)
+
+    @staticmethod
+    def backward(ctx, v):
+        x, g = ctx.saved_tensors
+        stride, padding, groups = ctx.conf
+        gx = gg = None
+        if ctx.needs_input_grad[0]:
+            gx = _ConvInputGrad.apply(g, v, x.shape, stride, padding, groups)
+        if ctx.needs_input_grad[1]:
+            gg = _Conv.apply(x, v, None, stride, padding, groups)
+        return gx, gg, None, None, None, None
+
+
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+) -> Tensor:
+    """``F.conv2d`` (square stride and padding, no dilation) whose derivatives of every
+    order are single convolution kernels, also for ``groups > 1``."""
+    s, p = [stride, stride], [padding, padding]
+    return _Conv.apply(x, weight, bias, s, p, groups)
+
+
+# ------------------------------------------------------------------------------ BatchNorm
+
+
+def _channel_mean(t: Tensor) -> Tensor:
+    """Per-channel mean of ``[B, C, *]``, shaped ``[1, C, 1, ...]``."""
+    return t.mean([0, *range(2, t.dim())], keepdim=True)
+
+
+def _per_channel(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(1, -1, *([1] * (like.dim() - 2)))
+
+
+class _BatchNorm(Function):
+    """y = γ x̂ + β with x̂ = (x − mean) r, r = (var + eps)^-½, batch statistics per channel."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        y, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
+        ctx.save_for_backward(x, gamma, mean, invstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, gamma, mean, invstd = ctx.saved_tensors
+        gx, ggamma, gbeta = _BatchNormGrad.apply(g, x, gamma, mean, invstd, ctx.eps)
+        return gx, ggamma, gbeta, None
+
+
+class _BatchNormGrad(Function):
+    """(g, x, γ) -> (∂/∂x, ∂/∂γ, ∂/∂β) of BatchNorm: with N values per channel,
+
+        ∂/∂x = γ r (g − m(g) − x̂ m(g x̂)),   ∂/∂γ = Σ g x̂,   ∂/∂β = Σ g,
+
+    where m(·) is the per-channel mean. ``mean`` and ``invstd`` are the forward's statistics;
+    their dependence on x is part of the derivative w.r.t. x below.
+    """
+
+    @staticmethod
+    def forward(ctx, g, x, gamma, mean, invstd, eps):
+        ctx.save_for_backward(g, x, gamma, mean, invstd)
+        ctx.eps = eps
+        return torch.ops.aten.native_batch_norm_backward(
+            g, x, gamma, None, None, mean, invstd, True, eps, [True, True, True]
+        )
+
+    @staticmethod
+    def backward(ctx, u, a, b):
+        # S = ⟨u, ∂/∂x⟩ + ⟨a, ∂/∂γ⟩ + ⟨b, ∂/∂β⟩; returns ∂S/∂g, ∂S/∂x, ∂S/∂γ. Every
+        # full-size result is a per-channel combination of g, x and u, so x̂ is never
+        # materialised: x̂ = r x − r mean.
+        g, x, gamma, mean, invstd = ctx.saved_tensors
+        n = x.numel() // x.shape[1]
+        if torch.is_grad_enabled():
+            # create_graph: this result will be differentiated again, so the statistics
+            # must carry their dependence on x (the saved ones are constants)
+            var, mean = torch.var_mean(x, [0, *range(2, x.dim())], correction=0)
+            invstd = torch.rsqrt(var + ctx.eps)
+        r, gam, mu_x = (_per_channel(v, x) for v in (invstd, gamma, mean))
+        gr = gam * r
+        zero = torch.zeros_like(r)
+        m_g = _channel_mean(g)
+        m_gxh = r * (_channel_mean(g * x) - mu_x * m_g)  # m(g x̂)
+        if u is not None:
+            m_u = _channel_mean(u)
+            m_uxh = r * (_channel_mean(u * x) - mu_x * m_u)  # m(u x̂)
+            cov = _channel_mean(u * g) - m_u * m_g - m_uxh * m_gxh
+        else:
+            m_u = m_uxh = cov = zero
+        a_ = _per_channel(a, x) if a is not None else zero
+        b_ = _per_channel(b, x) if b is not None else zero
+
+        # ∂S/∂g = γr (u − m(u) − x̂ m(u x̂)) + a x̂ + b
+        k_x = r * (a_ - gr * m_uxh)
+        k_0 = b_ - gr * m_u - k_x * mu_x
+        grad_g = torch.addcmul(k_0, x, k_x)
+        if u is not None:
+            grad_g.addcmul_(u, gr)
+        # explicit dependence on x̂ and r: ∂S/∂x̂ = αu + βg, ∂S/∂r = γ n cov
+        alpha, beta = -gr * m_gxh, a_ - gr * m_uxh
+        grad_r = gam * n * cov
+        # through x̂(x) and r(x): ∂S/∂x = r (G − m(G) − x̂ m(G x̂)) − x̂ r² ∂S/∂r / n, G = ∂S/∂x̂
+        m_G = alpha * m_u + beta * m_g
+        m_Gxh = alpha * m_uxh + beta * m_gxh
+        c_x = r * (-r * m_Gxh - grad_r * r * r / n)
+        grad_x = torch.addcmul(-r * m_G - c_x * mu_x, g, r * beta)
+        grad_x.addcmul_(x, c_x)
+        if u is not None:
+            grad_x.addcmul_(u, r * alpha)
+        grad_gamma = (n * r * cov).view(-1)
+        return grad_g, grad_x, grad_gamma, None, None, None
+
+
+def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """``F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)`` for ``[B, C, *]``
+    with a closed-form second derivative (a third one raises)."""
+    return _BatchNorm.apply(x, weight, bias, eps)

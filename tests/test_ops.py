@@ -1,0 +1,89 @@
+"""The layer kernels of the batched Conv4 path against PyTorch and finite differences (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+from mamlkit.models import ops
+
+
+def _leaf(*shape, gen):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+
+@pytest.mark.parametrize("stride,groups,size", [(1, 1, 5), (2, 1, 6), (2, 3, 7), (1, 2, 4)])
+def test_conv2d_values_and_derivatives(stride, groups, size):
+    gen = torch.Generator().manual_seed(0)
+    x = _leaf(2, 2 * groups, size, size, gen=gen)
+    w = _leaf(3 * groups, 2, 3, 3, gen=gen)
+    b = _leaf(3 * groups, gen=gen)
+
+    def ours(x, w, b):
+        return ops.conv2d(x, w, b, stride=stride, padding=1, groups=groups)
+
+    torch.testing.assert_close(ours(x, w, b), F.conv2d(x, w, b, stride, 1, 1, groups))
+    assert gradcheck(ours, (x, w, b))
+    assert gradgradcheck(ours, (x, w, b))
+
+    # third order: the three convolution functions differentiate into each other
+    def first_derivatives(x, w, b):
+        y = ours(x, w, b)
+        return torch.autograd.grad((y**2).sum(), (x, w), create_graph=True)
+
+    assert gradgradcheck(first_derivatives, (x, w, b))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 2, 3), (6, 5)])
+def test_batch_norm_values_and_second_derivatives(shape):
+    gen = torch.Generator().manual_seed(1)
+    x = _leaf(*shape, gen=gen)
+    gamma = _leaf(shape[1], gen=gen)
+    beta = _leaf(shape[1], gen=gen)
+    torch.testing.assert_close(
+        ops.batch_norm(x, gamma, beta), F.batch_norm(x, None, None, gamma, beta, training=True)
+    )
+    assert gradcheck(ops.batch_norm, (x, gamma, beta))
+    assert gradgradcheck(ops.batch_norm, (x, gamma, beta))
+
+
+@pytest.mark.parametrize("used", ["x", "gamma", "beta", "gamma+beta"])
+def test_batch_norm_second_derivative_with_some_first_derivatives_unused(used):
+    """The double backward receives None for the unused first derivatives."""
+    gen = torch.Generator().manual_seed(2)
+    x, gamma, beta = _leaf(3, 4, 5, gen=gen), _leaf(4, gen=gen), _leaf(4, gen=gen)
+    v = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+
+    def objective(bn):
+        y = bn(x, gamma, beta)
+        gx, gg, gb = torch.autograd.grad(
+            (y * v).sum() + (y**2).sum(), (x, gamma, beta), create_graph=True
+        )
+        parts = {"x": (gx**2).sum(), "gamma": (gg**3).sum(), "beta": (gb**3).sum()}
+        total = sum(parts[k] for k in used.split("+"))
+        return torch.autograd.grad(total, (x, gamma, beta), allow_unused=True)
+
+    def reference(x, gamma, beta):
+        return F.batch_norm(x, None, None, gamma, beta, training=True)
+
+    wanted = objective(reference)
+    scale = max(float(w.abs().max()) for w in wanted if w is not None)
+    for got, want in zip(objective(ops.batch_norm), wanted, strict=True):
+        if want is None:
+            assert got is None or torch.count_nonzero(got) == 0
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * scale)
+
+
+def test_batch_norm_third_derivative():
+    """create_graph on the second derivative (e.g. meta-learning the outer loop) stays exact."""
+    gen = torch.Generator().manual_seed(3)
+    x, gamma, beta = _leaf(3, 2, 4, gen=gen), _leaf(2, gen=gen), _leaf(2, gen=gen)
+
+    def first_derivatives(x, gamma, beta):
+        y = ops.batch_norm(x, gamma, beta)
+        return torch.autograd.grad((y**3).sum(), (x, gamma, beta), create_graph=True)
+
+    assert gradgradcheck(first_derivatives, (x, gamma, beta))
