@@ -2,7 +2,11 @@
 Adam step) after warm-up. Prints one JSON line.
 
     python benchmarks/meta_iteration.py --workload sine|omniglot-5w1s|omniglot-20w1s \
-        [--impl auto|batched|vmap|loop] [--iters N] [--threads N] [--first-order]
+        [--impl auto|batched|vmap|loop|learn2learn-loop] [--iters N] [--threads N] [--first-order]
+
+``learn2learn-loop`` is not mamlkit's engine but the usual hand-written baseline: one task at
+a time, adapt with ``autograd.grad(create_graph=True)``, backward the task's query loss
+(accumulating into ``.grad``), as learn2learn's MAML examples do.
 
 Random inputs: timing does not depend on the pixel values.
 """
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -60,7 +65,14 @@ def make(workload: str, impl: str, first_order: bool, device: str):
             .expand(w["tasks"], -1)
         )
         loss = F.cross_entropy
-    learner = MAML(model.to(device), loss, w["lr"], w["steps"], first_order=first_order, impl=impl)
+    learner = MAML(
+        model.to(device),
+        loss,
+        w["lr"],
+        w["steps"],
+        first_order=first_order,
+        impl="loop" if impl == "learn2learn-loop" else impl,
+    )
     try:
         opt = torch.optim.Adam(learner.parameters(), 1e-3, fused=True)
     except (RuntimeError, TypeError):
@@ -71,20 +83,42 @@ def make(workload: str, impl: str, first_order: bool, device: str):
         learner.meta_loss(xs, ys, xq, yq).backward()
         opt.step()
 
+    def learn2learn_step():
+        opt.zero_grad(set_to_none=True)
+        theta = dict(model.named_parameters())
+        for t in range(xs.shape[0]):
+            phi = theta
+            for _ in range(w["steps"]):
+                support = loss(functional_call(model, phi, (xs[t],)), ys[t])
+                grads = torch.autograd.grad(
+                    support, list(phi.values()), create_graph=not first_order
+                )
+                phi = {n: p - w["lr"] * g for (n, p), g in zip(phi.items(), grads)}
+            (loss(functional_call(model, phi, (xq[t],)), yq[t]) / xs.shape[0]).backward()
+        opt.step()
+
+    if impl == "learn2learn-loop":
+        return learner, learn2learn_step
+
     return learner, step
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="sine")
-    p.add_argument("--impl", choices=["auto", "batched", "vmap", "loop"], default="auto")
+    p.add_argument(
+        "--impl", choices=["auto", "batched", "vmap", "loop", "learn2learn-loop"], default="auto"
+    )
     p.add_argument("--iters", type=int, default=None, help="timed iterations")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--first-order", action="store_true")
-    p.add_argument("--no-tune-allocator", action="store_true",
-                   help="leave glibc's malloc thresholds at their defaults")
+    p.add_argument(
+        "--no-tune-allocator",
+        action="store_true",
+        help="leave glibc's malloc thresholds at their defaults",
+    )
     args = p.parse_args()
     allocator_tuned = False if args.no_tune_allocator else tune_allocator()
     if args.threads:
@@ -106,14 +140,14 @@ def main() -> None:
         json.dumps(
             {
                 "workload": args.workload,
-                "impl": learner.impl,
+                "impl": "learn2learn-loop" if args.impl == "learn2learn-loop" else learner.impl,
                 "first_order": args.first_order,
                 "ms_per_iter_median": round(statistics.median(times) * 1e3, 3),
                 "ms_per_iter_p10": round(sorted(times)[len(times) // 10] * 1e3, 3),
                 "iters": iters,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "threads": torch.get_num_threads(),
-        "allocator_tuned": allocator_tuned,
+                "allocator_tuned": allocator_tuned,
                 "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
                 "torch": torch.__version__,
                 "cpu": platform.processor() or platform.machine(),
