@@ -239,7 +239,7 @@ class Trainer:
                     self.run_dir / "env.json",
                     json.dumps(environment_info(self.cfg.device), indent=2),
                 )
-            write_status(self.run_dir, "running", step=self.step)
+            write_status(self.run_dir, "running", step=self.step, best=self.best)
             self._start_tensorboard(self.step + 1 if resume else None)
         try:
             self._loop()
