@@ -26,6 +26,7 @@
 23. a YAML config whose top level is not a mapping
 24. an image size too small for four max-pooling blocks
 25. train --resume combined with --out / --force
+26. eval --checkpoint with a step that was not saved (names the saved ones)
 """
 
 from __future__ import annotations
@@ -314,3 +315,25 @@ def test_25_resume_with_out(capsys, tmp_path):
     assert_user_error(
         capsys, "train", "--resume", tmp_path, "--out", tmp_path / "x", match="--resume"
     )
+
+
+def test_26_eval_checkpoint_not_saved(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, _, _ = run_cli(
+        capsys,
+        "train",
+        "sine_maml",
+        "--out",
+        run,
+        "--no-progress",
+        "--set",
+        "train.iterations=10",
+        "--set",
+        "train.checkpoint_every=5",
+        "--set",
+        "train.tensorboard=false",
+    )
+    assert code == 0
+    line = assert_user_error(capsys, "eval", run, "--checkpoint", "7", match="--checkpoint")
+    assert "5, 10" in line
+    assert not list(run.glob("eval*.json"))

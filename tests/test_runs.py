@@ -233,3 +233,24 @@ def test_data_dir_is_a_literal_path(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "2024" in err and "expected str" not in err
+
+
+def test_eval_of_checkpoints_of_an_unfinished_run(tmp_path, capsys):
+    """An interrupted (or still running) run is evaluated from its checkpoints; the record
+    names the training iteration and does not replace the final eval.json."""
+    run = tmp_path / "run"
+    args = ["train", "sine_maml", "--out", str(run), "--no-progress"]
+    for s in ("train.iterations=30", "train.checkpoint_every=10", "train.tensorboard=false"):
+        args += ["--set", s]
+    assert main(args) == 0
+    (run / "model.safetensors").unlink()  # as if the run had not finished
+    assert main(["eval", str(run), "--tasks", "5"]) == 2
+    assert "--checkpoint latest" in capsys.readouterr().err
+
+    assert main(["eval", str(run), "--tasks", "5", "--checkpoint", "latest"]) == 0
+    latest = json.loads((run / "eval-step-00000030.json").read_text())
+    assert latest["iteration"] == 30 and latest["tasks"] == 5 and latest["mse"] > 0
+    assert main(["eval", str(run), "--tasks", "5", "--checkpoint", "20"]) == 0
+    older = json.loads((run / "eval-step-00000020.json").read_text())
+    assert older["iteration"] == 20 and older["mse"] != latest["mse"]
+    assert not (run / "eval.json").exists()

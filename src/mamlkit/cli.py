@@ -155,11 +155,20 @@ def train(config, overrides, out, data_dir, resume, force, progress) -> None:
 @click.option("--split", default=None, help="train, val or test (default: config eval.split).")
 @click.option("--steps", type=int, default=None, help="Test-time adaptation steps.")
 @click.option("--data-dir", type=PATH, default=None, help="Data set folder (default: as trained).")
-def eval_cmd(run_dir, tasks, split, steps, data_dir) -> None:
+@click.option(
+    "--checkpoint",
+    default=None,
+    metavar="STEP|latest",
+    help="Evaluate a training checkpoint (also of a running run) instead of the final "
+    "weights; writes RUN_DIR/eval-step-N.json.",
+)
+def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint) -> None:
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
     from mamlkit.runner import eval_run
 
-    result = eval_run(run_dir, tasks=tasks, split=split, steps=steps, data_dir=data_dir)
+    result = eval_run(
+        run_dir, tasks=tasks, split=split, steps=steps, data_dir=data_dir, checkpoint=checkpoint
+    )
     click.echo(json.dumps(result))
 
 

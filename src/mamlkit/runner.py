@@ -14,7 +14,7 @@ from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import UserError
 from mamlkit.evaluation import evaluate
-from mamlkit.training import Trainer, prepare_run_dir, seed_everything
+from mamlkit.training import CHECKPOINT_DIR, Trainer, prepare_run_dir, seed_everything
 
 
 def train_run(
@@ -50,21 +50,50 @@ def data_dir_update(data_dir: Path | None) -> dict[str, Any] | None:
     return {"task": {"data_dir": str(data_dir)}} if data_dir is not None else None
 
 
-def load_run(run_dir: Path, data_dir: Path | None = None) -> tuple[Config, Any]:
-    """The config and the trained learner of a run directory."""
+def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    """``checkpoints/step-N.safetensors`` of a run for ``checkpoint`` = N or ``latest``."""
+    found = {
+        int(p.stem.split("-")[1]): p
+        for p in (run_dir / CHECKPOINT_DIR).glob("step-*.safetensors")
+        if p.stem.split("-")[1].isdigit()
+    }
+    if not found:
+        raise UserError(f"{run_dir}: no checkpoints in {run_dir / CHECKPOINT_DIR}")
+    if checkpoint == "latest":
+        return found[max(found)]
+    if not checkpoint.isdigit() or int(checkpoint) not in found:
+        steps = ", ".join(str(s) for s in sorted(found))
+        raise UserError(
+            f"--checkpoint {checkpoint!r}: not a saved step of {run_dir}; "
+            f"use latest or one of {steps}"
+        )
+    return found[int(checkpoint)]
+
+
+def load_run(
+    run_dir: Path, data_dir: Path | None = None, checkpoint: str | None = None
+) -> tuple[Config, Any, int | None]:
+    """The config, the learner and its training step (None if unknown) of a run directory:
+    the final weights, or with ``checkpoint`` (a step or ``latest``) a checkpoint's."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
     config = load_config(str(cfg_path), updates=data_dir_update(data_dir))
     check_device(config)
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        raise UserError(
-            f"{run_dir}: no model.safetensors; the run has not finished "
-            f"(continue it with `mamlkit train --resume {run_dir}`)"
-        )
+    if checkpoint is not None:
+        weights = checkpoint_path(run_dir, checkpoint)
+    else:
+        weights = run_dir / "model.safetensors"
+        if not weights.is_file():
+            raise UserError(
+                f"{run_dir}: no model.safetensors; the run has not finished (continue it "
+                f"with `mamlkit train --resume {run_dir}`, or evaluate a checkpoint with "
+                "--checkpoint latest)"
+            )
     learner = build_learner(config)
-    tensors, _ = load_checkpoint(weights)
+    tensors, meta = load_checkpoint(weights)
+    if checkpoint is not None:  # a training checkpoint: weights are stored as learner.*
+        tensors = {k[len("learner.") :]: v for k, v in tensors.items() if k.startswith("learner.")}
     try:
         learner.load_state_dict(tensors)
     except RuntimeError:
@@ -72,7 +101,8 @@ def load_run(run_dir: Path, data_dir: Path | None = None) -> tuple[Config, Any]:
             f"{weights} does not match the model in {cfg_path} (edited config or "
             "a file from another run)"
         ) from None
-    return config, learner.to(config.train.device).eval()
+    step = meta.get("step") if isinstance(meta, dict) else None
+    return config, learner.to(config.train.device).eval(), step
 
 
 def eval_run(
@@ -81,8 +111,11 @@ def eval_run(
     split: str | None = None,
     steps: int | None = None,
     data_dir: Path | None = None,
+    checkpoint: str | None = None,
 ) -> dict[str, Any]:
-    config, learner = load_run(run_dir, data_dir)
+    """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
+    (``checkpoint``) into the run directory and returns the same record."""
+    config, learner, step = load_run(run_dir, data_dir, checkpoint)
     tasks = config.eval.tasks if tasks is None else tasks
     split = config.eval.split if split is None else split
     steps = config.eval.steps if steps is None else steps
@@ -109,7 +142,10 @@ def eval_run(
     else:
         out["k_shot"] = config.task.k_support
     out.update({"steps": result["steps"], "split": split})
-    atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
+    if step is not None:
+        out["iteration"] = int(step)
+    name = "eval.json" if checkpoint is None else f"eval-step-{int(step):08d}.json"
+    atomic_write_text(run_dir / name, json.dumps(out, indent=1))
     return out
 
 
