@@ -27,6 +27,7 @@
 24. an image size too small for four max-pooling blocks
 25. train --resume combined with --out / --force
 26. eval --checkpoint with a step that was not saved (names the saved ones)
+27. train --resume with a --set that would change what was trained (config.yaml unchanged)
 """
 
 from __future__ import annotations
@@ -337,3 +338,34 @@ def test_26_eval_checkpoint_not_saved(capsys, tmp_path):
     line = assert_user_error(capsys, "eval", run, "--checkpoint", "7", match="--checkpoint")
     assert "5, 10" in line
     assert not list(run.glob("eval*.json"))
+
+
+def test_27_resume_cannot_change_what_was_trained(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, _, _ = run_cli(
+        capsys,
+        "train",
+        "sine_maml",
+        "--out",
+        run,
+        "--no-progress",
+        "--set",
+        "train.iterations=10",
+        "--set",
+        "train.checkpoint_every=5",
+        "--set",
+        "train.tensorboard=false",
+    )
+    assert code == 0
+    before = (run / "config.yaml").read_text()
+    line = assert_user_error(
+        capsys,
+        "train",
+        "--resume",
+        run,
+        "--set",
+        "algorithm.inner_lr=0.1",
+        match="algorithm.inner_lr",
+    )
+    assert "train.iterations" in line  # names what may change
+    assert (run / "config.yaml").read_text() == before

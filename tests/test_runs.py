@@ -254,3 +254,37 @@ def test_eval_of_checkpoints_of_an_unfinished_run(tmp_path, capsys):
     older = json.loads((run / "eval-step-00000020.json").read_text())
     assert older["iteration"] == 20 and older["mse"] != latest["mse"]
     assert not (run / "eval.json").exists()
+
+
+def test_resume_extends_a_finished_run_exactly(tmp_path):
+    """--resume --set train.iterations=N continues a finished run as if it had been asked for
+    N iterations from the start (bit-identical), and records the new length."""
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    base = [
+        "train",
+        "sine_maml",
+        "--no-progress",
+        "--set",
+        "train.checkpoint_every=400",
+        "--set",
+        "train.log_every=100",
+        "--set",
+        "train.tensorboard=false",
+    ]
+    assert cli(*base, "--out", straight, "--set", "train.iterations=1200").wait(timeout=300) == 0
+    assert cli(*base, "--out", extended, "--set", "train.iterations=800").wait(timeout=300) == 0
+    more = cli(
+        "train",
+        "--resume",
+        extended,
+        "--no-progress",
+        "--set",
+        "train.iterations=1200",
+        "--set",
+        "train.threads=1",
+    )
+    assert more.wait(timeout=300) == 0, more.stderr.read().decode()
+    assert (extended / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    a, b = load_file(straight / "model.safetensors"), load_file(extended / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "iterations: 1200" in (extended / "config.yaml").read_text()

@@ -130,16 +130,25 @@ def train(config, overrides, out, data_dir, resume, force, progress) -> None:
     from mamlkit.runner import data_dir_update, train_run
 
     if resume is not None:
-        if config is not None or overrides or out is not None or force:
+        if config is not None or out is not None or force:
             raise UserError(
                 "--resume continues a run with its own config and directory; drop "
-                "CONFIG/--set/--out/--force"
+                "CONFIG/--out/--force"
             )
+        for text in overrides:
+            key = text.split("=", 1)[0].strip()
+            if key not in RESUME_OVERRIDES:
+                raise UserError(
+                    f"--set {key} cannot change on --resume (it would change what was "
+                    f"trained so far); allowed: {', '.join(sorted(RESUME_OVERRIDES))}"
+                )
         cfg_path = resume / "config.yaml"
         if not cfg_path.is_file():
             raise UserError(f"--resume {resume}: no config.yaml there; not a mamlkit run directory")
-        cfg = load_config(str(cfg_path), updates=data_dir_update(data_dir))
-        summary = train_run(cfg, resume, resume=True, progress=progress)
+        cfg = load_config(str(cfg_path), list(overrides), updates=data_dir_update(data_dir))
+        summary = train_run(
+            cfg, resume, resume=True, progress=progress, update_config=bool(overrides)
+        )
     else:
         if config is None:
             raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
@@ -147,6 +156,12 @@ def train(config, overrides, out, data_dir, resume, force, progress) -> None:
         run_dir = out if out is not None else Path("runs") / Path(config).stem
         summary = train_run(cfg, run_dir, force=force, progress=progress)
     click.echo(json.dumps(summary))
+
+
+# Settings a resumed run may change: how long it trains and how it runs, not what it learns.
+RESUME_OVERRIDES = frozenset(
+    {"train.iterations", "train.threads", "train.checkpoint_every", "train.keep_checkpoints"}
+)
 
 
 @app.command("eval")

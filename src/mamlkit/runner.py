@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from mamlkit.build import build_learner, build_tasks, check_device, metric_for
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
@@ -18,10 +19,16 @@ from mamlkit.training import CHECKPOINT_DIR, Trainer, prepare_run_dir, seed_ever
 
 
 def train_run(
-    config: Config, run_dir: Path, resume: bool = False, force: bool = False, progress: bool = True
+    config: Config,
+    run_dir: Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    update_config: bool = False,
 ) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes fail before the run directory
-    is created), then train."""
+    is created), then train. ``update_config`` (with ``resume``) rewrites the run's
+    config.yaml first, e.g. after ``--set train.iterations=N`` extended the run."""
     check_device(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -31,6 +38,10 @@ def train_run(
     learner = build_learner(config)
     if not resume:
         prepare_run_dir(run_dir, force)
+    elif update_config:
+        atomic_write_text(
+            run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False)
+        )
     trainer = Trainer(
         learner,
         train_tasks,
