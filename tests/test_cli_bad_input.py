@@ -318,45 +318,26 @@ def test_25_resume_with_out(capsys, tmp_path):
     )
 
 
-def test_26_eval_checkpoint_not_saved(capsys, tmp_path):
+def short_run_with_checkpoints(capsys, tmp_path) -> Path:
+    """A finished 10-iteration sine run with checkpoints at steps 5 and 10."""
     run = tmp_path / "run"
-    code, _, _ = run_cli(
-        capsys,
-        "train",
-        "sine_maml",
-        "--out",
-        run,
-        "--no-progress",
-        "--set",
-        "train.iterations=10",
-        "--set",
-        "train.checkpoint_every=5",
-        "--set",
-        "train.tensorboard=false",
-    )
-    assert code == 0
+    sets = ("train.iterations=10", "train.checkpoint_every=5", "train.tensorboard=false")
+    argv = ["train", "sine_maml", "--out", run, "--no-progress"]
+    for s in sets:
+        argv += ["--set", s]
+    assert run_cli(capsys, *argv)[0] == 0
+    return run
+
+
+def test_26_eval_checkpoint_not_saved(capsys, tmp_path):
+    run = short_run_with_checkpoints(capsys, tmp_path)
     line = assert_user_error(capsys, "eval", run, "--checkpoint", "7", match="--checkpoint")
     assert "5, 10" in line
     assert not list(run.glob("eval*.json"))
 
 
 def test_27_resume_cannot_change_what_was_trained(capsys, tmp_path):
-    run = tmp_path / "run"
-    code, _, _ = run_cli(
-        capsys,
-        "train",
-        "sine_maml",
-        "--out",
-        run,
-        "--no-progress",
-        "--set",
-        "train.iterations=10",
-        "--set",
-        "train.checkpoint_every=5",
-        "--set",
-        "train.tensorboard=false",
-    )
-    assert code == 0
+    run = short_run_with_checkpoints(capsys, tmp_path)
     before = (run / "config.yaml").read_text()
     line = assert_user_error(
         capsys,
