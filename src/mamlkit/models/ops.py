@@ -5,8 +5,8 @@ derivatives are exact but slow on that path for the layout ``Conv4.batched_forwa
 (tasks stacked on the channel axis):
 
 * the double backward of a grouped convolution runs one convolution *per group* (per task),
-* the double backward of ``batch_norm`` is a composite of ~30 elementwise passes over the
-  activations.
+* the double backward of ``batch_norm`` is a long composite of elementwise passes over the
+  activations, several times slower than the closed form below.
 
 The functions below compute the same values with the same fused kernels
 (``F.conv2d``, ``convolution_backward``, ``native_batch_norm(_backward)``) and write the
@@ -17,7 +17,7 @@ derivatives of the backward pass out by hand:
   :class:`_ConvWeightGrad` differentiate into each other — derivatives of any order, every
   one a single grouped kernel call.
 * :class:`_BatchNormGrad` gives the second derivative of training-mode BatchNorm in closed
-  form: five per-channel moments and four passes over the activations. The formula is
+  form: per-channel moments and a few passes over the activations. The formula is
   written in differentiable operations, so a third derivative (``create_graph=True`` on
   the outer backward) is exact too.
 
