@@ -254,6 +254,9 @@ def test_eval_of_checkpoints_of_an_unfinished_run(tmp_path, capsys):
     older = json.loads((run / "eval-step-00000020.json").read_text())
     assert older["iteration"] == 20 and older["mse"] != latest["mse"]
     assert not (run / "eval.json").exists()
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "eval@30 mse" in capsys.readouterr().out
 
 
 def test_resume_extends_a_finished_run_exactly(tmp_path):

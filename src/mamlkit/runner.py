@@ -168,8 +168,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _eval_text(path: Path, at: str = "") -> str:
+    ev = json.loads(path.read_text())
+    key = "accuracy" if "accuracy" in ev else "mse"
+    return f"eval{at} {key} {ev[key]:.4g} ± {ev['ci95']:.2g}"
+
+
 def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Run directories under ``root`` (any depth) with status and best metric."""
+    """Run directories under ``root`` (any depth) with status and their best result: the
+    final evaluation, else the best validation metric and the newest checkpoint evaluation."""
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; pass the folder that holds your runs")
     rows = []
@@ -183,14 +190,15 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         if state == "running" and not _alive(int(status.get("pid", -1))):
             state = "crashed"
         best = status.get("best")
+        step_evals = sorted(run.glob("eval-step-*.json"))
         if (run / "eval.json").is_file():
-            ev = json.loads((run / "eval.json").read_text())
-            key = "accuracy" if "accuracy" in ev else "mse"
-            best_text = f"eval {key} {ev[key]:.4g} ± {ev['ci95']:.2g}"
-        elif best:
-            best_text = f"{best['metric']} {best['value']:.4g} @ {best['step']}"
+            best_text = _eval_text(run / "eval.json")
         else:
-            best_text = "-"
+            parts = [f"{best['metric']} {best['value']:.4g} @ {best['step']}"] if best else []
+            if step_evals:
+                iteration = json.loads(step_evals[-1].read_text()).get("iteration", "?")
+                parts.append(_eval_text(step_evals[-1], f"@{iteration}"))
+            best_text = "; ".join(parts) or "-"
         rows.append(
             {"run": str(run), "status": state, "step": status.get("step", 0), "best": best_text}
         )
