@@ -153,9 +153,10 @@ def eval_run(
     else:
         out["k_shot"] = config.task.k_support
     out.update({"steps": result["steps"], "split": split})
-    if step is not None:
+    name = "eval.json"  # exactly the documented record
+    if checkpoint is not None:  # a checkpoint's record also says which iteration it is
         out["iteration"] = int(step)
-    name = "eval.json" if checkpoint is None else f"eval-step-{int(step):08d}.json"
+        name = f"eval-step-{int(step):08d}.json"
     atomic_write_text(run_dir / name, json.dumps(out, indent=1))
     return out
 
