@@ -8,14 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from mamlkit.build import build_learner, build_tasks, check_device, metric_for
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import UserError
 from mamlkit.evaluation import evaluate
-from mamlkit.training import CHECKPOINT_DIR, Trainer, prepare_run_dir, seed_everything
+from mamlkit.training import (
+    CHECKPOINT_DIR,
+    Trainer,
+    prepare_run_dir,
+    run_checkpoints,
+    seed_everything,
+)
 
 
 def train_run(
@@ -27,8 +32,8 @@ def train_run(
     update_config: bool = False,
 ) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes fail before the run directory
-    is created), then train. ``update_config`` (with ``resume``) rewrites the run's
-    config.yaml first, e.g. after ``--set train.iterations=N`` extended the run."""
+    is created), then train. ``update_config`` (with ``resume``) records the config in the
+    run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``."""
     check_device(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -38,10 +43,6 @@ def train_run(
     learner = build_learner(config)
     if not resume:
         prepare_run_dir(run_dir, force)
-    elif update_config:
-        atomic_write_text(
-            run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False)
-        )
     trainer = Trainer(
         learner,
         train_tasks,
@@ -52,7 +53,7 @@ def train_run(
         progress=progress,
         description=run_dir.name,
     )
-    summary = trainer.fit(resume=resume)
+    summary = trainer.fit(resume=resume, config_changed=update_config)
     return {"run_dir": str(run_dir), **summary}
 
 
@@ -63,11 +64,7 @@ def data_dir_update(data_dir: Path | None) -> dict[str, Any] | None:
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     """``checkpoints/step-N.safetensors`` of a run for ``checkpoint`` = N or ``latest``."""
-    found = {
-        int(p.stem.split("-")[1]): p
-        for p in (run_dir / CHECKPOINT_DIR).glob("step-*.safetensors")
-        if p.stem.split("-")[1].isdigit()
-    }
+    found = run_checkpoints(run_dir)
     if not found:
         raise UserError(f"{run_dir}: no checkpoints in {run_dir / CHECKPOINT_DIR}")
     if checkpoint == "latest":

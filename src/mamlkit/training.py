@@ -128,6 +128,16 @@ def _make_optimizer(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+def run_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """The saved checkpoints of a run directory by training step, oldest first."""
+    found = {}
+    for path in (run_dir / CHECKPOINT_DIR).glob("step-*.safetensors"):
+        step = path.stem.split("-")[1]
+        if step.isdigit():
+            found[int(step)] = path
+    return dict(sorted(found.items()))
+
+
 class Trainer:
     """Meta-trains ``learner`` on ``train_tasks`` as ``config.train`` says.
 
@@ -168,8 +178,12 @@ class Trainer:
 
     # ---- run directory ------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
-        folder = self.run_dir / CHECKPOINT_DIR
-        return sorted(folder.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+        return list(run_checkpoints(self.run_dir).values())
+
+    def _write_config(self) -> None:
+        atomic_write_text(
+            self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+        )
 
     def save(self) -> Path:
         tensors = {f"learner.{k}": v for k, v in self.learner.state_dict().items()}
@@ -221,7 +235,9 @@ class Trainer:
         self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     # ---- the loop -----------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, config_changed: bool = False) -> dict[str, Any]:
+        """Train to ``iterations``; ``resume`` continues from the newest checkpoint, and
+        ``config_changed`` then records the (allowed) changes in config.yaml once restored."""
         if self.run_dir is not None:
             if resume:
                 checkpoints = self._checkpoints()
@@ -229,12 +245,11 @@ class Trainer:
                     raise UserError(f"{self.run_dir} has no checkpoint to resume from")
                 self.restore(checkpoints[-1])
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+                if config_changed:
+                    self._write_config()
             else:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(
-                    self.run_dir / "config.yaml",
-                    yaml.safe_dump(self.config.to_dict(), sort_keys=False),
-                )
+                self._write_config()
                 atomic_write_text(
                     self.run_dir / "env.json",
                     json.dumps(environment_info(self.cfg.device), indent=2),
