@@ -87,3 +87,45 @@ def test_batch_norm_third_derivative():
         return torch.autograd.grad((y**3).sum(), (x, gamma, beta), create_graph=True)
 
     assert gradgradcheck(first_derivatives, (x, gamma, beta))
+
+
+@pytest.mark.parametrize("stride,size", [(1, 5), (2, 6), (2, 7)])
+def test_task_conv2d_shared_weights_match_per_task_copies(stride, size):
+    """θ.expand(T, ...) takes the dense path, a copy of it (same values, each task its own
+    memory) the grouped one. Values, per-task first derivatives and second derivatives agree."""
+    tasks, batch = 3, 2
+    gen = torch.Generator().manual_seed(3)
+    x = _leaf(batch, tasks * 2, size, size, gen=gen)
+    theta_w, theta_b = _leaf(4, 2, 3, 3, gen=gen), _leaf(4, gen=gen)
+    out = (size - 1) // stride + 1
+    cot = torch.randn(batch, tasks * 4, out, out, generator=gen, dtype=torch.float64)
+
+    def derivatives(copy: bool):
+        w, b = theta_w.expand(tasks, -1, -1, -1, -1), theta_b.expand(tasks, -1)
+        if copy:
+            w, b = w.clone(), b.clone()
+        y = ops.task_conv2d(x, w, b, stride=stride, padding=1)
+        assert type(y.grad_fn).__name__.startswith("_Conv" if copy else "_SharedConv")
+        gx, gw, gb = torch.autograd.grad(
+            (y * cot).sum() + (y**2).sum(), (x, w, b), create_graph=True
+        )
+        s = (gx**2).sum() + (gw**3).sum() + (gb**3).sum()
+        return (y, gx, gw, gb, *torch.autograd.grad(s, (x, theta_w, theta_b)))
+
+    for grouped, dense in zip(derivatives(copy=True), derivatives(copy=False), strict=True):
+        torch.testing.assert_close(dense, grouped)
+
+
+def test_task_conv2d_shared_path_gradgradcheck():
+    gen = torch.Generator().manual_seed(4)
+    tasks = 3
+    x = _leaf(2, tasks * 2, 6, 6, gen=gen)
+    w, b = _leaf(4, 2, 3, 3, gen=gen), _leaf(4, gen=gen)
+
+    def f(x, w, b):
+        return ops.task_conv2d(
+            x, w.expand(tasks, -1, -1, -1, -1), b.expand(tasks, -1), stride=2, padding=1
+        )
+
+    assert gradcheck(f, (x, w, b))
+    assert gradgradcheck(f, (x, w, b))

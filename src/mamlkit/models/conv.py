@@ -67,24 +67,24 @@ class Conv4(nn.Module):
         """T tasks at once: ``x [T, B, C, H, W]`` -> ``[T, B, out]``, per-task weights.
 
         The tasks are stacked along the channel axis (``[B, T·C, H, W]``) and each
-        convolution runs with ``groups=T``. Training-mode BatchNorm on that layout
-        normalises every task's channels with that task's own batch statistics, and unlike
-        ``vmap`` over an affine batch norm its double backward is exact. Both layers come
-        from :mod:`mamlkit.models.ops`: the same kernels as ``F.conv2d``/``F.batch_norm``,
-        with second derivatives that cost a few passes instead of a convolution per task.
+        convolution runs with ``groups=T`` (or, while all tasks still share θ, as one dense
+        convolution over the B·T images). Training-mode BatchNorm on that layout normalises
+        every task's channels with that task's own batch statistics, and unlike ``vmap``
+        over an affine batch norm its double backward is exact. The layers come from
+        :mod:`mamlkit.models.ops`: the same kernels as ``F.conv2d``/``F.batch_norm``/
+        ``torch.relu``, with second derivatives that cost a few passes instead of a
+        convolution per task.
         """
         tasks, batch = x.shape[:2]
         h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
         for i, layer in enumerate(self.features):
             if isinstance(layer, nn.Conv2d):
-                w = params[f"features.{i}.weight"]
-                h = ops.conv2d(
+                h = ops.task_conv2d(
                     h,
-                    w.reshape(-1, *w.shape[2:]),
-                    params[f"features.{i}.bias"].reshape(-1),
+                    params[f"features.{i}.weight"],
+                    params[f"features.{i}.bias"],
                     stride=layer.stride[0],
                     padding=layer.padding[0],
-                    groups=tasks,
                 )
             elif isinstance(layer, nn.BatchNorm2d):
                 h = ops.batch_norm(
@@ -94,7 +94,7 @@ class Conv4(nn.Module):
                     eps=layer.eps,
                 )
             elif isinstance(layer, nn.ReLU):
-                h = torch.relu(h)
+                h = ops.relu(h)
             else:
                 h = F.max_pool2d(h, 2)
         if self.global_pool:

@@ -16,12 +16,19 @@ derivatives of the backward pass out by hand:
   convolutions of the same kind again. :class:`_Conv`, :class:`_ConvInputGrad` and
   :class:`_ConvWeightGrad` differentiate into each other — derivatives of any order, every
   one a single grouped kernel call.
+* :func:`task_conv2d` takes the weights with their task axis. Where all tasks hold one
+  weight (``θ.expand(T, ...)``, MAML's first inner step) :class:`_SharedConv` runs the
+  convolution and the input gradients as one dense convolution over all B·T images, which
+  oneDNN runs faster than T groups; weight gradients stay per task.
 * :class:`_BatchNormGrad` gives the second derivative of training-mode BatchNorm in closed
-  form: per-channel moments and a few passes over the activations. The formula is
-  written in differentiable operations, so a third derivative (``create_graph=True`` on
-  the outer backward) is exact too.
+  form from per-channel moments. When it is not differentiated again, the moments and the
+  largest term come from ``native_batch_norm_backward`` itself (fused passes); under
+  ``create_graph`` it is written in differentiable operations, so a third derivative is
+  exact too.
+* :func:`relu` treats the mask of its backward as a constant; PyTorch's double backward
+  of ReLU materialises a tensor of zeros for it and adds it in.
 
-Both are checked against float64 finite differences (``gradcheck``/``gradgradcheck``) and,
+All are checked against float64 finite differences (``gradcheck``/``gradgradcheck``) and,
 inside MAML, against the per-task float64 reference (tests/test_meta_gradients.py).
 """
 
@@ -32,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
-__all__ = ["conv2d", "batch_norm"]
+__all__ = ["conv2d", "task_conv2d", "batch_norm", "relu"]
 
 
 # ---------------------------------------------------------------------------- convolution
@@ -134,12 +141,143 @@ def conv2d(
     return _Conv.apply(x, weight, bias, s, p, groups)
 
 
+class _SharedConv(Function):
+    """y = conv(x, w) for T tasks that hold one weight: ``w = θ.expand(T, ...)``, as at MAML's
+    first inner step. Layout as :func:`task_conv2d`. Forward and input gradient are one dense
+    convolution over the B·T images instead of T small ones; the weight gradient is still
+    per task (the inner loop adapts each task's copy separately)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride, padding):
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding)
+        tasks, c_out = w.shape[:2]
+        y = F.conv2d(_images(x, tasks), w[0], None if b is None else b[0], stride, padding)
+        return y.view(x.shape[0], tasks * c_out, *y.shape[2:])
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        stride, padding = ctx.conf
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = _SharedConvInputGrad.apply(g, w, x.shape, stride, padding)
+        if ctx.needs_input_grad[1]:
+            gw = _task_weight_grad(x, g, w, stride, padding)
+        if ctx.needs_input_grad[2]:
+            gb = g.sum((0, 2, 3)).view(w.shape[:2])
+        return gx, gw, gb, None, None
+
+
+class _SharedConvInputGrad(Function):
+    """A(g, w) of :class:`_SharedConv`: one dense input gradient. Derivatives as
+    :class:`_ConvInputGrad`: the shared convolution for g, per-task weight gradients for w."""
+
+    @staticmethod
+    def forward(ctx, g, w, x_shape, stride, padding):
+        ctx.save_for_backward(g, w)
+        ctx.conf = (stride, padding)
+        tasks = w.shape[0]
+        x_images = (x_shape[0] * tasks, x_shape[1] // tasks, *x_shape[2:])
+        gx = _conv_input_grad(_images(g, tasks), w[0], x_images, stride, padding, 1)
+        return gx.view(x_shape)
+
+    @staticmethod
+    def backward(ctx, u):
+        g, w = ctx.saved_tensors
+        stride, padding = ctx.conf
+        gg = gw = None
+        if ctx.needs_input_grad[0]:
+            gg = _SharedConv.apply(u, w, None, stride, padding)
+        if ctx.needs_input_grad[1]:
+            gw = _task_weight_grad(u, g, w, stride, padding)
+        return gg, gw, None, None, None
+
+
+def _images(t: Tensor, tasks: int) -> Tensor:
+    """``[B, T·C, H, W] -> [B·T, C, H, W]``: the same memory, one image per (example, task)."""
+    return t.reshape(t.shape[0] * tasks, t.shape[1] // tasks, *t.shape[2:])
+
+
+def _task_weight_grad(x: Tensor, g: Tensor, w: Tensor, stride, padding) -> Tensor:
+    """Per-task weight gradients ``[T, C_out, C_in, k, k]`` (a grouped weight gradient)."""
+    tasks = w.shape[0]
+    flat = (tasks * w.shape[1], *w.shape[2:])
+    return _ConvWeightGrad.apply(x, g, flat, stride, padding, tasks).view(w.shape)
+
+
+def task_conv2d(
+    x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0
+) -> Tensor:
+    """T tasks' convolutions at once, each with its own weights.
+
+    ``x [B, T·C_in, H, W]`` (tasks stacked on the channel axis), ``weight [T, C_out, C_in,
+    k, k]``, ``bias [T, C_out]`` -> ``[B, T·C_out, H', W']``. A grouped convolution
+    (``groups=T``), except where the weight is an expanded view holding one tensor for all
+    tasks (stride 0 on the task axis, as ``θ.expand(T, ...)``): then the tasks' weights are
+    equal by construction and forward and input gradients run as one dense convolution.
+    """
+    tasks = weight.shape[0]
+    s, p = [stride, stride], [padding, padding]
+    if tasks > 1 and weight.stride(0) == 0 and (bias is None or bias.stride(0) == 0):
+        return _SharedConv.apply(x, weight, bias, s, p)
+    flat_bias = None if bias is None else bias.reshape(-1)
+    return _Conv.apply(x, weight.reshape(-1, *weight.shape[2:]), flat_bias, s, p, tasks)
+
+
+# ----------------------------------------------------------------------------------- ReLU
+
+
+class _ReLU(Function):
+    """y = max(x, 0). PyTorch's double backward of ReLU materialises a zero tensor for the
+    mask's derivative and adds it in; here the mask (y > 0) is a constant."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.relu(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return _ReLUGrad.apply(g, y)
+
+
+class _ReLUGrad(Function):
+    """(g, y) -> g · [y > 0], linear in g; its derivative w.r.t. y is zero almost everywhere."""
+
+    @staticmethod
+    def forward(ctx, g, y):
+        ctx.save_for_backward(y)
+        return torch.ops.aten.threshold_backward(g, y, 0)
+
+    @staticmethod
+    def backward(ctx, u):
+        (y,) = ctx.saved_tensors
+        return _ReLUGrad.apply(u, y), None
+
+
+def relu(x: Tensor) -> Tensor:
+    """``torch.relu`` whose derivatives of every order are one masking pass each."""
+    return _ReLU.apply(x)
+
+
 # ------------------------------------------------------------------------------ BatchNorm
 
 
 def _channel_mean(t: Tensor) -> Tensor:
     """Per-channel mean of ``[B, C, *]``, shaped ``[1, C, 1, ...]``."""
     return t.mean([0, *range(2, t.dim())], keepdim=True)
+
+
+def _channel_dot(u: Tensor, v: Tensor) -> Tensor:
+    """Per-channel ``Σ u·v`` of ``[B, C, *]`` in one fused pass, without forming ``u·v``:
+    BatchNorm's backward with mean 0 and invstd 1 computes exactly this as its γ gradient."""
+    zeros, ones = u.new_zeros(u.shape[1]), u.new_ones(u.shape[1])
+    return torch.ops.aten.native_batch_norm_backward(
+        u, v, None, None, None, zeros, ones, True, 0.0, [False, True, False]
+    )[1]
 
 
 def _per_channel(v: Tensor, like: Tensor) -> Tensor:
@@ -174,11 +312,15 @@ class _BatchNormGrad(Function):
 
     @staticmethod
     def forward(ctx, g, x, gamma, mean, invstd, eps):
-        ctx.save_for_backward(g, x, gamma, mean, invstd)
-        ctx.eps = eps
-        return torch.ops.aten.native_batch_norm_backward(
+        gx, sum_gxh, sum_g = torch.ops.aten.native_batch_norm_backward(
             g, x, gamma, None, None, mean, invstd, True, eps, [True, True, True]
         )
+        ctx.save_for_backward(g, x, gamma, mean, invstd)
+        # Σ g x̂ and Σ g are the moments the second derivative needs: keep copies (the
+        # outputs themselves belong to the caller)
+        ctx.sums = (sum_gxh.detach().clone(), sum_g.detach().clone())
+        ctx.eps = eps
+        return gx, sum_gxh, sum_g
 
     @staticmethod
     def backward(ctx, u, a, b):
@@ -187,7 +329,8 @@ class _BatchNormGrad(Function):
         # materialised: x̂ = r x − r mean.
         g, x, gamma, mean, invstd = ctx.saved_tensors
         n = x.numel() // x.shape[1]
-        if torch.is_grad_enabled():
+        differentiable = torch.is_grad_enabled()
+        if differentiable:
             # create_graph: this result will be differentiated again, so the statistics
             # must carry their dependence on x (the saved ones are constants)
             var, mean = torch.var_mean(x, [0, *range(2, x.dim())], correction=0)
@@ -195,23 +338,43 @@ class _BatchNormGrad(Function):
         r, gam, mu_x = (_per_channel(v, x) for v in (invstd, gamma, mean))
         gr = gam * r
         zero = torch.zeros_like(r)
-        m_g = _channel_mean(g)
-        m_gxh = r * (_channel_mean(g * x) - mu_x * m_g)  # m(g x̂)
-        if u is not None:
-            m_u = _channel_mean(u)
-            m_uxh = r * (_channel_mean(u * x) - mu_x * m_u)  # m(u x̂)
-            cov = _channel_mean(u * g) - m_u * m_g - m_uxh * m_gxh
-        else:
-            m_u = m_uxh = cov = zero
         a_ = _per_channel(a, x) if a is not None else zero
         b_ = _per_channel(b, x) if b is not None else zero
-
-        # ∂S/∂g = γr (u − m(u) − x̂ m(u x̂)) + a x̂ + b
-        k_x = r * (a_ - gr * m_uxh)
-        k_0 = b_ - gr * m_u - k_x * mu_x
-        grad_g = torch.addcmul(k_0, x, k_x)
-        if u is not None:
-            grad_g.addcmul_(u, gr)
+        if differentiable:
+            m_g = _channel_mean(g)
+            m_gxh = r * (_channel_mean(g * x) - mu_x * m_g)  # m(g x̂)
+            if u is not None:
+                m_u = _channel_mean(u)
+                m_uxh = r * (_channel_mean(u * x) - mu_x * m_u)  # m(u x̂)
+                cov = _channel_mean(u * g) - m_u * m_g - m_uxh * m_gxh
+            else:
+                m_u = m_uxh = cov = zero
+            # ∂S/∂g = γr (u − m(u) − x̂ m(u x̂)) + a x̂ + b
+            k_x = r * (a_ - gr * m_uxh)
+            k_0 = b_ - gr * m_u - k_x * mu_x
+            grad_g = torch.addcmul(k_0, x, k_x)
+            if u is not None:
+                grad_g.addcmul_(u, gr)
+        else:
+            # The same quantities from fused kernels: m(g), m(g x̂) were computed by the
+            # forward; BatchNorm's own backward gives γr (u − m(u) − x̂ m(u x̂)) with Σ u x̂
+            # and Σ u in one call, and Σ u g in another (_channel_dot).
+            sum_gxh, sum_g = ctx.sums
+            m_g, m_gxh = _per_channel(sum_g / n, x), _per_channel(sum_gxh / n, x)
+            if u is not None:
+                grad_g, sum_uxh, sum_u = torch.ops.aten.native_batch_norm_backward(
+                    u, x, gamma, None, None, mean, invstd, True, ctx.eps, [True, True, True]
+                )
+                sum_ug = _channel_dot(u, g)
+                m_u, m_uxh = _per_channel(sum_u / n, x), _per_channel(sum_uxh / n, x)
+                cov = _per_channel(sum_ug / n, x) - m_u * m_g - m_uxh * m_gxh
+            else:
+                m_u = m_uxh = cov = zero
+            # ∂S/∂g = [γr (u − m(u) − x̂ m(u x̂))] + a x̂ + b
+            if u is None:
+                grad_g = torch.addcmul(b_ - a_ * r * mu_x, x, a_ * r)
+            elif a is not None or b is not None:
+                grad_g.addcmul_(x, a_ * r).add_(b_ - a_ * r * mu_x)
         # explicit dependence on x̂ and r: ∂S/∂x̂ = αu + βg, ∂S/∂r = γ n cov
         alpha, beta = -gr * m_gxh, a_ - gr * m_uxh
         grad_r = gam * n * cov
@@ -229,5 +392,5 @@ class _BatchNormGrad(Function):
 
 def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
     """``F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)`` for ``[B, C, *]``
-    with a closed-form second derivative (a third one raises)."""
+    with a closed-form second derivative, itself differentiable."""
     return _BatchNorm.apply(x, weight, bias, eps)
