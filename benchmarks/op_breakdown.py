@@ -1,0 +1,89 @@
+"""Where a meta-iteration spends its time: every aten call of the benchmark's meta-iteration,
+timed one by one and grouped by operator and first-argument shape.
+
+    python benchmarks/op_breakdown.py --workload omniglot-5w1s [--iters 10] [--top 25]
+
+Prints one JSON object: the meta-iteration time under the timing mode (each call is timed
+synchronously, which adds a few µs per call), the summed op time, the share of convolution
+kernels, and the top entries. Use it to decide what to optimise; quote
+benchmarks/meta_iteration.py for speed itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+
+import torch
+from meta_iteration import WORKLOADS, make, tune_allocator
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class _OpTimer(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seconds: dict[tuple[str, tuple[int, ...]], float] = collections.defaultdict(float)
+        self.calls: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        key = (str(func.overloadpacket.__name__), tuple(first.shape) if first is not None else ())
+        self.seconds[key] += time.perf_counter() - start
+        self.calls[key] += 1
+        return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="omniglot-5w1s")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--first-order", action="store_true")
+    args = p.parse_args()
+    tune_allocator()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _, step = make(args.workload, "auto", args.first_order, "cpu")
+    for _ in range(3):
+        step()
+    timer = _OpTimer()
+    start = time.perf_counter()
+    with timer:
+        for _ in range(args.iters):
+            step()
+    per_iter = (time.perf_counter() - start) / args.iters
+    total = sum(timer.seconds.values()) / args.iters
+    conv = (
+        sum(v for (op, _), v in timer.seconds.items() if op.startswith("convolution")) / args.iters
+    )
+    top = sorted(timer.seconds.items(), key=lambda kv: -kv[1])[: args.top]
+    print(
+        json.dumps(
+            {
+                "workload": args.workload,
+                "first_order": args.first_order,
+                "ms_per_iter_timed": round(per_iter * 1e3, 2),
+                "ms_in_ops": round(total * 1e3, 2),
+                "convolution_share_of_op_time": round(conv / total, 3),
+                "threads": torch.get_num_threads(),
+                "top": [
+                    {
+                        "op": op,
+                        "shape": list(shape),
+                        "calls_per_iter": timer.calls[(op, shape)] / args.iters,
+                        "ms_per_iter": round(v / args.iters * 1e3, 2),
+                    }
+                    for (op, shape), v in top
+                ],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
