@@ -165,8 +165,10 @@ def inner_loop(
             create_graph=not first_order,
             allow_unused=True,
         )
+        # φ − α∇ as one op (p + (−α)·g): its backward is a single scaling of the incoming
+        # gradient, where ``p - lr * g`` costs a negation and a multiplication per weight
         params = {
-            name: p if g is None else p - lrs[s] * g
+            name: p if g is None else torch.add(p, g, alpha=-lrs[s])
             for (name, p), g in zip(params.items(), grads, strict=True)
         }
         if on_step is not None:
