@@ -5,8 +5,10 @@ timed one by one and grouped by operator and first-argument shape.
 
 Prints one JSON object: the meta-iteration time under the timing mode (each call is timed
 synchronously, which adds a few µs per call), the summed op time, the share of convolution
-kernels, and the top entries. Use it to decide what to optimise; quote
-benchmarks/meta_iteration.py for speed itself.
+kernels, and the top entries. ``--onednn`` adds oneDNN's own account of one meta-iteration
+(its verbose mode): milliseconds per primitive kind, e.g. how much goes to ``reorder``
+(layout conversions around the convolution kernels). Use it to decide what to optimise;
+quote benchmarks/meta_iteration.py for speed itself.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
+import sys
+import tempfile
 import time
 
 import torch
@@ -37,6 +42,32 @@ class _OpTimer(TorchDispatchMode):
         return out
 
 
+def _onednn_ms_per_kind(step) -> dict[str, float]:
+    """Run ``step`` once with oneDNN's verbose mode on; sum its exec times per primitive kind.
+
+    oneDNN prints from C++ to file descriptor 1, so that descriptor is pointed at a
+    temporary file meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                step()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        ms: dict[str, float] = collections.defaultdict(float)
+        for line in log:
+            fields = line.strip().split(",")
+            # onednn_verbose,v1,primitive,exec,cpu,KIND,...,EXEC_MS
+            if len(fields) > 6 and fields[2] == "primitive" and fields[3] == "exec":
+                ms[fields[5]] += float(fields[-1])
+    return {kind: round(v, 2) for kind, v in sorted(ms.items(), key=lambda kv: -kv[1])}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="omniglot-5w1s")
@@ -44,6 +75,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--first-order", action="store_true")
+    p.add_argument("--onednn", action="store_true", help="add oneDNN's ms per primitive kind")
     args = p.parse_args()
     tune_allocator()
     if args.threads:
@@ -62,9 +94,11 @@ def main() -> None:
         sum(v for (op, _), v in timer.seconds.items() if op.startswith("convolution")) / args.iters
     )
     top = sorted(timer.seconds.items(), key=lambda kv: -kv[1])[: args.top]
+    onednn = {"onednn_ms_per_kind": _onednn_ms_per_kind(step)} if args.onednn else {}
     print(
         json.dumps(
             {
+                **onednn,
                 "workload": args.workload,
                 "first_order": args.first_order,
                 "ms_per_iter_timed": round(per_iter * 1e3, 2),
