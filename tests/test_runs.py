@@ -100,6 +100,36 @@ def test_divergence_stops_with_iteration_and_keeps_last_checkpoint(tmp_path):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "diverged"
 
 
+class InterruptedAt(MAML):
+    """A MAML whose meta-iteration is interrupted (Ctrl-C) at a given iteration."""
+
+    def __init__(self, stop_step, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop_step, self.calls = stop_step, 0
+
+    def meta_forward(self, *batch):
+        self.calls += 1
+        if self.calls == self.stop_step:
+            raise KeyboardInterrupt
+        return super().meta_forward(*batch)
+
+
+def test_interrupt_marks_the_run_interrupted_and_it_resumes(tmp_path):
+    config = load_config(
+        "sine_maml", ["train.iterations=12", "train.checkpoint_every=5", "train.tensorboard=false"]
+    )
+    learner = InterruptedAt(8, MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False).fit()
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] == 7
+    assert [r["status"] for r in list_runs(tmp_path)] == ["interrupted"]
+
+    fresh = MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
+    Trainer(fresh, SineTasks(), config, tmp_path / "run", progress=False).fit(resume=True)
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
+
+
 def test_divergence_through_cli_is_exit_2(tmp_path, capsys):
     code = main(
         [

@@ -262,6 +262,11 @@ class Trainer:
             if self.run_dir is not None:
                 write_status(self.run_dir, "diverged", step=self.step, best=self.best)
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C is a decision, not a failure: the run resumes from its last checkpoint
+            if self.run_dir is not None:
+                write_status(self.run_dir, "interrupted", step=self.step, best=self.best)
+            raise
         except BaseException:
             if self.run_dir is not None:
                 write_status(self.run_dir, "crashed", step=self.step, best=self.best)
