@@ -153,7 +153,7 @@ class _SharedConv(Function):
         ctx.conf = (stride, padding)
         tasks, c_out = w.shape[:2]
         y = F.conv2d(_images(x, tasks), w[0], None if b is None else b[0], stride, padding)
-        return y.view(x.shape[0], tasks * c_out, *y.shape[2:])
+        return y.reshape(x.shape[0], tasks * c_out, *y.shape[2:])
 
     @staticmethod
     def backward(ctx, g):
@@ -180,7 +180,7 @@ class _SharedConvInputGrad(Function):
         tasks = w.shape[0]
         x_images = (x_shape[0] * tasks, x_shape[1] // tasks, *x_shape[2:])
         gx = _conv_input_grad(_images(g, tasks), w[0], x_images, stride, padding, 1)
-        return gx.view(x_shape)
+        return gx.reshape(x_shape)
 
     @staticmethod
     def backward(ctx, u):
@@ -203,7 +203,7 @@ def _task_weight_grad(x: Tensor, g: Tensor, w: Tensor, stride, padding) -> Tenso
     """Per-task weight gradients ``[T, C_out, C_in, k, k]`` (a grouped weight gradient)."""
     tasks = w.shape[0]
     flat = (tasks * w.shape[1], *w.shape[2:])
-    return _ConvWeightGrad.apply(x, g, flat, stride, padding, tasks).view(w.shape)
+    return _ConvWeightGrad.apply(x, g, flat, stride, padding, tasks).reshape(w.shape)
 
 
 def task_conv2d(
