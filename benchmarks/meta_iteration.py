@@ -3,6 +3,11 @@ Adam step) after warm-up. Prints one JSON line.
 
     python benchmarks/meta_iteration.py --workload sine|omniglot-5w1s|omniglot-20w1s \
         [--impl auto|batched|vmap|loop|learn2learn-loop] [--iters N] [--threads N] [--first-order]
+    python benchmarks/meta_iteration.py --workload protonet-omniglot-60w1s [--no-channels-last]
+
+``protonet-omniglot-60w1s`` times a Prototypical Networks training iteration instead (one
+60-way episode, 1 shot + 5 queries per class, Conv4 with max-pooling, as the ProtoNets
+5-way 1-shot preset trains).
 
 ``learn2learn-loop`` is not mamlkit's engine but the usual hand-written baseline: one task at
 a time, adapt with ``autograd.grad(create_graph=True)``, backward the task's query loss
@@ -29,6 +34,7 @@ from torch.func import functional_call
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mamlkit import MAML  # noqa: E402
+from mamlkit.algorithms.protonet import PrototypicalNetwork  # noqa: E402
 from mamlkit.models import MLP, Conv4  # noqa: E402
 from mamlkit.system import tune_allocator  # noqa: E402
 
@@ -37,7 +43,27 @@ WORKLOADS = {
     "sine": dict(tasks=25, support=10, query=10, steps=1, lr=0.01),
     "omniglot-5w1s": dict(tasks=32, ways=5, shots=1, queries=1, steps=1, lr=0.4),
     "omniglot-20w1s": dict(tasks=16, ways=20, shots=1, queries=1, steps=5, lr=0.1),
+    "protonet-omniglot-60w1s": dict(tasks=1, ways=60, shots=1, queries=5),
 }
+
+
+def make_protonet(workload: str, channels_last: bool, device: str):
+    w = WORKLOADS[workload]
+    gen = torch.Generator(device=device).manual_seed(0)
+    model = Conv4(out_features=0, filters=64, pooling="max", bn_running_stats=True)
+    learner = PrototypicalNetwork(model.to(device), channels_last=channels_last)
+    xs = torch.rand(1, w["ways"] * w["shots"], 1, 28, 28, generator=gen, device=device)
+    xq = torch.rand(1, w["ways"] * w["queries"], 1, 28, 28, generator=gen, device=device)
+    ys = torch.arange(w["ways"], device=device).repeat_interleave(w["shots"]).unsqueeze(0)
+    yq = torch.arange(w["ways"], device=device).repeat_interleave(w["queries"]).unsqueeze(0)
+    opt = torch.optim.Adam(learner.parameters(), 1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        learner.meta_loss(xs, ys, xq, yq).backward()
+        opt.step()
+
+    return learner, step
 
 
 def make(workload: str, impl: str, first_order: bool, device: str):
@@ -115,6 +141,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--first-order", action="store_true")
     p.add_argument(
+        "--no-channels-last",
+        action="store_true",
+        help="protonet workload: keep the convolution weights in the default layout",
+    )
+    p.add_argument(
         "--no-tune-allocator",
         action="store_true",
         help="leave glibc's malloc thresholds at their defaults",
@@ -125,7 +156,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     iters = args.iters or (2000 if args.workload == "sine" else 30)
     warmup = args.warmup if args.warmup is not None else max(5, iters // 10)
-    learner, step = make(args.workload, args.impl, args.first_order, args.device)
+    protonet = args.workload.startswith("protonet")
+    if protonet:
+        learner, step = make_protonet(args.workload, not args.no_channels_last, args.device)
+    else:
+        learner, step = make(args.workload, args.impl, args.first_order, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         step()
@@ -140,8 +175,13 @@ def main() -> None:
         json.dumps(
             {
                 "workload": args.workload,
-                "impl": "learn2learn-loop" if args.impl == "learn2learn-loop" else learner.impl,
+                "impl": "protonet"
+                if protonet
+                else "learn2learn-loop"
+                if args.impl == "learn2learn-loop"
+                else learner.impl,
                 "first_order": args.first_order,
+                "channels_last": protonet and not args.no_channels_last,
                 "ms_per_iter_median": round(statistics.median(times) * 1e3, 3),
                 "ms_per_iter_p10": round(sorted(times)[len(times) // 10] * 1e3, 3),
                 "iters": iters,

@@ -51,10 +51,35 @@ def test_protonet_gradient_matches_reference(float64, image):
     data = episode(gen, image)
     ref = protonet_reference(model, *data)
     learner = PrototypicalNetwork(model)
+    if image:  # the reference ran the default layout; the learner runs channels-last
+        assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     model.zero_grad()
     learner.meta_loss(*data).backward()
     ours = {n: p.grad for n, p in model.named_parameters()}
     assert rel_error(ours, ref) <= 1e-8
+
+
+def test_protonet_channels_last_matches_default_layout_in_float32():
+    """The oneDNN kernels differ between layouts; the float32 results must agree to rounding."""
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    model = Conv4(0, filters=16, image_size=28, pooling="max", bn_running_stats=True)
+    twin = Conv4(0, filters=16, image_size=28, pooling="max", bn_running_stats=True)
+    twin.load_state_dict(model.state_dict())
+    xs, xq = (
+        torch.rand(2, 10, 1, 28, 28, generator=gen),
+        torch.rand(2, 15, 1, 28, 28, generator=gen),
+    )
+    ys = torch.arange(5).repeat_interleave(2).expand(2, -1)
+    yq = torch.arange(5).repeat_interleave(3).expand(2, -1)
+    grads = []
+    for m, cl in ((model, True), (twin, False)):
+        loss = PrototypicalNetwork(m, channels_last=cl).meta_loss(xs, ys, xq, yq)
+        grads.append(
+            dict(zip(dict(m.named_parameters()), torch.autograd.grad(loss, list(m.parameters()))))
+        )
+    # the whole gradient (the conv biases' own are ~0, BatchNorm cancels them: only rounding)
+    assert rel_error(grads[0], grads[1]) <= 1e-4
 
 
 @pytest.mark.parametrize("impl", ["batched", "vmap", "loop"])

@@ -26,10 +26,17 @@ class PrototypicalNetwork(MetaLearner):
     The embedding network is an ordinary module shared by all episodes, run once per
     episode as the original code does: in training mode its BatchNorm normalises with the
     episode's statistics (and, if it tracks them, updates running statistics, which
-    ``eval()`` mode then uses at test time, as Snell et al. evaluate)."""
+    ``eval()`` mode then uses at test time, as Snell et al. evaluate).
 
-    def __init__(self, model: nn.Module):
+    ``channels_last`` stores the model's convolution weights channels-last (in place; the
+    values are unchanged), so oneDNN's convolutions run without converting layouts around
+    every call: on the CPU a ProtoNets iteration is about a fifth faster (docs/results.md).
+    """
+
+    def __init__(self, model: nn.Module, channels_last: bool = True):
         super().__init__()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         self.model = model
 
     def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
