@@ -71,24 +71,28 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert json.loads((killed / "status.json").read_text())["status"] == "finished"
 
 
-class NaNAt(MAML):
-    """A MAML whose loss turns NaN at a given iteration (a stand-in for divergence)."""
+class TroubleAt(MAML):
+    """A MAML that runs into trouble at a given iteration: its loss turns NaN (a stand-in
+    for divergence) or the user presses Ctrl-C."""
 
-    def __init__(self, bad_step, *args, **kwargs):
+    def __init__(self, trouble, step, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.bad_step, self.calls = bad_step, 0
+        self.trouble, self.step, self.calls = trouble, step, 0
 
     def meta_forward(self, *batch):
         self.calls += 1
+        if self.calls == self.step and self.trouble == "interrupt":
+            raise KeyboardInterrupt
         loss, pred = super().meta_forward(*batch)
-        return (loss * float("nan") if self.calls == self.bad_step else loss), pred
+        nan = self.calls == self.step and self.trouble == "nan"
+        return (loss * float("nan") if nan else loss), pred
 
 
 def test_divergence_stops_with_iteration_and_keeps_last_checkpoint(tmp_path):
     config = load_config(
         "sine_maml", ["train.iterations=20", "train.checkpoint_every=5", "train.tensorboard=false"]
     )
-    learner = NaNAt(8, MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
+    learner = TroubleAt("nan", 8, MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
     with pytest.raises(DivergenceError, match="iteration 8"):
         Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False).fit()
     ckpts = sorted((tmp_path / "run" / "checkpoints").glob("*.safetensors"))
@@ -100,25 +104,11 @@ def test_divergence_stops_with_iteration_and_keeps_last_checkpoint(tmp_path):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "diverged"
 
 
-class InterruptedAt(MAML):
-    """A MAML whose meta-iteration is interrupted (Ctrl-C) at a given iteration."""
-
-    def __init__(self, stop_step, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.stop_step, self.calls = stop_step, 0
-
-    def meta_forward(self, *batch):
-        self.calls += 1
-        if self.calls == self.stop_step:
-            raise KeyboardInterrupt
-        return super().meta_forward(*batch)
-
-
 def test_interrupt_marks_the_run_interrupted_and_it_resumes(tmp_path):
     config = load_config(
         "sine_maml", ["train.iterations=12", "train.checkpoint_every=5", "train.tensorboard=false"]
     )
-    learner = InterruptedAt(8, MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
+    learner = TroubleAt("interrupt", 8, MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
     with pytest.raises(KeyboardInterrupt):
         Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False).fit()
     status = json.loads((tmp_path / "run" / "status.json").read_text())

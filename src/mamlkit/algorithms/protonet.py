@@ -30,7 +30,7 @@ class PrototypicalNetwork(MetaLearner):
 
     ``channels_last`` stores the model's convolution weights channels-last (in place; the
     values are unchanged), so oneDNN's convolutions run without converting layouts around
-    every call: on the CPU a ProtoNets iteration is about a fifth faster (docs/results.md).
+    every call: on the CPU a ProtoNets iteration is about a third faster (docs/results.md).
     """
 
     def __init__(self, model: nn.Module, channels_last: bool = True):
