@@ -186,6 +186,9 @@ def main() -> None:
                 "ms_per_iter_p10": round(sorted(times)[len(times) // 10] * 1e3, 3),
                 "iters": iters,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                if args.device.startswith("cuda")
+                else None,
                 "threads": torch.get_num_threads(),
                 "allocator_tuned": allocator_tuned,
                 "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),

@@ -6,6 +6,10 @@ import torch
 # Small tensors everywhere: one intra-op thread is faster and keeps runs reproducible.
 torch.set_num_threads(1)
 
+# Gradient tests run on every device this machine has: CI (CPU only) runs the "cpu" cases,
+# and the same tests on a GPU machine add the "cuda" ones against the same CPU reference.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 
 @pytest.fixture
 def float64():

@@ -11,6 +11,7 @@ from torch.func import functional_call
 from mamlkit.algorithms import PretrainedClassifier, PretrainedRegression, PrototypicalNetwork
 from mamlkit.models import MLP, Conv4
 
+from .conftest import DEVICES
 from .test_meta_gradients import rel_error
 
 TASKS, WAYS, SHOTS, QUERIES = 3, 3, 2, 2
@@ -39,8 +40,9 @@ def protonet_reference(model, xs, ys, xq, yq):
     return dict(zip(params, grads))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("image", [False, True])
-def test_protonet_gradient_matches_reference(float64, image):
+def test_protonet_gradient_matches_reference(float64, image, device):
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = (
@@ -49,13 +51,14 @@ def test_protonet_gradient_matches_reference(float64, image):
         else MLP((5, 16, 8))
     )
     data = episode(gen, image)
-    ref = protonet_reference(model, *data)
+    ref = protonet_reference(model, *data)  # on the CPU
+    model.to(device)
     learner = PrototypicalNetwork(model)
     if image:  # the reference ran the default layout; the learner runs channels-last
         assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     model.zero_grad()
-    learner.meta_loss(*data).backward()
-    ours = {n: p.grad for n, p in model.named_parameters()}
+    learner.meta_loss(*(t.to(device) for t in data)).backward()
+    ours = {n: p.grad.cpu() for n, p in model.named_parameters()}
     assert rel_error(ours, ref) <= 1e-8
 
 

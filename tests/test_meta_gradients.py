@@ -4,6 +4,8 @@ or wrongly vectorised MAML (pitfalls 1 and 5)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,8 @@ from torch.func import functional_call
 
 from mamlkit import MAML
 from mamlkit.models import MLP, Conv4
+
+from .conftest import DEVICES
 
 TASKS = 4
 
@@ -96,11 +100,18 @@ def first_order_by_definition(model, loss_fn, xs, ys, xq, yq, lr, steps):
     return total
 
 
-def library_meta_grad(model, loss_fn, xs, ys, xq, yq, lr, steps, impl, first_order=False):
+def library_meta_grad(
+    model, loss_fn, xs, ys, xq, yq, lr, steps, impl, first_order=False, device="cpu"
+):
+    """The library's meta-gradient, computed on ``device`` (a copy of the model goes there)
+    and returned on the CPU, so that it compares with the CPU reference."""
+    if device != "cpu":
+        model = copy.deepcopy(model).to(device)
+        xs, ys, xq, yq = (t.to(device) for t in (xs, ys, xq, yq))
     learner = MAML(model, loss_fn, lr, inner_steps=steps, first_order=first_order, impl=impl)
     model.zero_grad(set_to_none=True)
     learner.meta_loss(xs, ys, xq, yq).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
+    return {n: p.grad.cpu().clone() for n, p in model.named_parameters()}
 
 
 def rel_error(a: dict, b: dict) -> float:
@@ -123,28 +134,30 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("case,impl", CASES)
-def test_second_order_meta_gradient_matches_reference(float64, case, impl, steps):
+def test_second_order_meta_gradient_matches_reference(float64, case, impl, steps, device):
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(0)
     model, loss_fn, *data, lr = make_case(case, gen)
     ref = reference_meta_grad(model, loss_fn, *data, lr, steps)
-    ours = library_meta_grad(model, loss_fn, *data, lr, steps, impl)
+    ours = library_meta_grad(model, loss_fn, *data, lr, steps, impl, device=device)
     assert rel_error(ours, ref) <= 1e-8
     for name in ref:  # conv biases before BatchNorm have true gradient 0: absolute check too
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("case,impl", CASES)
 def test_first_order_equals_its_definition_and_differs_from_second_order(
-    float64, case, impl, steps
+    float64, case, impl, steps, device
 ):
     gen = torch.Generator().manual_seed(2)
     torch.manual_seed(0)
     model, loss_fn, *data, lr = make_case(case, gen)
-    fo = library_meta_grad(model, loss_fn, *data, lr, steps, impl, first_order=True)
+    fo = library_meta_grad(model, loss_fn, *data, lr, steps, impl, first_order=True, device=device)
     assert rel_error(fo, first_order_by_definition(model, loss_fn, *data, lr, steps)) <= 1e-8
     assert (
         rel_error(fo, reference_meta_grad(model, loss_fn, *data, lr, steps, first_order=True))
@@ -200,8 +213,9 @@ def test_custom_loss_callable_and_running_stats_model(float64):
         )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("pooling,size", [("stride", 28), ("max", 28)])
-def test_omniglot_geometry_conv4_meta_gradient(float64, pooling, size):
+def test_omniglot_geometry_conv4_meta_gradient(float64, pooling, size, device):
     """The real Omniglot geometry (28×28, four blocks: 14-7-4-2 or 14-7-3-1), 5-way, two
     inner steps with α = 0.4, batched path against the per-task reference."""
     gen = torch.Generator().manual_seed(7)
@@ -211,7 +225,9 @@ def test_omniglot_geometry_conv4_meta_gradient(float64, pooling, size):
     xq = torch.rand(2, 5, 1, size, size, generator=gen)
     ys = torch.arange(5).expand(2, -1).contiguous()
     ref = reference_meta_grad(model, F.cross_entropy, xs, ys, xq, ys, 0.4, 2)
-    ours = library_meta_grad(model, F.cross_entropy, xs, ys, xq, ys, 0.4, 2, "batched")
+    ours = library_meta_grad(
+        model, F.cross_entropy, xs, ys, xq, ys, 0.4, 2, "batched", device=device
+    )
     assert rel_error(ours, ref) <= 1e-8
 
 

@@ -120,6 +120,23 @@ def test_interrupt_marks_the_run_interrupted_and_it_resumes(tmp_path):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
 
 
+def test_sigterm_marks_the_run_interrupted(tmp_path):
+    """`timeout`, `kill` or a cluster's preemption stop a run the way Ctrl-C does."""
+    run = tmp_path / "run"
+    proc = cli(*train_args(run))
+    deadline = time.time() + 120
+    while not list((run / "checkpoints").glob("step-*.safetensors")):
+        assert proc.poll() is None, "run finished before it could be stopped"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert proc.stderr.read().decode().strip() == "mamlkit: interrupted"
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] >= 400
+    assert not (run / "model.safetensors").exists()
+
+
 def test_divergence_through_cli_is_exit_2(tmp_path, capsys):
     code = main(
         [

@@ -3,13 +3,16 @@ checkpoint, resume. Every algorithm and task distribution goes through :class:`T
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -257,7 +260,8 @@ class Trainer:
             write_status(self.run_dir, "running", step=self.step, best=self.best)
             self._start_tensorboard(self.step + 1 if resume else None)
         try:
-            self._loop()
+            with _sigterm_as_interrupt():
+                self._loop()
         except DivergenceError:
             if self.run_dir is not None:
                 write_status(self.run_dir, "diverged", step=self.step, best=self.best)
@@ -309,10 +313,22 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = [p.grad for p in params if p.grad is not None]
-            # one check (and one sync) per iteration: NaN/Inf anywhere makes the sum non-finite
-            health = (loss.detach() + torch.stack(torch._foreach_norm(grads)).sum()).item()
+            with torch.no_grad():
+                # NaN/Inf anywhere in the loss or the meta-gradient makes this sum non-finite
+                health = loss.detach() + torch.stack(torch._foreach_norm(grads)).sum()
+                metric = (
+                    loss.detach()
+                    if metric_fn is None
+                    else metric_fn(pred.detach(), batch.query_y).mean()
+                )
+                # one device-to-host copy (one GPU sync) per iteration for all three numbers
+                health, loss_value, metric_value = (
+                    torch.stack([health.double(), loss.detach().double(), metric.double()])
+                    .cpu()
+                    .tolist()
+                )
             if not math.isfinite(health):
-                what = "loss" if not torch.isfinite(loss) else "meta-gradient"
+                what = "loss" if not math.isfinite(loss_value) else "meta-gradient"
                 raise DivergenceError(
                     f"the {what} became NaN/Inf at iteration {self.step + 1}; training stopped "
                     "(the last checkpoint is intact); lower the learning rates or set "
@@ -322,12 +338,6 @@ class Trainer:
                 torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
             self.optimizer.step()
             self.step += 1
-            loss_value = loss.item()
-            if metric_fn is None:
-                metric_value = loss_value
-            else:
-                with torch.no_grad():
-                    metric_value = metric_fn(pred.detach(), batch.query_y).mean().item()
             self.window += torch.tensor([loss_value, metric_value, 1.0], dtype=torch.float64)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
@@ -375,6 +385,25 @@ class Trainer:
         if better:
             self.best = {"metric": f"val_{metric}", "value": value, "step": self.step}
         return {f"val_{metric}": value, f"val_{metric}_ci95": result["ci95"]}
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's preemption, `timeout`, `kill`) stops training like Ctrl-C: the run
+    is marked ``interrupted`` and resumes from its last checkpoint. Only the main thread can
+    install signal handlers; elsewhere SIGTERM keeps its default meaning."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
