@@ -11,7 +11,7 @@
 #
 # Environment: MAMLKIT_DATA (the folder holding omniglot/), PYTHON (default python3),
 # CELLS (presets to train), SETS (extra `--set` overrides, space separated), EVAL_TASKS,
-# BENCH=0 (skip the benchmarks, for a dry run of the rest on the CPU).
+# BENCH=0 (skip the benchmarks, for a dry run of the rest on the CPU) or so (second order only).
 set -u
 out=${1:?usage: scripts/gpu_omniglot.sh OUT_DIR [TRAIN_SECONDS] [DEVICE]}
 budget=${2:-300}
@@ -35,14 +35,22 @@ stamp "start: device=$device budget=${budget}s commit=${MAMLKIT_COMMIT:-unknown}
 bench() {
     timeout 120 $py "$root/benchmarks/meta_iteration.py" --device "$device" "$@" >>"$out/bench.jsonl"
 }
-[ "${BENCH:-1}" = 0 ] || {
-    stamp "benchmarks"
-    bench --workload omniglot-5w1s --iters 100
-    bench --workload omniglot-5w1s --iters 100 --first-order
-    bench --workload omniglot-20w1s --iters 50
-    bench --workload protonet-omniglot-60w1s --iters 100
-    bench --workload omniglot-5w1s --iters 20 --impl learn2learn-loop
-}
+case ${BENCH:-all} in
+    0) ;;
+    so)  # the second-order MAML workloads only
+        stamp "benchmarks (second order)"
+        bench --workload omniglot-5w1s --iters 100
+        bench --workload omniglot-20w1s --iters 50
+        ;;
+    *)
+        stamp "benchmarks"
+        bench --workload omniglot-5w1s --iters 100
+        bench --workload omniglot-5w1s --iters 100 --first-order
+        bench --workload omniglot-20w1s --iters 50
+        bench --workload protonet-omniglot-60w1s --iters 100
+        bench --workload omniglot-5w1s --iters 20 --impl learn2learn-loop
+        ;;
+esac
 
 stamp "training: $cells"
 sets=(--set "train.device=$device" --set train.checkpoint_every=250 --set train.threads=2)

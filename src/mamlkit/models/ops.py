@@ -273,10 +273,11 @@ def _channel_mean(t: Tensor) -> Tensor:
 
 def _channel_dot(u: Tensor, v: Tensor) -> Tensor:
     """Per-channel ``Σ u·v`` of ``[B, C, *]`` in one fused pass, without forming ``u·v``:
-    BatchNorm's backward with mean 0 and invstd 1 computes exactly this as its γ gradient."""
+    BatchNorm's backward with mean 0 and invstd 1 computes exactly this as its γ gradient.
+    (γ itself does not enter that gradient, but the CUDA kernel needs a defined tensor.)"""
     zeros, ones = u.new_zeros(u.shape[1]), u.new_ones(u.shape[1])
     return torch.ops.aten.native_batch_norm_backward(
-        u, v, None, None, None, zeros, ones, True, 0.0, [False, True, False]
+        u, v, ones, None, None, zeros, ones, True, 0.0, [False, True, False]
     )[1]
 
 
