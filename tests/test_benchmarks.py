@@ -37,3 +37,44 @@ def test_op_breakdown_prints_the_top_operators():
     result = _run("op_breakdown.py", "--workload", "sine", "--iters", "1", "--top", "3")
     assert result["ms_in_ops"] > 0 and len(result["top"]) == 3
     assert all(entry["calls_per_iter"] > 0 for entry in result["top"])
+
+
+def test_gpu_session_script_dry_run_on_the_cpu(tmp_path):
+    """`scripts/gpu_omniglot.sh` end to end on the CPU with one tiny cell: it trains until its
+    time budget stops the run (SIGTERM), evaluates the last checkpoint and packs the run."""
+    import os
+    import tarfile
+
+    from .conftest import data_root
+
+    env = {
+        **os.environ,
+        "MAMLKIT_DATA": data_root(),
+        "PYTHON": sys.executable,
+        "BENCH": "0",
+        "CELLS": "omniglot_protonet_5w1s",
+        "SETS": "train.checkpoint_every=2 train.val_every=0 task.train_ways=5 train.threads=1 "
+        "train.tensorboard=false",
+        "EVAL_TASKS": "5",
+        "RUNS_DIR": str(tmp_path / "runs"),
+    }
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_omniglot.sh"
+    out = tmp_path / "out"
+    subprocess.run(
+        ["bash", str(script), str(out), "20", "cpu"],
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    run = tmp_path / "runs" / "omniglot_protonet_5w1s"
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] >= 2
+    (evaluation,) = run.glob("eval-step-*.json")
+    result = json.loads(evaluation.read_text())
+    assert result["tasks"] == 5 and 0 <= result["accuracy"] <= 100
+    assert "omniglot_protonet_5w1s" in (out / "summary.txt").read_text()
+    with tarfile.open(out / "runs.tar.gz") as packed:
+        names = packed.getnames()
+    assert any(n.endswith("metrics.jsonl") for n in names)
+    assert not any(n.endswith(".safetensors") for n in names)
