@@ -48,16 +48,21 @@ def train_args(out):
     return args
 
 
+def wait_for_first_checkpoint(proc: subprocess.Popen, run: Path) -> None:
+    """Block until the training process has written a checkpoint (and is still running)."""
+    deadline = time.time() + 120
+    while not list((run / "checkpoints").glob("step-*.safetensors")):
+        assert proc.poll() is None, "run finished before it could be stopped"
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert cli(*train_args(straight)).wait(timeout=300) == 0
 
     proc = cli(*train_args(killed))
-    deadline = time.time() + 120
-    while not list((killed / "checkpoints").glob("step-*.safetensors")):
-        assert proc.poll() is None, "run finished before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
+    wait_for_first_checkpoint(proc, killed)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (killed / "model.safetensors").exists()
@@ -124,11 +129,7 @@ def test_sigterm_marks_the_run_interrupted(tmp_path):
     """`timeout`, `kill` or a cluster's preemption stop a run the way Ctrl-C does."""
     run = tmp_path / "run"
     proc = cli(*train_args(run))
-    deadline = time.time() + 120
-    while not list((run / "checkpoints").glob("step-*.safetensors")):
-        assert proc.poll() is None, "run finished before it could be stopped"
-        assert time.time() < deadline
-        time.sleep(0.02)
+    wait_for_first_checkpoint(proc, run)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
     assert proc.stderr.read().decode().strip() == "mamlkit: interrupted"

@@ -314,18 +314,13 @@ class Trainer:
             loss.backward()
             grads = [p.grad for p in params if p.grad is not None]
             with torch.no_grad():
+                value = loss.detach()
                 # NaN/Inf anywhere in the loss or the meta-gradient makes this sum non-finite
-                health = loss.detach() + torch.stack(torch._foreach_norm(grads)).sum()
-                metric = (
-                    loss.detach()
-                    if metric_fn is None
-                    else metric_fn(pred.detach(), batch.query_y).mean()
-                )
+                health = value + torch.stack(torch._foreach_norm(grads)).sum()
+                metric = value if metric_fn is None else metric_fn(pred, batch.query_y).mean()
                 # one device-to-host copy (one GPU sync) per iteration for all three numbers
                 health, loss_value, metric_value = (
-                    torch.stack([health.double(), loss.detach().double(), metric.double()])
-                    .cpu()
-                    .tolist()
+                    torch.stack([health, value, metric]).double().cpu().tolist()
                 )
             if not math.isfinite(health):
                 what = "loss" if not math.isfinite(loss_value) else "meta-gradient"
