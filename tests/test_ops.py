@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
-from mamlkit.models import ops
+from mamlkit.models import Conv4, ops
 
 
 def _leaf(*shape, gen):
@@ -129,3 +129,67 @@ def test_task_conv2d_shared_path_gradgradcheck():
 
     assert gradcheck(f, (x, w, b))
     assert gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("channels,stride,size", [(1, 2, 7), (3, 1, 5), (2, 2, 8)])
+def test_task_conv_batch_norm_equals_conv_then_batch_norm(channels, stride, size):
+    """The first layer folded into one product from the image windows: same values as
+    F.conv2d + F.batch_norm (batch statistics per task and channel), exact first, second and
+    third derivatives, and the conv bias gets its exact gradient, zero."""
+    tasks, batch, out_ch = 3, 4, 5
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(batch, tasks * channels, size, size, generator=gen, dtype=torch.float64)
+    w = _leaf(tasks, out_ch, channels, 3, 3, gen=gen)
+    b, gamma, beta = (_leaf(tasks, out_ch, gen=gen) for _ in range(3))
+    out = (size - 1) // stride + 1
+
+    def ours(w, b, gamma, beta):
+        patches = ops.image_patches(x, tasks, 3, stride, 1)
+        return ops.task_conv_batch_norm(patches, (out, out), w, b, gamma, beta)
+
+    def reference(w, b, gamma, beta):
+        z = F.conv2d(x, w.flatten(0, 1), b.flatten(), stride, 1, 1, tasks)
+        return F.batch_norm(z, None, None, gamma.flatten(), beta.flatten(), training=True)
+
+    args = (w, b, gamma, beta)
+    torch.testing.assert_close(ours(*args), reference(*args))
+    cot = torch.randn(batch, tasks * out_ch, out, out, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((ours(*args) * cot).sum(), args)
+    for g, r in zip(grads, torch.autograd.grad((reference(*args) * cot).sum(), args)):
+        torch.testing.assert_close(g, r)
+    assert torch.equal(grads[1], torch.zeros_like(b))
+    assert gradcheck(ours, args)
+    assert gradgradcheck(ours, args)
+
+    def first_derivatives(w, b, gamma, beta):
+        y = ours(w, b, gamma, beta)
+        return torch.autograd.grad((y**3).sum(), (w, gamma, beta), create_graph=True)
+
+    assert gradgradcheck(first_derivatives, args)
+
+
+def test_conv4_batched_forward_takes_the_folded_first_layer_only_for_data():
+    """Images that need no gradient take the folded first layer; an input that needs one (an
+    adversarial perturbation, say) takes the plain layers. Both give the same values."""
+    model = Conv4(out_features=3, filters=4, image_size=8).double()
+    params = {n: p.unsqueeze(0).expand(2, *p.shape) for n, p in model.named_parameters()}
+    x = torch.randn(2, 5, 1, 8, 8, dtype=torch.float64)
+    folded = model.batched_forward(params, x)
+    plain = model.batched_forward(params, x.clone().requires_grad_())
+    torch.testing.assert_close(folded, plain)
+    assert _count_nodes(folded.grad_fn, "_BatchNormBackward") == 3
+    assert _count_nodes(plain.grad_fn, "_BatchNormBackward") == 4
+    for t in range(2):
+        torch.testing.assert_close(folded[t], model(x[t]))
+
+
+def _count_nodes(fn, name: str) -> int:
+    seen, stack, count = set(), [fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += type(node).__name__ == name
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return count

@@ -73,11 +73,30 @@ class Conv4(nn.Module):
         over an affine batch norm its double backward is exact. The layers come from
         :mod:`mamlkit.models.ops`: the same kernels as ``F.conv2d``/``F.batch_norm``/
         ``torch.relu``, with second derivatives that cost a few passes instead of a
-        convolution per task.
+        convolution per task. When ``x`` needs no gradient (images), the first convolution
+        and its BatchNorm are one product from the images' windows
+        (:func:`ops.task_conv_batch_norm`).
         """
         tasks, batch = x.shape[:2]
         h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
-        for i, layer in enumerate(self.features):
+        layers = list(enumerate(self.features))
+        if not x.requires_grad:
+            # the images need no gradient: the first convolution and its BatchNorm run as
+            # one product from the images' windows (ops.task_conv_batch_norm)
+            conv, bn = self.features[0], self.features[1]
+            k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            size = [(n + 2 * pad - k) // stride + 1 for n in h.shape[2:]]
+            h = ops.task_conv_batch_norm(
+                ops.image_patches(h, tasks, k, stride, pad),
+                size,
+                params["features.0.weight"],
+                params["features.0.bias"],
+                params["features.1.weight"],
+                params["features.1.bias"],
+                eps=bn.eps,
+            )
+            layers = layers[2:]
+        for i, layer in layers:
             if isinstance(layer, nn.Conv2d):
                 h = ops.task_conv2d(
                     h,

@@ -27,6 +27,10 @@ derivatives of the backward pass out by hand:
   exact too.
 * :func:`relu` treats the mask of its backward as a constant; PyTorch's double backward
   of ReLU materialises a tensor of zeros for it and adds it in.
+* :func:`task_conv_batch_norm` runs a first convolution and its BatchNorm as one matrix
+  product when the input is data (no gradient): BatchNorm's statistics of w·p + b are
+  w·mean(p) + b and wᵀ cov(p) w, with the windows' moments computed once, so no full-size
+  pass for the statistics or their derivatives remains.
 
 All are checked against float64 finite differences (``gradcheck``/``gradgradcheck``) and,
 inside MAML, against the per-task float64 reference (tests/test_meta_gradients.py).
@@ -39,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
-__all__ = ["conv2d", "task_conv2d", "batch_norm", "relu"]
+__all__ = ["conv2d", "task_conv2d", "batch_norm", "relu", "image_patches", "task_conv_batch_norm"]
 
 
 # ---------------------------------------------------------------------------- convolution
@@ -395,3 +399,66 @@ def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
     """``F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)`` for ``[B, C, *]``
     with a closed-form second derivative, itself differentiable."""
     return _BatchNorm.apply(x, weight, bias, eps)
+
+
+# ------------------------------------------------- first layer: convolution + BatchNorm
+
+
+def image_patches(x: Tensor, tasks: int, kernel: int, stride: int, padding: int) -> Tensor:
+    """The convolution windows of an input that needs no gradient (the images themselves):
+    ``x [B, T·C, H, W]`` -> ``[B, T, C·k·k + 1, H'·W']``, each window flattened in the order of
+    a ``[C, k, k]`` weight, with a row of ones appended for the bias."""
+    batch, channels = x.shape[0], x.shape[1] // tasks
+    xp = F.pad(x, [padding] * 4)
+    out_h = (xp.shape[2] - kernel) // stride + 1
+    out_w = (xp.shape[3] - kernel) // stride + 1
+    s0, s1, s2, s3 = xp.stride()
+    windows = xp.as_strided(
+        (batch, tasks, channels, kernel, kernel, out_h, out_w),
+        (s0, channels * s1, s1, s2, s3, stride * s2, stride * s3),
+    )
+    k = channels * kernel * kernel
+    patches = x.new_empty(batch, tasks, k + 1, out_h * out_w)
+    patches[:, :, :k].view(batch, tasks, channels, kernel, kernel, out_h, out_w).copy_(windows)
+    patches[:, :, k].fill_(1.0)
+    return patches
+
+
+def task_conv_batch_norm(
+    patches: Tensor,
+    out_hw: tuple[int, int],
+    weight: Tensor,
+    bias: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``batch_norm(task_conv2d(x, weight, bias), γ, β)`` (batch statistics) from the input's
+    windows (:func:`image_patches`), for a first layer whose input needs no gradient.
+
+    With z = w·p + b for a window p, the statistics BatchNorm needs are linear and quadratic
+    in w: mean(z) = w·m + b and var(z) = wᵀ S w, with m and S the mean and covariance of the
+    task's windows (a few numbers per task, computed once from the data). So
+    BN(z) = s (z − mean(z)) + β with s = γ (wᵀ S w + eps)^-½ is one matrix product with the
+    per-task weights [s w | β + s (b − mean(z))]: the full-size activation is written once,
+    and no full-size pass for BatchNorm's statistics, nor for its first and second
+    derivatives, is needed. The small per-task algebra is ordinary autograd (exact to any
+    order); ``b`` gets its exact gradient, zero.
+
+    ``weight [T, O, C, k, k]``, ``bias``/``gamma``/``beta [T, O]`` -> ``[B, T·O, H', W']``.
+    """
+    batch, tasks, k1, positions = patches.shape
+    k = k1 - 1
+    windows = patches[:, :, :k]
+    n = batch * positions
+    with torch.no_grad():
+        mean = windows.mean((0, 3))  # [T, k]
+        centred = (windows - mean[None, :, :, None]).permute(1, 2, 0, 3).reshape(tasks, k, n)
+        cov = torch.bmm(centred, centred.transpose(1, 2)) / n  # [T, k, k]
+    w = weight.reshape(tasks, -1, k)
+    var = (torch.bmm(w, cov) * w).sum(-1)  # wᵀ S w, [T, O]
+    scale = gamma * torch.rsqrt(var + eps)
+    z_mean = (w * mean[:, None, :]).sum(-1) + bias
+    w_eff = torch.cat([w * scale[..., None], (beta + scale * (bias - z_mean))[..., None]], -1)
+    out = torch.matmul(w_eff, patches)  # [B, T, O, H'·W']
+    return out.view(batch, -1, *out_hw)
