@@ -9,6 +9,11 @@ Adam step) after warm-up. Prints one JSON line.
 60-way episode, 1 shot + 5 queries per class, Conv4 with max-pooling, as the ProtoNets
 5-way 1-shot preset trains).
 
+``--paired-unfolded`` (omniglot workloads) times the same learner with Conv4's first layer
+folded (the default) and unfolded (``fold_first_layer=False``), alternating iteration by
+iteration in one process, and adds both times and their paired difference: on a noisy
+machine that difference is steadier than two separate runs.
+
 ``learn2learn-loop`` is not mamlkit's engine but the usual hand-written baseline: one task at
 a time, adapt with ``autograd.grad(create_graph=True)``, backward the task's query loss
 (accumulating into ``.grad``), as learn2learn's MAML examples do.
@@ -129,6 +134,34 @@ def make(workload: str, impl: str, first_order: bool, device: str):
     return learner, step
 
 
+def _ms(times: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(times) * 1e3, 3),
+        "p10": round(sorted(times)[len(times) // 10] * 1e3, 3),
+    }
+
+
+def _paired_unfolded(model, step, sync, warmup: int, iters: int):
+    """Alternate folded/unfolded iterations (the order flips every pair)."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(warmup + iters):
+        for fold in (True, False) if i % 2 == 0 else (False, True):
+            model.fold_first_layer = fold
+            t0 = time.perf_counter()
+            step()
+            sync()
+            if i >= warmup:
+                times[fold].append(time.perf_counter() - t0)
+    model.fold_first_layer = True
+    diff = [u - f for f, u in zip(times[True], times[False], strict=True)]
+    unfolded, saved = _ms(times[False]), _ms(diff)
+    return times[True], {
+        "unfolded_ms_per_iter_median": unfolded["median"],
+        "unfolded_ms_per_iter_p10": unfolded["p10"],
+        "unfolded_minus_folded_ms_median": saved["median"],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="sine")
@@ -144,6 +177,11 @@ def main() -> None:
         "--no-channels-last",
         action="store_true",
         help="protonet workload: keep the convolution weights in the default layout",
+    )
+    p.add_argument(
+        "--paired-unfolded",
+        action="store_true",
+        help="omniglot workloads: alternate with Conv4(fold_first_layer=False), report both",
     )
     p.add_argument(
         "--no-tune-allocator",
@@ -162,15 +200,21 @@ def main() -> None:
     else:
         learner, step = make(args.workload, args.impl, args.first_order, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
+    paired = {}
+    if args.paired_unfolded:
+        if not hasattr(learner.model, "fold_first_layer"):
+            p.error("--paired-unfolded needs an omniglot workload (a Conv4 model)")
+        times, paired = _paired_unfolded(learner.model, step, sync, warmup, iters)
+    else:
+        for _ in range(warmup):
+            step()
         sync()
-        times.append(time.perf_counter() - t0)
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
     print(
         json.dumps(
             {
@@ -189,6 +233,7 @@ def main() -> None:
                 "gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
                 if args.device.startswith("cuda")
                 else None,
+                **paired,
                 "threads": torch.get_num_threads(),
                 "allocator_tuned": allocator_tuned,
                 "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),

@@ -33,6 +33,21 @@ def test_meta_iteration_prints_timings(impl):
     assert result["ms_per_iter_median"] > 0 and result["ms_per_iter_p10"] > 0
 
 
+def test_meta_iteration_paired_unfolded_and_float32_error():
+    paired = _run(
+        "meta_iteration.py", "--workload", "omniglot-5w1s", "--paired-unfolded",
+        "--iters", "2", "--warmup", "1",
+    )  # fmt: skip
+    assert paired["ms_per_iter_median"] > 0 and paired["unfolded_ms_per_iter_median"] > 0
+    assert "unfolded_minus_folded_ms_median" in paired
+    error = _run("float32_error.py", "--tasks", "2")
+    assert error["tasks"] == 2
+    # float32 against float64: small, but not zero (a zero would mean the same dtype ran);
+    # a ReLU whose input is near 0 may switch sides between the dtypes, so the bound is loose
+    assert 0 < error["rel_error_folded_first_layer"] < 1e-1
+    assert 0 < error["rel_error_plain_layers"] < 1e-1
+
+
 def test_op_breakdown_prints_the_top_operators():
     result = _run("op_breakdown.py", "--workload", "sine", "--iters", "1", "--top", "3")
     assert result["ms_in_ops"] > 0 and len(result["top"]) == 3

@@ -21,6 +21,8 @@ class Conv4(nn.Module):
     the original MAML code does; its γ/β are ordinary (meta-learned) parameters.
     ``bn_running_stats=True`` restores ordinary BatchNorm (running statistics, used in
     ``eval()`` mode), as Prototypical Networks are evaluated.
+    ``fold_first_layer=False`` keeps the first convolution and its BatchNorm as separate
+    layers in :meth:`batched_forward` (same values; for comparisons and debugging).
     """
 
     def __init__(
@@ -33,12 +35,14 @@ class Conv4(nn.Module):
         blocks: int = 4,
         global_pool: bool = False,
         bn_running_stats: bool = False,
+        fold_first_layer: bool = True,
     ):
         super().__init__()
         if pooling not in ("stride", "max"):
             raise ValueError(f"pooling must be 'stride' or 'max', got {pooling!r}")
         self.pooling, self.filters, self.blocks = pooling, filters, blocks
         self.global_pool = global_pool
+        self.fold_first_layer = fold_first_layer
         stride = 2 if pooling == "stride" else 1
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
@@ -80,7 +84,7 @@ class Conv4(nn.Module):
         tasks, batch = x.shape[:2]
         h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
         layers = list(enumerate(self.features))
-        if not x.requires_grad:
+        if self.fold_first_layer and not x.requires_grad:
             # the images need no gradient: the first convolution and its BatchNorm run as
             # one product from the images' windows (ops.task_conv_batch_norm)
             conv, bn = self.features[0], self.features[1]
