@@ -9,8 +9,8 @@ Adam step) after warm-up. Prints one JSON line.
 60-way episode, 1 shot + 5 queries per class, Conv4 with max-pooling, as the ProtoNets
 5-way 1-shot preset trains).
 
-``--paired-unfolded`` (omniglot workloads) times the same learner with Conv4's first layer
-folded (the default) and unfolded (``fold_first_layer=False``), alternating iteration by
+``--paired-unfolded`` (omniglot workloads) times the same learner with Conv4's BatchNorm
+folding (the default) and without (``fold_batch_norm=False``), alternating iteration by
 iteration in one process, and adds both times and their paired difference: on a noisy
 machine that difference is steadier than two separate runs.
 
@@ -146,13 +146,13 @@ def _paired_unfolded(model, step, sync, warmup: int, iters: int):
     times: dict[bool, list[float]] = {True: [], False: []}
     for i in range(warmup + iters):
         for fold in (True, False) if i % 2 == 0 else (False, True):
-            model.fold_first_layer = fold
+            model.fold_batch_norm = fold
             t0 = time.perf_counter()
             step()
             sync()
             if i >= warmup:
                 times[fold].append(time.perf_counter() - t0)
-    model.fold_first_layer = True
+    model.fold_batch_norm = True
     diff = [u - f for f, u in zip(times[True], times[False], strict=True)]
     unfolded, saved = _ms(times[False]), _ms(diff)
     return times[True], {
@@ -181,7 +181,7 @@ def main() -> None:
     p.add_argument(
         "--paired-unfolded",
         action="store_true",
-        help="omniglot workloads: alternate with Conv4(fold_first_layer=False), report both",
+        help="omniglot workloads: alternate with Conv4(fold_batch_norm=False), report both",
     )
     p.add_argument(
         "--no-tune-allocator",
@@ -202,7 +202,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     paired = {}
     if args.paired_unfolded:
-        if not hasattr(learner.model, "fold_first_layer"):
+        if not hasattr(learner.model, "fold_batch_norm"):
             p.error("--paired-unfolded needs an omniglot workload (a Conv4 model)")
         times, paired = _paired_unfolded(learner.model, step, sync, warmup, iters)
     else:

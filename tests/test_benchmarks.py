@@ -44,8 +44,8 @@ def test_meta_iteration_paired_unfolded_and_float32_error():
     assert error["tasks"] == 2
     # float32 against float64: small, but not zero (a zero would mean the same dtype ran);
     # a ReLU whose input is near 0 may switch sides between the dtypes, so the bound is loose
-    assert 0 < error["rel_error_folded_first_layer"] < 1e-1
-    assert 0 < error["rel_error_plain_layers"] < 1e-1
+    assert 0 < error["rel_error_folded"] < 1e-1
+    assert 0 < error["rel_error_unfolded"] < 1e-1
 
 
 def test_op_breakdown_prints_the_top_operators():

@@ -168,19 +168,38 @@ def test_task_conv_batch_norm_equals_conv_then_batch_norm(channels, stride, size
     assert gradgradcheck(first_derivatives, args)
 
 
-def test_conv4_batched_forward_takes_the_folded_first_layer_only_for_data():
-    """Images that need no gradient take the folded first layer; an input that needs one (an
-    adversarial perturbation, say) takes the plain layers. Both give the same values."""
+def test_conv4_batched_forward_folds_batch_norm():
+    """With fold_batch_norm (the default) the convolutions run without their bias and, for
+    images that need no gradient, the first layer is folded; an input that needs a gradient
+    (an adversarial perturbation, say) takes the plain first layer. Values and gradients
+    agree with fold_batch_norm=False and with forward(); conv biases get exact zeros."""
     model = Conv4(out_features=3, filters=4, image_size=8).double()
     params = {n: p.unsqueeze(0).expand(2, *p.shape) for n, p in model.named_parameters()}
     x = torch.randn(2, 5, 1, 8, 8, dtype=torch.float64)
     folded = model.batched_forward(params, x)
-    plain = model.batched_forward(params, x.clone().requires_grad_())
-    torch.testing.assert_close(folded, plain)
+    plain_first = model.batched_forward(params, x.clone().requires_grad_())
+    model.fold_batch_norm = False
+    unfolded = model.batched_forward(params, x)
     assert _count_nodes(folded.grad_fn, "_BatchNormBackward") == 3
-    assert _count_nodes(plain.grad_fn, "_BatchNormBackward") == 4
+    assert _count_nodes(plain_first.grad_fn, "_BatchNormBackward") == 4
+    assert _count_nodes(unfolded.grad_fn, "_BatchNormBackward") == 4
+    for other in (plain_first, unfolded):
+        torch.testing.assert_close(folded, other)
     for t in range(2):
         torch.testing.assert_close(folded[t], model(x[t]))
+    theta = dict(model.named_parameters())
+    g_folded = torch.autograd.grad((folded**2).sum(), list(theta.values()))
+    g_unfolded = torch.autograd.grad((unfolded**2).sum(), list(theta.values()))
+    conv_biases = {
+        f"features.{i}.bias"
+        for i, layer in enumerate(model.features)
+        if isinstance(layer, torch.nn.Conv2d)
+    }
+    assert len(conv_biases) == 4
+    for name, a, b in zip(theta, g_folded, g_unfolded, strict=True):
+        if name in conv_biases:
+            assert torch.equal(a, torch.zeros_like(a)), name
+        torch.testing.assert_close(a, b)
 
 
 def _count_nodes(fn, name: str) -> int:

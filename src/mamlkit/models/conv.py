@@ -21,8 +21,8 @@ class Conv4(nn.Module):
     the original MAML code does; its γ/β are ordinary (meta-learned) parameters.
     ``bn_running_stats=True`` restores ordinary BatchNorm (running statistics, used in
     ``eval()`` mode), as Prototypical Networks are evaluated.
-    ``fold_first_layer=False`` keeps the first convolution and its BatchNorm as separate
-    layers in :meth:`batched_forward` (same values; for comparisons and debugging).
+    ``fold_batch_norm=False`` turns off the simplifications :meth:`batched_forward` makes
+    where BatchNorm follows a convolution (same values; for comparisons and debugging).
     """
 
     def __init__(
@@ -35,14 +35,14 @@ class Conv4(nn.Module):
         blocks: int = 4,
         global_pool: bool = False,
         bn_running_stats: bool = False,
-        fold_first_layer: bool = True,
+        fold_batch_norm: bool = True,
     ):
         super().__init__()
         if pooling not in ("stride", "max"):
             raise ValueError(f"pooling must be 'stride' or 'max', got {pooling!r}")
         self.pooling, self.filters, self.blocks = pooling, filters, blocks
         self.global_pool = global_pool
-        self.fold_first_layer = fold_first_layer
+        self.fold_batch_norm = fold_batch_norm
         stride = 2 if pooling == "stride" else 1
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
@@ -77,14 +77,19 @@ class Conv4(nn.Module):
         over an affine batch norm its double backward is exact. The layers come from
         :mod:`mamlkit.models.ops`: the same kernels as ``F.conv2d``/``F.batch_norm``/
         ``torch.relu``, with second derivatives that cost a few passes instead of a
-        convolution per task. When ``x`` needs no gradient (images), the first convolution
-        and its BatchNorm are one product from the images' windows
+        convolution per task.
+
+        With ``fold_batch_norm`` (the default) two things that batch-statistics BatchNorm
+        makes redundant are skipped. A convolution's bias is subtracted again with the
+        batch mean, so the convolutions run without it; it enters as β + (b − b), which
+        keeps its exact gradient, zero. And when ``x`` needs no gradient (images), the
+        first convolution and its BatchNorm are one product from the images' windows
         (:func:`ops.task_conv_batch_norm`).
         """
         tasks, batch = x.shape[:2]
         h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
         layers = list(enumerate(self.features))
-        if self.fold_first_layer and not x.requires_grad:
+        if self.fold_batch_norm and not x.requires_grad:
             # the images need no gradient: the first convolution and its BatchNorm run as
             # one product from the images' windows (ops.task_conv_batch_norm)
             conv, bn = self.features[0], self.features[1]
@@ -100,20 +105,27 @@ class Conv4(nn.Module):
                 eps=bn.eps,
             )
             layers = layers[2:]
+        conv_bias = None
         for i, layer in layers:
             if isinstance(layer, nn.Conv2d):
+                bias = params[f"features.{i}.bias"]
+                if self.fold_batch_norm:  # the next layer is its BatchNorm
+                    bias, conv_bias = None, bias
                 h = ops.task_conv2d(
                     h,
                     params[f"features.{i}.weight"],
-                    params[f"features.{i}.bias"],
+                    bias,
                     stride=layer.stride[0],
                     padding=layer.padding[0],
                 )
             elif isinstance(layer, nn.BatchNorm2d):
+                beta = params[f"features.{i}.bias"]
+                if conv_bias is not None:
+                    beta, conv_bias = beta + (conv_bias - conv_bias), None
                 h = ops.batch_norm(
                     h,
                     params[f"features.{i}.weight"].reshape(-1),
-                    params[f"features.{i}.bias"].reshape(-1),
+                    beta.reshape(-1),
                     eps=layer.eps,
                 )
             elif isinstance(layer, nn.ReLU):
