@@ -1,7 +1,8 @@
 """Time one full second-order MAML meta-iteration (inner loop, query loss, outer backward,
 Adam step) after warm-up. Prints one JSON line.
 
-    python benchmarks/meta_iteration.py --workload sine|omniglot-5w1s|omniglot-20w1s \
+    python benchmarks/meta_iteration.py \
+        --workload sine|omniglot-5w1s|omniglot-20w1s|miniimagenet-5w1s \
         [--impl auto|batched|vmap|loop|learn2learn-loop] [--iters N] [--threads N] [--first-order]
     python benchmarks/meta_iteration.py --workload protonet-omniglot-60w1s [--no-channels-last]
 
@@ -9,7 +10,7 @@ Adam step) after warm-up. Prints one JSON line.
 60-way episode, 1 shot + 5 queries per class, Conv4 with max-pooling, as the ProtoNets
 5-way 1-shot preset trains).
 
-``--paired-unfolded`` (omniglot workloads) times the same learner with Conv4's BatchNorm
+``--paired-unfolded`` (Conv4 workloads) times the same learner with Conv4's BatchNorm
 folding (the default) and without (``fold_batch_norm=False``), alternating iteration by
 iteration in one process, and adds both times and their paired difference: on a noisy
 machine that difference is steadier than two separate runs.
@@ -48,6 +49,9 @@ WORKLOADS = {
     "sine": dict(tasks=25, support=10, query=10, steps=1, lr=0.01),
     "omniglot-5w1s": dict(tasks=32, ways=5, shots=1, queries=1, steps=1, lr=0.4),
     "omniglot-20w1s": dict(tasks=16, ways=20, shots=1, queries=1, steps=5, lr=0.1),
+    # the paper's MiniImagenet 5-way 1-shot: 4 tasks, 15 queries per class, 5 steps, 32
+    # filters, max-pooling, 84×84 colour images
+    "miniimagenet-5w1s": dict(tasks=4, ways=5, shots=1, queries=15, steps=5, lr=0.01),
     "protonet-omniglot-60w1s": dict(tasks=1, ways=60, shots=1, queries=5),
 }
 
@@ -81,10 +85,15 @@ def make(workload: str, impl: str, first_order: bool, device: str):
         ys, yq = torch.sin(xs), torch.sin(xq)
         loss = F.mse_loss
     else:
-        model = Conv4(out_features=w["ways"], filters=64, image_size=28, pooling="stride")
+        if workload.startswith("miniimagenet"):
+            channels, size = 3, 84
+            model = Conv4(w["ways"], channels, filters=32, image_size=size, pooling="max")
+        else:
+            channels, size = 1, 28
+            model = Conv4(w["ways"], filters=64, image_size=size, pooling="stride")
         n_s, n_q = w["ways"] * w["shots"], w["ways"] * w["queries"]
-        xs = torch.rand(w["tasks"], n_s, 1, 28, 28, generator=gen, device=device)
-        xq = torch.rand(w["tasks"], n_q, 1, 28, 28, generator=gen, device=device)
+        xs = torch.rand(w["tasks"], n_s, channels, size, size, generator=gen, device=device)
+        xq = torch.rand(w["tasks"], n_q, channels, size, size, generator=gen, device=device)
         ys = (
             torch.arange(w["ways"], device=device)
             .repeat_interleave(w["shots"])
@@ -181,7 +190,7 @@ def main() -> None:
     p.add_argument(
         "--paired-unfolded",
         action="store_true",
-        help="omniglot workloads: alternate with Conv4(fold_batch_norm=False), report both",
+        help="Conv4 workloads: alternate with Conv4(fold_batch_norm=False), report both",
     )
     p.add_argument(
         "--no-tune-allocator",
@@ -203,7 +212,7 @@ def main() -> None:
     paired = {}
     if args.paired_unfolded:
         if not hasattr(learner.model, "fold_batch_norm"):
-            p.error("--paired-unfolded needs an omniglot workload (a Conv4 model)")
+            p.error("--paired-unfolded needs a Conv4 workload (omniglot-*, miniimagenet-*)")
         times, paired = _paired_unfolded(learner.model, step, sync, warmup, iters)
     else:
         for _ in range(warmup):
