@@ -90,8 +90,7 @@ class Conv4(nn.Module):
         h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
         layers = list(enumerate(self.features))
         if self.fold_batch_norm and not x.requires_grad:
-            # the images need no gradient: the first convolution and its BatchNorm run as
-            # one product from the images' windows (ops.task_conv_batch_norm)
+            # first convolution + BatchNorm folded (see the docstring)
             conv, bn = self.features[0], self.features[1]
             k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
             size = [(n + 2 * pad - k) // stride + 1 for n in h.shape[2:]]
