@@ -68,7 +68,8 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path):
         "PYTHON": sys.executable,
         "BENCH": "0",
         "CELLS": "omniglot_protonet_5w1s",
-        "SETS": "train.checkpoint_every=2 train.val_every=0 task.train_ways=5 train.threads=1 "
+        "SETS": "train.checkpoint_every=2 train.log_every=1 train.val_every=0 task.train_ways=5 "
+        "train.threads=1 "
         "train.tensorboard=false",
         "EVAL_TASKS": "5",
         "RUNS_DIR": str(tmp_path / "runs"),
@@ -76,7 +77,7 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_omniglot.sh"
     out = tmp_path / "out"
     subprocess.run(
-        ["bash", str(script), str(out), "20", "cpu"],
+        ["bash", str(script), str(out), "30", "cpu"],
         env=env,
         check=True,
         timeout=300,
