@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mamlkit.data import load_omniglot  # noqa: E402
+from mamlkit.data import DataError, load_omniglot  # noqa: E402
 from mamlkit.data import omniglot as omniglot_module  # noqa: E402
 
 
@@ -46,7 +46,10 @@ def main() -> None:
 
         omniglot_module._decode = counting_decode
         start = time.perf_counter()
-        data = load_omniglot(data_dir, cache_dir=cache)
+        try:
+            data = load_omniglot(data_dir, cache_dir=cache)
+        except DataError as exc:  # a missing or damaged data set: one line, exit code 2
+            p.error(str(exc))
         first = time.perf_counter() - start
         built, decoded[0] = decoded[0] > 0, 0
         cached = []
@@ -63,7 +66,7 @@ def main() -> None:
             "cached_load_s_max": max(cached) if cached else None,
             "cached_loads_decoded": decoded[0],  # 0: the repeats read only the cache
             "repeats": args.repeats,
-            "threads": os.cpu_count(),
+            "cpus": os.cpu_count(),
         }
     print(json.dumps(out))
 

@@ -68,9 +68,17 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path):
         "PYTHON": sys.executable,
         "BENCH": "0",
         "CELLS": "omniglot_protonet_5w1s",
-        "SETS": "train.checkpoint_every=2 train.log_every=1 train.val_every=0 task.train_ways=5 "
-        "train.threads=1 "
-        "train.tensorboard=false",
+        # log every step: metrics.jsonl must exist however few steps the budget allows
+        "SETS": " ".join(
+            [
+                "train.checkpoint_every=2",
+                "train.log_every=1",
+                "train.val_every=0",
+                "task.train_ways=5",
+                "train.threads=1",
+                "train.tensorboard=false",
+            ]
+        ),
         "EVAL_TASKS": "5",
         "RUNS_DIR": str(tmp_path / "runs"),
     }
