@@ -54,51 +54,79 @@ def test_op_breakdown_prints_the_top_operators():
     assert all(entry["calls_per_iter"] > 0 for entry in result["top"])
 
 
-def test_gpu_session_script_dry_run_on_the_cpu(tmp_path):
-    """`scripts/gpu_omniglot.sh` end to end on the CPU with one tiny cell: it trains until its
-    time budget stops the run (SIGTERM), evaluates the last checkpoint and packs the run."""
+def test_gpu_table1_script_dry_run_on_the_cpu(tmp_path):
+    """`scripts/gpu_table1.sh` end to end on the CPU with one tiny cell, called twice as two
+    GPU sessions would: the first call's budget stops the run (SIGTERM) and evaluates its
+    last checkpoint; the second resumes it from the packed run directory, finishes it,
+    evaluates the final weights and writes Table 1 with two segments for the cell."""
     import os
     import tarfile
 
     from .conftest import data_root
 
+    cell = "omniglot_maml_5w1s"
     env = {
         **os.environ,
         "MAMLKIT_DATA": data_root(),
         "PYTHON": sys.executable,
+        "DEVICE": "cpu",
         "BENCH": "0",
-        "CELLS": "omniglot_protonet_5w1s",
-        # log every step: metrics.jsonl must exist however few steps the budget allows
+        "TESTS": "0",
+        "CELLS": cell,
+        "EVAL_RESERVE": "25",
+        "EVAL_TASKS": "5",
         "SETS": " ".join(
             [
-                "train.checkpoint_every=2",
+                "train.iterations=40",
+                "train.meta_batch=2",
+                "model.filters=8",
                 "train.log_every=1",
                 "train.val_every=0",
-                "task.train_ways=5",
                 "train.threads=1",
-                "train.tensorboard=false",
             ]
         ),
-        "EVAL_TASKS": "5",
         "RUNS_DIR": str(tmp_path / "runs"),
+        "MAMLKIT_COMMIT": "test",
     }
-    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_omniglot.sh"
-    out = tmp_path / "out"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_table1.sh"
+    # SIGTERM only after a checkpoint (every 500 steps in the script): none in 40 steps, so
+    # the first call must be stopped before the end by the budget, the checkpoint comes from
+    # train.checkpoint_every given again here (a later --set wins)
+    env["SETS"] += " train.checkpoint_every=1 train.iterations=100000"
+    run = tmp_path / "runs" / cell
     subprocess.run(
-        ["bash", str(script), str(out), "30", "cpu"],
+        ["bash", str(script), str(tmp_path / "out1"), "45"],
         env=env,
         check=True,
         timeout=300,
         capture_output=True,
     )
-    run = tmp_path / "runs" / "omniglot_protonet_5w1s"
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "interrupted" and status["step"] >= 2
-    (evaluation,) = run.glob("eval-step-*.json")
-    result = json.loads(evaluation.read_text())
-    assert result["tasks"] == 5 and 0 <= result["accuracy"] <= 100
-    assert "omniglot_protonet_5w1s" in (out / "summary.txt").read_text()
-    with tarfile.open(out / "runs.tar.gz") as packed:
+    assert status["status"] == "interrupted" and status["step"] >= 1, status
+    first_stop = status["step"]
+    assert list(run.glob("eval-step-*.json"))
+    with tarfile.open(tmp_path / "out1" / "runs.tar.gz") as packed:
         names = packed.getnames()
     assert any(n.endswith("metrics.jsonl") for n in names)
-    assert not any(n.endswith(".safetensors") for n in names)
+    assert any(n.endswith(".safetensors") for n in names)  # weights travel to the next call
+    # the second call: a short target (a resume may extend or keep the run's length)
+    (run / "config.yaml").write_text(
+        (run / "config.yaml")
+        .read_text()
+        .replace("iterations: 100000", f"iterations: {first_stop + 3}")
+    )
+    subprocess.run(
+        ["bash", str(script), str(tmp_path / "out2"), "120"],
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished" and status["step"] == first_stop + 3, status
+    assert json.loads((run / "eval.json").read_text())["tasks"] == 5
+    segments = (tmp_path / "runs" / f"{cell}.segments").read_text().splitlines()
+    assert len(segments) == 2 and segments[1].startswith("start") and "-> step" in segments[1]
+    table = (tmp_path / "out2" / "table1.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| MAML 5w1s"))
+    assert "(full length)" in row and "| 2 |" in row and "98.7 ± 0.4" in row

@@ -160,7 +160,13 @@ def train(config, overrides, out, data_dir, resume, force, progress) -> None:
 
 # Settings a resumed run may change: how long it trains and how it runs, not what it learns.
 RESUME_OVERRIDES = frozenset(
-    {"train.iterations", "train.threads", "train.checkpoint_every", "train.keep_checkpoints"}
+    {
+        "train.iterations",
+        "train.threads",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.cuda_graphs",
+    }
 )
 
 

@@ -78,6 +78,9 @@ class TrainConfig:
     device: str = "cpu"
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads (0: torch's default); 1 is fastest for tiny nets
+    # auto (on for CUDA where the algorithm allows) | on | off (YAML reads on/off as booleans)
+    cuda_graphs: str | bool = "auto"
+    precision: str = "fp32"  # CUDA convolutions and matmuls: fp32 | tf32 (TensorFloat-32)
 
 
 @dataclass
@@ -318,3 +321,14 @@ def validate(c: Config) -> None:
         f"must be cpu or cuda[:n], got {c.train.device!r}",
     )
     _require(c.eval.split in ("train", "val", "test"), "eval.split", "must be train, val or test")
+    if isinstance(c.train.cuda_graphs, bool):
+        c.train.cuda_graphs = "on" if c.train.cuda_graphs else "off"
+    _require(
+        c.train.cuda_graphs in ("auto", "on", "off"), "train.cuda_graphs", "must be auto, on or off"
+    )
+    _require(
+        c.train.cuda_graphs != "on" or c.train.device.startswith("cuda"),
+        "train.cuda_graphs",
+        "on needs train.device=cuda; use auto (graphs wherever CUDA is used) or off",
+    )
+    _require(c.train.precision in ("fp32", "tf32"), "train.precision", "must be fp32 or tf32")

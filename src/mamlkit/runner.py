@@ -14,6 +14,7 @@ from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import UserError
 from mamlkit.evaluation import evaluate
+from mamlkit.precision import cuda_precision
 from mamlkit.training import (
     CHECKPOINT_DIR,
     Trainer,
@@ -134,16 +135,17 @@ def eval_run(
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
     metric = metric_for(config)
-    result = evaluate(
-        learner,
-        build_tasks(config, split),
-        tasks,
-        steps=steps,
-        metric=metric,
-        seed=config.eval.seed,
-        device=config.train.device,
-        chunk=config.eval.chunk,
-    )[-1]
+    with cuda_precision(config.train.precision):  # as the run trained and validated
+        result = evaluate(
+            learner,
+            build_tasks(config, split),
+            tasks,
+            steps=steps,
+            metric=metric,
+            seed=config.eval.seed,
+            device=config.train.device,
+            chunk=config.eval.chunk,
+        )[-1]
     out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
     if config.task.name != "sine":
         out.update({"ways": config.task.ways, "shots": config.task.shots})

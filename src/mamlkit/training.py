@@ -31,8 +31,10 @@ from mamlkit.checkpoint import (
     save_checkpoint,
 )
 from mamlkit.config import Config
+from mamlkit.device_step import CaptureUnsupported, DeviceStep
 from mamlkit.errors import DivergenceError, UserError
 from mamlkit.evaluation import METRICS, evaluate
+from mamlkit.precision import cuda_precision
 from mamlkit.tasks.base import TaskDistribution
 
 CHECKPOINT_DIR = "checkpoints"
@@ -150,6 +152,9 @@ class Trainer:
     ``metric`` ("accuracy" or "mse") is computed on the query predictions when logging.
     """
 
+    #: tests run the CUDA-graph step's code on the CPU (uncaptured) with this set
+    _device_step_on_cpu = False
+
     def __init__(
         self,
         learner: MetaLearner,
@@ -177,6 +182,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         # running sums over the current logging window (checkpointed, for exact resume)
         self.window = torch.zeros(3, dtype=torch.float64)
+        self.engine = "eager"  # or "cuda-graph": how the last fit ran its iterations
         self._tb = None
 
     # ---- run directory ------------------------------------------------------------------
@@ -214,6 +220,8 @@ class Trainer:
                 "config.yaml (was the config edited?)"
             ) from None
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        for group in self.optimizer.param_groups:  # the CUDA-graph step sets it where it runs
+            group["capturable"] = False
         rng_from_tensors(tensors, meta["rng"], {"tasks": self.generator})
         self.window = tensors["window"].clone()
         self.step, self.best = int(meta["step"]), meta.get("best")
@@ -286,15 +294,63 @@ class Trainer:
                 self.learner.state_dict(),
                 {"step": self.step, "kind": "weights"},
             )
-            write_status(self.run_dir, "finished", step=self.step, best=self.best)
+            write_status(
+                self.run_dir, "finished", step=self.step, best=self.best, engine=self.engine
+            )
         return {"step": self.step, "best": self.best}
 
     def _loop(self) -> None:
+        with cuda_precision(self.cfg.precision):
+            self._train()
+
+    def _device_step(self) -> DeviceStep | None:
+        """The captured (CUDA graph) step that ``train.cuda_graphs`` asks for, or None for the
+        eager loop. ``auto`` uses graphs on CUDA wherever the learner allows it."""
+        mode = self.cfg.cuda_graphs
+        on_device = self.device.type == "cuda" or self._device_step_on_cpu
+        if mode == "off" or not on_device:
+            self.engine = "eager"
+            return None
+        metric_fn = METRICS.get(self.metric) if self.metric else None
+        try:
+            step = DeviceStep(
+                self.learner,
+                self.optimizer,
+                metric_fn,
+                grad_clip=self.cfg.grad_clip,
+                capture=self.device.type == "cuda",
+                start=self.step,
+                window=self.window.to(self.device),
+                fallback=mode == "auto",
+            )
+        except CaptureUnsupported as exc:
+            if mode == "on":
+                raise UserError(
+                    f"train.cuda_graphs=on: {exc}; use train.cuda_graphs=auto or off"
+                ) from None
+            self.engine = "eager"
+            return None
+        self.window = step.window
+        self.engine = "cuda-graph" if step.capture else "device-eager"
+        return step
+
+    def _check_health(self, step: DeviceStep) -> None:
+        health = step.health()
+        if health.first_nonfinite:
+            what = "loss" if health.loss_was_nonfinite else "meta-gradient"
+            raise DivergenceError(
+                f"the {what} became NaN/Inf at iteration {health.first_nonfinite}; training "
+                "stopped (no update was applied from then on, and the last checkpoint is "
+                "intact); lower the learning rates or set train.grad_clip"
+            )
+
+    def _train(self) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
         params = [p for p in self.learner.parameters() if p.requires_grad]
         metric_fn = METRICS.get(self.metric) if self.metric else None
+        device_step = self._device_step()
         bar = tqdm(
             total=cfg.iterations,
             initial=self.step,
@@ -309,6 +365,25 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.outer_lr * 0.5 ** (self.step // cfg.lr_halve_every)
             batch = self.train_tasks.sample(cfg.meta_batch, self.generator)
+            if device_step is not None:
+                # the health check and the logging sums stay on the device (no sync here)
+                device_step(batch)
+                if device_step.capture_error and self.engine == "cuda-graph":
+                    self.engine = "device-eager"
+                    print(
+                        f"{self.description}: CUDA graph capture failed, training continues "
+                        f"eagerly ({device_step.capture_error.splitlines()[0][:200]}); set "
+                        "train.cuda_graphs=off to skip the attempt",
+                        file=sys.stderr,
+                    )
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step % cfg.checkpoint_every == 0 or (
+                    self.step == cfg.iterations
+                ):
+                    self._check_health(device_step)
+                self._after_step(bar)
+                continue
             loss, pred = self.learner.meta_forward(*batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -335,19 +410,24 @@ class Trainer:
             self.step += 1
             self.window += torch.tensor([loss_value, metric_value, 1.0], dtype=torch.float64)
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
-                record = self._window_record()
-                if (
-                    cfg.val_every
-                    and self.val_tasks is not None
-                    and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
-                ):
-                    record.update(self.validate())
-                self._log(record)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
-            if self.run_dir is not None and self.step % cfg.checkpoint_every == 0:
-                self.save()
+            self._after_step(bar)
         bar.close()
+
+    def _after_step(self, bar) -> None:
+        """Log, validate and checkpoint where the step count says so."""
+        cfg = self.cfg
+        if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
+            record = self._window_record()
+            if (
+                cfg.val_every
+                and self.val_tasks is not None
+                and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
+            ):
+                record.update(self.validate())
+            self._log(record)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
+        if self.run_dir is not None and self.step % cfg.checkpoint_every == 0:
+            self.save()
 
     def _window_record(self) -> dict[str, Any]:
         loss_sum, metric_sum, n = self.window.tolist()

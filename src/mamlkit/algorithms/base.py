@@ -13,6 +13,9 @@ class MetaLearner(nn.Module):
     """
 
     model: nn.Module
+    #: True where ``meta_forward`` never reads a value back to the host, so a whole
+    #: training iteration can be captured as a CUDA graph (see mamlkit.device_step)
+    capturable: bool = False
 
     def meta_forward(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor

@@ -39,6 +39,8 @@ class MAML(MetaLearner):
         eval_inner_lr: α at test time (default: ``inner_lr``).
     """
 
+    capturable = True
+
     def __init__(
         self,
         model: nn.Module,

@@ -42,6 +42,8 @@ class PretrainedClassifier(MetaLearner):
     episode, a new zero-initialised N-way head and ``steps`` SGD steps on the support set
     over all parameters (``fine_tune_lr``)."""
 
+    capturable = True
+
     def __init__(self, model: nn.Module, fine_tune_lr: float = 0.1, impl: str = "auto"):
         super().__init__()
         if getattr(model, "head", None) is None:

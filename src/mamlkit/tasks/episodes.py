@@ -60,11 +60,15 @@ class EpisodeTasks:
         base = self.images.shape[0]
         x = self.images[classes % base, picks]
         if self.rotations:
+            # torch.where rather than boolean-mask assignment: a mask's size is data
+            # dependent, so indexing with it waits for the device (a host sync per batch,
+            # and no CUDA-graph replay can overlap with sampling then)
             rotation = (classes // base).expand(picks.shape)
-            x = x.clone()
+            rotation = rotation.reshape(*rotation.shape, *[1] * (x.dim() - rotation.dim()))
+            rotated = x
             for r in (1, 2, 3):
-                mask = rotation == r
-                x[mask] = torch.rot90(x[mask], r, dims=(-2, -1))
+                rotated = torch.where(rotation == r, torch.rot90(x, r, dims=(-2, -1)), rotated)
+            x = rotated
         return x.float().div_(255.0)
 
     def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
