@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MAML": "mamlkit.algorithms",
     "FOMAML": "mamlkit.algorithms",
+    "MetaSGD": "mamlkit.algorithms",
+    "ANIL": "mamlkit.algorithms",
     "MetaLearner": "mamlkit.algorithms",
     "PretrainedRegression": "mamlkit.algorithms",
     "PrototypicalNetwork": "mamlkit.algorithms",

@@ -26,9 +26,30 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 IMPLS = ("auto", "batched", "vmap", "loop")
 
 
-def adaptable_params(model: nn.Module) -> Params:
-    """The parameters the inner loop adapts: all that require grad."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+Selection = Callable[[str], bool]
+
+
+def select(names: str | Sequence[str] | Selection | None) -> Selection | None:
+    """A parameter selection from a name prefix, a list of prefixes or a predicate (None:
+    every parameter). ``"head"`` selects ``head.weight`` and ``head.bias``."""
+    if names is None or callable(names):
+        return names
+    prefixes = (names,) if isinstance(names, str) else tuple(names)
+    if not prefixes:
+        raise ValueError("an empty selection adapts nothing; pass None to adapt everything")
+    return lambda name: any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def adaptable_params(model: nn.Module, adapt: Selection | None = None) -> Params:
+    """The parameters the inner loop adapts: those that require grad and that ``adapt``
+    selects (all of them when it is None). Which are adapted is separate from which are
+    meta-learned: a selected-out parameter is still trained by the outer loop (ANIL's body),
+    a frozen one (``requires_grad=False``) by neither."""
+    return {
+        name: p
+        for name, p in model.named_parameters()
+        if p.requires_grad and (adapt is None or adapt(name))
+    }
 
 
 def stack_params(params: Mapping[str, Tensor], tasks: int) -> Params:
@@ -43,7 +64,9 @@ def _has_running_stats(model: nn.Module) -> bool:
     )
 
 
-def task_forward(model: nn.Module, impl: str = "auto") -> tuple[TaskForward, str]:
+def task_forward(
+    model: nn.Module, impl: str = "auto", adapt: Selection | None = None
+) -> tuple[TaskForward, str]:
     """A function ``(params [T, ...], x [T, N, ...]) -> out [T, N, ...]`` running each task
     with its own parameters, and the name of the implementation chosen.
 
@@ -52,8 +75,10 @@ def task_forward(model: nn.Module, impl: str = "auto") -> tuple[TaskForward, str
     ``loop``: one ``functional_call`` per task (any module; the reference).
     ``auto`` picks ``batched`` if the model has it, else ``vmap``, else ``loop`` for models
     whose BatchNorm tracks running stats (an in-place update that vmap refuses).
-    Which parameters are frozen is read when the function is made: make it again after
-    changing ``requires_grad``.
+    Parameters outside ``params`` (frozen ones, and those ``adapt`` leaves out) are shared
+    by all tasks and keep their autograd history, so the outer loss still reaches the
+    meta-learned ones among them. Which parameters are frozen is read when the function is
+    made: make it again after changing ``requires_grad``.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -63,49 +88,50 @@ def task_forward(model: nn.Module, impl: str = "auto") -> tuple[TaskForward, str
         else:
             impl = "loop" if _has_running_stats(model) else "vmap"
 
-    # Buffers and frozen parameters are shared by all tasks. Most models have none; skip
-    # the module-tree walk per call then (it costs ~10% of a sine meta-iteration).
-    has_fixed = any(True for _ in model.buffers()) or any(
-        not p.requires_grad for p in model.parameters()
-    )
+    if impl == "batched" and not hasattr(model, "batched_forward"):
+        raise ValueError(f"{type(model).__name__} has no batched_forward; use vmap or loop")
+    return PerTaskForward(model, impl, adapt), impl
 
-    def fixed() -> dict[str, Tensor]:
-        if not has_fixed:
+
+class PerTaskForward:
+    """``(params [T, ...], x [T, N, ...]) -> out [T, N, ...]`` through ``model`` by ``impl``
+    (see :func:`task_forward`). An object rather than a closure, so that a deep copy of a
+    learner runs the copied model, not the original."""
+
+    def __init__(self, model: nn.Module, impl: str, adapt: Selection | None = None):
+        self.model, self.impl, self.adapt = model, impl, adapt
+        # Buffers and shared parameters: most models have none; skip the module-tree walk
+        # per call then (it costs ~10% of a sine meta-iteration).
+        self.has_fixed = any(True for _ in model.buffers()) or any(
+            self._shared(n, p) for n, p in model.named_parameters()
+        )
+
+    def _shared(self, name: str, p: Tensor) -> bool:
+        return not p.requires_grad or (self.adapt is not None and not self.adapt(name))
+
+    def fixed(self) -> dict[str, Tensor]:
+        if not self.has_fixed:
             return {}
         # read at call time, so that model.to(device) is seen
-        out = dict(model.named_buffers())
-        out.update({n: p for n, p in model.named_parameters() if not p.requires_grad})
+        out = dict(self.model.named_buffers())
+        out.update({n: p for n, p in self.model.named_parameters() if self._shared(n, p)})
         return out
 
-    if impl == "batched":
-        if not hasattr(model, "batched_forward"):
-            raise ValueError(f"{type(model).__name__} has no batched_forward; use vmap or loop")
-
-        def forward(params: Params, x: Tensor) -> Tensor:
+    def __call__(self, params: Params, x: Tensor) -> Tensor:
+        model = self.model
+        if self.impl == "batched":
             # batched kernels index every tensor by task: shared ones get the task axis too
-            shared = {n: v.expand(x.shape[0], *v.shape) for n, v in fixed().items()}
+            shared = {n: v.expand(x.shape[0], *v.shape) for n, v in self.fixed().items()}
             return model.batched_forward({**shared, **params}, x)
-
-    elif impl == "vmap":
-
-        def forward(params: Params, x: Tensor) -> Tensor:
-            shared = fixed()
+        shared = self.fixed()
+        if self.impl == "vmap":
             return vmap(lambda p, xi: functional_call(model, {**shared, **p}, (xi,)))(params, x)
-
-    else:
-
-        def forward(params: Params, x: Tensor) -> Tensor:
-            shared = fixed()
-            return torch.stack(
-                [
-                    functional_call(
-                        model, {**shared, **{n: p[t] for n, p in params.items()}}, (xt,)
-                    )
-                    for t, xt in enumerate(x)
-                ]
-            )
-
-    return forward, impl
+        return torch.stack(
+            [
+                functional_call(model, {**shared, **{n: p[t] for n, p in params.items()}}, (xt,))
+                for t, xt in enumerate(x)
+            ]
+        )
 
 
 def task_mean_loss(loss_fn: LossFn, pred: Tensor, target: Tensor) -> Tensor:
@@ -128,49 +154,136 @@ def task_mean_loss(loss_fn: LossFn, pred: Tensor, target: Tensor) -> Tensor:
     return vmap(loss_fn)(pred, target).mean()
 
 
+class InnerUpdate(nn.Module):
+    """The inner loop's update rule, φ ← φ − α ⊙ ∇L(φ), written once for every variant.
+
+    Subclasses say only what the step size α of parameter ``name`` at inner step ``step``
+    is (:meth:`step_size`): a Python float (fixed, outside the graph) or a tensor (learned:
+    an ``nn.Parameter`` of the update module, meta-learned with θ because the update keeps
+    it in the graph). Called as ``update(params, grads, step)`` on task-stacked parameters.
+    """
+
+    def step_size(self, name: str, step: int) -> float | Tensor:
+        raise NotImplementedError
+
+    def forward(self, params: Params, grads: Sequence[Tensor | None], step: int) -> Params:
+        out = {}
+        for (name, p), g in zip(params.items(), grads, strict=True):
+            if g is None:
+                out[name] = p
+                continue
+            alpha = self.step_size(name, step)
+            # p + (−α)·g as one op: its backward is a single scaling of the incoming
+            # gradient, where ``p - lr * g`` costs a negation and a multiplication per weight
+            if isinstance(alpha, Tensor):
+                out[name] = torch.addcmul(p, alpha, g, value=-1.0)
+            else:
+                out[name] = torch.add(p, g, alpha=-alpha)
+        return out
+
+
+class FixedStepSize(InnerUpdate):
+    """α fixed: one value, or one per inner step (the last repeats when there are more
+    steps than values, e.g. test-time adaptation past the training horizon). MAML's rule."""
+
+    def __init__(self, lr: float | Sequence[float]):
+        super().__init__()
+        lrs = [float(lr)] if isinstance(lr, (int, float)) else [float(a) for a in lr]
+        if not lrs:
+            raise ValueError("inner learning rate sequence is empty")
+        self.lrs = lrs
+
+    def step_size(self, name: str, step: int) -> float:
+        return self.lrs[min(step, len(self.lrs) - 1)]
+
+    def extra_repr(self) -> str:
+        return f"lrs={self.lrs}"
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "-")  # module attribute names cannot hold dots
+
+
+class PerParameterStepSize(InnerUpdate):
+    """Meta-SGD (Li et al. 2017): a learned step size for every element of every adapted
+    parameter, initialised to ``init``; ``alpha[name]`` has the parameter's shape."""
+
+    def __init__(self, params: Mapping[str, Tensor], init: float):
+        super().__init__()
+        self.alpha = nn.ParameterDict(
+            {
+                _key(n): nn.Parameter(torch.full_like(p.detach(), float(init)))
+                for n, p in params.items()
+            }
+        )
+
+    def step_size(self, name: str, step: int) -> Tensor:
+        return self.alpha[_key(name)]
+
+
+class PerLayerPerStepStepSize(InnerUpdate):
+    """MAML++'s LSLR (Antoniou et al. 2019): one learned step size per parameter tensor and
+    inner step, initialised to ``init``; steps past ``steps`` use the last one."""
+
+    def __init__(self, params: Mapping[str, Tensor], steps: int, init: float):
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"per-step step sizes need steps >= 1, got {steps}")
+        self.alpha = nn.ParameterDict(
+            {_key(n): nn.Parameter(torch.full((steps,), float(init))) for n in params}
+        )
+
+    def step_size(self, name: str, step: int) -> Tensor:
+        alpha = self.alpha[_key(name)]
+        return alpha[min(step, alpha.shape[0] - 1)]
+
+
+def supervised_support_loss(
+    forward: TaskForward, x: Tensor, y: Tensor, loss_fn: LossFn
+) -> Callable[[Params], Tensor]:
+    """``params -> Σᵢ Lᵢ(φᵢ)`` on T tasks' support sets: its gradient with respect to the
+    stacked φ holds task i's own gradient ∇Lᵢ(φᵢ) in slice i."""
+    tasks = x.shape[0]
+
+    def support_loss(params: Params) -> Tensor:
+        return task_mean_loss(loss_fn, forward(params, x), y) * tasks
+
+    return support_loss
+
+
 def inner_loop(
-    forward: TaskForward,
     params: Params,
-    x: Tensor,
-    y: Tensor,
-    loss_fn: LossFn,
-    lr: float | Sequence[float],
+    support_loss: Callable[[Params], Tensor],
+    update: InnerUpdate,
     steps: int,
     first_order: bool = False,
     on_step: Callable[[int, Params], None] | None = None,
+    keep_graph: bool = True,
 ) -> Params:
-    """Adapt T tasks' parameters by ``steps`` steps of gradient descent on their support sets.
+    """Adapt T tasks' parameters by ``steps`` applications of ``update`` to the gradient of
+    ``support_loss`` (any scalar function of the task-stacked parameters whose gradient in
+    slice i is task i's: a supervised loss summed over tasks, a policy-gradient surrogate).
 
     Finn et al. (2017), Eq. 1, per task i and step s:  φᵢ ← φᵢ − α_s ∇_φᵢ L(φᵢ, Dᵢᵗʳ).
     Second order by default: the gradient is itself differentiable (``create_graph``), so
     an outer loss differentiated through φᵢ includes the Hessian terms. ``first_order``
-    treats ∇L as a constant, which is exactly first-order MAML. ``lr`` is one α or one per
-    step (the last one repeats when there are more steps than values, e.g. test-time
-    adaptation past the training horizon). ``on_step(s, φ)`` sees the parameters after
-    every step (``s = 0`` before any).
+    treats ∇L as a constant, which is exactly first-order MAML (learned step sizes still
+    get their gradient through the update). ``on_step(s, φ)`` sees the parameters after
+    every step (``s = 0`` before any). ``keep_graph=False`` (test time) cuts the history
+    after every step, so memory does not grow with the number of steps.
     """
-    lrs = [float(lr)] if isinstance(lr, (int, float)) else [float(a) for a in lr]
-    if not lrs:
-        raise ValueError("inner learning rate sequence is empty")
-    lrs += [lrs[-1]] * max(0, steps - len(lrs))
-    tasks = x.shape[0]
     if on_step is not None:
         on_step(0, params)
     for s in range(steps):
-        # Σᵢ Lᵢ(φᵢ): its gradient w.r.t. the stacked φ is ∇Lᵢ(φᵢ) in slice i.
-        support_loss = task_mean_loss(loss_fn, forward(params, x), y) * tasks
         grads = torch.autograd.grad(
-            support_loss,
+            support_loss(params),
             tuple(params.values()),
             create_graph=not first_order,
             allow_unused=True,
         )
-        # φ − α∇ as one op (p + (−α)·g): its backward is a single scaling of the incoming
-        # gradient, where ``p - lr * g`` costs a negation and a multiplication per weight
-        params = {
-            name: p if g is None else torch.add(p, g, alpha=-lrs[s])
-            for (name, p), g in zip(params.items(), grads, strict=True)
-        }
+        params = update(params, grads, s)
+        if not keep_graph:
+            params = {n: p.detach().requires_grad_() for n, p in params.items()}
         if on_step is not None:
             on_step(s + 1, params)
     return params

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.functional import (
+    FixedStepSize,
+    InnerUpdate,
     LossFn,
     Params,
+    Selection,
     adaptable_params,
     inner_loop,
+    select,
     stack_params,
+    supervised_support_loss,
     task_forward,
     task_mean_loss,
 )
@@ -36,7 +41,25 @@ class MAML(MetaLearner):
         first_order: drop the second-order term (first-order MAML).
         impl: how tasks run through the model: ``auto``, ``batched``, ``vmap`` or ``loop``
             (all compute the same numbers; tests pin them to a float64 reference).
-        eval_inner_lr: α at test time (default: ``inner_lr``).
+        eval_inner_lr: α at test time (default: the training rule, learned ones included).
+        adapt: which parameters the inner loop adapts: a name prefix, a list of prefixes
+            or a predicate on parameter names (default: all). The others are still
+            meta-learned unless frozen (``requires_grad=False``).
+
+    Variants override one hook: :meth:`make_update` (the inner update rule, e.g. learned
+    step sizes) or :meth:`outer_loss` (the meta-objective from the adapted parameters).
+
+    Example::
+
+        >>> import torch, torch.nn.functional as F
+        >>> from mamlkit import MAML, SineTasks
+        >>> from mamlkit.models import MLP
+        >>> learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, inner_lr=0.01)
+        >>> batch = SineTasks().sample(4, torch.Generator().manual_seed(0))
+        >>> learner.meta_loss(*batch).backward()
+        >>> phi = learner.adapt(batch.support_x, batch.support_y, steps=3)
+        >>> learner.predict(phi, batch.query_x).shape
+        torch.Size([4, 10, 1])
     """
 
     capturable = True
@@ -50,6 +73,7 @@ class MAML(MetaLearner):
         first_order: bool = False,
         impl: str = "auto",
         eval_inner_lr: float | None = None,
+        adapt: str | Sequence[str] | Selection | None = None,
     ):
         super().__init__()
         if inner_steps < 0:
@@ -61,7 +85,20 @@ class MAML(MetaLearner):
         self.inner_steps = inner_steps
         self.first_order = first_order
         self.eval_inner_lr = eval_inner_lr
-        self._forward, self.impl = task_forward(model, impl)
+        self.adapted = select(adapt)
+        if not adaptable_params(model, self.adapted):
+            raise ValueError(f"adapt={adapt!r} selects no trainable parameter of the model")
+        self._forward, self.impl = task_forward(model, impl, self.adapted)
+        self.update = self.make_update()
+
+    def make_update(self) -> InnerUpdate:
+        """The inner update rule (a module: its parameters are meta-learned with θ)."""
+        return FixedStepSize(self.inner_lr)
+
+    def outer_loss(self, phi: Params, query_x: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor]:
+        """The meta-objective from the adapted parameters, and the query predictions."""
+        pred = self.predict(phi, query_x)
+        return task_mean_loss(self.loss_fn, pred, query_y), pred
 
     def adapt(
         self,
@@ -72,19 +109,21 @@ class MAML(MetaLearner):
         lr: float | Sequence[float] | None = None,
         first_order: bool | None = None,
         params: Params | None = None,
+        on_step: Callable[[int, Params], None] | None = None,
+        keep_graph: bool = True,
     ) -> Params:
-        """Adapted parameters φ with a leading task dimension T (differentiable w.r.t. θ)."""
+        """Adapted parameters φ with a leading task dimension T (differentiable w.r.t. θ and
+        any learned step sizes); ``lr`` replaces the update rule by fixed step sizes."""
         steps = self.inner_steps if steps is None else steps
-        theta = adaptable_params(self.model) if params is None else params
+        theta = adaptable_params(self.model, self.adapted) if params is None else params
         return inner_loop(
-            self._forward,
             stack_params(theta, support_x.shape[0]),
-            support_x,
-            support_y,
-            self.loss_fn,
-            self.inner_lr if lr is None else lr,
+            supervised_support_loss(self._forward, support_x, support_y, self.loss_fn),
+            self.update if lr is None else FixedStepSize(lr),
             steps,
             first_order=self.first_order if first_order is None else first_order,
+            on_step=on_step,
+            keep_graph=keep_graph,
         )
 
     def predict(self, params: Params, x: Tensor) -> Tensor:
@@ -92,13 +131,14 @@ class MAML(MetaLearner):
         return self._forward(params, x)
 
     def meta_forward(self, support_x, support_y, query_x, query_y):
-        phi = self.adapt(support_x, support_y)
-        pred = self.predict(phi, query_x)
-        return task_mean_loss(self.loss_fn, pred, query_y), pred
+        return self.outer_loss(self.adapt(support_x, support_y), query_x, query_y)
 
     def query_predictions(self, support_x, support_y, query_x, steps):
         # Test time: the same update rule on detached θ, without the second-order graph.
-        theta = {n: p.detach().requires_grad_() for n, p in adaptable_params(self.model).items()}
+        theta = {
+            n: p.detach().requires_grad_()
+            for n, p in adaptable_params(self.model, self.adapted).items()
+        }
         preds: list[Tensor] = []
 
         def record(_step: int, phi: Params) -> None:
@@ -106,16 +146,15 @@ class MAML(MetaLearner):
                 preds.append(self._forward(phi, query_x))
 
         with torch.enable_grad():
-            inner_loop(
-                self._forward,
-                stack_params(theta, support_x.shape[0]),
+            self.adapt(
                 support_x,
                 support_y,
-                self.loss_fn,
-                self.eval_inner_lr if self.eval_inner_lr is not None else self.inner_lr,
                 steps,
+                lr=self.eval_inner_lr,
                 first_order=True,
+                params=theta,
                 on_step=record,
+                keep_graph=False,
             )
         return preds
 

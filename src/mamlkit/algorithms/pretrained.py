@@ -12,9 +12,11 @@ from torch import nn
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import (
+    FixedStepSize,
     adaptable_params,
     inner_loop,
     stack_params,
+    supervised_support_loss,
     task_forward,
     task_mean_loss,
 )
@@ -89,14 +91,12 @@ class PretrainedClassifier(MetaLearner):
 
         with torch.enable_grad():
             inner_loop(
-                forward,
                 params,
-                support_x,
-                support_y,
-                F.cross_entropy,
-                self.fine_tune_lr,
+                supervised_support_loss(forward, support_x, support_y, F.cross_entropy),
+                FixedStepSize(self.fine_tune_lr),
                 steps,
                 first_order=True,
                 on_step=record,
+                keep_graph=False,
             )
         return preds
