@@ -190,11 +190,11 @@ def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint) -> None:
 @app.command()
 def presets() -> None:
     """List the shipped config presets."""
-    from mamlkit.config import PRESET_DIR
+    from mamlkit.config import shipped_presets
 
-    for path in sorted(PRESET_DIR.glob("*.yaml")):
-        lines = path.read_text().splitlines()
-        click.echo(f"{path.stem:<28} {lines[0].lstrip('# ') if lines else ''}")
+    for name, resource in shipped_presets().items():
+        lines = resource.read_text().splitlines()
+        click.echo(f"{name:<28} {lines[0].lstrip('# ') if lines else ''}")
 
 
 @app.command()

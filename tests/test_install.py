@@ -1,0 +1,126 @@
+"""mamlkit as a new user gets it: an sdist and a wheel built from this checkout, installed in
+a fresh virtual environment outside the repository, run from an empty folder.
+
+The fresh environment reuses the dependencies already installed for the tests (a ``.pth``
+file points at their site-packages, added only after mamlkit itself is installed), so the
+test needs no network and installs nothing but mamlkit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from mamlkit.cli import main
+
+ROOT = Path(__file__).parents[1]
+PRESETS = sorted(p.stem for p in (ROOT / "src" / "mamlkit" / "configs").glob("*.yaml"))
+BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in")
+
+
+def _run(args, cwd, **kwargs) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, **kwargs
+    )
+    assert proc.returncode == 0, f"{args}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory) -> dict[str, Path]:
+    """An sdist built from a clean copy of the checkout's build inputs (no stale build/ or
+    egg-info can leak files in), and the wheel built from that sdist, as `python -m build`
+    does; offline: no build isolation, no index."""
+    tmp = tmp_path_factory.mktemp("dists")
+    source = tmp / "checkout"
+    source.mkdir()
+    for name in BUILD_INPUTS:
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    out = tmp / "dist"
+    build_sdist = "import sys, setuptools.build_meta as b; print(b.build_sdist(sys.argv[1]))"
+    name = _run([sys.executable, "-c", build_sdist, out], cwd=source).stdout.split()[-1]
+    sdist = out / name
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp / "unpacked", filter="data")
+    unpacked = next((tmp / "unpacked").iterdir())
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    _run([*pip_wheel, "--no-index", "-q", "-w", out, unpacked], cwd=tmp)
+    (wheel,) = out.glob("mamlkit-*.whl")
+    return {"sdist": sdist, "wheel": wheel}
+
+
+@pytest.fixture(scope="module")
+def venv(dists, tmp_path_factory) -> Path:
+    """A fresh virtual environment outside the repository with the wheel installed."""
+    env_dir = tmp_path_factory.mktemp("fresh") / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", env_dir], cwd=env_dir.parent)
+    python = env_dir / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q"]
+    _run([*pip, "--no-deps", "--no-index", dists["wheel"]], cwd=env_dir.parent)
+    purelib = _run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        cwd=env_dir.parent,
+    ).stdout.strip()
+    # the pinned torch & co. of the test environment, after mamlkit's own site-packages
+    # (a path in a .pth file is appended to sys.path; .pth files inside it are not run, so
+    # the checkout's editable install stays invisible)
+    (Path(purelib) / "zz_test_dependencies.pth").write_text("\n".join(site.getsitepackages()))
+    return env_dir
+
+
+def test_sdist_and_wheel_ship_the_presets(dists):
+    with tarfile.open(dists["sdist"]) as tar:
+        in_sdist = {Path(n).stem for n in tar.getnames() if "/src/mamlkit/configs/" in n}
+    with zipfile.ZipFile(dists["wheel"]) as whl:
+        in_wheel = {Path(n).stem for n in whl.namelist() if n.startswith("mamlkit/configs/")}
+    assert in_sdist == in_wheel == set(PRESETS)
+
+
+def test_installed_wheel_runs_from_an_empty_folder(venv, tmp_path):
+    """`mamlkit presets` lists every preset and a 50-iteration `mamlkit reproduce sine`
+    writes its results, with the installed package (never the checkout) doing the work."""
+    work = tmp_path / "empty"
+    work.mkdir()
+    where = _run(
+        [venv / "bin" / "python", "-c", "import mamlkit; print(mamlkit.__file__)"], cwd=work
+    ).stdout.strip()
+    assert Path(where).resolve().is_relative_to(venv.resolve()), where
+
+    listed = _run([venv / "bin" / "mamlkit", "presets"], cwd=work).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == PRESETS
+
+    args = ["reproduce", "sine", "--iterations", "50", "--jobs", "1", "--no-progress"]
+    _run([venv / "bin" / "mamlkit", *args], cwd=work, timeout=600)
+    out = work / "runs" / "sine"
+    for name in ("results.json", "report.md", "sine_fits.png", "sine_mse.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for run in ("maml_k5", "maml_k10", "pretrained"):
+        assert json.loads((out / run / "status.json").read_text())["status"] == "finished"
+        assert json.loads((out / run / "status.json").read_text())["step"] == 50
+    assert json.loads((out / "results.json").read_text())
+
+
+def test_no_presets_is_an_error_not_an_empty_list(capsys, tmp_path, monkeypatch):
+    """An installation without its presets says so (one line, exit 2) instead of listing
+    nothing, and `train PRESET` names the problem instead of '(presets: )'."""
+    monkeypatch.setattr("mamlkit.config.PRESET_DIR", tmp_path / "configs")
+    assert main(["presets"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no presets" in err[0] and "reinstall" in err[0]
+    assert main(["train", "sine_maml", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no presets" in err[0]
+    assert not (tmp_path / "r").exists()
