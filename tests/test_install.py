@@ -90,8 +90,9 @@ def test_sdist_and_wheel_ship_the_presets(dists):
 
 
 def test_installed_wheel_runs_from_an_empty_folder(venv, tmp_path):
-    """`mamlkit presets` lists every preset and a 50-iteration `mamlkit reproduce sine`
-    writes its results, with the installed package (never the checkout) doing the work."""
+    """`mamlkit presets` lists every preset, a 50-iteration `mamlkit reproduce sine` writes
+    its results, and `runs` and `plot` work on them without arguments beyond the folder,
+    with the installed package (never the checkout) doing the work."""
     work = tmp_path / "empty"
     work.mkdir()
     where = _run(
@@ -111,6 +112,14 @@ def test_installed_wheel_runs_from_an_empty_folder(venv, tmp_path):
         assert json.loads((out / run / "status.json").read_text())["status"] == "finished"
         assert json.loads((out / run / "status.json").read_text())["step"] == 50
     assert json.loads((out / "results.json").read_text())
+
+    listed = _run([venv / "bin" / "mamlkit", "runs"], cwd=work).stdout.splitlines()
+    assert sorted(line.split()[:2] for line in listed) == [
+        [str(Path("runs") / "sine" / run), "finished"]
+        for run in ("maml_k10", "maml_k5", "pretrained")
+    ]
+    _run([venv / "bin" / "mamlkit", "plot", out], cwd=work)
+    assert (out / "learning_curves.png").stat().st_size > 0
 
 
 def test_no_presets_is_an_error_not_an_empty_list(capsys, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""What a run directory gives its users: file modes a team can share, and provenance."""
+"""What a run directory gives its users: `mamlkit runs` and `mamlkit plot` on what mamlkit
+wrote, file modes a team can share, and provenance."""
 
 from __future__ import annotations
 
@@ -6,10 +7,77 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from mamlkit.checkpoint import atomic_write_text
 from mamlkit.cli import main
+
+
+def train(out, *sets: str) -> None:
+    argv = ["train", "sine_maml", "--out", str(out), "--no-progress"]
+    for s in ("train.iterations=3", "train.tensorboard=false", *sets):
+        argv += ["--set", s]
+    assert main(argv) == 0
+
+
+def test_runs_without_argument_lists_the_default_out_folder_or_cwd(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train("here")  # no runs/ folder yet: the current directory is listed
+    capsys.readouterr()
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out[:2] == ["here", "finished"]
+
+    assert main(["train", "sine_maml", "--no-progress", "--set", "train.iterations=3"]) == 0
+    capsys.readouterr()
+    assert main(["runs"]) == 0  # runs/, where runs go without --out
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert rows == [[str(Path("runs") / "sine_maml"), "finished"]]
+
+
+def test_runs_says_when_there_are_none(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no mamlkit runs under ." in captured.err
+
+
+def _pixels_of(png: Path, rgb: tuple[int, int, int]) -> int:
+    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int((np.abs(image - np.array(rgb)).sum(axis=-1) < 30).sum())
+
+
+BLUE, ORANGE = (31, 119, 180), (255, 127, 14)  # matplotlib's first two line colours
+
+
+def test_plot_shows_a_single_validation_point(tmp_path, capsys):
+    """A run logged once (here with validation) draws visible points, not empty axes."""
+    run = tmp_path / "run"
+    train(run, "train.val_every=3", "train.val_tasks=5")
+    assert main(["plot", str(run)]) == 0
+    assert _pixels_of(run / "learning_curves.png", BLUE) > 20
+
+
+def test_plot_of_a_reproduce_folder_draws_each_of_its_runs(tmp_path, capsys):
+    """`reproduce sine` writes one run per model under its --out; plotting that folder
+    draws them together, one colour per run."""
+    out = tmp_path / "sine"
+    for name in ("maml_k5", "pretrained"):
+        train(out / name)
+    (out / "results.json").write_text("[]")
+    assert main(["plot", str(out)]) == 0
+    png = out / "learning_curves.png"
+    assert _pixels_of(png, BLUE) > 20 and _pixels_of(png, ORANGE) > 20
+
+
+def test_plot_of_a_folder_without_runs_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    assert main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no metrics.jsonl" in err[0]
+    assert not (tmp_path / "learning_curves.png").exists()
 
 
 def _mode(path: Path) -> int:
