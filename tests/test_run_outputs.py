@@ -1,18 +1,27 @@
 """What a run directory gives its users: `mamlkit runs` and `mamlkit plot` on what mamlkit
-wrote, file modes a team can share, and provenance."""
+wrote, validation when it was asked for, file modes a team can share, and provenance."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from mamlkit import MAML, SineTasks
 from mamlkit.checkpoint import atomic_write_text
 from mamlkit.cli import main
+from mamlkit.config import load_config
+from mamlkit.models import MLP
+from mamlkit.training import Trainer
+
+from .test_runs import TroubleAt
 
 
 def train(out, *sets: str) -> None:
@@ -78,6 +87,51 @@ def test_plot_of_a_folder_without_runs_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no metrics.jsonl" in err[0]
     assert not (tmp_path / "learning_curves.png").exists()
+
+
+VAL_SETS = [
+    "train.iterations=30",
+    "train.log_every=4",
+    "train.val_every=7",
+    "train.val_tasks=5",
+    "train.checkpoint_every=10",
+    "train.tensorboard=false",
+    "eval.steps=2",
+]
+
+
+def _fit(learner, run: Path, resume: bool = False) -> None:
+    config = load_config("sine_maml", VAL_SETS)
+    trainer = Trainer(learner, SineTasks(), config, run, "mse", SineTasks(), progress=False)
+    trainer.fit(resume=resume)
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_validation_runs_every_val_every_steps_not_only_on_logging_steps(tmp_path):
+    torch.manual_seed(0)
+    _fit(MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01), tmp_path / "run")
+    records = _records(tmp_path / "run")
+    assert [r["step"] for r in records if "val_mse" in r] == [7, 14, 21, 28, 30]
+    assert [r["step"] for r in records if "loss" in r] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert [r["step"] for r in records] == sorted({4, 8, 12, 16, 20, 24, 28, 30, 7, 14, 21})
+
+
+def test_resume_is_exact_with_validation_between_logging_steps(tmp_path):
+    torch.manual_seed(0)
+    _fit(MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01), tmp_path / "straight")
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):  # after step 16: resumes from step 10
+        _fit(TroubleAt("interrupt", 17, MLP((1, 40, 40, 1)), F.mse_loss, 0.01), tmp_path / "cut")
+    _fit(MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01), tmp_path / "cut", resume=True)
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert (cut / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    assert (
+        json.loads((cut / "status.json").read_text())["best"]
+        == json.loads((straight / "status.json").read_text())["best"]
+    )
 
 
 def _mode(path: Path) -> int:

@@ -145,7 +145,9 @@ class Trainer:
     """Meta-trains ``learner`` on ``train_tasks`` as ``config.train`` says.
 
     With a ``run_dir`` it writes ``config.yaml``, ``env.json``, ``metrics.jsonl`` (one JSON
-    object per logged step), TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
+    object per logged step, every ``log_every``, and per validation, every ``val_every``: a
+    validation between logged steps is a record of the validation metrics alone),
+    TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
     ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end.
     ``metric`` ("accuracy" or "mse") is computed on the query predictions when logging.
     """
@@ -335,13 +337,12 @@ class Trainer:
             self.step += 1
             self.window += torch.tensor([loss_value, metric_value, 1.0], dtype=torch.float64)
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
-                record = self._window_record()
-                if (
-                    cfg.val_every
-                    and self.val_tasks is not None
-                    and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
-                ):
+            log = self.step % cfg.log_every == 0 or self.step == cfg.iterations
+            val = bool(cfg.val_every) and self.val_tasks is not None
+            val = val and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
+            if log or val:  # a validation between logging steps is a record of its own
+                record = self._window_record() if log else {"step": self.step}
+                if val:
                     record.update(self.validate())
                 self._log(record)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
