@@ -65,7 +65,13 @@ def dists(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def venv(dists, tmp_path_factory) -> Path:
     """A fresh virtual environment outside the repository with the wheel installed."""
-    env_dir = tmp_path_factory.mktemp("fresh") / "venv"
+    # inside a user's own git repository, whose commit is not mamlkit's to record
+    user_repo = tmp_path_factory.mktemp("user-project")
+    if shutil.which("git"):
+        git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", user_repo]
+        _run([*git, "init", "-q"], cwd=user_repo)
+        _run([*git, "commit", "-q", "--allow-empty", "-m", "user's work"], cwd=user_repo)
+    env_dir = user_repo / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", env_dir], cwd=env_dir.parent)
     python = env_dir / "bin" / "python"
     pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q"]
@@ -79,6 +85,11 @@ def venv(dists, tmp_path_factory) -> Path:
     # the checkout's editable install stays invisible)
     (Path(purelib) / "zz_test_dependencies.pth").write_text("\n".join(site.getsitepackages()))
     return env_dir
+
+
+def venv_version(venv: Path) -> str:
+    (dist_info,) = venv.glob("lib/python*/site-packages/mamlkit-*.dist-info")
+    return dist_info.name[len("mamlkit-") : -len(".dist-info")]
 
 
 def test_sdist_and_wheel_ship_the_presets(dists):
@@ -108,9 +119,12 @@ def test_installed_wheel_runs_from_an_empty_folder(venv, tmp_path):
     out = work / "runs" / "sine"
     for name in ("results.json", "report.md", "sine_fits.png", "sine_mse.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    version = venv_version(venv)
     for run in ("maml_k5", "maml_k10", "pretrained"):
         assert json.loads((out / run / "status.json").read_text())["status"] == "finished"
         assert json.loads((out / run / "status.json").read_text())["step"] == 50
+        env = json.loads((out / run / "env.json").read_text())
+        assert env["mamlkit"] == version and "git_commit" not in env
     assert json.loads((out / "results.json").read_text())
 
     listed = _run([venv / "bin" / "mamlkit", "runs"], cwd=work).stdout.splitlines()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from mamlkit.checkpoint import atomic_write_text
 from mamlkit.cli import main
 from mamlkit.config import load_config
 from mamlkit.models import MLP
-from mamlkit.training import Trainer
+from mamlkit.training import Trainer, environment_info, source_checkout
 
 from .test_runs import TroubleAt
 
@@ -163,3 +165,55 @@ def test_run_files_get_the_umask_mode_not_0600(tmp_path, umask, capsys):
     }
     atomic_write_text(tmp_path / "results.json", "[]")
     assert _mode(tmp_path / "results.json") == 0o666 & ~umask
+
+
+def _git_repo(root: Path) -> str:
+    """A git repository at ``root`` with one commit; returns its HEAD."""
+    root.mkdir(parents=True, exist_ok=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(root)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], check=True)
+    return subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+@needs_git
+def test_source_checkout_is_only_mamlkits_own(tmp_path):
+    """The commit is recorded for mamlkit's own checkout (src/ or flat layout), never for a
+    copy installed in an environment that lies inside someone else's repository."""
+    clone = tmp_path / "mamlkit-clone"
+    _git_repo(clone)
+    (clone / "pyproject.toml").write_text('[project]\nname = "mamlkit"\nversion = "0"\n')
+    (clone / "src" / "mamlkit").mkdir(parents=True)
+    (clone / "mamlkit").mkdir()
+    assert source_checkout(clone / "src" / "mamlkit") == clone.resolve()
+    assert source_checkout(clone / "mamlkit") == clone.resolve()
+
+    user = tmp_path / "thesis"
+    _git_repo(user)
+    (user / "pyproject.toml").write_text('[project]\nname = "thesis"\n')
+    site_packages = user / ".venv" / "lib" / "python3.11" / "site-packages" / "mamlkit"
+    site_packages.mkdir(parents=True)
+    (user / "src" / "mamlkit").mkdir(parents=True)  # a vendored copy in another project
+    assert source_checkout(site_packages) is None
+    assert source_checkout(user / "src" / "mamlkit") is None
+
+
+def test_env_json_records_the_version_and_the_checkouts_commit():
+    from mamlkit import __version__
+
+    info = environment_info("cpu")
+    assert info["mamlkit"] == __version__
+    root = Path(__file__).parents[1]
+    if source_checkout() is None:  # e.g. the tests of an unpacked sdist
+        assert "git_commit" not in info
+        return
+    assert source_checkout() == root.resolve()
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    assert info["git_commit"] == head.stdout.strip() and isinstance(info["git_dirty"], bool)

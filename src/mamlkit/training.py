@@ -100,23 +100,65 @@ def environment_info(device: str) -> dict[str, Any]:
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
-    try:
-        from importlib.metadata import version
+    from mamlkit import __version__
 
-        info["mamlkit"] = version("mamlkit")
-    except Exception:  # not installed (PYTHONPATH=src)
-        info["mamlkit"] = "source"
-    try:
-        root = Path(__file__).resolve().parents[2]
-        info["git_commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-            or None
-        )
-    except Exception:
-        info["git_commit"] = None
+    info["mamlkit"] = __version__
+    checkout = source_checkout()
+    if checkout is not None:  # an installed mamlkit has no commit of its own to record
+        info.update(_git_state(checkout))
     return info
+
+
+def source_checkout(package_dir: str | Path | None = None) -> Path | None:
+    """The root of mamlkit's own git checkout when the package in ``package_dir`` (default:
+    the one running) is imported from one: a folder above it holding ``.git`` and a
+    ``pyproject.toml`` of the project ``mamlkit``. None for an installed copy, also when the
+    environment it is installed in lies inside some other git repository."""
+    package = Path(package_dir or Path(__file__).parent).resolve()
+    for root in (package.parent, package.parent.parent):  # flat or src/ layout
+        pyproject = root / "pyproject.toml"
+        if (root / ".git").exists() and pyproject.is_file():
+            return root if _project_name(pyproject) == "mamlkit" else None
+    return None
+
+
+def _project_name(pyproject: Path) -> str | None:
+    try:
+        text = pyproject.read_text()
+    except OSError:
+        return None
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: no TOML parser, and one line is all that is needed
+        import re
+
+        found = re.search(r"""^name\s*=\s*["']([^"']+)["']""", text, re.M)
+        return found.group(1) if found else None
+    try:
+        project = tomllib.loads(text).get("project")
+    except tomllib.TOMLDecodeError:
+        return None
+    return project.get("name") if isinstance(project, dict) else None
+
+
+def _git_state(root: Path) -> dict[str, Any]:
+    """``git_commit`` of the checkout at ``root`` and ``git_dirty`` (uncommitted changes to
+    tracked files), where git can tell."""
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=5
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if changes is None else bool(changes)}
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
