@@ -100,6 +100,24 @@ def test_sdist_and_wheel_ship_the_presets(dists):
     assert in_sdist == in_wheel == set(PRESETS)
 
 
+def test_wheel_metadata_tensorboard_is_an_extra_and_license_ships(dists):
+    """tensorboard (with grpcio and protobuf) only with `pip install mamlkit[tensorboard]`."""
+    with zipfile.ZipFile(dists["wheel"]) as whl:
+        (meta,) = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
+        lines = whl.read(meta).decode().splitlines()
+        names = whl.namelist()
+    requires = [
+        line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")
+    ]
+    board = [r for r in requires if r.startswith("tensorboard")]
+    assert board and all('extra == "tensorboard"' in r for r in board), board
+    assert "Provides-Extra: tensorboard" in lines
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "License-Expression: MIT" in lines
+    with tarfile.open(dists["sdist"]) as tar:
+        assert any(n.endswith("/LICENSE") for n in tar.getnames())
+
+
 def test_installed_wheel_runs_from_an_empty_folder(venv, tmp_path):
     """`mamlkit presets` lists every preset, a 50-iteration `mamlkit reproduce sine` writes
     its results, and `runs` and `plot` work on them without arguments beyond the folder,

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,20 @@ def test_env_json_records_the_version_and_the_checkouts_commit():
         ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
     )
     assert info["git_commit"] == head.stdout.strip() and isinstance(info["git_dirty"], bool)
+
+
+def test_training_without_tensorboard_installed(tmp_path, monkeypatch):
+    """tensorboard is an extra: without it a run with train.tensorboard on still trains and
+    logs to metrics.jsonl, and says how to get the event files."""
+    for name in [m for m in sys.modules if m == "tensorboard" or m.startswith("tensorboard.")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in [m for m in sys.modules if m.startswith("torch.utils.tensorboard")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` fails
+    config = load_config("sine_maml", ["train.iterations=3", "train.log_every=1"])
+    assert config.train.tensorboard
+    learner = MAML(MLP((1, 8, 1)), F.mse_loss, 0.01)
+    with pytest.warns(UserWarning, match=r"mamlkit\[tensorboard\]"):
+        Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False).fit()
+    assert [r["step"] for r in _records(tmp_path / "run")] == [1, 2, 3]
+    assert not (tmp_path / "run" / "tensorboard").exists()

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +278,13 @@ class Trainer:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # optional: the run still has metrics.jsonl
+        except ImportError:  # optional (the `tensorboard` extra): metrics.jsonl has it all
+            warnings.warn(
+                "train.tensorboard is on but tensorboard is not installed; metrics go to "
+                "metrics.jsonl only (pip install 'mamlkit[tensorboard]', or set "
+                "train.tensorboard=false)",
+                stacklevel=2,
+            )
             return
         self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
