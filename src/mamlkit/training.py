@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from mamlkit import __version__
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.checkpoint import (
     atomic_write_text,
@@ -101,8 +102,6 @@ def environment_info(device: str) -> dict[str, Any]:
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
-    from mamlkit import __version__
-
     info["mamlkit"] = __version__
     checkout = source_checkout()
     if checkout is not None:  # an installed mamlkit has no commit of its own to record
