@@ -20,14 +20,32 @@ from mamlkit.errors import UserError
 _META_KEY = "mamlkit"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``os.umask``
+    can only be read by setting it, which would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Write via a temporary file in the same directory, then rename: a crash mid-write
-    never leaves a half-written file under ``path``."""
+    never leaves a half-written file under ``path``. The file gets the mode a plain
+    ``open(path, "w")`` would give it (0644 under the usual umask), not mkstemp's 0600,
+    so that others sharing the machine can read the run as the umask allows."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         fd = os.open(tmp, os.O_RDONLY)
         try:  # on disk before the rename, so a power loss cannot leave an empty checkpoint
             os.fsync(fd)

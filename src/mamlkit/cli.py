@@ -13,6 +13,9 @@ import click
 from mamlkit.errors import UserError
 
 PATH = click.Path(path_type=Path)
+# Where runs go when no --out is given (train: runs/<preset>, reproduce: runs/sine), and so
+# where `mamlkit runs` looks first.
+RUNS_DIR = Path("runs")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +48,7 @@ def _check_device(device: str) -> str:
 @click.option(
     "--out",
     type=PATH,
-    default=Path("runs/sine"),
+    default=RUNS_DIR / "sine",
     show_default=True,
     help="Run directory to create.",
 )
@@ -153,7 +156,7 @@ def train(config, overrides, out, data_dir, resume, force, progress) -> None:
         if config is None:
             raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
         cfg = load_config(config, list(overrides), updates=data_dir_update(data_dir))
-        run_dir = out if out is not None else Path("runs") / Path(config).stem
+        run_dir = out if out is not None else RUNS_DIR / Path(config).stem
         summary = train_run(cfg, run_dir, force=force, progress=progress)
     click.echo(json.dumps(summary))
 
@@ -196,32 +199,46 @@ def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint) -> None:
 @app.command()
 def presets() -> None:
     """List the shipped config presets."""
-    from mamlkit.config import PRESET_DIR
+    from mamlkit.config import shipped_presets
 
-    for path in sorted(PRESET_DIR.glob("*.yaml")):
-        lines = path.read_text().splitlines()
-        click.echo(f"{path.stem:<28} {lines[0].lstrip('# ') if lines else ''}")
+    for name, resource in shipped_presets().items():
+        lines = resource.read_text().splitlines()
+        click.echo(f"{name:<28} {lines[0].lstrip('# ') if lines else ''}")
 
 
 @app.command()
-@click.argument("root", type=PATH, default=Path("runs"))
+@click.argument("root", type=PATH, required=False)
 def runs(root) -> None:
-    """List run directories under ROOT with status and best metric."""
+    """List run directories under ROOT (default: ./runs, where runs go without --out, else
+    the current directory) with status and best metric."""
     from mamlkit.runner import list_runs
 
-    for row in list_runs(root):
+    if root is None:
+        root = RUNS_DIR if RUNS_DIR.is_dir() else Path(".")
+    rows = list_runs(root)
+    for row in rows:
         click.echo(f"{row['run']:<40} {row['status']:<9} step {row['step']:<8} {row['best']}")
+    if not rows:
+        click.echo(f"no mamlkit runs under {root}", err=True)
 
 
 @app.command()
 @click.argument("run_dir", type=PATH)
 def plot(run_dir) -> None:
-    """Draw the learning curves of RUN_DIR to RUN_DIR/learning_curves.png."""
+    """Draw the learning curves of RUN_DIR to RUN_DIR/learning_curves.png (for a folder of
+    runs such as `reproduce sine`'s, those of every run in it, side by side)."""
     from mamlkit import plots
 
+    runs = None
     if not (run_dir / "metrics.jsonl").is_file():
-        raise UserError(f"{run_dir}: no metrics.jsonl; not a mamlkit run directory")
-    plots.learning_curves(run_dir, run_dir / "learning_curves.png")
+        found = sorted(run_dir.glob("*/metrics.jsonl")) if run_dir.is_dir() else []
+        if not found:
+            raise UserError(
+                f"{run_dir}: no metrics.jsonl in it or its sub-folders; not a mamlkit run "
+                "directory (pass a folder written by `mamlkit train` or `mamlkit reproduce`)"
+            )
+        runs = {m.parent.name: m.parent for m in found}
+    plots.learning_curves(run_dir, run_dir / "learning_curves.png", runs=runs)
     click.echo(f"wrote {run_dir / 'learning_curves.png'}")
 
 

@@ -4,6 +4,7 @@ with ``--set a.b=c`` overrides and validated before anything runs."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import re
 import types
@@ -16,7 +17,9 @@ import yaml
 
 from mamlkit.errors import ConfigError
 
-PRESET_DIR = Path(__file__).parent / "configs"
+# The shipped presets, package data of mamlkit (read through importlib.resources, so they are
+# found in a wheel, an sdist install or a checkout alike).
+PRESET_DIR = importlib.resources.files("mamlkit") / "configs"
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -182,15 +185,34 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-def resolve_preset(name_or_path: str) -> Path:
-    """A YAML path, or the name of a preset shipped in ``configs/`` (``omniglot_maml_5w1s``)."""
+def shipped_presets() -> dict[str, Any]:
+    """The shipped presets by name (``omniglot_maml_5w1s``), each a readable resource with
+    ``read_text()``; an installation without them is broken and says so."""
+    found = {}
+    if PRESET_DIR.is_dir():
+        found = {
+            entry.name[: -len(".yaml")]: entry
+            for entry in PRESET_DIR.iterdir()
+            if entry.name.endswith(".yaml") and entry.is_file()
+        }
+    if not found:
+        raise ConfigError(
+            f"no presets found in {PRESET_DIR}: this mamlkit installation is incomplete; "
+            "reinstall it (pip install --force-reinstall mamlkit)"
+        )
+    return dict(sorted(found.items()))
+
+
+def resolve_preset(name_or_path: str) -> Any:
+    """A YAML path, or the name of a preset shipped in ``configs/`` (``omniglot_maml_5w1s``):
+    something with ``read_text()``."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    candidate = PRESET_DIR / f"{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    shipped = shipped_presets()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    known = ", ".join(shipped)
     raise ConfigError(f"no config file or preset named '{name_or_path}' (presets: {known})")
 
 

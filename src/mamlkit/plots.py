@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mamlkit.errors import UserError
+
 
 def _pyplot():
     import matplotlib
@@ -106,29 +108,47 @@ def sine_mse(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def learning_curves(run_dir: Path, path: Path) -> list[str]:
-    """Plot every numeric series of ``metrics.jsonl`` against the step; returns their names."""
-    records = [
+def _metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [
         json.loads(line)
         for line in (run_dir / "metrics.jsonl").read_text().splitlines()
         if line.strip()
     ]
+
+
+def learning_curves(run_dir: Path, path: Path, runs: dict[str, Path] | None = None) -> list[str]:
+    """Plot every numeric series of ``metrics.jsonl`` against the step; returns their names.
+    With ``runs`` (label -> run directory, e.g. the models of one `reproduce sine`), each
+    series has one line per run. Points carry markers unless a series is long, so that a
+    single logged or validated step is visible."""
+    records = {label: _metrics(run) for label, run in (runs or {run_dir.name: run_dir}).items()}
     keys = sorted(
         {
             k
-            for r in records
+            for rows in records.values()
+            for r in rows
             for k, v in r.items()
             if k != "step" and isinstance(v, (int, float)) and not k.endswith("ci95")
         }
     )
+    if not keys:
+        raise UserError(f"{run_dir}: nothing logged yet; plot again after the first logged step")
     plt = _pyplot()
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), squeeze=False)
     for ax, key in zip(axes[:, 0], keys, strict=True):
-        pts = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        positive = True
+        for label, rows in records.items():
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if not pts:
+                continue
+            positive = positive and all(p[1] > 0 for p in pts)
+            marker = "o" if len(pts) <= 100 else None
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ms=3, label=label)
         ax.set_ylabel(key)
-        if key in ("loss", "mse", "val_mse") and all(p[1] > 0 for p in pts):
+        if key in ("loss", "mse", "val_mse") and positive:
             ax.set_yscale("log")
+        if runs:
+            ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel("iteration")
     fig.suptitle(run_dir.name)
     fig.tight_layout()

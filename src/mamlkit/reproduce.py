@@ -152,8 +152,10 @@ def report_markdown(records, configs: dict[str, Config], fine_tune: dict, env: d
         "# Sine regression: Table 2 reproduction",
         "",
         f"Command: `{' '.join(env.get('argv', []))}`  ",
-        f"Date {time.strftime('%Y-%m-%d')}; torch {env.get('torch')}; device {env.get('device')}; "
-        f"{env.get('cpu_threads')} threads; commit {env.get('git_commit')}; {env.get('platform')}",
+        f"Date {time.strftime('%Y-%m-%d')}; mamlkit {env.get('mamlkit')}"
+        + (f" (commit {env['git_commit']})" if env.get("git_commit") else "")
+        + f"; torch {env.get('torch')}; device {env.get('device')}; "
+        f"{env.get('cpu_threads')} threads; {env.get('platform')}",
         "",
         f"5-shot MSE after 1 / 5 / 10 gradient steps: mean ± 95% CI over the same {tasks} test "
         "tasks for both methods; MSE on 100 evenly spaced points over [−5, 5].",

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from mamlkit import __version__
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.checkpoint import (
     atomic_write_text,
@@ -102,23 +104,63 @@ def environment_info(device: str) -> dict[str, Any]:
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
-    try:
-        from importlib.metadata import version
-
-        info["mamlkit"] = version("mamlkit")
-    except Exception:  # not installed (PYTHONPATH=src)
-        info["mamlkit"] = "source"
-    try:
-        root = Path(__file__).resolve().parents[2]
-        info["git_commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-            or None
-        )
-    except Exception:
-        info["git_commit"] = None
+    info["mamlkit"] = __version__
+    checkout = source_checkout()
+    if checkout is not None:  # an installed mamlkit has no commit of its own to record
+        info.update(_git_state(checkout))
     return info
+
+
+def source_checkout(package_dir: str | Path | None = None) -> Path | None:
+    """The root of mamlkit's own git checkout when the package in ``package_dir`` (default:
+    the one running) is imported from one: a folder above it holding ``.git`` and a
+    ``pyproject.toml`` of the project ``mamlkit``. None for an installed copy, also when the
+    environment it is installed in lies inside some other git repository."""
+    package = Path(package_dir or Path(__file__).parent).resolve()
+    for root in (package.parent, package.parent.parent):  # flat or src/ layout
+        pyproject = root / "pyproject.toml"
+        if (root / ".git").exists() and pyproject.is_file():
+            return root if _project_name(pyproject) == "mamlkit" else None
+    return None
+
+
+def _project_name(pyproject: Path) -> str | None:
+    try:
+        text = pyproject.read_text()
+    except OSError:
+        return None
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: no TOML parser, and one line is all that is needed
+        import re
+
+        found = re.search(r"""^name\s*=\s*["']([^"']+)["']""", text, re.M)
+        return found.group(1) if found else None
+    try:
+        project = tomllib.loads(text).get("project")
+    except tomllib.TOMLDecodeError:
+        return None
+    return project.get("name") if isinstance(project, dict) else None
+
+
+def _git_state(root: Path) -> dict[str, Any]:
+    """``git_commit`` of the checkout at ``root`` and ``git_dirty`` (uncommitted changes to
+    tracked files), where git can tell."""
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=5
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if changes is None else bool(changes)}
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
@@ -147,7 +189,9 @@ class Trainer:
     """Meta-trains ``learner`` on ``train_tasks`` as ``config.train`` says.
 
     With a ``run_dir`` it writes ``config.yaml``, ``env.json``, ``metrics.jsonl`` (one JSON
-    object per logged step), TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
+    object per logged step, every ``log_every``, and per validation, every ``val_every``: a
+    validation between logged steps is a record of the validation metrics alone),
+    TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
     ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end.
     ``metric`` ("accuracy" or "mse") is computed on the query predictions when logging.
     """
@@ -241,7 +285,13 @@ class Trainer:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # optional: the run still has metrics.jsonl
+        except ImportError:  # optional (the `tensorboard` extra): metrics.jsonl has it all
+            warnings.warn(
+                "train.tensorboard is on but tensorboard is not installed; metrics go to "
+                "metrics.jsonl only (pip install 'mamlkit[tensorboard]', or set "
+                "train.tensorboard=false)",
+                stacklevel=2,
+            )
             return
         self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
@@ -378,11 +428,7 @@ class Trainer:
                     )
                 self.step += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step % cfg.checkpoint_every == 0 or (
-                    self.step == cfg.iterations
-                ):
-                    self._check_health(device_step)
-                self._after_step(bar)
+                self._after_step(bar, device_step)
                 continue
             loss, pred = self.learner.meta_forward(*batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -410,23 +456,26 @@ class Trainer:
             self.step += 1
             self.window += torch.tensor([loss_value, metric_value, 1.0], dtype=torch.float64)
             bar.update(1)
-            self._after_step(bar)
+            self._after_step(bar, None)
         bar.close()
 
-    def _after_step(self, bar) -> None:
-        """Log, validate and checkpoint where the step count says so."""
+    def _after_step(self, bar, device_step: DeviceStep | None) -> None:
+        """Log, validate and checkpoint where the step count says so (after the host has
+        read the device step's health flag, where there is one)."""
         cfg = self.cfg
-        if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
-            record = self._window_record()
-            if (
-                cfg.val_every
-                and self.val_tasks is not None
-                and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
-            ):
+        log = self.step % cfg.log_every == 0 or self.step == cfg.iterations
+        val = bool(cfg.val_every) and self.val_tasks is not None
+        val = val and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
+        save = self.run_dir is not None and self.step % cfg.checkpoint_every == 0
+        if device_step is not None and (log or val or save):
+            self._check_health(device_step)
+        if log or val:  # a validation between logging steps is a record of its own
+            record = self._window_record() if log else {"step": self.step}
+            if val:
                 record.update(self.validate())
             self._log(record)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
-        if self.run_dir is not None and self.step % cfg.checkpoint_every == 0:
+        if save:
             self.save()
 
     def _window_record(self) -> dict[str, Any]:
