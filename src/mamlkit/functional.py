@@ -12,6 +12,8 @@ affine BatchNorm (``vmap`` over ``torch.func.grad`` is not, see docs/design.md).
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -25,6 +27,8 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 IMPLS = ("auto", "batched", "vmap", "loop")
 
+logger = logging.getLogger(__name__)
+
 
 def adaptable_params(model: nn.Module) -> Params:
     """The parameters the inner loop adapts: all that require grad."""
@@ -36,11 +40,85 @@ def stack_params(params: Mapping[str, Tensor], tasks: int) -> Params:
     return {name: p.unsqueeze(0).expand(tasks, *p.shape) for name, p in params.items()}
 
 
-def _has_running_stats(model: nn.Module) -> bool:
-    return any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-        for m in model.modules()
-    )
+def _vmap_unsupported(model: nn.Module) -> str | None:
+    """Why ``vmap`` cannot run ``model`` (None if nothing known stands in its way):
+    BatchNorm that updates running statistics writes in place, and recurrent layers have
+    no batching rule (``aten::lstm`` and friends)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            return f"{type(m).__name__} tracks running statistics"
+        if isinstance(m, nn.RNNBase):
+            return f"{type(m).__name__} has no vmap batching rule"
+    return None
+
+
+def _defining_class(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def has_batched_forward(model: nn.Module) -> bool:
+    """Whether ``model.batched_forward`` computes the same function as its ``forward``: a
+    subclass that overrides ``forward`` but not ``batched_forward`` inherits a kernel of
+    its parent's network, which would silently compute something else."""
+    if "batched_forward" in vars(model):
+        return True
+    batched = _defining_class(type(model), "batched_forward")
+    forward = _defining_class(type(model), "forward")
+    return batched is not None and forward is not None and issubclass(batched, forward)
+
+
+def _vmap_forward(model: nn.Module, fixed: Callable[[], dict[str, Tensor]]) -> TaskForward:
+    def forward(params: Params, x: Tensor) -> Tensor:
+        shared = fixed()
+        # "different": each task draws its own random numbers (e.g. its own dropout mask)
+        return vmap(
+            lambda p, xi: functional_call(model, {**shared, **p}, (xi,)), randomness="different"
+        )(params, x)
+
+    return forward
+
+
+def _loop_forward(model: nn.Module, fixed: Callable[[], dict[str, Tensor]]) -> TaskForward:
+    def forward(params: Params, x: Tensor) -> Tensor:
+        shared = fixed()
+        return torch.stack(
+            [
+                functional_call(model, {**shared, **{n: p[t] for n, p in params.items()}}, (xt,))
+                for t, xt in enumerate(x)
+            ]
+        )
+
+    return forward
+
+
+class _VmapOrLoop:
+    """``impl="auto"`` for a model without a known obstacle to vmap: vmap, unless the first
+    call fails under vmap (a layer without a batching rule) and succeeds as a loop; then it
+    warns once and loops from then on. ``impl`` says which one runs."""
+
+    def __init__(self, model: nn.Module, vmapped: TaskForward, looped: TaskForward):
+        self.model_name = type(model).__name__
+        self.vmapped, self.looped = vmapped, looped
+        self.impl = "vmap"
+        self.checked = False
+
+    def __call__(self, params: Params, x: Tensor) -> Tensor:
+        if self.checked:
+            return (self.vmapped if self.impl == "vmap" else self.looped)(params, x)
+        try:
+            out = self.vmapped(params, x)
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            out = self.looped(params, x)  # a genuine mistake fails here too, with its error
+            self.impl = "loop"
+            reason = str(exc).splitlines()[0][:200]
+            warnings.warn(
+                f"impl='auto': {self.model_name} does not run under torch.func.vmap "
+                f"({reason}); running the tasks in a loop instead (pass impl='loop' to "
+                "silence this)",
+                stacklevel=3,
+            )
+        self.checked = True
+        return out
 
 
 def task_forward(model: nn.Module, impl: str = "auto") -> tuple[TaskForward, str]:
@@ -48,20 +126,26 @@ def task_forward(model: nn.Module, impl: str = "auto") -> tuple[TaskForward, str
     with its own parameters, and the name of the implementation chosen.
 
     ``batched``: the model's own ``batched_forward`` (fastest where a model has one);
-    ``vmap``: ``torch.func.vmap`` over ``functional_call`` (any module);
+    ``vmap``: ``torch.func.vmap`` over ``functional_call``, each task with its own random
+    numbers (dropout masks); most layers, but not recurrent ones or BatchNorm that tracks
+    running statistics;
     ``loop``: one ``functional_call`` per task (any module; the reference).
-    ``auto`` picks ``batched`` if the model has it, else ``vmap``, else ``loop`` for models
-    whose BatchNorm tracks running stats (an in-place update that vmap refuses).
+    ``auto`` picks ``batched`` if the model defines ``batched_forward`` for its own
+    ``forward`` (:func:`has_batched_forward`), ``loop`` for models vmap cannot run, else
+    ``vmap`` -- and falls back to ``loop`` with a warning if the first vmapped call fails;
+    the returned callable's ``impl`` attribute then says ``loop``.
     Which parameters are frozen is read when the function is made: make it again after
     changing ``requires_grad``.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    obstacle = _vmap_unsupported(model)
     if impl == "auto":
-        if hasattr(model, "batched_forward"):
+        if has_batched_forward(model):
             impl = "batched"
-        else:
-            impl = "loop" if _has_running_stats(model) else "vmap"
+        elif obstacle is not None:
+            impl = "loop"
+            logger.info("impl='auto' runs %s as a loop: %s", type(model).__name__, obstacle)
 
     # Buffers and frozen parameters are shared by all tasks. Most models have none; skip
     # the module-tree walk per call then (it costs ~10% of a sine meta-iteration).
@@ -80,32 +164,26 @@ def task_forward(model: nn.Module, impl: str = "auto") -> tuple[TaskForward, str
     if impl == "batched":
         if not hasattr(model, "batched_forward"):
             raise ValueError(f"{type(model).__name__} has no batched_forward; use vmap or loop")
+        if not has_batched_forward(model):
+            raise ValueError(
+                f"{type(model).__name__} overrides forward but inherits batched_forward from "
+                "its parent, which computes the parent's network; use impl='vmap' or 'loop', "
+                "or define batched_forward for it"
+            )
 
         def forward(params: Params, x: Tensor) -> Tensor:
             # batched kernels index every tensor by task: shared ones get the task axis too
             shared = {n: v.expand(x.shape[0], *v.shape) for n, v in fixed().items()}
             return model.batched_forward({**shared, **params}, x)
 
-    elif impl == "vmap":
-
-        def forward(params: Params, x: Tensor) -> Tensor:
-            shared = fixed()
-            return vmap(lambda p, xi: functional_call(model, {**shared, **p}, (xi,)))(params, x)
-
-    else:
-
-        def forward(params: Params, x: Tensor) -> Tensor:
-            shared = fixed()
-            return torch.stack(
-                [
-                    functional_call(
-                        model, {**shared, **{n: p[t] for n, p in params.items()}}, (xt,)
-                    )
-                    for t, xt in enumerate(x)
-                ]
-            )
-
-    return forward, impl
+        return forward, impl
+    if impl == "vmap":
+        if obstacle is not None:
+            raise ValueError(f"impl='vmap' cannot run {type(model).__name__}: {obstacle}")
+        return _vmap_forward(model, fixed), impl
+    if impl == "loop":
+        return _loop_forward(model, fixed), impl
+    return _VmapOrLoop(model, _vmap_forward(model, fixed), _loop_forward(model, fixed)), "vmap"
 
 
 def task_mean_loss(loss_fn: LossFn, pred: Tensor, target: Tensor) -> Tensor:

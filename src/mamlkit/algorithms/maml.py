@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mamlkit.algorithms.base import MetaLearner
+from mamlkit.algorithms.base import MetaLearner, check_task_batch
 from mamlkit.functional import (
     LossFn,
     Params,
@@ -59,7 +59,13 @@ class MAML(MetaLearner):
         self.inner_steps = inner_steps
         self.first_order = first_order
         self.eval_inner_lr = eval_inner_lr
-        self._forward, self.impl = task_forward(model, impl)
+        self._forward, self._impl = task_forward(model, impl)
+
+    @property
+    def impl(self) -> str:
+        """How the tasks run through the model (``batched``, ``vmap`` or ``loop``): what
+        ``impl="auto"`` chose, updated if vmap failed on the first call and it fell back."""
+        return getattr(self._forward, "impl", self._impl)
 
     def adapt(
         self,
@@ -71,19 +77,65 @@ class MAML(MetaLearner):
         first_order: bool | None = None,
         params: Params | None = None,
     ) -> Params:
-        """Adapted parameters φ with a leading task dimension T (differentiable w.r.t. θ)."""
+        """Adapted parameters φ with a leading task dimension T (differentiable w.r.t. θ).
+
+        ``support_x [T, N, ...]`` and ``support_y [T, N, ...]``: T tasks of N examples each
+        (one task without the task axis: :meth:`adapt_task`). Under ``torch.no_grad()`` or
+        ``torch.inference_mode()`` this is test-time adaptation: the steps still take
+        gradients (first order, with respect to φ only) and φ comes back detached.
+        """
+        check_task_batch(support_x, support_y, "adapt")
         steps = self.inner_steps if steps is None else steps
         theta = adaptable_params(self.model) if params is None else params
-        return inner_loop(
-            self._forward,
-            stack_params(theta, support_x.shape[0]),
-            support_x,
-            support_y,
-            self.loss_fn,
-            self.inner_lr if lr is None else lr,
-            steps,
-            first_order=self.first_order if first_order is None else first_order,
-        )
+        lr = self.inner_lr if lr is None else lr
+        first_order = self.first_order if first_order is None else first_order
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            return inner_loop(
+                self._forward,
+                stack_params(theta, support_x.shape[0]),
+                support_x,
+                support_y,
+                self.loss_fn,
+                lr,
+                steps,
+                first_order=first_order,
+            )
+        with torch.inference_mode(False), torch.enable_grad():
+            # inference tensors cannot enter an autograd graph: ordinary copies can
+            support_x, support_y = support_x.clone(), support_y.clone()
+            start = {n: p.detach().clone().requires_grad_() for n, p in theta.items()}
+            phi = inner_loop(
+                self._forward,
+                stack_params(start, support_x.shape[0]),
+                support_x,
+                support_y,
+                self.loss_fn,
+                lr,
+                steps,
+                first_order=True,
+            )
+        return {n: p.detach() for n, p in phi.items()}
+
+    def adapt_task(
+        self, support_x: Tensor, support_y: Tensor, steps: int | None = None, **kwargs
+    ) -> Params:
+        """:meth:`adapt` for ONE task without the task axis: ``support_x [N, ...]`` ->
+        adapted parameters ``{name: tensor}`` shaped like the model's own, ready for
+        ``torch.func.functional_call(learner.model, phi, (x,))``.
+
+        Example:
+            >>> import torch, torch.nn.functional as F
+            >>> from mamlkit import MAML
+            >>> from mamlkit.models import MLP
+            >>> learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, inner_lr=0.01)
+            >>> xs = torch.linspace(-5, 5, 10).unsqueeze(1)
+            >>> with torch.no_grad():
+            ...     phi = learner.adapt_task(xs, torch.sin(xs), steps=5)
+            >>> phi["net.0.weight"].shape
+            torch.Size([40, 1])
+        """
+        phi = self.adapt(support_x.unsqueeze(0), support_y.unsqueeze(0), steps, **kwargs)
+        return {name: p[0] for name, p in phi.items()}
 
     def predict(self, params: Params, x: Tensor) -> Tensor:
         """Run the model on ``x [T, N, ...]`` with per-task parameters ``params [T, ...]``."""
