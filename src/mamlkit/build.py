@@ -6,6 +6,7 @@ a run directory is written."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,8 +21,9 @@ from mamlkit.algorithms import (
     PrototypicalNetwork,
 )
 from mamlkit.config import Config
-from mamlkit.errors import ConfigError
+from mamlkit.errors import ConfigError, UserError
 from mamlkit.models import MLP, Conv4
+from mamlkit.models.target import build_target_model, is_builtin_target
 from mamlkit.tasks import ClassBatches, EpisodeTasks, SineTasks, TaskDistribution
 
 
@@ -38,7 +40,20 @@ def metric_for(c: Config) -> str:
     return "mse" if c.task.name == "sine" else "accuracy"
 
 
+def check_code_trust(c: Config, source: Path, trust_code: bool) -> None:
+    """Refuse to import a model target from outside mamlkit that ``source`` (a run
+    directory's config) names, unless the user said they trust it: importing runs code."""
+    target = c.model.target
+    if target and not is_builtin_target(target) and not trust_code:
+        raise UserError(
+            f"{source} builds its model by importing {target!r}, which runs that code; "
+            "pass --trust-code (trust_code=True) if you trust where this run came from"
+        )
+
+
 def build_model(c: Config, out_features: int | None = None) -> nn.Module:
+    if c.model.target is not None:
+        return build_target_model(c.model.target, c.model.kwargs)
     if c.model.name == "mlp":
         if c.task.name != "sine":
             raise ConfigError("config key 'model.name': image tasks need model.name=conv4")
@@ -86,6 +101,38 @@ def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearne
         first_order=a.first_order or a.name == "fomaml",
         impl=a.impl,
         eval_inner_lr=a.eval_inner_lr,
+    )
+
+
+def check_config_describes(c: Config, learner: MetaLearner) -> None:
+    """Refuse a config that would not rebuild ``learner`` (another algorithm, another
+    network): a run directory's config.yaml must rebuild the model its weights belong to,
+    or ``mamlkit eval``/``adapt`` cannot load them."""
+    classes = None
+    if isinstance(learner, PretrainedClassifier):
+        classes = learner.model.head.out_features
+    with torch.random.fork_rng(devices=[]):  # building initialises: keep the global RNG
+        try:
+            reference = build_learner(c, num_train_classes=classes)
+        except UserError as exc:
+            problem = f"it cannot build a learner ({exc})"
+        else:
+            ours = {k: tuple(v.shape) for k, v in learner.state_dict().items()}
+            theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+            if not isinstance(learner, type(reference)):
+                problem = (
+                    f"it builds a {type(reference).__name__}, the learner is a "
+                    f"{type(learner).__name__}"
+                )
+            elif ours != theirs:
+                diff = sorted(set(ours.items()) ^ set(theirs.items()))[:2]
+                problem = f"its model has other parameters ({diff} ...)"
+            else:
+                return
+    raise UserError(
+        f"the config does not describe the learner being trained: {problem}; set "
+        "algorithm.name and model.target='package.module:ClassName' with model.kwargs so "
+        "that the run's config.yaml rebuilds this model (or train without a run directory)"
     )
 
 

@@ -124,8 +124,14 @@ def reproduce_sine_cmd(
 @click.option("--resume", type=PATH, default=None, help="Continue the run in this directory.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train(config, overrides, out, data_dir, resume, force, progress) -> None:
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="With --resume: allow importing the run's model.target from outside mamlkit.",
+)
+def train(config, overrides, out, data_dir, resume, force, progress, trust_code) -> None:
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
+    from mamlkit.build import check_code_trust
     from mamlkit.config import load_config
     from mamlkit.runner import data_dir_update, train_run
 
@@ -146,6 +152,7 @@ def train(config, overrides, out, data_dir, resume, force, progress) -> None:
         if not cfg_path.is_file():
             raise UserError(f"--resume {resume}: no config.yaml there; not a mamlkit run directory")
         cfg = load_config(str(cfg_path), list(overrides), updates=data_dir_update(data_dir))
+        check_code_trust(cfg, cfg_path, trust_code)
         summary = train_run(
             cfg, resume, resume=True, progress=progress, update_config=bool(overrides)
         )
@@ -164,6 +171,12 @@ RESUME_OVERRIDES = frozenset(
 )
 
 
+TRUST_HELP = (
+    "Allow importing the run's model.target from outside mamlkit (that runs its code; "
+    "only for runs you trust)."
+)
+
+
 @app.command("eval")
 @click.argument("run_dir", type=PATH)
 @click.option("--tasks", type=int, default=None, help="Test tasks (default: config eval.tasks).")
@@ -177,12 +190,19 @@ RESUME_OVERRIDES = frozenset(
     help="Evaluate a training checkpoint (also of a running run) instead of the final "
     "weights; writes RUN_DIR/eval-step-N.json.",
 )
-def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint) -> None:
+@click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint, trust_code) -> None:
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
     from mamlkit.runner import eval_run
 
     result = eval_run(
-        run_dir, tasks=tasks, split=split, steps=steps, data_dir=data_dir, checkpoint=checkpoint
+        run_dir,
+        tasks=tasks,
+        split=split,
+        steps=steps,
+        data_dir=data_dir,
+        checkpoint=checkpoint,
+        trust_code=trust_code,
     )
     click.echo(json.dumps(result))
 

@@ -50,6 +50,9 @@ class ModelConfig:
     init: str = "torch"  # mlp: torch (PyTorch default) | trunc_normal (cbfinn/maml: std 0.01)
     global_pool: bool = False  # conv4: average the last feature map before the head (cbfinn)
     bn_running_stats: bool = False  # conv4 for protonet: track running stats, use them in eval
+    # any importable nn.Module ("package.module:ClassName" built with kwargs); replaces name
+    target: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +119,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"config key '{key}': expected {_name(tp)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
@@ -239,6 +246,11 @@ def validate(c: Config) -> None:
         f"unknown model {c.model.name!r} (mlp, conv4)",
     )
     _require(c.model.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
+    _require(
+        c.model.target is not None or not c.model.kwargs,
+        "model.kwargs",
+        "only used with model.target; set model.target='package.module:ClassName'",
+    )
     _require(
         c.model.init in ("torch", "trunc_normal"), "model.init", "must be 'torch' or 'trunc_normal'"
     )
