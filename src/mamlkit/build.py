@@ -51,6 +51,13 @@ def check_code_trust(c: Config, source: Path, trust_code: bool) -> None:
         )
 
 
+def image_channels(c: Config) -> int:
+    """Channels of the images of an image task: 1 (grey) or 3 (RGB)."""
+    if c.task.channels is not None:
+        return c.task.channels
+    return 1 if c.task.name == "omniglot" else 3
+
+
 def build_model(c: Config, out_features: int | None = None) -> nn.Module:
     if c.model.target is not None:
         return build_target_model(c.model.target, c.model.kwargs)
@@ -62,7 +69,7 @@ def build_model(c: Config, out_features: int | None = None) -> nn.Module:
         raise ConfigError("config key 'model.name': sine regression needs model.name=mlp")
     return Conv4(
         out_features=c.task.ways if out_features is None else out_features,
-        in_channels=1 if c.task.name == "omniglot" else 3,
+        in_channels=image_channels(c),
         filters=c.model.filters,
         image_size=c.task.image_size,
         pooling=c.model.pooling,
@@ -147,17 +154,36 @@ def _omniglot_split_images(
     return {name: data.images[idx] for name, idx in splits.items()}
 
 
+@functools.lru_cache(maxsize=4)
+def _image_folder_split_images(
+    data_dir: str, image_size: int, channels: int, fractions: tuple[float, ...], seed: int
+) -> dict[str, np.ndarray]:
+    from mamlkit.data.imagefolder import load_image_folder
+
+    splits = load_image_folder(data_dir, image_size, channels, fractions, seed)
+    return {name: images for name, (images, _classes) in splits.items()}
+
+
 def _class_images(c: Config, split: str) -> np.ndarray:
     t = c.task
     if t.name == "omniglot":
         images = _omniglot_split_images(
             t.data_dir, t.image_size, t.split, t.split_seed, t.val_classes
         )[split]
+    elif t.name == "imagefolder":
+        images = _image_folder_split_images(
+            t.data_dir, t.image_size, image_channels(c), tuple(t.split_fractions), t.split_seed
+        )[split]
     else:
         from mamlkit.data import find_miniimagenet_dir, load_miniimagenet
 
         root = find_miniimagenet_dir(t.data_dir)
         images = load_miniimagenet(root, split, image_size=t.image_size).images
+    if len(images) == 0 and t.name == "imagefolder":
+        raise ConfigError(
+            f"config key 'task.split_fractions': the {split!r} split of {t.data_dir} has no "
+            "classes; add class folders, change the fractions, or set train.val_every=0"
+        )
     if len(images) == 0:
         raise ConfigError(
             f"config key 'task.val_classes': the {split!r} split is empty; "
@@ -175,7 +201,8 @@ def build_tasks(c: Config, split: str = "train") -> TaskDistribution:
         # evaluation: MSE over a grid across the whole input range
         return SineTasks(t.k_support, t.k_query, query_grid=100)
     images = torch.from_numpy(_class_images(c, split))
-    rotations = t.rotations and t.name == "omniglot" and split == "train"
+    rotate = t.name == "omniglot" if t.rotations is None else t.rotations
+    rotations = rotate and t.name in ("omniglot", "imagefolder") and split == "train"
     device = c.train.device
     if split == "train" and c.algorithm.name == "pretrained":
         return ClassBatches(images, t.batch_size, rotations=rotations, device=device)

@@ -22,7 +22,7 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 @dataclass
 class TaskConfig:
-    name: str = "sine"  # sine | omniglot | miniimagenet
+    name: str = "sine"  # sine | omniglot | miniimagenet | imagefolder
     # sine: K support and K query points per task
     k_support: int = 10
     k_query: int = 10
@@ -36,8 +36,12 @@ class TaskConfig:
     split: str = "maml"  # Omniglot: maml (1200/423 random) | lake (background/evaluation)
     split_seed: int = 0
     val_classes: int = 0  # taken out of the training classes for validation
-    rotations: bool = True  # Omniglot: 0/90/180/270° as new classes (training only)
+    # 0/90/180/270° as new classes (training only); default: on for Omniglot only
+    rotations: bool | None = None
     image_size: int = 28
+    channels: int | None = None  # 1 grey, 3 RGB; default: omniglot 1, others 3
+    # imagefolder without train/ val/ test/ folders: class proportions of the seeded split
+    split_fractions: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])
     batch_size: int = 64  # pretrained classifier: images per ordinary minibatch
 
 
@@ -236,9 +240,21 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(c: Config) -> None:
     """Refuse impossible values before training starts, naming the key."""
     _require(
-        c.task.name in ("sine", "omniglot", "miniimagenet"),
+        c.task.name in ("sine", "omniglot", "miniimagenet", "imagefolder"),
         "task.name",
-        f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet)",
+        f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet, imagefolder)",
+    )
+    _require(
+        c.task.name != "imagefolder" or bool(c.task.data_dir),
+        "task.data_dir",
+        "task.name=imagefolder needs the folder of class folders (or --data-dir)",
+    )
+    _require(c.task.channels in (None, 1, 3), "task.channels", "must be 1 (grey) or 3 (RGB)")
+    fractions = c.task.split_fractions
+    _require(
+        len(fractions) == 3 and min(fractions) >= 0 and fractions[0] > 0 and fractions[2] > 0,
+        "task.split_fractions",
+        f"needs three fractions (train, val, test), train and test > 0; got {fractions}",
     )
     _require(
         c.model.name in ("mlp", "conv4"),
