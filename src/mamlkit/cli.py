@@ -208,6 +208,51 @@ def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint, trust_code) -> 
 
 
 @app.command()
+@click.argument("run_dir", type=PATH)
+@click.argument("more_queries", nargs=-1, metavar="[QUERY]...")
+@click.option(
+    "--support",
+    type=PATH,
+    required=True,
+    help="Image runs: a folder with one sub-folder of K images per class. Regression runs: "
+    "a CSV with columns x,y.",
+)
+@click.option(
+    "--query",
+    "queries",
+    multiple=True,
+    metavar="QUERY",
+    help="Images (or folders of images) to classify; for regression runs x values or a CSV "
+    "with an x column. More may follow: --query a.png b.png c.png.",
+)
+@click.option("--steps", type=int, default=None, help="Adaptation steps (default: eval.steps).")
+@click.option("--out", type=PATH, default=None, help="Also write the predictions as JSON here.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+def adapt(run_dir, more_queries, support, queries, steps, out, force, trust_code) -> None:
+    """Adapt the trained model of RUN_DIR to a new task (--support) and predict --query."""
+    from mamlkit.adaptation import adapt_run
+
+    result = adapt_run(
+        run_dir,
+        support,
+        [*queries, *more_queries],
+        steps=steps,
+        out=out,
+        force=force,
+        trust_code=trust_code,
+    )
+    for row in result["predictions"]:
+        if "class" in row:
+            p = row["probabilities"][row["class"]]
+            click.echo(f"{row['query']}\t{row['class']}\t{p:.3f}")
+        else:
+            click.echo(f"{row['x']}\t{row['y']}")
+    if out is not None:
+        click.echo(f"wrote {out}")
+
+
+@app.command()
 def presets() -> None:
     """List the shipped config presets."""
     from mamlkit.config import PRESET_DIR
