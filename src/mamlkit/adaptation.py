@@ -51,6 +51,11 @@ class ImagePreprocessing:
         return decode_image(path, self.size, self.channels, invert=self.invert)
 
 
+def read_images(paths: list[Path], prepare: ImagePreprocessing) -> Tensor:
+    """Image files -> ``[N, C, S, S]`` floats in [0, 1], preprocessed as ``prepare`` says."""
+    return _to_tensor([prepare(p) for p in paths])
+
+
 def read_support_folder(folder: Path, prepare: ImagePreprocessing) -> tuple[Tensor, Tensor, list]:
     """``folder/<class>/<image>`` -> images ``[N·K, C, S, S]``, labels ``[N·K]`` (class
     index in sorted name order) and the class names."""
@@ -90,7 +95,7 @@ def read_support_folder(folder: Path, prepare: ImagePreprocessing) -> tuple[Tens
             f"--support {folder}: classes hold different numbers of images ({detail}); give "
             "every class the same K images"
         )
-    x = _to_tensor([prepare(p) for class_files in files for p in class_files])
+    x = read_images([p for class_files in files for p in class_files], prepare)
     y = torch.arange(len(classes)).repeat_interleave(len(files[0]))
     return x, y, classes
 
@@ -230,7 +235,7 @@ def adapt_run(
     prepare = ImagePreprocessing(config)
     xs, ys, classes = read_support_folder(support, prepare)
     paths = query_image_paths([Path(q) for q in queries])
-    xq = _to_tensor([prepare(p) for p in paths])
+    xq = read_images(paths, prepare)
     if config.algorithm.name in ("maml", "fomaml"):
         with torch.no_grad():
             outputs = learner.model(xs[:2].to(device)).shape[-1]
