@@ -71,6 +71,21 @@ def test_adapt_with_a_pixel_space_prototype_model(capsys, tmp_path):
     for p in record["predictions"]:
         assert sum(p["probabilities"].values()) == pytest.approx(1.0)
     assert stdout.splitlines()[0].split("\t")[:2] == [str(queries[0]), classes[-1]]
+    code, _, err = run_cli(  # a folder of queries: its images, in name order
+        capsys,
+        "adapt",
+        run,
+        "--support",
+        tmp_path / "support",
+        "--query",
+        tmp_path / "q",
+        "--out",
+        tmp_path / "folder.json",
+        "--trust-code",
+    )
+    assert code == 0, err
+    by_folder = json.loads((tmp_path / "folder.json").read_text())["predictions"]
+    assert by_folder == record["predictions"]
 
 
 def test_adapt_regression_run_from_csv_matches_predict_task(capsys, tmp_path):

@@ -40,7 +40,20 @@ def _to_tensor(images: list[np.ndarray]) -> Tensor:
 
 
 class ImagePreprocessing:
-    """How the run's training images were made: size, channels, Omniglot's inversion."""
+    """How the run's training images were made: size, channels, Omniglot's inversion.
+    Calling it on an image file gives the uint8 array the run's data set would hold.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from mamlkit import load_config
+        >>> path = tempfile.mkdtemp() + "/a.png"
+        >>> Image.new("RGB", (105, 90), "white").save(path)
+        >>> prepare = ImagePreprocessing(load_config("omniglot_maml_5w1s"))
+        >>> array = prepare(path)
+        >>> array.shape, int(array.max())  # grey, 28 x 28, white paper -> 0 after inversion
+        ((28, 28), 0)
+    """
 
     def __init__(self, config: Config):
         self.size = config.task.image_size
