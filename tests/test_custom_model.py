@@ -113,3 +113,12 @@ def test_trainer_run_of_a_custom_model_described_by_target_evaluates(tmp_path):
     assert {"mse", "ci95"} <= set(eval_run(tmp_path / "run", trust_code=True))
     with pytest.raises(UserError, match="trust"):
         eval_run(tmp_path / "run")
+
+
+def test_a_target_inside_mamlkit_needs_no_trust(tmp_path):
+    config = load_config(
+        "sine_maml", [*SHORT, "model.target=mamlkit.models:MLP", "model.kwargs={sizes: [1, 8, 1]}"]
+    )
+    learner = build_learner(config)
+    Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False).fit()
+    assert "mse" in eval_run(tmp_path / "run")
