@@ -71,8 +71,8 @@ class NaNQueryAt:
         return batch
 
 
-def sine_config(iterations, device="cpu", **train):
-    sets = [
+def sine_config(iterations, device="cpu", preset="sine_maml", extra=(), **train):
+    sets = [*extra,
         f"train.iterations={iterations}",
         "train.meta_batch=4",
         "train.tensorboard=false",
@@ -81,7 +81,12 @@ def sine_config(iterations, device="cpu", **train):
         "train.checkpoint_every=5",
     ]
     sets += [f"train.{k}={v}" for k, v in train.items()]
-    return load_config("sine_maml", sets)
+    return load_config(preset, sets)
+
+
+def conv_config(iterations, device="cpu", **train):
+    """The Omniglot 5w1s preset with 8 filters (the model the conv tests build)."""
+    return sine_config(iterations, device, "omniglot_maml_5w1s", ["model.filters=8"], **train)
 
 
 def conv_tasks(device):
@@ -98,7 +103,7 @@ def train_run(run: Path, kind: str, device: str, device_step: bool, monkeypatch,
         tasks, config, metric = SineTasks(), sine_config(23, device, **train), "mse"
     else:
         learner = MAML(Conv4(5, filters=8, global_pool=True), F.cross_entropy, 0.4)
-        tasks, config, metric = conv_tasks(device), sine_config(12, device, **train), "accuracy"
+        tasks, config, metric = conv_tasks(device), conv_config(12, device, **train), "accuracy"
     mode = "auto" if device_step else "off"
     config.train.cuda_graphs = mode
     trainer = Trainer(learner, tasks, config, run, metric=metric, progress=False)
@@ -243,7 +248,7 @@ def train_run_graph(run: Path, kind: str, device: str):
         tasks, config, metric = SineTasks(), sine_config(23, device), "mse"
     else:
         learner = MAML(Conv4(5, filters=8, global_pool=True), F.cross_entropy, 0.4)
-        tasks, config, metric = conv_tasks(device), sine_config(12, device), "accuracy"
+        tasks, config, metric = conv_tasks(device), conv_config(12, device), "accuracy"
     trainer = Trainer(learner, tasks, config, run, metric=metric, progress=False)
     trainer.fit()
     assert trainer.engine == "cuda-graph"

@@ -30,6 +30,10 @@ _EXPORTS = {
     "load_config": "mamlkit.config",
     "Trainer": "mamlkit.training",
     "evaluate": "mamlkit.evaluation",
+    "load_run": "mamlkit.runner",
+    "from_run": "mamlkit.saving",
+    "from_pretrained": "mamlkit.saving",
+    "save_pretrained": "mamlkit.saving",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -6,6 +6,7 @@ a run directory is written."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,8 +21,9 @@ from mamlkit.algorithms import (
     PrototypicalNetwork,
 )
 from mamlkit.config import Config
-from mamlkit.errors import ConfigError
+from mamlkit.errors import ConfigError, UserError
 from mamlkit.models import MLP, Conv4
+from mamlkit.models.target import build_target_model, is_builtin_target
 from mamlkit.tasks import ClassBatches, EpisodeTasks, SineTasks, TaskDistribution
 
 
@@ -38,7 +40,27 @@ def metric_for(c: Config) -> str:
     return "mse" if c.task.name == "sine" else "accuracy"
 
 
+def check_code_trust(c: Config, source: Path, trust_code: bool) -> None:
+    """Refuse to import a model target from outside mamlkit that ``source`` (a run
+    directory's config) names, unless the user said they trust it: importing runs code."""
+    target = c.model.target
+    if target and not is_builtin_target(target) and not trust_code:
+        raise UserError(
+            f"{source} builds its model by importing {target!r}, which runs that code; "
+            "pass --trust-code (trust_code=True) if you trust where this run came from"
+        )
+
+
+def image_channels(c: Config) -> int:
+    """Channels of the images of an image task: 1 (grey) or 3 (RGB)."""
+    if c.task.channels is not None:
+        return c.task.channels
+    return 1 if c.task.name == "omniglot" else 3
+
+
 def build_model(c: Config, out_features: int | None = None) -> nn.Module:
+    if c.model.target is not None:
+        return build_target_model(c.model.target, c.model.kwargs)
     if c.model.name == "mlp":
         if c.task.name != "sine":
             raise ConfigError("config key 'model.name': image tasks need model.name=conv4")
@@ -47,7 +69,7 @@ def build_model(c: Config, out_features: int | None = None) -> nn.Module:
         raise ConfigError("config key 'model.name': sine regression needs model.name=mlp")
     return Conv4(
         out_features=c.task.ways if out_features is None else out_features,
-        in_channels=1 if c.task.name == "omniglot" else 3,
+        in_channels=image_channels(c),
         filters=c.model.filters,
         image_size=c.task.image_size,
         pooling=c.model.pooling,
@@ -89,6 +111,38 @@ def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearne
     )
 
 
+def check_config_describes(c: Config, learner: MetaLearner) -> None:
+    """Refuse a config that would not rebuild ``learner`` (another algorithm, another
+    network): a run directory's config.yaml must rebuild the model its weights belong to,
+    or ``mamlkit eval``/``adapt`` cannot load them."""
+    classes = None
+    if isinstance(learner, PretrainedClassifier):
+        classes = learner.model.head.out_features
+    with torch.random.fork_rng(devices=[]):  # building initialises: keep the global RNG
+        try:
+            reference = build_learner(c, num_train_classes=classes)
+        except UserError as exc:
+            problem = f"it cannot build a learner ({exc})"
+        else:
+            ours = {k: tuple(v.shape) for k, v in learner.state_dict().items()}
+            theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+            if not isinstance(learner, type(reference)):
+                problem = (
+                    f"it builds a {type(reference).__name__}, the learner is a "
+                    f"{type(learner).__name__}"
+                )
+            elif ours != theirs:
+                diff = sorted(set(ours.items()) ^ set(theirs.items()))[:2]
+                problem = f"its model has other parameters ({diff} ...)"
+            else:
+                return
+    raise UserError(
+        f"the config does not describe the learner being trained: {problem}; set "
+        "algorithm.name and model.target='package.module:ClassName' with model.kwargs so "
+        "that the run's config.yaml rebuilds this model (or train without a run directory)"
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def _omniglot_split_images(
     data_dir: str | None, image_size: int, scheme: str, seed: int, n_val: int
@@ -100,17 +154,36 @@ def _omniglot_split_images(
     return {name: data.images[idx] for name, idx in splits.items()}
 
 
+@functools.lru_cache(maxsize=4)
+def _image_folder_split_images(
+    data_dir: str, image_size: int, channels: int, fractions: tuple[float, ...], seed: int
+) -> dict[str, np.ndarray]:
+    from mamlkit.data.imagefolder import load_image_folder
+
+    splits = load_image_folder(data_dir, image_size, channels, fractions, seed)
+    return {name: images for name, (images, _classes) in splits.items()}
+
+
 def _class_images(c: Config, split: str) -> np.ndarray:
     t = c.task
     if t.name == "omniglot":
         images = _omniglot_split_images(
             t.data_dir, t.image_size, t.split, t.split_seed, t.val_classes
         )[split]
+    elif t.name == "imagefolder":
+        images = _image_folder_split_images(
+            t.data_dir, t.image_size, image_channels(c), tuple(t.split_fractions), t.split_seed
+        )[split]
     else:
         from mamlkit.data import find_miniimagenet_dir, load_miniimagenet
 
         root = find_miniimagenet_dir(t.data_dir)
         images = load_miniimagenet(root, split, image_size=t.image_size).images
+    if len(images) == 0 and t.name == "imagefolder":
+        raise ConfigError(
+            f"config key 'task.split_fractions': the {split!r} split of {t.data_dir} has no "
+            "classes; add class folders, change the fractions, or set train.val_every=0"
+        )
     if len(images) == 0:
         raise ConfigError(
             f"config key 'task.val_classes': the {split!r} split is empty; "
@@ -128,7 +201,8 @@ def build_tasks(c: Config, split: str = "train") -> TaskDistribution:
         # evaluation: MSE over a grid across the whole input range
         return SineTasks(t.k_support, t.k_query, query_grid=100)
     images = torch.from_numpy(_class_images(c, split))
-    rotations = t.rotations and t.name == "omniglot" and split == "train"
+    rotate = t.name == "omniglot" if t.rotations is None else t.rotations
+    rotations = rotate and t.name in ("omniglot", "imagefolder") and split == "train"
     device = c.train.device
     if split == "train" and c.algorithm.name == "pretrained":
         return ClassBatches(images, t.batch_size, rotations=rotations, device=device)

@@ -127,8 +127,14 @@ def reproduce_sine_cmd(
 @click.option("--resume", type=PATH, default=None, help="Continue the run in this directory.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train(config, overrides, out, data_dir, resume, force, progress) -> None:
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="With --resume: allow importing the run's model.target from outside mamlkit.",
+)
+def train(config, overrides, out, data_dir, resume, force, progress, trust_code) -> None:
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
+    from mamlkit.build import check_code_trust
     from mamlkit.config import load_config
     from mamlkit.runner import data_dir_update, train_run
 
@@ -149,6 +155,7 @@ def train(config, overrides, out, data_dir, resume, force, progress) -> None:
         if not cfg_path.is_file():
             raise UserError(f"--resume {resume}: no config.yaml there; not a mamlkit run directory")
         cfg = load_config(str(cfg_path), list(overrides), updates=data_dir_update(data_dir))
+        check_code_trust(cfg, cfg_path, trust_code)
         summary = train_run(
             cfg, resume, resume=True, progress=progress, update_config=bool(overrides)
         )
@@ -173,6 +180,12 @@ RESUME_OVERRIDES = frozenset(
 )
 
 
+TRUST_HELP = (
+    "Allow importing the run's model.target from outside mamlkit (that runs its code; "
+    "only for runs you trust)."
+)
+
+
 @app.command("eval")
 @click.argument("run_dir", type=PATH)
 @click.option("--tasks", type=int, default=None, help="Test tasks (default: config eval.tasks).")
@@ -186,14 +199,66 @@ RESUME_OVERRIDES = frozenset(
     help="Evaluate a training checkpoint (also of a running run) instead of the final "
     "weights; writes RUN_DIR/eval-step-N.json.",
 )
-def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint) -> None:
+@click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint, trust_code) -> None:
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
     from mamlkit.runner import eval_run
 
     result = eval_run(
-        run_dir, tasks=tasks, split=split, steps=steps, data_dir=data_dir, checkpoint=checkpoint
+        run_dir,
+        tasks=tasks,
+        split=split,
+        steps=steps,
+        data_dir=data_dir,
+        checkpoint=checkpoint,
+        trust_code=trust_code,
     )
     click.echo(json.dumps(result))
+
+
+@app.command()
+@click.argument("run_dir", type=PATH)
+@click.argument("more_queries", nargs=-1, metavar="[QUERY]...")
+@click.option(
+    "--support",
+    type=PATH,
+    required=True,
+    help="Image runs: a folder with one sub-folder of K images per class. Regression runs: "
+    "a CSV with columns x,y.",
+)
+@click.option(
+    "--query",
+    "queries",
+    multiple=True,
+    metavar="QUERY",
+    help="Images (or folders of images) to classify; for regression runs x values or a CSV "
+    "with an x column. More may follow: --query a.png b.png c.png.",
+)
+@click.option("--steps", type=int, default=None, help="Adaptation steps (default: eval.steps).")
+@click.option("--out", type=PATH, default=None, help="Also write the predictions as JSON here.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+def adapt(run_dir, more_queries, support, queries, steps, out, force, trust_code) -> None:
+    """Adapt the trained model of RUN_DIR to a new task (--support) and predict --query."""
+    from mamlkit.adaptation import adapt_run
+
+    result = adapt_run(
+        run_dir,
+        support,
+        [*queries, *more_queries],
+        steps=steps,
+        out=out,
+        force=force,
+        trust_code=trust_code,
+    )
+    for row in result["predictions"]:
+        if "class" in row:
+            p = row["probabilities"][row["class"]]
+            click.echo(f"{row['query']}\t{row['class']}\t{p:.3f}")
+        else:
+            click.echo(f"{row['x']}\t{row['y']}")
+    if out is not None:
+        click.echo(f"wrote {out}")
 
 
 @app.command()

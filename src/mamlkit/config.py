@@ -25,7 +25,7 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 @dataclass
 class TaskConfig:
-    name: str = "sine"  # sine | omniglot | miniimagenet
+    name: str = "sine"  # sine | omniglot | miniimagenet | imagefolder
     # sine: K support and K query points per task
     k_support: int = 10
     k_query: int = 10
@@ -39,8 +39,12 @@ class TaskConfig:
     split: str = "maml"  # Omniglot: maml (1200/423 random) | lake (background/evaluation)
     split_seed: int = 0
     val_classes: int = 0  # taken out of the training classes for validation
-    rotations: bool = True  # Omniglot: 0/90/180/270° as new classes (training only)
+    # 0/90/180/270° as new classes (training only); default: on for Omniglot only
+    rotations: bool | None = None
     image_size: int = 28
+    channels: int | None = None  # 1 grey, 3 RGB; default: omniglot 1, others 3
+    # imagefolder without train/ val/ test/ folders: class proportions of the seeded split
+    split_fractions: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])
     batch_size: int = 64  # pretrained classifier: images per ordinary minibatch
 
 
@@ -53,6 +57,9 @@ class ModelConfig:
     init: str = "torch"  # mlp: torch (PyTorch default) | trunc_normal (cbfinn/maml: std 0.01)
     global_pool: bool = False  # conv4: average the last feature map before the head (cbfinn)
     bn_running_stats: bool = False  # conv4 for protonet: track running stats, use them in eval
+    # any importable nn.Module ("package.module:ClassName" built with kwargs); replaces name
+    target: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,6 +129,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"config key '{key}': expected {_name(tp)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
@@ -254,9 +265,21 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(c: Config) -> None:
     """Refuse impossible values before training starts, naming the key."""
     _require(
-        c.task.name in ("sine", "omniglot", "miniimagenet"),
+        c.task.name in ("sine", "omniglot", "miniimagenet", "imagefolder"),
         "task.name",
-        f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet)",
+        f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet, imagefolder)",
+    )
+    _require(
+        c.task.name != "imagefolder" or bool(c.task.data_dir),
+        "task.data_dir",
+        "task.name=imagefolder needs the folder of class folders (or --data-dir)",
+    )
+    _require(c.task.channels in (None, 1, 3), "task.channels", "must be 1 (grey) or 3 (RGB)")
+    fractions = c.task.split_fractions
+    _require(
+        len(fractions) == 3 and min(fractions) >= 0 and fractions[0] > 0 and fractions[2] > 0,
+        "task.split_fractions",
+        f"needs three fractions (train, val, test), train and test > 0; got {fractions}",
     )
     _require(
         c.model.name in ("mlp", "conv4"),
@@ -264,6 +287,11 @@ def validate(c: Config) -> None:
         f"unknown model {c.model.name!r} (mlp, conv4)",
     )
     _require(c.model.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
+    _require(
+        c.model.target is not None or not c.model.kwargs,
+        "model.kwargs",
+        "only used with model.target; set model.target='package.module:ClassName'",
+    )
     _require(
         c.model.init in ("torch", "trunc_normal"), "model.init", "must be 'torch' or 'trunc_normal'"
     )

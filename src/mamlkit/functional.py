@@ -12,6 +12,8 @@ affine BatchNorm (``vmap`` over ``torch.func.grad`` is not, see docs/design.md).
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -24,6 +26,8 @@ TaskForward = Callable[[Params, Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 IMPLS = ("auto", "batched", "vmap", "loop")
+
+logger = logging.getLogger(__name__)
 
 
 Selection = Callable[[str], bool]
@@ -57,24 +61,48 @@ def stack_params(params: Mapping[str, Tensor], tasks: int) -> Params:
     return {name: p.unsqueeze(0).expand(tasks, *p.shape) for name, p in params.items()}
 
 
-def _has_running_stats(model: nn.Module) -> bool:
-    return any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-        for m in model.modules()
-    )
+def _vmap_unsupported(model: nn.Module) -> str | None:
+    """Why ``vmap`` cannot run ``model`` (None if nothing known stands in its way):
+    BatchNorm that updates running statistics writes in place, and recurrent layers have
+    no batching rule (``aten::lstm`` and friends)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            return f"{type(m).__name__} tracks running statistics"
+        if isinstance(m, nn.RNNBase):
+            return f"{type(m).__name__} has no vmap batching rule"
+    return None
+
+
+def _defining_class(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def has_batched_forward(model: nn.Module) -> bool:
+    """Whether ``model.batched_forward`` computes the same function as its ``forward``: a
+    subclass that overrides ``forward`` but not ``batched_forward`` inherits a kernel of
+    its parent's network, which would silently compute something else."""
+    if "batched_forward" in vars(model):
+        return True
+    batched = _defining_class(type(model), "batched_forward")
+    forward = _defining_class(type(model), "forward")
+    return batched is not None and forward is not None and issubclass(batched, forward)
 
 
 def task_forward(
     model: nn.Module, impl: str = "auto", adapt: Selection | None = None
-) -> tuple[TaskForward, str]:
+) -> tuple[PerTaskForward, str]:
     """A function ``(params [T, ...], x [T, N, ...]) -> out [T, N, ...]`` running each task
     with its own parameters, and the name of the implementation chosen.
 
     ``batched``: the model's own ``batched_forward`` (fastest where a model has one);
-    ``vmap``: ``torch.func.vmap`` over ``functional_call`` (any module);
+    ``vmap``: ``torch.func.vmap`` over ``functional_call``, each task with its own random
+    numbers (dropout masks); most layers, but not recurrent ones or BatchNorm that tracks
+    running statistics;
     ``loop``: one ``functional_call`` per task (any module; the reference).
-    ``auto`` picks ``batched`` if the model has it, else ``vmap``, else ``loop`` for models
-    whose BatchNorm tracks running stats (an in-place update that vmap refuses).
+    ``auto`` picks ``batched`` if the model defines ``batched_forward`` for its own
+    ``forward`` (:func:`has_batched_forward`), ``loop`` for models vmap cannot run, else
+    ``vmap`` -- and falls back to ``loop`` with a warning if the first vmapped call fails;
+    the returned callable's ``impl`` attribute then says ``loop``.
     Parameters outside ``params`` (frozen ones, and those ``adapt`` leaves out) are shared
     by all tasks and keep their autograd history, so the outer loss still reaches the
     meta-learned ones among them. Which parameters are frozen is read when the function is
@@ -82,24 +110,42 @@ def task_forward(
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    obstacle = _vmap_unsupported(model)
+    fallback = False
     if impl == "auto":
-        if hasattr(model, "batched_forward"):
+        if has_batched_forward(model):
             impl = "batched"
+        elif obstacle is not None:
+            impl = "loop"
+            logger.info("impl='auto' runs %s as a loop: %s", type(model).__name__, obstacle)
         else:
-            impl = "loop" if _has_running_stats(model) else "vmap"
-
-    if impl == "batched" and not hasattr(model, "batched_forward"):
-        raise ValueError(f"{type(model).__name__} has no batched_forward; use vmap or loop")
-    return PerTaskForward(model, impl, adapt), impl
+            impl, fallback = "vmap", True
+    if impl == "batched":
+        if not hasattr(model, "batched_forward"):
+            raise ValueError(f"{type(model).__name__} has no batched_forward; use vmap or loop")
+        if not has_batched_forward(model):
+            raise ValueError(
+                f"{type(model).__name__} overrides forward but inherits batched_forward from "
+                "its parent, which computes the parent's network; use impl='vmap' or 'loop', "
+                "or define batched_forward for it"
+            )
+    if impl == "vmap" and obstacle is not None:
+        raise ValueError(f"impl='vmap' cannot run {type(model).__name__}: {obstacle}")
+    return PerTaskForward(model, impl, adapt, fallback), impl
 
 
 class PerTaskForward:
     """``(params [T, ...], x [T, N, ...]) -> out [T, N, ...]`` through ``model`` by ``impl``
     (see :func:`task_forward`). An object rather than a closure, so that a deep copy of a
-    learner runs the copied model, not the original."""
+    learner runs the copied model, not the original. With ``fallback`` (``impl="auto"``
+    that chose vmap), a first vmapped call that fails while a loop succeeds switches to
+    the loop for good, with a warning; ``impl`` then says ``loop``."""
 
-    def __init__(self, model: nn.Module, impl: str, adapt: Selection | None = None):
+    def __init__(
+        self, model: nn.Module, impl: str, adapt: Selection | None = None, fallback: bool = False
+    ):
         self.model, self.impl, self.adapt = model, impl, adapt
+        self.fallback = fallback
         # Buffers and shared parameters: most models have none; skip the module-tree walk
         # per call then (it costs ~10% of a sine meta-iteration).
         self.has_fixed = any(True for _ in model.buffers()) or any(
@@ -118,17 +164,43 @@ class PerTaskForward:
         return out
 
     def __call__(self, params: Params, x: Tensor) -> Tensor:
-        model = self.model
         if self.impl == "batched":
             # batched kernels index every tensor by task: shared ones get the task axis too
             shared = {n: v.expand(x.shape[0], *v.shape) for n, v in self.fixed().items()}
-            return model.batched_forward({**shared, **params}, x)
+            return self.model.batched_forward({**shared, **params}, x)
+        if self.impl == "loop":
+            return self._loop(params, x)
+        if not self.fallback:
+            return self._vmap(params, x)
+        try:
+            out = self._vmap(params, x)
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            out = self._loop(params, x)  # a genuine mistake fails here too, with its error
+            self.impl = "loop"
+            reason = str(exc).splitlines()[0][:200]
+            warnings.warn(
+                f"impl='auto': {type(self.model).__name__} does not run under torch.func.vmap "
+                f"({reason}); running the tasks in a loop instead (pass impl='loop' to "
+                "silence this)",
+                stacklevel=3,
+            )
+        self.fallback = False
+        return out
+
+    def _vmap(self, params: Params, x: Tensor) -> Tensor:
+        model, shared = self.model, self.fixed()
+        # "different": each task draws its own random numbers (e.g. its own dropout mask)
+        return vmap(
+            lambda p, xi: functional_call(model, {**shared, **p}, (xi,)), randomness="different"
+        )(params, x)
+
+    def _loop(self, params: Params, x: Tensor) -> Tensor:
         shared = self.fixed()
-        if self.impl == "vmap":
-            return vmap(lambda p, xi: functional_call(model, {**shared, **p}, (xi,)))(params, x)
         return torch.stack(
             [
-                functional_call(model, {**shared, **{n: p[t] for n, p in params.items()}}, (xt,))
+                functional_call(
+                    self.model, {**shared, **{n: p[t] for n, p in params.items()}}, (xt,)
+                )
                 for t, xt in enumerate(x)
             ]
         )

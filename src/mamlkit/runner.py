@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mamlkit.build import build_learner, build_tasks, check_device, metric_for
+from mamlkit.build import build_learner, build_tasks, check_code_trust, check_device, metric_for
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import UserError
@@ -80,14 +80,20 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
 
 
 def load_run(
-    run_dir: Path, data_dir: Path | None = None, checkpoint: str | None = None
+    run_dir: Path,
+    data_dir: Path | None = None,
+    checkpoint: str | None = None,
+    trust_code: bool = False,
 ) -> tuple[Config, Any, int | None]:
     """The config, the learner and its training step (None if unknown) of a run directory:
-    the final weights, or with ``checkpoint`` (a step or ``latest``) a checkpoint's."""
+    the final weights, or with ``checkpoint`` (a step or ``latest``) a checkpoint's. A
+    ``model.target`` outside mamlkit is imported only with ``trust_code``."""
+    run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
     config = load_config(str(cfg_path), updates=data_dir_update(data_dir))
+    check_code_trust(config, cfg_path, trust_code)
     check_device(config)
     if checkpoint is not None:
         weights = checkpoint_path(run_dir, checkpoint)
@@ -121,10 +127,11 @@ def eval_run(
     steps: int | None = None,
     data_dir: Path | None = None,
     checkpoint: str | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
     (``checkpoint``) into the run directory and returns the same record."""
-    config, learner, step = load_run(run_dir, data_dir, checkpoint)
+    config, learner, step = load_run(run_dir, data_dir, checkpoint, trust_code)
     tasks = config.eval.tasks if tasks is None else tasks
     split = config.eval.split if split is None else split
     steps = config.eval.steps if steps is None else steps

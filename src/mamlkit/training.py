@@ -194,6 +194,9 @@ class Trainer:
     TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
     ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end.
     ``metric`` ("accuracy" or "mse") is computed on the query predictions when logging.
+    A ``run_dir`` needs a ``config`` that rebuilds ``learner`` (for a model of your own:
+    ``model.target``/``model.kwargs``), so that ``mamlkit eval`` can load the run; ``fit``
+    refuses another one before writing anything.
     """
 
     #: tests run the CUDA-graph step's code on the CPU (uncaptured) with this set
@@ -300,6 +303,10 @@ class Trainer:
         """Train to ``iterations``; ``resume`` continues from the newest checkpoint, and
         ``config_changed`` then records the (allowed) changes in config.yaml once restored."""
         if self.run_dir is not None:
+            if not resume:
+                from mamlkit.build import check_config_describes
+
+                check_config_describes(self.config, self.learner)
             if resume:
                 checkpoints = self._checkpoints()
                 if not checkpoints:

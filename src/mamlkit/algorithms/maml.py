@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mamlkit.algorithms.base import MetaLearner
+from mamlkit.algorithms.base import MetaLearner, check_task_batch
 from mamlkit.functional import (
     FixedStepSize,
     InnerUpdate,
@@ -88,8 +88,14 @@ class MAML(MetaLearner):
         self.adapted = select(adapt)
         if not adaptable_params(model, self.adapted):
             raise ValueError(f"adapt={adapt!r} selects no trainable parameter of the model")
-        self._forward, self.impl = task_forward(model, impl, self.adapted)
+        self._forward, self._impl = task_forward(model, impl, self.adapted)
         self.update = self.make_update()
+
+    @property
+    def impl(self) -> str:
+        """How the tasks run through the model (``batched``, ``vmap`` or ``loop``): what
+        ``impl="auto"`` chose, updated if vmap failed on the first call and it fell back."""
+        return getattr(self._forward, "impl", self._impl)
 
     def make_update(self) -> InnerUpdate:
         """The inner update rule (a module: its parameters are meta-learned with θ)."""
@@ -113,18 +119,63 @@ class MAML(MetaLearner):
         keep_graph: bool = True,
     ) -> Params:
         """Adapted parameters φ with a leading task dimension T (differentiable w.r.t. θ and
-        any learned step sizes); ``lr`` replaces the update rule by fixed step sizes."""
+        any learned step sizes); ``lr`` replaces the update rule by fixed step sizes.
+
+        ``support_x [T, N, ...]`` and ``support_y [T, N, ...]``: T tasks of N examples each
+        (one task without the task axis: :meth:`adapt_task`). Under ``torch.no_grad()`` or
+        ``torch.inference_mode()`` this is test-time adaptation: the steps still take
+        gradients (first order, with respect to φ only) and φ comes back detached.
+        """
+        check_task_batch(support_x, support_y, "adapt")
         steps = self.inner_steps if steps is None else steps
         theta = adaptable_params(self.model, self.adapted) if params is None else params
-        return inner_loop(
-            stack_params(theta, support_x.shape[0]),
-            supervised_support_loss(self._forward, support_x, support_y, self.loss_fn),
-            self.update if lr is None else FixedStepSize(lr),
-            steps,
-            first_order=self.first_order if first_order is None else first_order,
-            on_step=on_step,
-            keep_graph=keep_graph,
-        )
+        update = self.update if lr is None else FixedStepSize(lr)
+        first_order = self.first_order if first_order is None else first_order
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            return inner_loop(
+                stack_params(theta, support_x.shape[0]),
+                supervised_support_loss(self._forward, support_x, support_y, self.loss_fn),
+                update,
+                steps,
+                first_order=first_order,
+                on_step=on_step,
+                keep_graph=keep_graph,
+            )
+        with torch.inference_mode(False), torch.enable_grad():
+            # inference tensors cannot enter an autograd graph: ordinary copies can
+            support_x, support_y = support_x.clone(), support_y.clone()
+            start = {n: p.detach().clone().requires_grad_() for n, p in theta.items()}
+            phi = inner_loop(
+                stack_params(start, support_x.shape[0]),
+                supervised_support_loss(self._forward, support_x, support_y, self.loss_fn),
+                update,
+                steps,
+                first_order=True,
+                on_step=on_step,
+                keep_graph=False,
+            )
+        return {n: p.detach() for n, p in phi.items()}
+
+    def adapt_task(
+        self, support_x: Tensor, support_y: Tensor, steps: int | None = None, **kwargs
+    ) -> Params:
+        """:meth:`adapt` for ONE task without the task axis: ``support_x [N, ...]`` ->
+        adapted parameters ``{name: tensor}`` shaped like the model's own, ready for
+        ``torch.func.functional_call(learner.model, phi, (x,))``.
+
+        Example:
+            >>> import torch, torch.nn.functional as F
+            >>> from mamlkit import MAML
+            >>> from mamlkit.models import MLP
+            >>> learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, inner_lr=0.01)
+            >>> xs = torch.linspace(-5, 5, 10).unsqueeze(1)
+            >>> with torch.no_grad():
+            ...     phi = learner.adapt_task(xs, torch.sin(xs), steps=5)
+            >>> phi["net.0.weight"].shape
+            torch.Size([40, 1])
+        """
+        phi = self.adapt(support_x.unsqueeze(0), support_y.unsqueeze(0), steps, **kwargs)
+        return {name: p[0] for name, p in phi.items()}
 
     def predict(self, params: Params, x: Tensor) -> Tensor:
         """Run the model on ``x [T, N, ...]`` with per-task parameters ``params [T, ...]``."""

@@ -8,6 +8,8 @@ and every higher layer can build on it.
 
 from mamlkit.data.cache import atomic_save_npy, default_cache_dir, load_npy
 from mamlkit.data.errors import DataError
+from mamlkit.data.imagefolder import load_image_folder
+from mamlkit.data.images import decode_image
 from mamlkit.data.miniimagenet import ImageClassData, find_miniimagenet_dir, load_miniimagenet
 from mamlkit.data.omniglot import (
     OmniglotData,
@@ -22,10 +24,12 @@ __all__ = [
     "ImageClassData",
     "OmniglotData",
     "atomic_save_npy",
+    "decode_image",
     "default_cache_dir",
     "download_omniglot",
     "find_miniimagenet_dir",
     "find_omniglot_dir",
+    "load_image_folder",
     "load_miniimagenet",
     "load_npy",
     "load_omniglot",
