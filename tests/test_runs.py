@@ -84,13 +84,14 @@ class TroubleAt(MAML):
         super().__init__(*args, **kwargs)
         self.trouble, self.step, self.calls = trouble, step, 0
 
-    def meta_forward(self, *batch):
+    def meta_forward(self, batch, iteration=0):
         self.calls += 1
         if self.calls == self.step and self.trouble == "interrupt":
             raise KeyboardInterrupt
-        loss, pred = super().meta_forward(*batch)
-        nan = self.calls == self.step and self.trouble == "nan"
-        return (loss * float("nan") if nan else loss), pred
+        out = super().meta_forward(batch, iteration)
+        if self.calls == self.step and self.trouble == "nan":
+            out.loss = out.loss * float("nan")
+        return out
 
 
 def test_divergence_stops_with_iteration_and_keeps_last_checkpoint(tmp_path):

@@ -135,14 +135,16 @@ class DeviceStep:
                 group["capturable"] = True
         self.inputs: TaskBatch | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self._graph_lrs: list[float] | None = None
+        self._graph_key: tuple | None = None
+        self._at = start
         self._eager_runs = 0
 
     # ---- the iteration ------------------------------------------------------------------
     def _iteration(self) -> None:
         """One iteration on ``self.inputs``; everything stays on the device."""
         batch = self.inputs
-        loss, pred = self.learner.meta_forward(*batch)
+        out = self.learner.meta_forward(batch, self._at)
+        loss, pred = out.loss, out.predictions
         loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
         with torch.no_grad():
@@ -181,12 +183,18 @@ class DeviceStep:
                 )
             static.copy_(new)
 
-    def __call__(self, batch: TaskBatch) -> None:
-        """Run one iteration on ``batch`` (copied into the step's input buffers)."""
+    def __call__(self, batch: TaskBatch, iteration: int = 0) -> None:
+        """Run training iteration ``iteration`` on ``batch`` (copied into the step's input
+        buffers)."""
         self._load(batch)
-        lrs = [group["lr"] for group in self.optimizer.param_groups]
-        if self.graph is not None and lrs != self._graph_lrs:
-            # a captured step bakes the learning rate in: capture again after a change
+        self._at = iteration
+        # a captured step bakes in the learning rates and whatever of the iteration the
+        # learner's objective depends on: capture again when either changes
+        key = (
+            [group["lr"] for group in self.optimizer.param_groups],
+            self.learner.capture_key(iteration),
+        )
+        if self.graph is not None and key != self._graph_key:
             self.graph = None
         if self.graph is not None:
             self.graph.replay()
@@ -221,7 +229,7 @@ class DeviceStep:
             self.optimizer.zero_grad(set_to_none=True)
             self._iteration()
             return
-        self.graph, self._graph_lrs = graph, lrs
+        self.graph, self._graph_key = graph, key
         graph.replay()  # capturing records the iteration; replaying runs it
 
     # ---- the host's view ------------------------------------------------------------------

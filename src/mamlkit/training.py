@@ -424,7 +424,7 @@ class Trainer:
             batch = self.train_tasks.sample(cfg.meta_batch, self.generator)
             if device_step is not None:
                 # the health check and the logging sums stay on the device (no sync here)
-                device_step(batch)
+                device_step(batch, self.step)
                 if device_step.capture_error and self.engine == "cuda-graph":
                     self.engine = "device-eager"
                     print(
@@ -437,7 +437,12 @@ class Trainer:
                 bar.update(1)
                 self._after_step(bar, device_step)
                 continue
-            loss, pred = self.learner.meta_forward(*batch)
+            custom = self.learner.outer_step(batch, self.optimizer, self.step)
+            if custom is not None:
+                self._finish_custom_step(custom, metric_fn, batch, bar)
+                continue
+            out = self.learner.meta_forward(batch, self.step)
+            loss, pred = out.loss, out.predictions
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads = [p.grad for p in params if p.grad is not None]
@@ -465,6 +470,25 @@ class Trainer:
             bar.update(1)
             self._after_step(bar, None)
         bar.close()
+
+    def _finish_custom_step(self, out, metric_fn, batch, bar) -> None:
+        """Bookkeeping after a learner's own outer step (:meth:`MetaLearner.outer_step`)."""
+        with torch.no_grad():
+            value = out.loss.detach()
+            metric = out.metrics.get(self.metric) if self.metric else None
+            if metric is None:
+                fn_ok = metric_fn is not None and out.predictions is not None
+                metric = metric_fn(out.predictions, batch.query_y).mean() if fn_ok else value
+            loss_value, metric_value = torch.stack([value.double(), metric.double()]).tolist()
+        if not math.isfinite(loss_value):
+            raise DivergenceError(
+                f"the loss became NaN/Inf at iteration {self.step + 1}; training stopped "
+                "(the last checkpoint is intact); lower the learning rates"
+            )
+        self.step += 1
+        self.window += torch.tensor([loss_value, metric_value, 1.0], dtype=torch.float64)
+        bar.update(1)
+        self._after_step(bar, None)
 
     def _after_step(self, bar, device_step: DeviceStep | None) -> None:
         """Log, validate and checkpoint where the step count says so (after the host has

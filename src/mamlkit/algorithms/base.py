@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
+
+from mamlkit.tasks.base import TaskBatch
+
+
+@dataclass
+class MetaOutput:
+    """One meta-training objective: ``loss`` (what the outer step differentiates),
+    ``predictions`` on the query sets ``[T, N_q, ...]`` (for accuracy logging; None where
+    there are none) and any further scalars to log (``metrics``)."""
+
+    loss: Tensor
+    predictions: Tensor | None = None
+    metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
 def check_task_batch(x: Tensor, y: Tensor, where: str) -> None:
@@ -34,18 +50,30 @@ class MetaLearner(nn.Module):
     #: training iteration can be captured as a CUDA graph (see mamlkit.device_step)
     capturable: bool = False
 
-    def meta_forward(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """The meta-training objective, averaged over tasks, and the query predictions
-        ``[T, N_q, ...]`` it was computed from (for accuracy logging)."""
+    def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
+        """The meta-training objective on a batch of tasks at training ``iteration`` (for
+        schedules such as MAML++'s annealing), with the query predictions it came from."""
         raise NotImplementedError
 
     def meta_loss(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
     ) -> Tensor:
         """Scalar outer loss; ``.backward()`` puts the meta-gradient in ``self.parameters()``."""
-        return self.meta_forward(support_x, support_y, query_x, query_y)[0]
+        return self.meta_forward(TaskBatch(support_x, support_y, query_x, query_y)).loss
+
+    def outer_step(
+        self, batch: TaskBatch, optimizer: torch.optim.Optimizer, iteration: int
+    ) -> MetaOutput | None:
+        """The outer update of a learner whose update is not "backward the meta-loss, then
+        ``optimizer.step()``" (Reptile's interpolation, TRPO's line search): do it here and
+        return what to log (``loss`` is also checked for NaN/Inf). The default, None,
+        leaves the usual step (health check, clipping, optimiser) to the trainer."""
+        return None
+
+    def capture_key(self, iteration: int) -> Hashable:
+        """What of ``iteration`` a CUDA-graph capture of :meth:`meta_forward` depends on:
+        the step is captured again whenever this changes (None: never)."""
+        return None
 
     def query_predictions(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, steps: int

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mamlkit.algorithms.base import MetaLearner, check_task_batch
+from mamlkit.algorithms.base import MetaLearner, MetaOutput, check_task_batch
 from mamlkit.functional import (
     FixedStepSize,
     InnerUpdate,
@@ -22,6 +22,7 @@ from mamlkit.functional import (
     task_forward,
     task_mean_loss,
 )
+from mamlkit.tasks.base import TaskBatch
 
 
 class MAML(MetaLearner):
@@ -181,8 +182,10 @@ class MAML(MetaLearner):
         """Run the model on ``x [T, N, ...]`` with per-task parameters ``params [T, ...]``."""
         return self._forward(params, x)
 
-    def meta_forward(self, support_x, support_y, query_x, query_y):
-        return self.outer_loss(self.adapt(support_x, support_y), query_x, query_y)
+    def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
+        phi = self.adapt(batch.support_x, batch.support_y)
+        loss, pred = self.outer_loss(phi, batch.query_x, batch.query_y)
+        return MetaOutput(loss, pred)
 
     def query_predictions(self, support_x, support_y, query_x, steps):
         # Test time: the same update rule on detached θ, without the second-order graph.

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamlkit.algorithms.base import MetaLearner
+from mamlkit.algorithms.base import MetaLearner, MetaOutput
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import (
     FixedStepSize,
@@ -20,6 +20,7 @@ from mamlkit.functional import (
     task_forward,
     task_mean_loss,
 )
+from mamlkit.tasks.base import TaskBatch
 
 
 class PretrainedRegression(MAML):
@@ -30,12 +31,13 @@ class PretrainedRegression(MAML):
     def __init__(self, model, loss_fn, inner_lr, impl: str = "auto", **kwargs):
         super().__init__(model, loss_fn, inner_lr, inner_steps=0, impl=impl, **kwargs)
 
-    def meta_forward(self, support_x, support_y, query_x, query_y):
+    def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
+        support_x, support_y, query_x, query_y = batch
         theta = stack_params(adaptable_params(self.model), support_x.shape[0])
         x = torch.cat([support_x, query_x], dim=1)
         y = torch.cat([support_y, query_y], dim=1)
         pred = self.predict(theta, x)
-        return task_mean_loss(self.loss_fn, pred, y), pred[:, support_x.shape[1] :]
+        return MetaOutput(task_mean_loss(self.loss_fn, pred, y), pred[:, support_x.shape[1] :])
 
 
 class PretrainedClassifier(MetaLearner):
@@ -55,11 +57,12 @@ class PretrainedClassifier(MetaLearner):
         self._forward, self.impl = task_forward(model, impl)
         self._episode_models: dict[int, tuple[nn.Module, object]] = {}
 
-    def meta_forward(self, support_x, support_y, query_x, query_y):
+    def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
         # query_x is one minibatch per "task" with global class labels (ClassBatches)
-        theta = stack_params(adaptable_params(self.model), query_x.shape[0])
-        logits = self._forward(theta, query_x)
-        return F.cross_entropy(logits.flatten(0, 1), query_y.flatten()), logits
+        theta = stack_params(adaptable_params(self.model), batch.query_x.shape[0])
+        logits = self._forward(theta, batch.query_x)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        return MetaOutput(loss, logits)
 
     def _episode_forward(self, ways: int):
         if ways not in self._episode_models:

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mamlkit.algorithms.base import MetaLearner
+from mamlkit.algorithms.base import MetaLearner, MetaOutput
+from mamlkit.tasks.base import TaskBatch
 
 
 def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: int) -> Tensor:
@@ -48,9 +49,9 @@ class PrototypicalNetwork(MetaLearner):
         support, query = self.embed(support_x, query_x)
         return prototype_logits(support, support_y, query, ways)
 
-    def meta_forward(self, support_x, support_y, query_x, query_y):
-        logits = self.logits(support_x, support_y, query_x)
-        return F.cross_entropy(logits.flatten(0, 1), query_y.flatten()), logits
+    def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
+        logits = self.logits(batch.support_x, batch.support_y, batch.query_x)
+        return MetaOutput(F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits)
 
     def query_predictions(self, support_x, support_y, query_x, steps):
         with torch.no_grad():
