@@ -202,3 +202,134 @@ def test_a_deep_copy_runs_its_own_model():
     expected = torch.stack([twin.model(xi) for xi in x])
     torch.testing.assert_close(twin.predict(head_only, x), expected)
     assert not torch.allclose(learner.predict(head_only, x), expected)
+
+
+def test_every_preset_builds_its_learner_from_the_registry():
+    from mamlkit.algorithms import ALGORITHMS
+    from mamlkit.build import build_learner
+    from mamlkit.config import load_config, shipped_presets
+
+    built = set()
+    for name in shipped_presets():
+        config = load_config(name)
+        learner = build_learner(config, num_train_classes=10)
+        cls, _ = ALGORITHMS[config.algorithm.name]
+        assert isinstance(learner, cls) or config.algorithm.name == "pretrained", name
+        built.add(config.algorithm.name)
+    assert {"maml", "fomaml", "metasgd", "anil", "protonet", "pretrained"} <= built
+
+
+def test_a_registered_algorithm_is_buildable_from_a_config():
+    """Adding an algorithm: its class, one register line and a preset; nothing else."""
+    from mamlkit.algorithms import ALGORITHMS, register
+    from mamlkit.build import build_learner
+    from mamlkit.config import load_config
+
+    register("layer-step-maml")(LayerStepMAML)
+    try:
+        config = load_config("sine_maml", ["algorithm.name=layer-step-maml"])
+        learner = build_learner(config)
+        assert type(learner) is LayerStepMAML
+        assert isinstance(learner.update, PerLayerPerStepStepSize)
+    finally:
+        del ALGORITHMS["layer-step-maml"]
+    with pytest.raises(Exception, match="unknown algorithm 'layer-step-maml'"):
+        load_config("sine_maml", ["algorithm.name=layer-step-maml"])
+
+
+def test_multi_step_loss_weights():
+    from mamlkit.algorithms.mamlpp import multi_step_loss_weights
+
+    assert multi_step_loss_weights(5, 0, 10) == pytest.approx([0.2] * 5)
+    for epoch in range(0, 15):
+        w = multi_step_loss_weights(5, epoch, 10)
+        assert sum(w) == pytest.approx(1.0) and min(w) >= 0.006 - 1e-12
+    assert multi_step_loss_weights(5, 10, 10)[-1] == pytest.approx(0.976)
+    assert multi_step_loss_weights(3, 4, 0) == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["mlp", "conv4-stride"])
+@pytest.mark.parametrize("iteration", [0, 1700])
+def test_mamlpp_multi_step_loss_and_lslr_match_reference(float64, case, iteration, device):
+    """The weighted sum of every step's query loss, through per-layer per-step step sizes:
+    gradients w.r.t. θ and every step size against the per-task float64 reference."""
+    from mamlkit import MAMLPlusPlus
+    from mamlkit.algorithms.mamlpp import multi_step_loss_weights
+    from mamlkit.tasks.base import TaskBatch
+
+    gen = torch.Generator().manual_seed(25)
+    torch.manual_seed(0)
+    model, loss_fn, xs, ys, xq, yq, lr = make_case(case, gen)
+    steps = 3
+    learner = MAMLPlusPlus(
+        model, loss_fn, lr, steps, msl_epochs=10, iterations_per_epoch=500, impl="batched"
+    )
+    with torch.no_grad():
+        for alpha in learner.update.alpha.values():
+            alpha.mul_(torch.rand(alpha.shape, generator=gen) + 0.5)
+    table = {n.replace("-", "."): a for n, a in learner.update.alpha.items()}
+    weights = multi_step_loss_weights(steps, iteration // 500, 10)
+    theta = dict(model.named_parameters())
+    total = 0.0
+    for t in range(TASKS):
+        phi = dict(theta)
+        for s in range(steps):
+            loss = loss_fn(functional_call(model, phi, (xs[t],)), ys[t])
+            grads = torch.autograd.grad(loss, list(phi.values()), create_graph=True)
+            phi = {n: p - table[n][s] * g for (n, p), g in zip(phi.items(), grads)}
+            query = loss_fn(functional_call(model, phi, (xq[t],)), yq[t])
+            total = total + weights[s] * query / TASKS
+    ref = grads_of(total, dict(learner.named_parameters()))
+    moved = copy.deepcopy(learner).to(device)
+    batch = TaskBatch(*(v.to(device) for v in (xs, ys, xq, yq)))
+    ours = grads_of(moved.meta_forward(batch, iteration).loss, dict(moved.named_parameters()))
+    assert rel_error(ours, ref) <= 1e-8
+
+
+def test_mamlpp_derivative_order_annealing_and_capture_key(float64):
+    from mamlkit import MAMLPlusPlus
+    from mamlkit.tasks.base import TaskBatch
+
+    gen = torch.Generator().manual_seed(26)
+    torch.manual_seed(0)
+    model, loss_fn, *data, lr = make_case("mlp", gen)
+    batch = TaskBatch(*data)
+    learner = MAMLPlusPlus(model, loss_fn, lr, 2, first_order_epochs=2, iterations_per_epoch=10)
+    first = MAMLPlusPlus(
+        copy.deepcopy(model), loss_fn, lr, 2, first_order=True, iterations_per_epoch=10
+    )
+    second = MAMLPlusPlus(copy.deepcopy(model), loss_fn, lr, 2, iterations_per_epoch=10)
+    for it, twin in [(5, first), (25, second)]:
+        ours = grads_of(learner.meta_forward(batch, it).loss, dict(learner.named_parameters()))
+        theirs = grads_of(twin.meta_forward(batch, it).loss, dict(twin.named_parameters()))
+        assert rel_error(ours, theirs) <= 1e-12, it
+    keys = [learner.capture_key(i) for i in range(0, 200, 10)]
+    assert keys[:11] == list(range(11)) and set(keys[10:]) == {10}
+
+
+def test_cosine_outer_learning_rate(tmp_path):
+    import json
+    import math
+
+    from mamlkit import SineTasks
+    from mamlkit.config import load_config
+    from mamlkit.training import Trainer
+
+    sets = [
+        "train.iterations=8",
+        "train.log_every=1",
+        "train.tensorboard=false",
+        "train.lr_schedule=cosine",
+        "train.min_lr=1e-5",
+        "train.meta_batch=2",
+    ]
+    config = load_config("sine_maml", sets)
+    learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
+    Trainer(learner, SineTasks(), config, tmp_path / "run", "mse", progress=False).fit()
+    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    # the record of step s logs the rate its last update (at step s − 1) used
+    expected = [
+        1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * (s - 1) / 8)) for s in range(1, 9)
+    ]
+    assert [r["lr"] for r in records] == pytest.approx(expected)

@@ -230,7 +230,7 @@ def test_training_without_tensorboard_installed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` fails
     config = load_config("sine_maml", ["train.iterations=3", "train.log_every=1"])
     assert config.train.tensorboard
-    learner = MAML(MLP((1, 8, 1)), F.mse_loss, 0.01)
+    learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01)  # the model config.yaml describes
     with pytest.warns(UserWarning, match=r"mamlkit\[tensorboard\]"):
         Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False).fit()
     assert [r["step"] for r in _records(tmp_path / "run")] == [1, 2, 3]

@@ -20,6 +20,7 @@ _EXPORTS = {
     "MAML": "mamlkit.algorithms",
     "FOMAML": "mamlkit.algorithms",
     "MetaSGD": "mamlkit.algorithms",
+    "MAMLPlusPlus": "mamlkit.algorithms",
     "ANIL": "mamlkit.algorithms",
     "MetaLearner": "mamlkit.algorithms",
     "PretrainedRegression": "mamlkit.algorithms",

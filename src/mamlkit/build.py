@@ -14,11 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamlkit.algorithms import (
-    MAML,
+    ALGORITHMS,
     MetaLearner,
     PretrainedClassifier,
-    PretrainedRegression,
-    PrototypicalNetwork,
 )
 from mamlkit.config import Config
 from mamlkit.errors import ConfigError, UserError
@@ -79,35 +77,17 @@ def build_model(c: Config, out_features: int | None = None) -> nn.Module:
 
 
 def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearner:
-    a = c.algorithm
-    if c.task.name == "sine":
-        if a.name == "pretrained":
-            return PretrainedRegression(
-                build_model(c), F.mse_loss, a.eval_inner_lr or a.inner_lr, impl=a.impl
-            )
-        if a.name == "protonet":
-            raise ConfigError("config key 'algorithm.name': protonet needs a classification task")
-        loss = F.mse_loss
-    else:
-        loss = F.cross_entropy
-        if a.name == "protonet":
-            return PrototypicalNetwork(build_model(c, out_features=0))
-        if a.name == "pretrained":
-            if num_train_classes is None:
-                num_train_classes = build_tasks(c, "train").num_classes
-            return PretrainedClassifier(
-                build_model(c, out_features=num_train_classes),
-                fine_tune_lr=a.eval_inner_lr or a.inner_lr,
-                impl=a.impl,
-            )
-    return MAML(
-        build_model(c),
-        loss,
-        a.inner_lr,
-        a.inner_steps,
-        first_order=a.first_order or a.name == "fomaml",
-        impl=a.impl,
-        eval_inner_lr=a.eval_inner_lr,
+    """The learner ``algorithm.name`` names (see :func:`mamlkit.algorithms.register`)."""
+    cls, overrides = ALGORITHMS[c.algorithm.name]
+    loss = F.mse_loss if metric_for(c) == "mse" else F.cross_entropy
+
+    def train_classes() -> int:
+        if num_train_classes is not None:
+            return num_train_classes
+        return build_tasks(c, "train").num_classes
+
+    return cls.from_config(
+        c, functools.partial(build_model, c), loss, train_classes, **overrides
     )
 
 

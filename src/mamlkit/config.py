@@ -64,12 +64,19 @@ class ModelConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "maml"  # maml | fomaml | pretrained | protonet
+    name: str = "maml"  # a registered algorithm: maml, fomaml, metasgd, anil, protonet, ...
     inner_lr: float = 0.01
     inner_steps: int = 1
     first_order: bool = False
     impl: str = "auto"  # auto | batched | vmap | loop
     eval_inner_lr: float | None = None
+    head: str | None = None  # anil: the parameter-name prefix it adapts (default: last Linear)
+    # mamlpp: LSLR, multi-step loss annealed over msl_epochs, first order for
+    # first_order_epochs; an epoch is iterations_per_epoch meta-iterations
+    learned_step_sizes: bool = True
+    msl_epochs: int = 10
+    first_order_epochs: int = 0
+    iterations_per_epoch: int = 500
 
 
 @dataclass
@@ -78,6 +85,8 @@ class TrainConfig:
     meta_batch: int = 25
     outer_lr: float = 0.001
     lr_halve_every: int = 0  # halve the outer learning rate every n iterations (0: never)
+    lr_schedule: str = "constant"  # constant | cosine (from outer_lr to min_lr over the run)
+    min_lr: float = 0.0
     grad_clip: float | None = None  # clip meta-gradient values to [-c, c]
     log_every: int = 100
     val_every: int = 0  # 0: no periodic validation
@@ -310,10 +319,12 @@ def validate(c: Config) -> None:
             f"only Prototypical Networks train with other episodes than they test on; "
             f"remove it for algorithm {c.algorithm.name!r}",
         )
+    from mamlkit.algorithms import ALGORITHMS  # the registry: every algorithm's own file
+
     _require(
-        c.algorithm.name in ("maml", "fomaml", "pretrained", "protonet"),
+        c.algorithm.name in ALGORITHMS,
         "algorithm.name",
-        f"unknown algorithm {c.algorithm.name!r} (maml, fomaml, pretrained, protonet)",
+        f"unknown algorithm {c.algorithm.name!r} ({', '.join(sorted(ALGORITHMS))})",
     )
     _require(
         c.algorithm.impl in ("auto", "batched", "vmap", "loop"),
@@ -382,3 +393,26 @@ def validate(c: Config) -> None:
         "on needs train.device=cuda; use auto (graphs wherever CUDA is used) or off",
     )
     _require(c.train.precision in ("fp32", "tf32"), "train.precision", "must be fp32 or tf32")
+    _require(
+        c.train.lr_schedule in ("constant", "cosine"),
+        "train.lr_schedule",
+        f"must be constant or cosine, got {c.train.lr_schedule!r}",
+    )
+    _require(
+        not (c.train.lr_schedule == "cosine" and c.train.lr_halve_every),
+        "train.lr_schedule",
+        "cosine and train.lr_halve_every are two schedules; set one of them",
+    )
+    _require(
+        math.isfinite(c.train.min_lr) and 0 <= c.train.min_lr <= c.train.outer_lr,
+        "train.min_lr",
+        f"must be between 0 and train.outer_lr, got {c.train.min_lr}",
+    )
+    for key in ("msl_epochs", "first_order_epochs"):
+        value = getattr(c.algorithm, key)
+        _require(value >= 0, f"algorithm.{key}", f"must be >= 0, got {value}")
+    _require(
+        c.algorithm.iterations_per_epoch >= 1,
+        "algorithm.iterations_per_epoch",
+        f"must be >= 1, got {c.algorithm.iterations_per_epoch}",
+    )

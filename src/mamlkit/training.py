@@ -418,9 +418,7 @@ class Trainer:
             position=self.position,
         )
         while self.step < cfg.iterations:
-            if cfg.lr_halve_every:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.outer_lr * 0.5 ** (self.step // cfg.lr_halve_every)
+            self._schedule_lr()
             batch = self.train_tasks.sample(cfg.meta_batch, self.generator)
             if device_step is not None:
                 # the health check and the logging sums stay on the device (no sync here)
@@ -489,6 +487,21 @@ class Trainer:
         self.window += torch.tensor([loss_value, metric_value, 1.0], dtype=torch.float64)
         bar.update(1)
         self._after_step(bar, None)
+
+    def _schedule_lr(self) -> None:
+        """The outer learning rate as a function of the step alone (so that a resumed run
+        continues the same schedule): halved every ``lr_halve_every`` steps, or cosine
+        annealing from ``outer_lr`` to ``min_lr`` over ``iterations`` (MAML++)."""
+        cfg = self.cfg
+        if cfg.lr_halve_every:
+            lr = cfg.outer_lr * 0.5 ** (self.step // cfg.lr_halve_every)
+        elif cfg.lr_schedule == "cosine":
+            progress = self.step / cfg.iterations
+            lr = cfg.min_lr + 0.5 * (cfg.outer_lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+        else:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _after_step(self, bar, device_step: DeviceStep | None) -> None:
         """Log, validate and checkpoint where the step count says so (after the host has

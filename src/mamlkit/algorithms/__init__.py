@@ -1,19 +1,24 @@
 """Meta-learning algorithms on the shared engine (:mod:`mamlkit.functional`)."""
 
 from mamlkit.algorithms.anil import ANIL
-from mamlkit.algorithms.base import MetaLearner
+from mamlkit.algorithms.base import ALGORITHMS, MetaLearner, MetaOutput, register
 from mamlkit.algorithms.maml import FOMAML, MAML
+from mamlkit.algorithms.mamlpp import MAMLPlusPlus
 from mamlkit.algorithms.metasgd import MetaSGD
 from mamlkit.algorithms.pretrained import PretrainedClassifier, PretrainedRegression
 from mamlkit.algorithms.protonet import PrototypicalNetwork
 
 __all__ = [
+    "ALGORITHMS",
     "ANIL",
     "FOMAML",
     "MAML",
+    "MAMLPlusPlus",
     "MetaLearner",
+    "MetaOutput",
     "MetaSGD",
     "PretrainedClassifier",
     "PretrainedRegression",
     "PrototypicalNetwork",
+    "register",
 ]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mamlkit.algorithms.base import register
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import LossFn
 
@@ -18,6 +19,7 @@ def last_linear(model: nn.Module) -> str:
     return names[-1]
 
 
+@register("anil")
 class ANIL(MAML):
     """MAML whose inner loop adapts only the head (``head``: a parameter-name prefix or a
     list of them; default the model's last ``nn.Linear``), while the outer loop still
@@ -52,3 +54,7 @@ class ANIL(MAML):
         super().__init__(
             model, loss_fn, inner_lr, inner_steps, adapt=head or last_linear(model), **kwargs
         )
+
+    @classmethod
+    def config_kwargs(cls, algorithm) -> dict:
+        return {"head": algorithm.head}

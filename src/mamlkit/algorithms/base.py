@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,30 @@ def check_task_batch(x: Tensor, y: Tensor, where: str) -> None:
         )
 
 
+#: algorithm name (``algorithm.name`` in a config) -> (class, constructor overrides)
+ALGORITHMS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {}
+
+
+def register(name: str, **overrides: Any):
+    """Class decorator: make the learner buildable from a config as ``algorithm.name:
+    NAME`` (through its :meth:`MetaLearner.from_config`), with ``overrides`` fixed (e.g.
+    ``first_order=True`` for ``fomaml``). Adding an algorithm is this line, its class and
+    a preset."""
+
+    def decorate(cls: type[MetaLearner]) -> type[MetaLearner]:
+        known = ALGORITHMS.get(name)
+        same = known and (known[0].__module__, known[0].__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
+        if known and not same:  # a reloaded module may register its class again
+            raise ValueError(f"algorithm {name!r} is already registered to {known[0].__name__}")
+        ALGORITHMS[name] = (cls, overrides)
+        return cls
+
+    return decorate
+
+
 class MetaLearner(nn.Module):
     """Owns the network (``self.model``) and whatever else is meta-learned.
 
@@ -49,6 +74,21 @@ class MetaLearner(nn.Module):
     #: True where ``meta_forward`` never reads a value back to the host, so a whole
     #: training iteration can be captured as a CUDA graph (see mamlkit.device_step)
     capturable: bool = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        build_model: Callable[..., nn.Module],
+        loss_fn: Callable,
+        train_classes: Callable[[], int],
+        **overrides: Any,
+    ) -> MetaLearner:
+        """The learner a run's config describes: ``config`` is a :class:`mamlkit.config.Config`,
+        ``build_model(out_features=None)`` builds its network, ``loss_fn`` is the task's
+        loss and ``train_classes()`` counts the training classes (only a classifier over
+        all of them needs it); ``overrides`` come from :func:`register`."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
 
     def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
         """The meta-training objective on a batch of tasks at training ``iteration`` (for

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mamlkit.algorithms.base import MetaLearner, MetaOutput, check_task_batch
+from mamlkit.algorithms.base import MetaLearner, MetaOutput, check_task_batch, register
 from mamlkit.functional import (
     FixedStepSize,
     InnerUpdate,
@@ -25,6 +25,8 @@ from mamlkit.functional import (
 from mamlkit.tasks.base import TaskBatch
 
 
+@register("maml")
+@register("fomaml", first_order=True)
 class MAML(MetaLearner):
     """Meta-learn an initialisation θ from which a few gradient steps fit a new task.
 
@@ -91,6 +93,23 @@ class MAML(MetaLearner):
             raise ValueError(f"adapt={adapt!r} selects no trainable parameter of the model")
         self._forward, self._impl = task_forward(model, impl, self.adapted)
         self.update = self.make_update()
+
+    @classmethod
+    def from_config(cls, config, build_model, loss_fn, train_classes, **overrides) -> MAML:
+        a = config.algorithm
+        kwargs = dict(
+            first_order=a.first_order,
+            impl=a.impl,
+            eval_inner_lr=a.eval_inner_lr,
+            **cls.config_kwargs(a),
+        )
+        kwargs.update(overrides)
+        return cls(build_model(), loss_fn, a.inner_lr, a.inner_steps, **kwargs)
+
+    @classmethod
+    def config_kwargs(cls, algorithm) -> dict:
+        """Constructor arguments a variant reads from the ``algorithm`` config section."""
+        return {}
 
     @property
     def impl(self) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from mamlkit.algorithms.base import register
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import InnerUpdate, PerParameterStepSize, adaptable_params
 
 
+@register("metasgd")
 class MetaSGD(MAML):
     """MAML whose inner update is φ ← θ − α ⊙ ∇L(θ, Dᵗʳ) with α a learned tensor of θ's shape,
     initialised to ``inner_lr`` and meta-learned with θ (``learner.parameters()`` holds

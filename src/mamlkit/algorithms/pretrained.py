@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamlkit.algorithms.base import MetaLearner, MetaOutput
+from mamlkit.algorithms.base import MetaLearner, MetaOutput, register
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import (
     FixedStepSize,
@@ -40,6 +40,7 @@ class PretrainedRegression(MAML):
         return MetaOutput(task_mean_loss(self.loss_fn, pred, y), pred[:, support_x.shape[1] :])
 
 
+@register("pretrained")
 class PretrainedClassifier(MetaLearner):
     """Ordinary classification over all training classes (``model`` ends in a head with one
     output per class; trained on :class:`~mamlkit.tasks.ClassBatches`), then, per test
@@ -56,6 +57,19 @@ class PretrainedClassifier(MetaLearner):
         self.fine_tune_lr = fine_tune_lr
         self._forward, self.impl = task_forward(model, impl)
         self._episode_models: dict[int, tuple[nn.Module, object]] = {}
+
+    @classmethod
+    def from_config(cls, config, build_model, loss_fn, train_classes, **overrides):
+        a = config.algorithm
+        if loss_fn is not F.cross_entropy:  # regression: one network fit to all tasks' points
+            return PretrainedRegression(
+                build_model(), loss_fn, a.eval_inner_lr or a.inner_lr, impl=a.impl
+            )
+        return cls(
+            build_model(out_features=train_classes()),
+            fine_tune_lr=a.eval_inner_lr or a.inner_lr,
+            impl=a.impl,
+        )
 
     def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
         # query_x is one minibatch per "task" with global class labels (ClassBatches)

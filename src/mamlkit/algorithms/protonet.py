@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mamlkit.algorithms.base import MetaLearner, MetaOutput
+from mamlkit.algorithms.base import MetaLearner, MetaOutput, register
+from mamlkit.errors import ConfigError
 from mamlkit.tasks.base import TaskBatch
 
 
@@ -20,6 +21,7 @@ def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: in
     return -torch.cdist(query, prototypes).pow(2)
 
 
+@register("protonet")
 class PrototypicalNetwork(MetaLearner):
     """Embeds support and query of each episode in one batch, averages support embeddings
     per class into prototypes and scores queries by negative squared Euclidean distance.
@@ -39,6 +41,12 @@ class PrototypicalNetwork(MetaLearner):
         if channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
+
+    @classmethod
+    def from_config(cls, config, build_model, loss_fn, train_classes, **overrides):
+        if loss_fn is not F.cross_entropy:
+            raise ConfigError("config key 'algorithm.name': protonet needs a classification task")
+        return cls(build_model(out_features=0), **overrides)
 
     def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
         z = torch.stack([self.model(torch.cat([s, q])) for s, q in zip(support_x, query_x)])
