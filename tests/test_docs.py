@@ -14,6 +14,7 @@ MODULES = [
     "mamlkit.algorithms.metasgd",
     "mamlkit.algorithms.anil",
     "mamlkit.algorithms.mamlpp",
+    "mamlkit.algorithms.reptile",
     "mamlkit.device_step",
 ]
 

@@ -21,6 +21,7 @@ _EXPORTS = {
     "FOMAML": "mamlkit.algorithms",
     "MetaSGD": "mamlkit.algorithms",
     "MAMLPlusPlus": "mamlkit.algorithms",
+    "Reptile": "mamlkit.algorithms",
     "ANIL": "mamlkit.algorithms",
     "MetaLearner": "mamlkit.algorithms",
     "PretrainedRegression": "mamlkit.algorithms",

@@ -77,6 +77,9 @@ class AlgorithmConfig:
     msl_epochs: int = 10
     first_order_epochs: int = 0
     iterations_per_epoch: int = 500
+    # reptile: the interpolation ε, annealed linearly over train.iterations
+    meta_step_size: float = 1.0
+    meta_step_size_final: float = 0.0
 
 
 @dataclass

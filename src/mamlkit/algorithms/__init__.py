@@ -7,6 +7,7 @@ from mamlkit.algorithms.mamlpp import MAMLPlusPlus
 from mamlkit.algorithms.metasgd import MetaSGD
 from mamlkit.algorithms.pretrained import PretrainedClassifier, PretrainedRegression
 from mamlkit.algorithms.protonet import PrototypicalNetwork
+from mamlkit.algorithms.reptile import Reptile
 
 __all__ = [
     "ALGORITHMS",
@@ -20,5 +21,6 @@ __all__ = [
     "PretrainedClassifier",
     "PretrainedRegression",
     "PrototypicalNetwork",
+    "Reptile",
     "register",
 ]
