@@ -4,6 +4,7 @@ Adam step) after warm-up. Prints one JSON line.
     python benchmarks/meta_iteration.py \
         --workload sine|omniglot-5w1s|omniglot-20w1s|miniimagenet-5w1s \
         [--impl auto|batched|vmap|loop|learn2learn-loop] [--iters N] [--threads N] [--first-order]
+        [--algorithm maml|metasgd|anil|mamlpp|reptile]
     python benchmarks/meta_iteration.py --workload protonet-omniglot-60w1s [--no-channels-last]
 
 ``protonet-omniglot-60w1s`` times a Prototypical Networks training iteration instead (one
@@ -45,6 +46,7 @@ from torch.func import functional_call
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mamlkit import MAML  # noqa: E402
+from mamlkit.algorithms import ALGORITHMS  # noqa: E402
 from mamlkit.algorithms.protonet import PrototypicalNetwork  # noqa: E402
 from mamlkit.device_step import DeviceStep  # noqa: E402
 from mamlkit.models import MLP, Conv4  # noqa: E402
@@ -83,7 +85,14 @@ def make_protonet(workload: str, channels_last: bool, device: str):
     return learner, step
 
 
-def make(workload: str, impl: str, first_order: bool, device: str, cuda_graphs: bool = False):
+def make(
+    workload: str,
+    impl: str,
+    first_order: bool,
+    device: str,
+    cuda_graphs: bool = False,
+    algorithm: str = "maml",
+):
     w = WORKLOADS[workload]
     gen = torch.Generator(device=device).manual_seed(0)
     if workload == "sine":
@@ -113,7 +122,8 @@ def make(workload: str, impl: str, first_order: bool, device: str, cuda_graphs: 
             .expand(w["tasks"], -1)
         )
         loss = F.cross_entropy
-    learner = MAML(
+    cls = ALGORITHMS[algorithm][0] if impl != "learn2learn-loop" else MAML
+    learner = cls(
         model.to(device),
         loss,
         w["lr"],
@@ -131,6 +141,9 @@ def make(workload: str, impl: str, first_order: bool, device: str, cuda_graphs: 
         learner.meta_loss(xs, ys, xq, yq).backward()
         opt.step()
 
+    def own_outer_step():  # Reptile: the learner's own update, no optimiser
+        learner.outer_step(TaskBatch(xs, ys, xq, yq), opt, 0)
+
     def learn2learn_step():
         opt.zero_grad(set_to_none=True)
         theta = dict(model.named_parameters())
@@ -147,6 +160,8 @@ def make(workload: str, impl: str, first_order: bool, device: str, cuda_graphs: 
 
     if impl == "learn2learn-loop":
         return learner, learn2learn_step
+    if algorithm == "reptile":
+        return learner, own_outer_step
     if cuda_graphs:
         captured = DeviceStep(learner, opt, None, capture=True)
         batch = TaskBatch(xs, ys, xq, yq)
@@ -198,6 +213,12 @@ def main() -> None:
     )
     p.add_argument("--precision", choices=["fp32", "tf32"], default="fp32")
     p.add_argument(
+        "--algorithm",
+        choices=["maml", "metasgd", "anil", "mamlpp", "reptile"],
+        default="maml",
+        help="MAML-family workloads: which algorithm's meta-iteration (default maml)",
+    )
+    p.add_argument(
         "--no-channels-last",
         action="store_true",
         help="protonet workload: keep the convolution weights in the default layout",
@@ -225,7 +246,12 @@ def main() -> None:
         learner, step = make_protonet(args.workload, not args.no_channels_last, args.device)
     else:
         learner, step = make(
-            args.workload, args.impl, args.first_order, args.device, args.cuda_graphs
+            args.workload,
+            args.impl,
+            args.first_order,
+            args.device,
+            args.cuda_graphs,
+            args.algorithm,
         )
     with cuda_precision(args.precision):
         times, paired = _time(args, p, learner, step, warmup, iters)
@@ -238,6 +264,7 @@ def main() -> None:
                 else "learn2learn-loop"
                 if args.impl == "learn2learn-loop"
                 else learner.impl,
+                "algorithm": "protonet" if protonet else args.algorithm,
                 "first_order": args.first_order,
                 "cuda_graphs": args.cuda_graphs,
                 "precision": args.precision,

@@ -33,6 +33,15 @@ def test_meta_iteration_prints_timings(impl):
     assert result["ms_per_iter_median"] > 0 and result["ms_per_iter_p10"] > 0
 
 
+@pytest.mark.parametrize("algorithm", ["metasgd", "anil", "mamlpp", "reptile"])
+def test_meta_iteration_of_each_algorithm(algorithm):
+    result = _run(
+        "meta_iteration.py", "--workload", "omniglot-5w1s", "--algorithm", algorithm,
+        "--iters", "2", "--warmup", "1",
+    )  # fmt: skip
+    assert result["algorithm"] == algorithm and result["ms_per_iter_median"] > 0
+
+
 def test_meta_iteration_paired_unfolded_and_float32_error():
     paired = _run(
         "meta_iteration.py", "--workload", "omniglot-5w1s", "--paired-unfolded",
