@@ -135,6 +135,20 @@ def _omniglot_split_images(
 
 
 @functools.lru_cache(maxsize=4)
+def _omniglot_split_alphabets(
+    data_dir: str | None, image_size: int, scheme: str, seed: int, n_val: int
+) -> dict[str, np.ndarray]:
+    """The alphabet (an integer id) of every character of each split."""
+    from mamlkit.data import load_omniglot, omniglot_splits
+
+    data = load_omniglot(data_dir, image_size=image_size)
+    names = sorted(set(data.alphabets))
+    ids = np.array([names.index(a) for a in data.alphabets], dtype=np.int64)
+    splits = omniglot_splits(data, scheme=scheme, seed=seed, n_val=n_val)
+    return {name: ids[idx] for name, idx in splits.items()}
+
+
+@functools.lru_cache(maxsize=4)
 def _image_folder_split_images(
     data_dir: str, image_size: int, channels: int, fractions: tuple[float, ...], seed: int
 ) -> dict[str, np.ndarray]:
@@ -200,4 +214,21 @@ def build_tasks(c: Config, split: str = "train") -> TaskDistribution:
             f"config key 'task.shots': shots + queries = {t.shots + queries} "
             f"exceeds the {images.shape[1]} images per class"
         )
-    return EpisodeTasks(images, ways, t.shots, queries, rotations=rotations, device=device)
+    groups = None
+    if t.within_alphabet and split == "test":
+        if t.name != "omniglot":
+            raise ConfigError("config key 'task.within_alphabet': only Omniglot has alphabets")
+        groups = torch.from_numpy(
+            _omniglot_split_alphabets(
+                t.data_dir, t.image_size, t.split, t.split_seed, t.val_classes
+            )[split]
+        )
+        largest = int(torch.bincount(groups).max())
+        if ways > largest:
+            raise ConfigError(
+                f"config key 'task.ways': {ways}-way episodes within one alphabet need an "
+                f"alphabet with {ways} characters; the {split!r} split's largest has {largest}"
+            )
+    return EpisodeTasks(
+        images, ways, t.shots, queries, rotations=rotations, device=device, groups=groups
+    )

@@ -200,7 +200,16 @@ TRUST_HELP = (
     "weights; writes RUN_DIR/eval-step-N.json.",
 )
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
-def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint, trust_code) -> None:
+@click.option(
+    "--within-alphabet/--any-alphabet",
+    default=None,
+    help="Omniglot: draw each test episode's characters from one alphabet (Lake et al.) or "
+    "from all (default: as the run's config says); writes eval-within-alphabet.json or "
+    "eval-any-alphabet.json when it differs from the config.",
+)
+def eval_cmd(
+    run_dir, tasks, split, steps, data_dir, checkpoint, trust_code, within_alphabet
+) -> None:
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
     from mamlkit.runner import eval_run
 
@@ -212,6 +221,7 @@ def eval_cmd(run_dir, tasks, split, steps, data_dir, checkpoint, trust_code) -> 
         data_dir=data_dir,
         checkpoint=checkpoint,
         trust_code=trust_code,
+        within_alphabet=within_alphabet,
     )
     click.echo(json.dumps(result))
 

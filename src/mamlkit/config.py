@@ -42,6 +42,9 @@ class TaskConfig:
     # 0/90/180/270° as new classes (training only); default: on for Omniglot only
     rotations: bool | None = None
     image_size: int = 28
+    # Omniglot: test episodes take their N characters from one alphabet
+    # (Lake et al. 2015's within-alphabet one-shot protocol; train episodes stay any-alphabet)
+    within_alphabet: bool = False
     channels: int | None = None  # 1 grey, 3 RGB; default: omniglot 1, others 3
     # imagefolder without train/ val/ test/ folders: class proportions of the seeded split
     split_fractions: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])

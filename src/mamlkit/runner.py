@@ -128,10 +128,20 @@ def eval_run(
     data_dir: Path | None = None,
     checkpoint: str | None = None,
     trust_code: bool = False,
+    within_alphabet: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
-    (``checkpoint``) into the run directory and returns the same record."""
+    (``checkpoint``) into the run directory and returns the same record.
+    ``within_alphabet`` (Omniglot) overrides the run's test protocol; the record then goes
+    to ``eval-within-alphabet.json`` / ``eval-any-alphabet.json`` beside the usual one."""
     config, learner, step = load_run(run_dir, data_dir, checkpoint, trust_code)
+    protocol_changed = within_alphabet is not None and within_alphabet != (
+        config.task.within_alphabet
+    )
+    if within_alphabet is not None:
+        if config.task.name != "omniglot":
+            raise UserError("--within-alphabet/--any-alphabet: only Omniglot runs have alphabets")
+        config.task.within_alphabet = within_alphabet
     tasks = config.eval.tasks if tasks is None else tasks
     split = config.eval.split if split is None else split
     steps = config.eval.steps if steps is None else steps
@@ -159,10 +169,15 @@ def eval_run(
     else:
         out["k_shot"] = config.task.k_support
     out.update({"steps": result["steps"], "split": split})
+    if config.task.within_alphabet:
+        out["within_alphabet"] = True
     name = "eval.json"  # exactly the documented record
     if checkpoint is not None:  # a checkpoint's record also says which iteration it is
         out["iteration"] = int(step)
         name = f"eval-step-{int(step):08d}.json"
+    if protocol_changed:
+        protocol = "within-alphabet" if within_alphabet else "any-alphabet"
+        name = name.replace("eval", f"eval-{protocol}", 1)
     atomic_write_text(run_dir / name, json.dumps(out, indent=1))
     return out
 

@@ -17,6 +17,9 @@ class EpisodeTasks:
         ways, shots, queries: N classes per episode, K support and Q query images per class.
         rotations: also use every class rotated by 90°, 180° and 270° as a new class (4·C
             classes; Omniglot meta-training).
+        groups: a group id per class ``[C]`` (an Omniglot alphabet); with it every episode
+            takes its N classes from one group, chosen uniformly among the groups that have
+            at least N classes (Lake et al.'s within-alphabet one-shot test).
 
     ``sample(T, generator)`` returns support ``[T, N·K, ch, H, W]`` and query
     ``[T, N·Q, ch, H, W]`` float images in [0, 1], class-major, with labels 0..N−1. The N
@@ -32,6 +35,7 @@ class EpisodeTasks:
         queries: int,
         rotations: bool = False,
         device: str | torch.device = "cpu",
+        groups: Tensor | None = None,
     ):
         if images.dim() == 5:  # [C, M, H, W, 3] -> [C, M, 3, H, W]
             images = images.permute(0, 1, 4, 2, 3)
@@ -53,6 +57,16 @@ class EpisodeTasks:
             raise ValueError(
                 f"shots + queries = {shots + queries} exceeds the {per_class} images per class"
             )
+        self.group_members: Tensor | None = None
+        if groups is not None:
+            if rotations or groups.shape != (images.shape[0],):
+                raise ValueError("groups needs one id per class and no rotations")
+            ids, groups = torch.unique(groups, return_inverse=True)
+            members = torch.nn.functional.one_hot(groups, len(ids)).T.bool()  # [G, C]
+            eligible = members.sum(1) >= ways
+            if not eligible.any():
+                raise ValueError(f"no group has the {ways} classes a {ways}-way episode needs")
+            self.group_members = members[eligible].to(device)
 
     def images_of(self, classes: Tensor, picks: Tensor) -> Tensor:
         """Float images in [0, 1] of image ``picks`` of class ``classes`` (broadcast
@@ -76,9 +90,14 @@ class EpisodeTasks:
         n, k, q = self.ways, self.shots, self.queries
         per_class = self.images.shape[1]
         # N distinct classes per episode, in random order (the order assigns the labels)
-        classes = (
-            torch.rand(tasks, self.num_classes, generator=generator, device=device).topk(n).indices
-        )
+        scores = torch.rand(tasks, self.num_classes, generator=generator, device=device)
+        if self.group_members is not None:
+            # one group per episode; classes outside it score below every class inside
+            pick = torch.randint(
+                len(self.group_members), (tasks,), generator=generator, device=device
+            )
+            scores = torch.where(self.group_members[pick], scores, scores - 2.0)
+        classes = scores.topk(n).indices
         # K + Q distinct images of each chosen class
         picks = (
             torch.rand(tasks, n, per_class, generator=generator, device=device).topk(k + q).indices
