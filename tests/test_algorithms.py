@@ -120,7 +120,7 @@ def test_pretrained_classifier_gradient_and_fine_tuning(float64, impl):
     params = dict(model.named_parameters())
     ref_loss = F.cross_entropy(functional_call(model, params, (x[0],)), y[0])
     ref = dict(zip(params, torch.autograd.grad(ref_loss, list(params.values()))))
-    learner = PretrainedClassifier(model, fine_tune_lr=0.5, impl=impl)
+    learner = PretrainedClassifier(model, eval_inner_lr=0.5, impl=impl)
     model.zero_grad()
     learner.meta_loss(x[:, :0], y[:, :0], x, y).backward()
     assert rel_error({n: p.grad for n, p in model.named_parameters()}, ref) <= 1e-8

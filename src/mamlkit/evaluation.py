@@ -37,15 +37,23 @@ METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 def per_task_metric_by_step(
-    learner: MetaLearner, batch: TaskBatch, steps: int, metric: str, chunk: int = 100
+    learner: MetaLearner,
+    batch: TaskBatch,
+    steps: int,
+    metric: str,
+    chunk: int = 100,
+    lr: float | None = None,
 ) -> Tensor:
     """``[steps + 1, T]``: the metric of every task after 0..steps adaptation steps
-    (a single row for learners that do not adapt by steps). Tasks run in chunks."""
+    (a single row for learners that do not adapt by steps) with test-time step size ``lr``
+    (default: the learner's). Tasks run in chunks."""
     fn = METRICS[metric]
     rows: list[Tensor] = []
     for start in range(0, batch.num_tasks, chunk):
         part = batch.slice(start, start + chunk)
-        preds = learner.query_predictions(part.support_x, part.support_y, part.query_x, steps)
+        preds = learner.query_predictions(
+            part.support_x, part.support_y, part.query_x, steps, lr=lr
+        )
         rows.append(torch.stack([fn(p.detach(), part.query_y) for p in preds]))
     return torch.cat(rows, dim=1)
 

@@ -64,8 +64,8 @@ def choose_fine_tune_lr(learner, config: Config, k: int, device: str) -> tuple[f
     batch = SineTasks(k, k, query_grid=100).sample(200, gen)
     scores = {}
     for lr in FINE_TUNE_GRID:
-        learner.eval_inner_lr = lr
-        mse = per_task_metric_by_step(learner, batch, config.eval.steps, "mse")[1:].mean().item()
+        mse = per_task_metric_by_step(learner, batch, config.eval.steps, "mse", lr=lr)
+        mse = mse[1:].mean().item()
         scores[str(lr)] = mse if math.isfinite(mse) else float("inf")
     best = min(scores, key=scores.get)
     return float(best), scores
@@ -82,14 +82,14 @@ def evaluate_sine(
     for k in K_SHOTS:
         gen = torch.Generator(device=device).manual_seed(config.eval.seed + k)
         batch = SineTasks(k, k, query_grid=100).sample(config.eval.tasks, gen)
-        learners["pretrained"].eval_inner_lr = fine_tune[k]
         chosen = {
             "maml": (learners[f"maml_k{maml_model_for(k, trained)}"], maml_model_for(k, trained)),
             "pretrained": (learners["pretrained"], None),
         }
         for method, (learner, trained_k) in chosen.items():
+            lr = fine_tune[k] if method == "pretrained" else None
             mse = per_task_metric_by_step(
-                learner, batch, config.eval.steps, "mse", chunk=config.eval.chunk
+                learner, batch, config.eval.steps, "mse", chunk=config.eval.chunk, lr=lr
             )
             # a task whose fixed-size steps overflow has infinite error, not "no number"
             mse = torch.nan_to_num(mse, nan=math.inf)
@@ -119,12 +119,13 @@ def fit_panels(learners: dict, device: str, seed: int, fine_tune: dict[int, floa
     for k in (5, 10):
         gen = torch.Generator(device=device).manual_seed(seed + 100 + k)
         batch = SineTasks(k, k, query_grid=200).sample(1, gen)
-        learners["pretrained"].eval_inner_lr = fine_tune[k]
-        for title, learner in (
-            (f"MAML, K={k}", learners[f"maml_k{maml_model_for(k, trained)}"]),
-            (f"pretrained, K={k}, step={fine_tune[k]}", learners["pretrained"]),
+        for title, learner, lr in (
+            (f"MAML, K={k}", learners[f"maml_k{maml_model_for(k, trained)}"], None),
+            (f"pretrained, K={k}, step={fine_tune[k]}", learners["pretrained"], fine_tune[k]),
         ):
-            preds = learner.query_predictions(batch.support_x, batch.support_y, batch.query_x, 10)
+            preds = learner.query_predictions(
+                batch.support_x, batch.support_y, batch.query_x, 10, lr=lr
+            )
             panels.append(
                 {
                     "title": title,

@@ -116,10 +116,16 @@ class MetaLearner(nn.Module):
         return None
 
     def query_predictions(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, steps: int
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        steps: int,
+        lr: float | None = None,
     ) -> list[Tensor]:
         """Test-time predictions on the query set after 0, 1, …, ``steps`` adaptation steps
-        (one entry for algorithms that do not adapt by gradient steps). No outer graph."""
+        (one entry for algorithms that do not adapt by gradient steps). No outer graph.
+        ``lr``: the test-time step size (default: the learner's ``eval_inner_lr``)."""
         raise NotImplementedError
 
     def predict_task(

@@ -206,7 +206,7 @@ class MAML(MetaLearner):
         loss, pred = self.outer_loss(phi, batch.query_x, batch.query_y)
         return MetaOutput(loss, pred)
 
-    def query_predictions(self, support_x, support_y, query_x, steps):
+    def query_predictions(self, support_x, support_y, query_x, steps, lr=None):
         # Test time: the same update rule on detached θ, without the second-order graph.
         theta = {
             n: p.detach().requires_grad_()
@@ -223,7 +223,7 @@ class MAML(MetaLearner):
                 support_x,
                 support_y,
                 steps,
-                lr=self.eval_inner_lr,
+                lr=self.eval_inner_lr if lr is None else lr,
                 first_order=True,
                 params=theta,
                 on_step=record,

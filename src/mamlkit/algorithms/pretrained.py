@@ -45,16 +45,16 @@ class PretrainedClassifier(MetaLearner):
     """Ordinary classification over all training classes (``model`` ends in a head with one
     output per class; trained on :class:`~mamlkit.tasks.ClassBatches`), then, per test
     episode, a new zero-initialised N-way head and ``steps`` SGD steps on the support set
-    over all parameters (``fine_tune_lr``)."""
+    over all parameters (``eval_inner_lr``, the name MAML uses for its test-time step)."""
 
     capturable = True
 
-    def __init__(self, model: nn.Module, fine_tune_lr: float = 0.1, impl: str = "auto"):
+    def __init__(self, model: nn.Module, eval_inner_lr: float = 0.1, impl: str = "auto"):
         super().__init__()
         if getattr(model, "head", None) is None:
             raise ValueError("PretrainedClassifier needs a model with a linear `head`")
         self.model = model
-        self.fine_tune_lr = fine_tune_lr
+        self.eval_inner_lr = eval_inner_lr
         self._forward, self.impl = task_forward(model, impl)
         self._episode_models: dict[int, tuple[nn.Module, object]] = {}
 
@@ -67,7 +67,7 @@ class PretrainedClassifier(MetaLearner):
             )
         return cls(
             build_model(out_features=train_classes()),
-            fine_tune_lr=a.eval_inner_lr or a.inner_lr,
+            eval_inner_lr=a.eval_inner_lr or a.inner_lr,
             impl=a.impl,
         )
 
@@ -87,7 +87,7 @@ class PretrainedClassifier(MetaLearner):
             self._episode_models[ways] = (twin, task_forward(twin, self.impl)[0])
         return self._episode_models[ways][1]
 
-    def query_predictions(self, support_x, support_y, query_x, steps):
+    def query_predictions(self, support_x, support_y, query_x, steps, lr=None):
         ways = int(support_y.max()) + 1
         forward = self._episode_forward(ways)
         body = {
@@ -110,7 +110,7 @@ class PretrainedClassifier(MetaLearner):
             inner_loop(
                 params,
                 supervised_support_loss(forward, support_x, support_y, F.cross_entropy),
-                FixedStepSize(self.fine_tune_lr),
+                FixedStepSize(self.eval_inner_lr if lr is None else lr),
                 steps,
                 first_order=True,
                 on_step=record,
