@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mamlkit.algorithms.base import MetaLearner
+from mamlkit.distributed import Distributed
 from mamlkit.tasks.base import TaskBatch, TaskDistribution
 
 
@@ -67,19 +68,22 @@ def evaluate(
     seed: int = 0,
     device: str | torch.device = "cpu",
     chunk: int = 100,
+    dist: Distributed | None = None,
 ) -> list[dict[str, float]]:
     """Draw ``num_tasks`` tasks with a fixed seed (the same tasks for every method) and
-    return ``[{"steps": s, metric: mean, "ci95": c}]`` for s = 0..steps."""
+    return ``[{"steps": s, metric: mean, "ci95": c}]`` for s = 0..steps. Distributed,
+    every rank draws the same tasks, scores its share and gathers all the per-task values
+    (the same numbers as one process)."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    values = torch.cat(
-        [
-            per_task_metric_by_step(
-                learner, tasks.sample(min(chunk, num_tasks - i), generator), steps, metric, chunk
-            )
-            for i in range(0, num_tasks, chunk)
-        ],
-        dim=1,
-    )
+    parts = []
+    for i in range(0, num_tasks, chunk):
+        batch = tasks.sample(min(chunk, num_tasks - i), generator)
+        if dist is None or batch.num_tasks < dist.world:  # too few to share: all score all
+            parts.append(per_task_metric_by_step(learner, batch, steps, metric, chunk))
+        else:
+            mine = per_task_metric_by_step(learner, dist.shard(batch), steps, metric, chunk)
+            parts.append(dist.gather_tasks(mine))
+    values = torch.cat(parts, dim=1)
     out = []
     for s, row in enumerate(values):
         mean, ci = mean_ci95(row)

@@ -12,6 +12,7 @@ import torch
 from mamlkit.build import build_learner, build_tasks, check_code_trust, check_device, metric_for
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
+from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError
 from mamlkit.evaluation import evaluate
 from mamlkit.precision import cuda_precision
@@ -36,13 +37,18 @@ def train_run(
     is created), then train. ``update_config`` (with ``resume``) records the config in the
     run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``."""
     check_device(config)
+    dist = from_environment(config.train.device)
+    if dist is not None:  # torchrun: this process's share of a data-parallel job
+        config.train.device = dist.device(config.train.device)
+        dist.check_meta_batch(config.train.meta_batch)
+        progress = progress and dist.main
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
     train_tasks = build_tasks(config, "train")
     val_tasks = build_tasks(config, "val") if config.train.val_every else None
     learner = build_learner(config)
-    if not resume:
+    if not resume and (dist is None or dist.main):
         prepare_run_dir(run_dir, force)
     trainer = Trainer(
         learner,
@@ -53,6 +59,7 @@ def train_run(
         val_tasks=val_tasks,
         progress=progress,
         description=run_dir.name,
+        dist=dist,
     )
     summary = trainer.fit(resume=resume, config_changed=update_config)
     return {"run_dir": str(run_dir), **summary}
@@ -152,6 +159,10 @@ def eval_run(
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
     metric = metric_for(config)
+    dist = from_environment(config.train.device)  # torchrun: the ranks share the tasks
+    if dist is not None:
+        config.train.device = dist.device(config.train.device)
+        learner.to(config.train.device)
     with cuda_precision(config.train.precision):  # as the run trained and validated
         result = evaluate(
             learner,
@@ -162,6 +173,7 @@ def eval_run(
             seed=config.eval.seed,
             device=config.train.device,
             chunk=config.eval.chunk,
+            dist=dist,
         )[-1]
     out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
     if config.task.name != "sine":
@@ -178,7 +190,8 @@ def eval_run(
     if protocol_changed:
         protocol = "within-alphabet" if within_alphabet else "any-alphabet"
         name = name.replace("eval", f"eval-{protocol}", 1)
-    atomic_write_text(run_dir / name, json.dumps(out, indent=1))
+    if dist is None or dist.main:
+        atomic_write_text(run_dir / name, json.dumps(out, indent=1))
     return out
 
 

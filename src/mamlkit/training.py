@@ -34,6 +34,7 @@ from mamlkit.checkpoint import (
 )
 from mamlkit.config import Config
 from mamlkit.device_step import CaptureUnsupported, DeviceStep
+from mamlkit.distributed import Distributed
 from mamlkit.errors import DivergenceError, UserError
 from mamlkit.evaluation import METRICS, evaluate
 from mamlkit.precision import cuda_precision
@@ -213,8 +214,10 @@ class Trainer:
         progress: bool = True,
         description: str = "meta-train",
         position: int = 0,
+        dist: Distributed | None = None,
     ):
         self.learner, self.train_tasks, self.val_tasks = learner, train_tasks, val_tasks
+        self.dist = dist  # torchrun's data parallelism: each rank runs a share of the tasks
         self.config, self.cfg = config, config.train
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.metric, self.progress, self.description = metric, progress, description
@@ -302,6 +305,8 @@ class Trainer:
     def fit(self, resume: bool = False, config_changed: bool = False) -> dict[str, Any]:
         """Train to ``iterations``; ``resume`` continues from the newest checkpoint, and
         ``config_changed`` then records the (allowed) changes in config.yaml once restored."""
+        if self.dist is not None:
+            self._join_job(resume)
         if self.run_dir is not None:
             if not resume:
                 from mamlkit.build import check_config_describes
@@ -320,10 +325,12 @@ class Trainer:
                 self._write_config()
                 atomic_write_text(
                     self.run_dir / "env.json",
-                    json.dumps(environment_info(self.cfg.device), indent=2),
+                    json.dumps(self._environment(), indent=2),
                 )
             write_status(self.run_dir, "running", step=self.step, best=self.best)
             self._start_tensorboard(self.step + 1 if resume else None)
+        if self.dist is not None:  # every rank starts from rank 0's weights
+            self.dist.broadcast_(list(self.learner.state_dict().values()))
         try:
             with _sigterm_as_interrupt():
                 self._loop()
@@ -360,12 +367,34 @@ class Trainer:
         with cuda_precision(self.cfg.precision):
             self._train()
 
+    def _environment(self) -> dict[str, Any]:
+        info = environment_info(self.cfg.device)
+        if self.dist is not None:
+            info.update(world_size=self.dist.world, backend=self.dist.backend)
+        return info
+
+    def _join_job(self, resume: bool) -> None:
+        """Distributed: every rank starts from the same state and only rank 0 writes (the
+        other ranks read the checkpoint they resume from, then hold no run directory)."""
+        self.dist.check_meta_batch(self.cfg.meta_batch)
+        if type(self.learner).outer_step is not MetaLearner.outer_step:
+            raise UserError(
+                f"{type(self.learner).__name__} makes its own outer update, which is not "
+                "distributed yet; train it in one process"
+            )
+        if not self.dist.main:
+            if resume and self.run_dir is not None:
+                checkpoints = self._checkpoints()
+                if checkpoints:
+                    self.restore(checkpoints[-1])
+            self.run_dir, self.progress = None, False
+
     def _device_step(self) -> DeviceStep | None:
         """The captured (CUDA graph) step that ``train.cuda_graphs`` asks for, or None for the
         eager loop. ``auto`` uses graphs on CUDA wherever the learner allows it."""
         mode = self.cfg.cuda_graphs
         on_device = self.device.type == "cuda" or self._device_step_on_cpu
-        if mode == "off" or not on_device:
+        if mode == "off" or not on_device or self.dist is not None:
             self.engine = "eager"
             return None
         metric_fn = METRICS.get(self.metric) if self.metric else None
@@ -420,6 +449,8 @@ class Trainer:
         while self.step < cfg.iterations:
             self._schedule_lr()
             batch = self.train_tasks.sample(cfg.meta_batch, self.generator)
+            if self.dist is not None:  # every rank drew the same batch: keep this rank's tasks
+                batch = self.dist.shard(batch)
             if device_step is not None:
                 # the health check and the logging sums stay on the device (no sync here)
                 device_step(batch, self.step)
@@ -446,9 +477,16 @@ class Trainer:
             grads = [p.grad for p in params if p.grad is not None]
             with torch.no_grad():
                 value = loss.detach()
+                metric = value if metric_fn is None else metric_fn(pred, batch.query_y).mean()
+                if self.dist is not None:
+                    # the global batch's meta-gradient, loss and metric: means of the ranks'
+                    # equal shares; every rank then sees the same numbers and decides alike
+                    self.dist.mean_(grads)
+                    both = torch.stack([value.double(), metric.double()])
+                    self.dist.mean_([both])
+                    value, metric = both[0], both[1]
                 # NaN/Inf anywhere in the loss or the meta-gradient makes this sum non-finite
                 health = value + torch.stack(torch._foreach_norm(grads)).sum()
-                metric = value if metric_fn is None else metric_fn(pred, batch.query_y).mean()
                 # one device-to-host copy (one GPU sync) per iteration for all three numbers
                 health, loss_value, metric_value = (
                     torch.stack([health, value, metric]).double().cpu().tolist()
@@ -545,6 +583,7 @@ class Trainer:
                 seed=self.config.eval.seed + 1,
                 device=self.device,
                 chunk=self.config.eval.chunk,
+                dist=self.dist,
             )[-1]
         finally:
             self.learner.train()
