@@ -139,3 +139,16 @@ def test_gpu_table1_script_dry_run_on_the_cpu(tmp_path):
     table = (tmp_path / "out2" / "table1.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| MAML 5w1s"))
     assert "(full length)" in row and "| 2 |" in row and "98.7 ± 0.4" in row
+
+
+def test_scaling_prints_one_line_per_process_count_and_reduction():
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "scaling.py"), "--workload", "sine", "--iters", "2",
+         "--warmup", "1"],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [(r["processes"], r["all_reduce"]) for r in rows] == [
+        (1, "single"), (2, "bucket"), (2, "per-tensor")
+    ]
+    assert all(r["iterations_per_second"] > 0 for r in rows)

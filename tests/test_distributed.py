@@ -231,3 +231,21 @@ def test_a_killed_rank_ends_the_job_and_the_job_resumes_exactly(tmp_path):
     assert job.returncode == 0, err.decode()[-2000:]
     a, b = weights(run), weights(whole)
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_torchrun_omniglot_5w1s_equals_one_process(tmp_path):
+    from .conftest import data_root
+
+    data = data_root()
+    cfg = ["train.iterations=20", "train.meta_batch=4", "model.filters=8", "train.val_every=0",
+           "train.log_every=10", "train.checkpoint_every=10", "train.tensorboard=false",
+           "train.threads=1"]  # fmt: skip
+    common = ["train", "omniglot_maml_5w1s", "--no-progress", "--data-dir", f"{data}/omniglot"]
+    job = torchrun(*common, "--out", str(tmp_path / "two"), *sets(cfg))
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err.decode()[-2000:]
+    one = single(*common, "--out", str(tmp_path / "one"), *sets(cfg))
+    assert one.returncode == 0, one.stderr
+    a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)

@@ -104,5 +104,8 @@ def from_environment(device: str) -> Distributed | None:
 
 
 def shutdown() -> None:
+    """Leave the job: wait for every rank first (gloo aborts a process whose peer tears
+    its connections down while it still holds them)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
