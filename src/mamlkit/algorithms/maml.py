@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -151,8 +152,16 @@ class MAML(MetaLearner):
         theta = adaptable_params(self.model, self.adapted) if params is None else params
         update = self.update if lr is None else FixedStepSize(lr)
         first_order = self.first_order if first_order is None else first_order
-        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
-            return inner_loop(
+        grad_mode = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        with contextlib.ExitStack() as test_time:
+            if not grad_mode:  # under no_grad / inference_mode: first-order test-time steps
+                test_time.enter_context(torch.inference_mode(False))
+                test_time.enter_context(torch.enable_grad())
+                # inference tensors cannot enter an autograd graph: ordinary copies can
+                support_x, support_y = support_x.clone(), support_y.clone()
+                theta = {n: p.detach().clone().requires_grad_() for n, p in theta.items()}
+                first_order, keep_graph = True, False
+            phi = inner_loop(
                 stack_params(theta, support_x.shape[0]),
                 supervised_support_loss(self._forward, support_x, support_y, self.loss_fn),
                 update,
@@ -161,20 +170,7 @@ class MAML(MetaLearner):
                 on_step=on_step,
                 keep_graph=keep_graph,
             )
-        with torch.inference_mode(False), torch.enable_grad():
-            # inference tensors cannot enter an autograd graph: ordinary copies can
-            support_x, support_y = support_x.clone(), support_y.clone()
-            start = {n: p.detach().clone().requires_grad_() for n, p in theta.items()}
-            phi = inner_loop(
-                stack_params(start, support_x.shape[0]),
-                supervised_support_loss(self._forward, support_x, support_y, self.loss_fn),
-                update,
-                steps,
-                first_order=True,
-                on_step=on_step,
-                keep_graph=False,
-            )
-        return {n: p.detach() for n, p in phi.items()}
+        return phi if grad_mode else {n: p.detach() for n, p in phi.items()}
 
     def adapt_task(
         self, support_x: Tensor, support_y: Tensor, steps: int | None = None, **kwargs
