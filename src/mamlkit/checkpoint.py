@@ -93,6 +93,16 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
+    # Checkpoints store tensors contiguous; a per-parameter moment (Adam's exp_avg) must be
+    # laid out like its parameter again (e.g. channels-last convolution weights), or a fused
+    # optimiser pairs the wrong elements. load_state_dict keeps the layout it is given.
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for idx, entries in state.items():
+        param = params[idx] if 0 <= idx < len(params) else None
+        for key, value in entries.items():
+            if param is not None and isinstance(value, torch.Tensor):
+                if value.shape == param.shape:
+                    entries[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 

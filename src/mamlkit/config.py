@@ -18,6 +18,7 @@ from mamlkit.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+ALGORITHMS = ("maml", "fomaml", "pretrained", "protonet")
 
 
 @dataclass
@@ -258,7 +259,7 @@ def validate(c: Config) -> None:
             f"remove it for algorithm {c.algorithm.name!r}",
         )
     _require(
-        c.algorithm.name in ("maml", "fomaml", "pretrained", "protonet"),
+        c.algorithm.name in ALGORITHMS,
         "algorithm.name",
         f"unknown algorithm {c.algorithm.name!r} (maml, fomaml, pretrained, protonet)",
     )

