@@ -112,3 +112,4 @@ def test_sigkill_at_random_moment_then_resume_is_bit_identical(tmp_path, preset,
     assert status["status"] == "finished" and status["best"] == json.loads(
         (straight / "status.json").read_text()
     )["best"]
+    assert not list(killed.rglob("*.tmp"))

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from mamlkit.build import build_learner, build_tasks, check_device, metric_for
-from mamlkit.checkpoint import atomic_write_text, load_checkpoint
+from mamlkit.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import UserError
 from mamlkit.evaluation import evaluate
+from mamlkit.rundir import check_no_links, clear_run_dir, lock_run_dir, remove_orphaned_tmp
 from mamlkit.training import (
     CHECKPOINT_DIR,
     Trainer,
@@ -41,20 +42,46 @@ def train_run(
     train_tasks = build_tasks(config, "train")
     val_tasks = build_tasks(config, "val") if config.train.val_every else None
     learner = build_learner(config)
+    restarted = False
     if not resume:
-        prepare_run_dir(run_dir, force)
-    trainer = Trainer(
-        learner,
-        train_tasks,
-        config,
-        run_dir,
-        metric=metric_for(config),
-        val_tasks=val_tasks,
-        progress=progress,
-        description=run_dir.name,
-    )
-    summary = trainer.fit(resume=resume, config_changed=update_config)
-    return {"run_dir": str(run_dir), **summary}
+        prepare_run_dir(run_dir, force, clear=False)  # before the lock creates the folder
+    with lock_run_dir(run_dir, create=not resume):
+        if not resume:
+            prepare_run_dir(run_dir, force)  # again under the lock: nobody wrote meanwhile
+        else:
+            check_no_links(run_dir)
+            remove_orphaned_tmp(run_dir)
+            if not run_checkpoints(run_dir):
+                restarted = restart_without_checkpoint(run_dir)
+        trainer = Trainer(
+            learner,
+            train_tasks,
+            config,
+            run_dir,
+            metric=metric_for(config),
+            val_tasks=val_tasks,
+            progress=progress,
+            description=run_dir.name,
+        )
+        summary = trainer.fit(
+            resume=resume and not restarted, config_changed=update_config and not restarted
+        )
+    return {"run_dir": str(run_dir), **summary, **({"restarted": True} if restarted else {})}
+
+
+def restart_without_checkpoint(run_dir: Path) -> bool:
+    """A run stopped before its first checkpoint has nothing to continue from, and nothing
+    to lose either: ``--resume`` starts it again from step 0 with its own config (the same
+    seeds give the same run). Only a run that mamlkit started (status.json) is restarted."""
+    if not (run_dir / "status.json").is_file():
+        raise UserError(
+            f"--resume {run_dir}: no checkpoint to resume from and no status.json (mamlkit "
+            f"never trained there); start it with `mamlkit train CONFIG --out {run_dir}`"
+        )
+    config_text = (run_dir / "config.yaml").read_bytes()
+    clear_run_dir(run_dir)
+    atomic_write_bytes(run_dir / "config.yaml", lambda tmp: Path(tmp).write_bytes(config_text))
+    return True
 
 
 def data_dir_update(data_dir: Path | None) -> dict[str, Any] | None:

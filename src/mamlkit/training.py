@@ -8,7 +8,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,27 +32,19 @@ from mamlkit.checkpoint import (
 from mamlkit.config import Config
 from mamlkit.errors import DivergenceError, UserError
 from mamlkit.evaluation import METRICS, evaluate
+from mamlkit.rundir import CHECKPOINT_DIR, clear_run_dir, has_content, is_reproduce_dir, is_run_dir
 from mamlkit.tasks.base import TaskDistribution
 
-CHECKPOINT_DIR = "checkpoints"
 
-
-def _is_run_dir(path: Path) -> bool:
-    """A run directory (or a reproduce directory of runs) that mamlkit wrote."""
-    markers = ("status.json", "config.yaml", "results.json")
-    return any((path / m).exists() for m in markers) or any(
-        (child / "status.json").exists() for child in path.iterdir() if child.is_dir()
-    )
-
-
-def prepare_run_dir(out: str | Path, force: bool = False) -> Path:
+def prepare_run_dir(out: str | Path, force: bool = False, clear: bool = True) -> Path:
     """Check that a new run may be written to ``out``; with ``force``, clear the old run
-    there first (only something mamlkit wrote: ``--force`` on any other folder is refused).
-    Call it after everything else is validated."""
+    there first (only a folder that is itself a mamlkit run, and only mamlkit's files in it:
+    the user's own files stay; ``--force`` on any other folder is refused; ``clear=False``
+    only checks). Call it after everything else is validated."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if has_content(out) and not force:
         raise UserError(
             f"--out {out} already exists and is not empty; pass --force to overwrite it, "
             "--resume to continue it, or choose another directory"
@@ -65,13 +56,14 @@ def prepare_run_dir(out: str | Path, force: bool = False) -> Path:
         raise UserError(
             f"--out {out} is not writable ({probe} denies writing); choose another path"
         )
-    if force and out.is_dir() and any(out.iterdir()):
-        if not _is_run_dir(out):
+    if force and has_content(out):
+        if not (is_run_dir(out) or is_reproduce_dir(out)):
             raise UserError(
-                f"--out {out} is not a mamlkit run directory; --force only replaces runs, so "
-                "choose an empty or new directory"
+                f"--out {out} is not a mamlkit run directory itself; --force replaces only a "
+                "run (not a folder holding runs or other files), so choose a new directory"
             )
-        shutil.rmtree(out)
+        if clear:
+            clear_run_dir(out)
     return out
 
 
@@ -247,6 +239,12 @@ class Trainer:
                 if not checkpoints:
                     raise UserError(f"{self.run_dir} has no checkpoint to resume from")
                 self.restore(checkpoints[-1])
+                if self.step > self.cfg.iterations:
+                    raise UserError(
+                        f"--set train.iterations={self.cfg.iterations}: {self.run_dir} is "
+                        f"already at step {self.step} and training cannot go back; ask for "
+                        f"{self.step} or more (or evaluate an earlier step with --checkpoint)"
+                    )
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
                 if config_changed:
                     self._write_config()
