@@ -109,7 +109,44 @@ def test_sigkill_at_random_moment_then_resume_is_bit_identical(tmp_path, preset,
     assert (killed / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
     assert weights_equal(straight / "model.safetensors", killed / "model.safetensors")
     status = json.loads((killed / "status.json").read_text())
-    assert status["status"] == "finished" and status["best"] == json.loads(
-        (straight / "status.json").read_text()
-    )["best"]
+    assert (
+        status["status"] == "finished"
+        and status["best"] == json.loads((straight / "status.json").read_text())["best"]
+    )
     assert not list(killed.rglob("*.tmp"))
+
+
+def latest_checkpoint_step(run: Path) -> int:
+    return max(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+
+
+def test_two_trainers_on_one_run(tmp_path, capsys):
+    """The second command names who holds the run and exits 2; the first's lock dies with
+    it (SIGKILL), and the run then resumes with every step logged once."""
+    run = tmp_path / "run"
+    first = cli_process(*train_argv("sine_maml", run, ["train.iterations=3000"]))
+    deadline = time.monotonic() + 120
+    while not list((run / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
+        assert first.poll() is None, first.stderr.read()
+        time.sleep(0.01)
+    capsys.readouterr()
+    for argv in (
+        ["train", "--resume", str(run), "--no-progress"],
+        [*train_argv("sine_maml", run, ["train.iterations=3"]), "--force"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"pid {first.pid}" in err[0] and "in use" in err[0], err
+    assert first.poll() is None  # untouched by the refused commands
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+
+    target = latest_checkpoint_step(run) + 3
+    assert (
+        main(
+            ["train", "--resume", str(run), "--no-progress", "--set", f"train.iterations={target}"]
+        )
+        == 0
+    )
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(2, target + 1, 2)) + ([target] if target % 2 else [])
