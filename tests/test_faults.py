@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -150,3 +151,75 @@ def test_two_trainers_on_one_run(tmp_path, capsys):
     )
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(2, target + 1, 2)) + ([target] if target % 2 else [])
+
+
+def limited_cli(limit: int, *argv) -> subprocess.CompletedProcess:
+    """Run the CLI with a file-size limit (RLIMIT_FSIZE): every write past ``limit`` bytes
+    fails as on a full disk (EFBIG), partway through when a write crosses it."""
+
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = cli_process(*argv, preexec_fn=preexec)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert all(n in lines[0] for n in needles), lines[0]
+    return lines[0]
+
+
+DISK_SETS = [
+    "model.hidden=[8]",
+    "train.log_every=1",
+    "train.checkpoint_every=50",
+    "train.val_every=0",
+]
+
+
+@pytest.mark.parametrize("during", ["metrics", "checkpoint"])
+def test_full_disk_leaves_the_run_resumable(tmp_path, during):
+    """The write that fills the disk fails with one line and exit 2; nothing written before
+    is lost, no torn line stays, and once there is space the run resumes bit-identically."""
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert main(train_argv("sine_maml", straight, [*DISK_SETS, "train.iterations=600"])) == 0
+    first = 400 if during == "metrics" else 100
+    assert main(train_argv("sine_maml", run, [*DISK_SETS, f"train.iterations={first}"])) == 0
+    metrics = (run / "metrics.jsonl").read_text()
+    checkpoint = (run / "checkpoints" / f"step-{first:08d}.safetensors").stat().st_size
+    if during == "metrics":  # the log outgrows the limit; checkpoints still fit
+        limit = len(metrics) + 500
+        assert limit > checkpoint
+    else:  # the next checkpoint does not fit; the log still does
+        limit = checkpoint - 2000
+        assert limit > len(metrics) + 50 * 100
+    more = ["train", "--resume", run, "--no-progress", "--set", "train.iterations=600"]
+    failed = limited_cli(limit, *more)
+    assert_one_error_line(failed, "--resume", str(run))
+    text = (run / "metrics.jsonl").read_text()
+    assert text.startswith(metrics) and text.endswith("\n")
+    assert all(json.loads(line) for line in text.splitlines())
+    assert json.loads((run / "status.json").read_text())["status"] == "crashed"
+    assert (run / "checkpoints" / f"step-{first:08d}.safetensors").is_file()
+    assert not list(run.rglob("*.tmp"))
+
+    assert main(["plot", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    assert weights_equal(straight / "model.safetensors", run / "model.safetensors")
+
+
+def test_full_disk_during_eval_and_plot_keeps_the_old_files(tmp_path):
+    run = tmp_path / "run"
+    assert main(train_argv("sine_maml", run, ["train.iterations=4", "train.val_every=0"])) == 0
+    assert main(["eval", str(run), "--tasks", "3"]) == 0
+    assert main(["plot", str(run)]) == 0
+    before = {p: (run / p).read_bytes() for p in ("eval.json", "learning_curves.png")}
+    assert_one_error_line(limited_cli(64, "eval", run, "--tasks", "4"), "eval.json")
+    assert_one_error_line(limited_cli(64, "plot", run), "learning_curves.png")
+    assert {p: (run / p).read_bytes() for p in before} == before
+    assert not list(run.rglob("*.tmp"))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from mamlkit.errors import UserError
 
@@ -34,6 +34,10 @@ def atomic_write_bytes(path: Path, write) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename in (None, tmp):  # name the file the user knows, not the temporary
+            exc.filename = str(path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -45,9 +49,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(
-        path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
-    )
+    # serialised here and written by Python, so a full disk is an OSError with its errno
+    data = save(tensors, metadata={_META_KEY: json.dumps(meta)})
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from mamlkit.errors import UserError
+from mamlkit.errors import UserError, is_write_failure
 
 PATH = click.Path(path_type=Path)
 
@@ -243,6 +243,16 @@ def main(argv: list[str] | None = None) -> int:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
     except (UserError, DataError) as exc:
         click.echo(f"mamlkit: error: {exc}", err=True)
+        return 2
+    except OSError as exc:
+        if not is_write_failure(exc):
+            raise
+        what = exc.filename or "a file"
+        click.echo(
+            f"mamlkit: error: cannot write {what} ({exc.strerror}); free space or fix the "
+            "permissions, then run the command again (nothing written before was lost)",
+            err=True,
+        )
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code

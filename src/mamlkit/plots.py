@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,15 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    """Render, then write atomically: a full disk never leaves a half-written figure."""
+    from mamlkit.checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    atomic_write_bytes(Path(path), lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
 
 def sine_fits(panels: list[dict[str, Any]], path: Path) -> None:
@@ -47,7 +56,7 @@ def sine_fits(panels: list[dict[str, Any]], path: Path) -> None:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -102,17 +111,15 @@ def sine_mse(results: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("mean squared error")
         ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path, dpi=120)
     plt.close(fig)
 
 
 def learning_curves(run_dir: Path, path: Path) -> list[str]:
     """Plot every numeric series of ``metrics.jsonl`` against the step; returns their names."""
-    records = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    from mamlkit.records import read_metrics
+
+    records = read_metrics(run_dir / "metrics.jsonl")  # a torn last line is skipped
     keys = sorted(
         {
             k
@@ -124,7 +131,7 @@ def learning_curves(run_dir: Path, path: Path) -> list[str]:
     plt = _pyplot()
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), squeeze=False)
     for ax, key in zip(axes[:, 0], keys, strict=True):
-        pts = [(r["step"], r[key]) for r in records if key in r]
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         ax.plot([p[0] for p in pts], [p[1] for p in pts])
         ax.set_ylabel(key)
         if key in ("loss", "mse", "val_mse") and all(p[1] > 0 for p in pts):
@@ -132,6 +139,6 @@ def learning_curves(run_dir: Path, path: Path) -> list[str]:
     axes[-1, 0].set_xlabel("iteration")
     fig.suptitle(run_dir.name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
     plt.close(fig)
     return keys

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mamlkit import records
 from mamlkit.build import build_learner, build_tasks, check_device, metric_for
 from mamlkit.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
-from mamlkit.errors import UserError
+from mamlkit.errors import UserError, is_write_failure
 from mamlkit.evaluation import evaluate
 from mamlkit.rundir import check_no_links, clear_run_dir, lock_run_dir, remove_orphaned_tmp
 from mamlkit.training import (
@@ -63,9 +63,18 @@ def train_run(
             progress=progress,
             description=run_dir.name,
         )
-        summary = trainer.fit(
-            resume=resume and not restarted, config_changed=update_config and not restarted
-        )
+        try:
+            summary = trainer.fit(
+                resume=resume and not restarted, config_changed=update_config and not restarted
+            )
+        except OSError as exc:
+            if not is_write_failure(exc):
+                raise
+            raise UserError(
+                f"writing {exc.filename or run_dir} failed ({exc.strerror}); {run_dir} is "
+                "intact up to its last checkpoint: free space (or fix permissions), then "
+                f"`mamlkit train --resume {run_dir}`"
+            ) from None
     return {"run_dir": str(run_dir), **summary, **({"restarted": True} if restarted else {})}
 
 
@@ -181,7 +190,8 @@ def eval_run(
     if checkpoint is not None:  # a checkpoint's record also says which iteration it is
         out["iteration"] = int(step)
         name = f"eval-step-{int(step):08d}.json"
-    atomic_write_text(run_dir / name, json.dumps(out, indent=1))
+    out = records.finite_record(out)  # a diverged model: null and "not_finite", never NaN
+    atomic_write_text(run_dir / name, records.dumps(out, indent=1))
     return out
 
 
@@ -194,37 +204,64 @@ def _alive(pid: int) -> bool:
 
 
 def _eval_text(path: Path, at: str = "") -> str:
-    ev = json.loads(path.read_text())
-    key = "accuracy" if "accuracy" in ev else "mse"
-    return f"eval{at} {key} {ev[key]:.4g} ± {ev['ci95']:.2g}"
+    try:
+        ev = records.read_json(path)
+        key = "accuracy" if "accuracy" in ev else "mse"
+        value, ci = ev[key], ev["ci95"]
+    except (UserError, TypeError, KeyError):
+        return f"eval{at} unreadable ({path.name})"
+    if not isinstance(value, (int, float)) or not isinstance(ci, (int, float)):
+        return f"eval{at} {key} not finite"
+    return f"eval{at} {key} {value:.4g} ± {ci:.2g}"
+
+
+def _best_text(best: Any) -> list[str]:
+    try:
+        return [f"{best['metric']} {best['value']:.4g} @ {best['step']}"] if best else []
+    except (TypeError, KeyError, ValueError):
+        return []
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
     """Run directories under ``root`` (any depth) with status and their best result: the
-    final evaluation, else the best validation metric and the newest checkpoint evaluation."""
+    final evaluation, else the best validation metric and the newest checkpoint evaluation.
+    A damaged file in one run shows in that run's row; it never hides the others."""
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; pass the folder that holds your runs")
     rows = []
     for status_file in sorted(root.rglob("status.json")):
         run = status_file.parent
         try:
-            status = json.loads(status_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            status = {"status": "unknown"}
+            status = records.read_json(status_file)
+        except UserError:
+            status = None
+        if not isinstance(status, dict):
+            status = {"status": "damaged"}
         state = status.get("status", "unknown")
-        if state == "running" and not _alive(int(status.get("pid", -1))):
+        if state == "running" and not _alive(_int(status.get("pid"), -1)):
             state = "crashed"
-        best = status.get("best")
         step_evals = sorted(run.glob("eval-step-*.json"))
         if (run / "eval.json").is_file():
             best_text = _eval_text(run / "eval.json")
         else:
-            parts = [f"{best['metric']} {best['value']:.4g} @ {best['step']}"] if best else []
+            parts = _best_text(status.get("best"))
             if step_evals:
-                iteration = json.loads(step_evals[-1].read_text()).get("iteration", "?")
+                try:
+                    iteration = records.read_json(step_evals[-1]).get("iteration", "?")
+                except (UserError, AttributeError):
+                    iteration = "?"
                 parts.append(_eval_text(step_evals[-1], f"@{iteration}"))
             best_text = "; ".join(parts) or "-"
         rows.append(
-            {"run": str(run), "status": state, "step": status.get("step", 0), "best": best_text}
+            {
+                "run": str(run),
+                "status": str(state),
+                "step": _int(status.get("step"), 0),
+                "best": best_text,
+            }
         )
     return rows
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import yaml
 
+from mamlkit import records
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.checkpoint import (
     atomic_write_text,
@@ -113,7 +114,7 @@ def environment_info(device: str) -> dict[str, Any]:
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     data = {"status": status, "pid": os.getpid(), "updated": time.time(), **extra}
-    atomic_write_text(run_dir / "status.json", json.dumps(data))
+    atomic_write_text(run_dir / "status.json", records.dumps(data))
 
 
 def _make_optimizer(params, lr: float) -> torch.optim.Optimizer:
@@ -213,8 +214,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        records.append_line(self.run_dir / "metrics.jsonl", record)
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -261,17 +261,14 @@ class Trainer:
             with _sigterm_as_interrupt():
                 self._loop()
         except DivergenceError:
-            if self.run_dir is not None:
-                write_status(self.run_dir, "diverged", step=self.step, best=self.best)
+            self._final_status("diverged")
             raise
         except KeyboardInterrupt:
             # Ctrl-C is a decision, not a failure: the run resumes from its last checkpoint
-            if self.run_dir is not None:
-                write_status(self.run_dir, "interrupted", step=self.step, best=self.best)
+            self._final_status("interrupted")
             raise
         except BaseException:
-            if self.run_dir is not None:
-                write_status(self.run_dir, "crashed", step=self.step, best=self.best)
+            self._final_status("crashed")
             raise
         finally:
             if self._tb is not None:
@@ -286,6 +283,13 @@ class Trainer:
             )
             write_status(self.run_dir, "finished", step=self.step, best=self.best)
         return {"step": self.step, "best": self.best}
+
+    def _final_status(self, status: str) -> None:
+        """Record how training stopped, if the disk still lets us: the error that stopped
+        it (perhaps that very disk) is what the user must see."""
+        if self.run_dir is not None:
+            with contextlib.suppress(OSError):
+                write_status(self.run_dir, status, step=self.step, best=self.best)
 
     def _loop(self) -> None:
         from tqdm.auto import tqdm
@@ -400,12 +404,9 @@ def _sigterm_as_interrupt():
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint being resumed (they will be redone)."""
+    """Drop records written after the checkpoint being resumed (they will be redone), and a
+    line torn by a crash mid-append."""
     if not path.exists():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    keep = [r for r in records.read_metrics(path) if r["step"] <= step]
+    atomic_write_text(path, "".join(records.dumps(r) + "\n" for r in keep))

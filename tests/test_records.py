@@ -1,0 +1,54 @@
+"""The JSON files of a run: strict JSON even for a diverged model, and readers that skip a
+line torn by a crash mid-append."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mamlkit.cli import main
+from mamlkit.records import read_metrics
+from mamlkit.runner import list_runs
+
+
+def strict(text: str):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def short_run(out):
+    argv = ["train", "sine_maml", "--out", str(out), "--no-progress"]
+    for s in ("train.iterations=4", "train.log_every=1", "train.tensorboard=false"):
+        argv += ["--set", s]
+    assert main(argv) == 0
+    return out
+
+
+def test_eval_of_a_diverged_model_is_strict_json(tmp_path, capsys):
+    run = short_run(tmp_path / "run")
+    weights = load_file(run / "model.safetensors")
+    weights = {k: torch.full_like(v, float("nan")) for k, v in weights.items()}
+    with open(run / "model.safetensors", "rb") as f:  # keep the file's metadata
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    save_file(weights, run / "model.safetensors", metadata=header["__metadata__"])
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", "3"]) == 0
+    record = strict((run / "eval.json").read_text())
+    assert record["mse"] is None and "mse" in record["not_finite"]
+    assert strict(capsys.readouterr().out)["not_finite"] == record["not_finite"]
+    assert "not finite" in list_runs(tmp_path)[0]["best"]
+
+
+def test_readers_skip_a_torn_last_line(tmp_path, capsys):
+    run = short_run(tmp_path / "run")
+    path = run / "metrics.jsonl"
+    complete = path.read_text()
+    path.write_text(complete + '{"step": 5, "lo')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4]
+    assert main(["plot", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert path.read_text() == complete
