@@ -103,7 +103,8 @@ class Config:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    """Check ``value`` against the annotation ``tp``; ints, and numbers YAML left as strings
+    (``1e-3``), are accepted where floats are: one rule for YAML files and ``--set``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
@@ -122,6 +123,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads "1e-3" as a string, in a file as after --set
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp in (int, str, bool) and type(value) is tp:
@@ -161,7 +164,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """``"train.outer_lr=1e-3"`` -> ``{"train": {"outer_lr": 0.001}}`` (value parsed as YAML)."""
+    """``"train.outer_lr=1e-3"`` -> ``{"train": {"outer_lr": "1e-3"}}``: the value parsed as
+    YAML, and coerced to the key's type later, by the same rule as a YAML file's values."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value (e.g. train.iterations=100), got {text!r}")
@@ -169,8 +173,6 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        value = float(value)  # YAML 1.1 reads "1e-3" as a string
     out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
