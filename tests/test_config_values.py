@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from mamlkit.cli import main
 from mamlkit.config import load_config
 
 

@@ -138,6 +138,7 @@ def inner_loop(
     steps: int,
     first_order: bool = False,
     on_step: Callable[[int, Params], None] | None = None,
+    graph_to_start: bool = True,
 ) -> Params:
     """Adapt T tasks' parameters by ``steps`` steps of gradient descent on their support sets.
 
@@ -147,7 +148,9 @@ def inner_loop(
     treats ∇L as a constant, which is exactly first-order MAML. ``lr`` is one α or one per
     step (the last one repeats when there are more steps than values, e.g. test-time
     adaptation past the training horizon). ``on_step(s, φ)`` sees the parameters after
-    every step (``s = 0`` before any).
+    every step (``s = 0`` before any). ``graph_to_start=False`` (test-time adaptation, where
+    nothing differentiates φ with respect to θ) starts every step from detached parameters,
+    so no autograd history accumulates and memory does not grow with ``steps``.
     """
     lrs = [float(lr)] if isinstance(lr, (int, float)) else [float(a) for a in lr]
     if not lrs:
@@ -171,6 +174,8 @@ def inner_loop(
             name: p if g is None else torch.add(p, g, alpha=-lrs[s])
             for (name, p), g in zip(params.items(), grads, strict=True)
         }
+        if not graph_to_start:
+            params = {name: p.detach().requires_grad_() for name, p in params.items()}
         if on_step is not None:
             on_step(s + 1, params)
     return params

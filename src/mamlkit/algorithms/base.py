@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 
@@ -28,8 +30,16 @@ class MetaLearner(nn.Module):
         return self.meta_forward(support_x, support_y, query_x, query_y)[0]
 
     def query_predictions(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, steps: int
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        steps: int,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> list[Tensor]:
         """Test-time predictions on the query set after 0, 1, …, ``steps`` adaptation steps
-        (one entry for algorithms that do not adapt by gradient steps). No outer graph."""
+        (one entry for algorithms that do not adapt by gradient steps). No outer graph.
+        ``reduce`` (e.g. a per-task metric) is applied to each step's predictions as soon
+        as they exist, so only its small results are kept: memory does not grow with
+        ``steps``."""
         raise NotImplementedError

@@ -94,14 +94,15 @@ class MAML(MetaLearner):
         pred = self.predict(phi, query_x)
         return task_mean_loss(self.loss_fn, pred, query_y), pred
 
-    def query_predictions(self, support_x, support_y, query_x, steps):
+    def query_predictions(self, support_x, support_y, query_x, steps, reduce=None):
         # Test time: the same update rule on detached θ, without the second-order graph.
         theta = {n: p.detach().requires_grad_() for n, p in adaptable_params(self.model).items()}
         preds: list[Tensor] = []
 
         def record(_step: int, phi: Params) -> None:
             with torch.no_grad():
-                preds.append(self._forward(phi, query_x))
+                pred = self._forward(phi, query_x)
+                preds.append(pred if reduce is None else reduce(pred))
 
         with torch.enable_grad():
             inner_loop(
@@ -114,6 +115,7 @@ class MAML(MetaLearner):
                 steps,
                 first_order=True,
                 on_step=record,
+                graph_to_start=False,
             )
         return preds
 

@@ -66,7 +66,7 @@ class PretrainedClassifier(MetaLearner):
             self._episode_models[ways] = (twin, task_forward(twin, self.impl)[0])
         return self._episode_models[ways][1]
 
-    def query_predictions(self, support_x, support_y, query_x, steps):
+    def query_predictions(self, support_x, support_y, query_x, steps, reduce=None):
         ways = int(support_y.max()) + 1
         forward = self._episode_forward(ways)
         body = {
@@ -83,7 +83,8 @@ class PretrainedClassifier(MetaLearner):
 
         def record(_s, phi):
             with torch.no_grad():
-                preds.append(forward(phi, query_x))
+                pred = forward(phi, query_x)
+                preds.append(pred if reduce is None else reduce(pred))
 
         with torch.enable_grad():
             inner_loop(
@@ -96,5 +97,6 @@ class PretrainedClassifier(MetaLearner):
                 steps,
                 first_order=True,
                 on_step=record,
+                graph_to_start=False,
             )
         return preds

@@ -52,6 +52,7 @@ class PrototypicalNetwork(MetaLearner):
         logits = self.logits(support_x, support_y, query_x)
         return F.cross_entropy(logits.flatten(0, 1), query_y.flatten()), logits
 
-    def query_predictions(self, support_x, support_y, query_x, steps):
+    def query_predictions(self, support_x, support_y, query_x, steps, reduce=None):
         with torch.no_grad():
-            return [self.logits(support_x, support_y, query_x)]
+            logits = self.logits(support_x, support_y, query_x)
+            return [logits if reduce is None else reduce(logits)]
