@@ -3,6 +3,7 @@ checkpoint from elsewhere cannot run anything (a pickle offered instead is refus
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,6 +19,7 @@ from safetensors.torch import save
 from mamlkit.errors import UserError
 
 _META_KEY = "mamlkit"
+_DIGEST_KEY = "mamlkit_sha256"
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -47,10 +49,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes: safetensors itself has no
+    checksum, so a flipped bit in the data would otherwise load as a silently wrong value."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {_META_KEY: json.dumps(meta), _DIGEST_KEY: tensors_digest(tensors)}
     # serialised here and written by Python, so a full disk is an OSError with its errno
-    data = save(tensors, metadata={_META_KEY: json.dumps(meta)})
+    data = save(tensors, metadata=metadata)
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
@@ -61,15 +75,22 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise UserError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
+            header = f.metadata() or {}
+            meta = json.loads(header.get(_META_KEY, "null"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
         raise UserError(
-            f"{path} is not a mamlkit safetensors checkpoint ({type(exc).__name__}); "
-            "pickle files are refused because loading them can execute code"
+            f"{path} is not a readable safetensors checkpoint ({type(exc).__name__}): damaged, "
+            "or another format (pickle files are refused: loading them can execute code)"
         ) from None
     if not isinstance(meta, dict):
         raise UserError(f"{path} is a safetensors file without mamlkit metadata; not a checkpoint")
+    digest = header.get(_DIGEST_KEY)  # absent in checkpoints written before it existed
+    if digest is not None and digest != tensors_digest(tensors):
+        raise UserError(
+            f"{path} is damaged: its tensors do not match their checksum (a flipped bit or an "
+            "overwritten block); use an older checkpoint or a backup"
+        )
     return tensors, meta
 
 

@@ -122,12 +122,21 @@ def reproduce_sine_cmd(
     help="Data set folder (default: $MAMLKIT_DATA/<dataset>, then the user cache).",
 )
 @click.option("--resume", type=PATH, default=None, help="Continue the run in this directory.")
+@click.option(
+    "--checkpoint",
+    "from_step",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="STEP",
+    help="With --resume: continue from this saved step, not the newest (e.g. when the "
+    "newest checkpoint is damaged).",
+)
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train(config, overrides, out, data_dir, resume, force, progress) -> None:
+def train(config, overrides, out, data_dir, resume, from_step, force, progress) -> None:
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
     from mamlkit.config import load_config
-    from mamlkit.runner import data_dir_update, train_run
+    from mamlkit.runner import data_dir_update, load_run_config, train_run
 
     if resume is not None:
         if config is not None or out is not None or force:
@@ -145,11 +154,18 @@ def train(config, overrides, out, data_dir, resume, force, progress) -> None:
         cfg_path = resume / "config.yaml"
         if not cfg_path.is_file():
             raise UserError(f"--resume {resume}: no config.yaml there; not a mamlkit run directory")
-        cfg = load_config(str(cfg_path), list(overrides), updates=data_dir_update(data_dir))
+        cfg = load_run_config(resume, overrides, updates=data_dir_update(data_dir))
         summary = train_run(
-            cfg, resume, resume=True, progress=progress, update_config=bool(overrides)
+            cfg,
+            resume,
+            resume=True,
+            progress=progress,
+            update_config=bool(overrides),
+            from_step=from_step,
         )
     else:
+        if from_step is not None:
+            raise UserError("--checkpoint STEP chooses where --resume continues; add --resume")
         if config is None:
             raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
         cfg = load_config(config, list(overrides), updates=data_dir_update(data_dir))

@@ -210,6 +210,9 @@ def load_config(
         path = resolve_preset(str(source))
         try:
             data = yaml.safe_load(path.read_text()) or {}
+        except (UnicodeDecodeError, OSError) as exc:
+            why = "not a text file" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+            raise ConfigError(f"{path}: cannot be read ({why}); restore or fix it") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

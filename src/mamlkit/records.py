@@ -59,8 +59,8 @@ def _parse(text: str, path: Path, where: str) -> Any:
         return json.loads(text)
     except ValueError:
         raise UserError(
-            f"{path}{where} is not valid JSON (damaged or hand-edited); restore it or delete "
-            "it if mamlkit can recreate it"
+            f"{path}{where} is not valid JSON (damaged or hand-edited); restore the file or "
+            "remove the damaged part"
         ) from None
 
 

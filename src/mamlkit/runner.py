@@ -31,10 +31,12 @@ def train_run(
     force: bool = False,
     progress: bool = True,
     update_config: bool = False,
+    from_step: int | None = None,
 ) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes fail before the run directory
     is created), then train. ``update_config`` (with ``resume``) records the config in the
-    run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``."""
+    run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``;
+    ``from_step`` resumes from that checkpoint instead of the newest."""
     check_device(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -51,7 +53,7 @@ def train_run(
         else:
             check_no_links(run_dir)
             remove_orphaned_tmp(run_dir)
-            if not run_checkpoints(run_dir):
+            if not run_checkpoints(run_dir) and from_step is None:
                 restarted = restart_without_checkpoint(run_dir)
         trainer = Trainer(
             learner,
@@ -65,7 +67,9 @@ def train_run(
         )
         try:
             summary = trainer.fit(
-                resume=resume and not restarted, config_changed=update_config and not restarted
+                resume=resume and not restarted,
+                config_changed=update_config and not restarted,
+                from_step=from_step,
             )
         except OSError as exc:
             if not is_write_failure(exc):
@@ -114,15 +118,35 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return found[int(checkpoint)]
 
 
+def load_run_config(
+    run_dir: Path, overrides: list[str] | tuple[str, ...] = (), updates: dict | None = None
+) -> Config:
+    """The config of a run directory; a damaged or hand-edited config.yaml is a
+    :class:`UserError` that names it."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
+    try:
+        empty = not cfg_path.read_bytes().strip()
+    except OSError as exc:
+        raise UserError(f"{cfg_path} cannot be read ({exc.strerror}); check it") from None
+    if empty:
+        raise UserError(f"{cfg_path} is empty; restore the run's config (e.g. from a backup)")
+    try:
+        return load_config(str(cfg_path), list(overrides), updates=updates)
+    except UserError as exc:
+        if str(exc).startswith(str(cfg_path)):
+            raise
+        raise UserError(f"{cfg_path}: {exc} (hand-edited? restore it)") from None
+
+
 def load_run(
     run_dir: Path, data_dir: Path | None = None, checkpoint: str | None = None
 ) -> tuple[Config, Any, int | None]:
     """The config, the learner and its training step (None if unknown) of a run directory:
     the final weights, or with ``checkpoint`` (a step or ``latest``) a checkpoint's."""
     cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
-    config = load_config(str(cfg_path), updates=data_dir_update(data_dir))
+    config = load_run_config(run_dir, updates=data_dir_update(data_dir))
     check_device(config)
     if checkpoint is not None:
         weights = checkpoint_path(run_dir, checkpoint)
@@ -145,7 +169,14 @@ def load_run(
             f"{weights} does not match the model in {cfg_path} (edited config or "
             "a file from another run)"
         ) from None
-    step = meta.get("step") if isinstance(meta, dict) else None
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        if checkpoint is not None:
+            raise UserError(
+                f"{weights}: its metadata has no training step (damaged); choose another "
+                "--checkpoint"
+            )
+        step = None
     return config, learner.to(config.train.device).eval(), step
 
 

@@ -134,6 +134,69 @@ def run_checkpoints(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+_META_TYPES = {"step": int, "optimizer": dict, "rng": dict}
+_TENSORS = ("window", "rng.torch", "rng.numpy.keys")
+
+
+def load_training_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A training checkpoint's tensors and metadata, with the metadata checked: a missing
+    or mistyped entry is a :class:`UserError` naming the file, not a crash mid-restore."""
+    tensors, meta = load_checkpoint(path)
+    for key, kind in _META_TYPES.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise UserError(
+                f"checkpoint {path}: metadata entry {key!r} is missing or not a "
+                f"{kind.__name__} (damaged or hand-edited); resume from an older checkpoint "
+                "(--checkpoint STEP)"
+            )
+    missing = [name for name in _TENSORS if name not in tensors]
+    if missing or meta["step"] < 0 or not isinstance(meta.get("best"), (dict, type(None))):
+        raise UserError(
+            f"checkpoint {path}: incomplete training state ({', '.join(missing) or 'step'}); "
+            "resume from an older checkpoint (--checkpoint STEP)"
+        )
+    return tensors, meta
+
+
+def resume_checkpoint(run_dir: Path, step: int | None = None) -> Path:
+    """The checkpoint to resume from: the newest, or the one of ``step``. A damaged newest
+    one is refused, naming the newest intact one; resuming from an older step sets the
+    damaged newer ones aside as ``*.damaged`` (kept, but never read again)."""
+    found = run_checkpoints(run_dir)
+    if not found:
+        raise UserError(f"{run_dir} has no checkpoint to resume from")
+    if step is not None and step not in found:
+        saved = ", ".join(str(s) for s in found)
+        raise UserError(f"--checkpoint {step}: not a saved step of {run_dir}; saved: {saved}")
+    chosen = max(found) if step is None else step
+    try:
+        load_training_checkpoint(found[chosen])
+    except UserError as exc:
+        older = [s for s in sorted(found, reverse=True) if s < chosen]
+        intact = next((s for s in older if _is_intact(found[s])), None)
+        if intact is None:
+            raise UserError(
+                f"{found[chosen]} is damaged and no older intact checkpoint is left; restore "
+                "it from a backup or start the run again with --force"
+            ) from None
+        raise UserError(
+            f"{found[chosen]} is damaged; step {intact} is intact: continue from it with "
+            f"`mamlkit train --resume {run_dir} --checkpoint {intact}`"
+        ) from exc
+    for newer, path in found.items():
+        if newer > chosen and not _is_intact(path):
+            path.rename(path.with_name(path.name + ".damaged"))
+    return found[chosen]
+
+
+def _is_intact(path: Path) -> bool:
+    try:
+        load_training_checkpoint(path)
+    except UserError:
+        return False
+    return True
+
+
 class Trainer:
     """Meta-trains ``learner`` on ``train_tasks`` as ``config.train`` says.
 
@@ -197,7 +260,7 @@ class Trainer:
         return path
 
     def restore(self, path: Path) -> None:
-        tensors, meta = load_checkpoint(path)
+        tensors, meta = load_training_checkpoint(path)
         state = {k[len("learner.") :]: v for k, v in tensors.items() if k.startswith("learner.")}
         try:
             self.learner.load_state_dict(state)
@@ -206,8 +269,14 @@ class Trainer:
                 f"checkpoint {path} does not match the model of this run's "
                 "config.yaml (was the config edited?)"
             ) from None
-        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
-        rng_from_tensors(tensors, meta["rng"], {"tasks": self.generator})
+        try:
+            optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+            rng_from_tensors(tensors, meta["rng"], {"tasks": self.generator})
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise UserError(
+                f"checkpoint {path}: its optimiser or random-generator state is damaged "
+                f"({type(exc).__name__}); resume from an older checkpoint (--checkpoint STEP)"
+            ) from None
         self.window = tensors["window"].clone()
         self.step, self.best = int(meta["step"]), meta.get("best")
 
@@ -230,15 +299,15 @@ class Trainer:
         self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     # ---- the loop -----------------------------------------------------------------------
-    def fit(self, resume: bool = False, config_changed: bool = False) -> dict[str, Any]:
-        """Train to ``iterations``; ``resume`` continues from the newest checkpoint, and
-        ``config_changed`` then records the (allowed) changes in config.yaml once restored."""
+    def fit(
+        self, resume: bool = False, config_changed: bool = False, from_step: int | None = None
+    ) -> dict[str, Any]:
+        """Train to ``iterations``; ``resume`` continues from the newest checkpoint (or the
+        one of ``from_step``), and ``config_changed`` then records the (allowed) changes in
+        config.yaml once restored."""
         if self.run_dir is not None:
             if resume:
-                checkpoints = self._checkpoints()
-                if not checkpoints:
-                    raise UserError(f"{self.run_dir} has no checkpoint to resume from")
-                self.restore(checkpoints[-1])
+                self.restore(resume_checkpoint(self.run_dir, from_step))
                 if self.step > self.cfg.iterations:
                     raise UserError(
                         f"--set train.iterations={self.cfg.iterations}: {self.run_dir} is "
