@@ -6,6 +6,7 @@ shorten one."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from mamlkit.cli import main
+from mamlkit.rundir import lock_run_dir
 
 SETS = ["train.tensorboard=false", "train.log_every=1", "train.threads=1"]
 
@@ -134,3 +136,20 @@ def test_resume_never_writes_through_a_link(tmp_path, capsys, name):
     assert name in one_error_line(capsys)
     after = snapshot(tmp_path / "elsewhere") if outside.is_dir() else outside.read_bytes()
     assert after == before
+
+
+def test_reproduce_refuses_a_folder_another_command_holds(tmp_path, capsys):
+    out = tmp_path / "sine"
+    with lock_run_dir(out, create=True):
+        argv = ["reproduce", "sine", "--out", str(out), "--iterations", "2", "--no-progress"]
+        assert main(argv) == 2
+        assert f"pid {os.getpid()}" in one_error_line(capsys)
+    assert not out.exists()  # nothing was written, and the lock's folder went with it
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    run = short_run(tmp_path / "run")
+    dead = {"pid": 2**22 + 12345, "host": "elsewhere", "since": 0, "command": "mamlkit train"}
+    (run / ".mamlkit.lock").write_text(json.dumps(dead))
+    assert resume(run, "train.iterations=6") == 0
+    assert json.loads((run / ".mamlkit.lock").read_text())["pid"] == os.getpid()
