@@ -7,6 +7,7 @@ step, plus a random delay), so a failure names the seed that reproduces it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -223,3 +224,28 @@ def test_full_disk_during_eval_and_plot_keeps_the_old_files(tmp_path):
     assert_one_error_line(limited_cli(64, "plot", run), "learning_curves.png")
     assert {p: (run / p).read_bytes() for p in before} == before
     assert not list(run.rglob("*.tmp"))
+
+
+def test_a_tensorboard_write_failure_is_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    """TensorBoard writes in a thread and re-raises its OSError at the next call."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    sets = ["train.iterations=6", "train.val_every=0", "train.tensorboard=true"]
+    calls = {"n": 0}
+    add_scalar = SummaryWriter.add_scalar
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run / "tensorboard"))
+        return add_scalar(self, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", failing)
+    capsys.readouterr()
+    assert main(train_argv("sine_maml", run, sets)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tensorboard" in err[0] and "--resume" in err[0], err
+    monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
