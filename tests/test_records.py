@@ -50,3 +50,21 @@ def test_readers_skip_a_torn_last_line(tmp_path, capsys):
     assert main(["plot", str(run)]) == 0
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert path.read_text() == complete
+
+
+def test_a_non_finite_validation_metric_keeps_status_and_metrics_strict(tmp_path, monkeypatch):
+    """A validation metric that is NaN (a diverged model) is written as null everywhere."""
+    from mamlkit import training
+
+    monkeypatch.setattr(
+        training, "evaluate", lambda *a, **k: [{"steps": 1, "mse": float("nan"), "ci95": 0.0}]
+    )
+    run = tmp_path / "run"
+    argv = ["train", "sine_maml", "--out", str(run), "--no-progress"]
+    for s in ("train.iterations=2", "train.val_every=1", "train.tensorboard=false"):
+        argv += ["--set", s]
+    assert main(argv) == 0
+    status = strict((run / "status.json").read_text())
+    assert status["best"]["value"] is None and status["not_finite"] == ["best.value"]
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        assert strict(line)["val_mse"] is None

@@ -16,19 +16,27 @@ NOT_FINITE = "not_finite"
 
 
 def finite_record(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with NaN/Inf numbers replaced by ``null`` and their keys listed under
-    ``"not_finite"`` (strict JSON parsers reject a bare NaN; a diverged metric stays
-    visible as such)."""
-    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
-    if not bad:
-        return record
-    out = {k: (None if k in bad else v) for k, v in record.items()}
-    out[NOT_FINITE] = sorted({*record.get(NOT_FINITE, ()), *bad})
+    """``record`` with NaN/Inf numbers (also in nested mappings, e.g. status.json's
+    ``best``) replaced by ``null`` and their keys listed under ``"not_finite"`` (strict
+    JSON parsers reject a bare NaN; a diverged metric stays visible as such)."""
+    bad: list[str] = []
+
+    def clean(value: Any, key: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            bad.append(key)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        return value
+
+    out = clean(record, "")
+    if bad:
+        out[NOT_FINITE] = sorted({*record.get(NOT_FINITE, ()), *bad})
     return out
 
 
 def dumps(record: dict[str, Any], **kwargs: Any) -> str:
-    """Strict JSON of a flat record (see :func:`finite_record`)."""
+    """Strict JSON of a record (see :func:`finite_record`)."""
     return json.dumps(finite_record(record), allow_nan=False, **kwargs)
 
 
