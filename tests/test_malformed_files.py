@@ -20,7 +20,8 @@ traceback, and every file of the run left as it was.
 16. a damaged status.json or eval.json: `mamlkit runs` still lists every run
 17. a damaged newer checkpoint: --resume --checkpoint STEP continues from the older one
     bit-identically and keeps the damaged file aside
-18. Omniglot archive members: a decompression bomb and a truncated PNG
+18. Omniglot archive members: a decompression bomb and a truncated PNG; a MiniImagenet image
+    that is a decompression bomb
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from safetensors.torch import load_file
 
 from mamlkit.checkpoint import load_checkpoint, save_checkpoint
 from mamlkit.cli import main
+from mamlkit.data import load_miniimagenet
 from mamlkit.data.errors import DataError
 from mamlkit.data.omniglot import _load_omniglot
 
+from .test_data_miniimagenet import CLASSES, _clone_csv_root, layouts  # noqa: F401
 from .test_data_omniglot import SYNTH_COUNTS, _make_synthetic
 
 SETS = ["train.iterations=6", "train.checkpoint_every=2", "train.log_every=1"]
@@ -245,3 +248,12 @@ def test_18_damaged_image_inside_an_archive(tmp_path, payload, word):
     message = str(info.value)
     assert str(archive) in message and member in message and word in message
     assert "\n" not in message
+
+
+def test_18_decompression_bomb_in_miniimagenet(layouts, tmp_path):  # noqa: F811
+    root = _clone_csv_root(layouts, tmp_path)
+    bomb = root / "images" / f"{CLASSES[3]}00000005.jpg"
+    bomb.write_bytes(_png_header_only(9000, 9000))
+    with pytest.raises(DataError) as info:
+        load_miniimagenet(root, "val", cache_dir=tmp_path / "cache")
+    assert str(bomb) in str(info.value) and "bomb" in str(info.value)

@@ -157,8 +157,8 @@ def lock_run_dir(run_dir: Path, create: bool = False) -> Iterator[None]:
     run_dir = Path(run_dir)
     created = False
     if create and not run_dir.exists():
-        try:
-            run_dir.mkdir(parents=True)
+        try:  # exist_ok: a second command may create it at the same moment (then: the lock)
+            run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(
                 f"--out {run_dir} cannot be created ({exc.strerror}); choose another path"
