@@ -29,6 +29,7 @@ from .conftest import data_root
 
 SRC = str(Path(__file__).parents[1] / "src")
 ITERATIONS = 40
+KILL_AFTER = range(2, 12)  # the checkpoint after which the kill comes; many steps remain
 COMMON = [
     f"train.iterations={ITERATIONS}",
     "train.checkpoint_every=1",
@@ -42,8 +43,8 @@ COMMON = [
 OMNIGLOT = ["model.filters=8", "train.meta_batch=2", "task.val_classes=20"]
 # One preset per algorithm family, made tiny; every algorithm in ALGORITHMS must appear.
 FAMILIES = {
-    "sine_maml": ["train.meta_batch=4"],
-    "sine_pretrained": ["train.meta_batch=4"],
+    "sine_maml": ["train.meta_batch=4", "train.iterations=120"],  # fast steps: more of them
+    "sine_pretrained": ["train.meta_batch=4", "train.iterations=120"],
     "omniglot_maml_5w1s": OMNIGLOT,
     "omniglot_fomaml_5w1s": OMNIGLOT,
     "omniglot_protonet_5w1s": [*OMNIGLOT, "task.train_ways=20", "eval.steps=0"],
@@ -75,14 +76,14 @@ def weights_equal(a: Path, b: Path) -> bool:
 def kill_at_random_moment(proc: subprocess.Popen, run: Path, seed: int) -> int:
     """SIGKILL ``proc`` some time after the checkpoint of a seeded-random step was written."""
     rng = random.Random(seed)
-    step = rng.randrange(2, ITERATIONS // 3)
+    step = rng.choice(KILL_AFTER)
     target = run / "checkpoints" / f"step-{step:08d}.safetensors"
     deadline = time.monotonic() + 300
     while not target.exists():
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.002)
-    time.sleep(rng.uniform(0, 0.05))
+    time.sleep(rng.uniform(0, 0.01))
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
