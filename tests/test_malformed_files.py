@@ -150,7 +150,7 @@ CASES = {  # number: (how to damage the run, the command, what the line must nam
     "13": (
         lambda r: [flip_data_bit(checkpoint(r, s)) for s in (2, 4, 6)],
         RESUME,
-        "no older intact checkpoint",
+        "no older intact checkpoint is left",
     ),
     "14": (lambda r: flip_data_bit(r / "model.safetensors"), EVAL, "model.safetensors"),
     "15": (

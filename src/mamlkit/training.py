@@ -176,8 +176,8 @@ def resume_checkpoint(run_dir: Path, step: int | None = None) -> Path:
         intact = next((s for s in older if _is_intact(found[s])), None)
         if intact is None:
             raise UserError(
-                f"{found[chosen]} is damaged and no older intact checkpoint is left; restore "
-                "it from a backup or start the run again with --force"
+                f"{exc} -- no older intact checkpoint is left: restore it from a backup or "
+                "start the run again with --force"
             ) from None
         raise UserError(
             f"{found[chosen]} is damaged; step {intact} is intact: continue from it with "
