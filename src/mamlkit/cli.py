@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         what = exc.filename or "a file"
         click.echo(
-            f"mamlkit: error: cannot write {what} ({exc.strerror}); free space or fix the "
-            "permissions, then run the command again (nothing written before was lost)",
+            f"mamlkit: error: {what}: {exc.strerror}; free space or fix the permissions, "
+            "then run the command again (nothing written before was lost)",
             err=True,
         )
         return 2
