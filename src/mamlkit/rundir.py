@@ -180,6 +180,8 @@ def lock_run_dir(run_dir: Path, create: bool = False) -> Iterator[None]:
                 f"{run_dir} is in use by {_holder(path)}; wait for that command to end (or "
                 "stop it), then try again"
             ) from None
+        except OSError:  # a file system without flock (some network mounts): no lock there
+            pass
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
