@@ -3,6 +3,7 @@ checkpoint from elsewhere cannot run anything (a pickle offered instead is refus
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -13,11 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from mamlkit.errors import UserError
 
 _META_KEY = "mamlkit"
+_DIGEST_KEY = "mamlkit_sha256"
 
 
 def _umask() -> int:
@@ -52,6 +54,10 @@ def atomic_write_bytes(path: Path, write) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename in (None, tmp):  # name the file the user knows, not the temporary
+            exc.filename = str(path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -61,11 +67,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes: safetensors itself has no
+    checksum, so a flipped bit in the data would otherwise load as a silently wrong value."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(
-        path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
-    )
+    metadata = {_META_KEY: json.dumps(meta), _DIGEST_KEY: tensors_digest(tensors)}
+    # serialised here and written by Python, so a full disk is an OSError with its errno
+    data = save(tensors, metadata=metadata)
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -75,15 +93,22 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise UserError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
+            header = f.metadata() or {}
+            meta = json.loads(header.get(_META_KEY, "null"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
         raise UserError(
-            f"{path} is not a mamlkit safetensors checkpoint ({type(exc).__name__}); "
-            "pickle files are refused because loading them can execute code"
+            f"{path} is not a readable safetensors checkpoint ({type(exc).__name__}): damaged, "
+            "or another format (pickle files are refused: loading them can execute code)"
         ) from None
     if not isinstance(meta, dict):
         raise UserError(f"{path} is a safetensors file without mamlkit metadata; not a checkpoint")
+    digest = header.get(_DIGEST_KEY)  # absent in checkpoints written before it existed
+    if digest is not None and digest != tensors_digest(tensors):
+        raise UserError(
+            f"{path} is damaged: its tensors do not match their checksum (a flipped bit or an "
+            "overwritten block); use an older checkpoint or a backup"
+        )
     return tensors, meta
 
 
@@ -111,6 +136,16 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
+    # Checkpoints store tensors contiguous; a per-parameter moment (Adam's exp_avg) must be
+    # laid out like its parameter again (e.g. channels-last convolution weights), or a fused
+    # optimiser pairs the wrong elements. load_state_dict keeps the layout it is given.
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for idx, entries in state.items():
+        param = params[idx] if 0 <= idx < len(params) else None
+        for key, value in entries.items():
+            if param is not None and isinstance(value, torch.Tensor):
+                if value.shape == param.shape:
+                    entries[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 

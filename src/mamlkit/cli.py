@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from mamlkit.errors import UserError
+from mamlkit.errors import UserError, is_write_failure
 
 PATH = click.Path(path_type=Path)
 # Where runs go when no --out is given (train: runs/<preset>, reproduce: runs/sine), and so
@@ -125,6 +125,15 @@ def reproduce_sine_cmd(
     help="Data set folder (default: $MAMLKIT_DATA/<dataset>, then the user cache).",
 )
 @click.option("--resume", type=PATH, default=None, help="Continue the run in this directory.")
+@click.option(
+    "--checkpoint",
+    "from_step",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="STEP",
+    help="With --resume: continue from this saved step, not the newest (e.g. when the "
+    "newest checkpoint is damaged).",
+)
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option(
@@ -132,11 +141,11 @@ def reproduce_sine_cmd(
     is_flag=True,
     help="With --resume: allow importing the run's model.target from outside mamlkit.",
 )
-def train(config, overrides, out, data_dir, resume, force, progress, trust_code) -> None:
+def train(config, overrides, out, data_dir, resume, from_step, force, progress, trust_code) -> None:
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
     from mamlkit.build import check_code_trust
     from mamlkit.config import load_config
-    from mamlkit.runner import data_dir_update, train_run
+    from mamlkit.runner import data_dir_update, load_run_config, train_run
 
     if resume is not None:
         if config is not None or out is not None or force:
@@ -154,12 +163,19 @@ def train(config, overrides, out, data_dir, resume, force, progress, trust_code)
         cfg_path = resume / "config.yaml"
         if not cfg_path.is_file():
             raise UserError(f"--resume {resume}: no config.yaml there; not a mamlkit run directory")
-        cfg = load_config(str(cfg_path), list(overrides), updates=data_dir_update(data_dir))
-        check_code_trust(cfg, cfg_path, trust_code)
+        cfg = load_run_config(resume, overrides, updates=data_dir_update(data_dir))
+        check_code_trust(cfg, resume / "config.yaml", trust_code)
         summary = train_run(
-            cfg, resume, resume=True, progress=progress, update_config=bool(overrides)
+            cfg,
+            resume,
+            resume=True,
+            progress=progress,
+            update_config=bool(overrides),
+            from_step=from_step,
         )
     else:
+        if from_step is not None:
+            raise UserError("--checkpoint STEP chooses where --resume continues; add --resume")
         if config is None:
             raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
         cfg = load_config(config, list(overrides), updates=data_dir_update(data_dir))
@@ -341,6 +357,16 @@ def main(argv: list[str] | None = None) -> int:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
     except (UserError, DataError) as exc:
         click.echo(f"mamlkit: error: {exc}", err=True)
+        return 2
+    except OSError as exc:
+        if not is_write_failure(exc):
+            raise
+        what = exc.filename or "a file"
+        click.echo(
+            f"mamlkit: error: {what}: {exc.strerror}; free space or fix the permissions, "
+            "then run the command again (nothing written before was lost)",
+            err=True,
+        )
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import math
+import os
 import re
 import types
 import typing
@@ -130,7 +131,8 @@ class Config:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    """Check ``value`` against the annotation ``tp``; ints, and numbers YAML left as strings
+    (``1e-3``), are accepted where floats are: one rule for YAML files and ``--set``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
@@ -153,6 +155,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads "1e-3" as a string, in a file as after --set
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp in (int, str, bool) and type(value) is tp:
@@ -192,7 +196,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """``"train.outer_lr=1e-3"`` -> ``{"train": {"outer_lr": 0.001}}`` (value parsed as YAML)."""
+    """``"train.outer_lr=1e-3"`` -> ``{"train": {"outer_lr": "1e-3"}}``: the value parsed as
+    YAML, and coerced to the key's type later, by the same rule as a YAML file's values."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value (e.g. train.iterations=100), got {text!r}")
@@ -200,8 +205,6 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        value = float(value)  # YAML 1.1 reads "1e-3" as a string
     out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
@@ -257,6 +260,9 @@ def load_config(
         path = resolve_preset(str(source))
         try:
             data = yaml.safe_load(path.read_text()) or {}
+        except (UnicodeDecodeError, OSError) as exc:
+            why = "not a text file" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+            raise ConfigError(f"{path}: cannot be read ({why}); restore or fix it") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
@@ -422,3 +428,82 @@ def validate(c: Config) -> None:
         "algorithm.iterations_per_epoch",
         f"must be >= 1, got {c.algorithm.iterations_per_epoch}",
     )
+    validate_resources(c)
+
+
+# Ceilings far above any sensible run, each with the reason a user reads when refused.
+_CEILINGS = [
+    (
+        "train.threads",
+        1024,
+        "each is an operating-system thread; more than the CPU cores only slows training down",
+    ),
+    ("task.image_size", 1024, "Conv4 is made for small images (Omniglot 28, MiniImagenet 84)"),
+    ("model.filters", 4096, "the paper's nets use 32 or 64"),
+    ("eval.chunk", 10000, "tasks evaluated at once; more only needs more memory"),
+]
+_SEEDS = ("train.seed", "eval.seed", "task.split_seed")
+_INT64 = 2**63 - 1
+
+
+def _get(c: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(c, section), name)
+
+
+def _int_fields(c: Config) -> list[tuple[str, int]]:
+    out = []
+    for section in dataclasses.fields(c):
+        for f in dataclasses.fields(getattr(c, section.name)):
+            value = getattr(getattr(c, section.name), f.name)
+            values = value if isinstance(value, list) else [value]
+            out += [(f"{section.name}.{f.name}", v) for v in values if type(v) is int]
+    return out
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def largest_tensor_bytes(c: Config) -> tuple[int, str]:
+    """A lower bound on the largest float32 tensor of one meta-training batch, and the keys
+    it grows with: the first layer's activations, or the inner loop's per-task copies of
+    the weights. (Evaluation runs in ``eval.chunk``-sized pieces; lowering that helps.)"""
+    t, m, tr = c.task, c.model, c.train
+    if t.name == "sine":
+        width = max([*m.hidden, 1])
+        sizes = [1, *m.hidden, 1]
+        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        activations = tr.meta_batch * (t.k_support + t.k_query) * width
+        keys = "train.meta_batch, task.k_support/k_query, model.hidden"
+        return 4 * max(activations, weights * tr.meta_batch), keys
+    per_task = (t.train_ways or t.ways) * (t.shots + (t.train_queries or t.queries))
+    images = t.batch_size if c.algorithm.name == "pretrained" else tr.meta_batch * per_task
+    side = t.image_size if m.pooling == "max" else (t.image_size + 1) // 2
+    activations = images * m.filters * side**2
+    weights = 9 * m.filters**2 * tr.meta_batch
+    keys = "train.meta_batch, task.ways/shots/queries, task.image_size, model.filters"
+    return 4 * max(activations, weights), keys
+
+
+def validate_resources(c: Config) -> None:
+    """Refuse requests no machine can serve (they would crash deep inside torch or the OS):
+    integers beyond 64 bits, absurd sizes, a batch larger than this machine's memory."""
+    for key, value in _int_fields(c):
+        _require(abs(value) <= _INT64, key, f"{value} does not fit in a 64-bit integer")
+    for key in _SEEDS:
+        value = _get(c, key)
+        _require(0 <= value, key, f"seeds are non-negative 63-bit integers, got {value}")
+    for key, ceiling, reason in _CEILINGS:
+        value = _get(c, key)
+        _require(value <= ceiling, key, f"{value} is more than {ceiling} ({reason})")
+    needed, keys = largest_tensor_bytes(c)
+    memory = _memory_bytes()
+    if memory and needed > memory:
+        raise ConfigError(
+            f"config keys {keys}: one batch needs at least {needed / 2**30:.0f} GiB, more than "
+            f"this machine's {memory / 2**30:.0f} GiB of memory; lower them"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """A mistake in what the user asked for (a path, a config value, a data set).
@@ -16,3 +18,14 @@ class ConfigError(UserError):
 
 class DivergenceError(UserError):
     """The loss or the meta-gradient became NaN/Inf; training stopped."""
+
+
+# A write refused by the system rather than a bug: full disk or quota, a file-size limit,
+# a read-only file system, missing permission.
+WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS

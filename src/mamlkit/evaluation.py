@@ -52,10 +52,19 @@ def per_task_metric_by_step(
     rows: list[Tensor] = []
     for start in range(0, batch.num_tasks, chunk):
         part = batch.slice(start, start + chunk)
-        preds = learner.query_predictions(
-            part.support_x, part.support_y, part.query_x, steps, lr=lr
+        # each step's predictions become per-task metrics at once, written into one table
+        # made up front: nothing is kept per step, so memory does not grow with ``steps``
+        table = torch.empty(
+            steps + 1, part.num_tasks, dtype=torch.float64, device=part.query_y.device
         )
-        rows.append(torch.stack([fn(p.detach(), part.query_y) for p in preds]))
+
+        def reduce(pred: Tensor, slots=iter(table), y: Tensor = part.query_y) -> Tensor:
+            return next(slots).copy_(fn(pred.detach(), y))
+
+        per_step = learner.query_predictions(
+            part.support_x, part.support_y, part.query_x, steps, lr=lr, reduce=reduce
+        )
+        rows.append(table[: len(per_step)])
     return torch.cat(rows, dim=1)
 
 

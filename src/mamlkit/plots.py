@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,15 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    """Render, then write atomically: a full disk never leaves a half-written figure."""
+    from mamlkit.checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    atomic_write_bytes(Path(path), lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
 
 def sine_fits(panels: list[dict[str, Any]], path: Path) -> None:
@@ -49,7 +58,7 @@ def sine_fits(panels: list[dict[str, Any]], path: Path) -> None:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -104,16 +113,14 @@ def sine_mse(results: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("mean squared error")
         ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path, dpi=120)
     plt.close(fig)
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    from mamlkit.records import read_metrics
+
+    return read_metrics(run_dir / "metrics.jsonl")  # a torn last line is skipped
 
 
 def learning_curves(run_dir: Path, path: Path, runs: dict[str, Path] | None = None) -> list[str]:
@@ -138,7 +145,7 @@ def learning_curves(run_dir: Path, path: Path, runs: dict[str, Path] | None = No
     for ax, key in zip(axes[:, 0], keys, strict=True):
         positive = True
         for label, rows in records.items():
-            pts = [(r["step"], r[key]) for r in rows if key in r]
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             if not pts:
                 continue
             positive = positive and all(p[1] > 0 for p in pts)
@@ -152,6 +159,6 @@ def learning_curves(run_dir: Path, path: Path, runs: dict[str, Path] | None = No
     axes[-1, 0].set_xlabel("iteration")
     fig.suptitle(run_dir.name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
     plt.close(fig)
     return keys

@@ -19,6 +19,7 @@ from mamlkit.build import build_learner, build_tasks
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.evaluation import mean_ci95, per_task_metric_by_step
+from mamlkit.rundir import lock_run_dir
 from mamlkit.tasks import SineTasks
 from mamlkit.training import Trainer, prepare_run_dir, seed_everything
 
@@ -245,6 +246,29 @@ def train_one(
 
 
 def reproduce_sine(
+    out: str | Path,
+    iterations: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    overrides: list[str] | tuple[str, ...] = (),
+    jobs: int | None = None,
+) -> dict[str, Any]:
+    """Train (or, with ``resume``, finish training) every model, then evaluate and write
+    results.json, sine_fits.png, sine_mse.png and report.md into ``out``, holding the
+    folder's lock throughout (a second command on it exits with one line)."""
+    sine_configs(iterations, seed, device, overrides)  # validated before anything is created
+    if not resume:
+        prepare_run_dir(out, force, clear=False)
+    with lock_run_dir(Path(out), create=not resume):
+        return _reproduce_sine(
+            out, iterations, seed, device, force, resume, progress, overrides, jobs
+        )
+
+
+def _reproduce_sine(
     out: str | Path,
     iterations: int | None = None,
     seed: int = 0,

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mamlkit import records
 from mamlkit.build import build_learner, build_tasks, check_code_trust, check_device, metric_for
-from mamlkit.checkpoint import atomic_write_text, load_checkpoint
+from mamlkit.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.distributed import from_environment
-from mamlkit.errors import UserError
+from mamlkit.errors import UserError, is_write_failure
 from mamlkit.evaluation import evaluate
 from mamlkit.precision import cuda_precision
+from mamlkit.rundir import check_no_links, clear_run_dir, lock_run_dir, remove_orphaned_tmp
 from mamlkit.training import (
     CHECKPOINT_DIR,
     Trainer,
@@ -32,10 +34,12 @@ def train_run(
     force: bool = False,
     progress: bool = True,
     update_config: bool = False,
+    from_step: int | None = None,
 ) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes fail before the run directory
     is created), then train. ``update_config`` (with ``resume``) records the config in the
-    run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``."""
+    run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``;
+    ``from_step`` resumes from that checkpoint instead of the newest."""
     check_device(config)
     dist = from_environment(config.train.device)
     if dist is not None:  # torchrun: this process's share of a data-parallel job
@@ -48,21 +52,60 @@ def train_run(
     train_tasks = build_tasks(config, "train")
     val_tasks = build_tasks(config, "val") if config.train.val_every else None
     learner = build_learner(config)
-    if not resume and (dist is None or dist.main):
-        prepare_run_dir(run_dir, force)
-    trainer = Trainer(
-        learner,
-        train_tasks,
-        config,
-        run_dir,
-        metric=metric_for(config),
-        val_tasks=val_tasks,
-        progress=progress,
-        description=run_dir.name,
-        dist=dist,
-    )
-    summary = trainer.fit(resume=resume, config_changed=update_config)
-    return {"run_dir": str(run_dir), **summary}
+    restarted = False
+    main = dist is None or dist.main  # torchrun: rank 0 alone prepares, locks and writes
+    if not resume and main:
+        prepare_run_dir(run_dir, force, clear=False)  # before the lock creates the folder
+    lock = lock_run_dir(run_dir, create=not resume) if main else contextlib.nullcontext()
+    with lock:
+        if main and not resume:
+            prepare_run_dir(run_dir, force)  # again under the lock: nobody wrote meanwhile
+        elif main:
+            check_no_links(run_dir)
+            remove_orphaned_tmp(run_dir)
+            if not run_checkpoints(run_dir) and from_step is None:
+                restarted = restart_without_checkpoint(run_dir)
+        trainer = Trainer(
+            learner,
+            train_tasks,
+            config,
+            run_dir,
+            metric=metric_for(config),
+            val_tasks=val_tasks,
+            progress=progress,
+            description=run_dir.name,
+            dist=dist,
+        )
+        try:
+            summary = trainer.fit(
+                resume=resume and not restarted,
+                config_changed=update_config and not restarted,
+                from_step=from_step,
+            )
+        except OSError as exc:
+            if not is_write_failure(exc):
+                raise
+            raise UserError(
+                f"writing {exc.filename or run_dir} failed ({exc.strerror}); {run_dir} is "
+                "intact up to its last checkpoint: free space (or fix permissions), then "
+                f"`mamlkit train --resume {run_dir}`"
+            ) from None
+    return {"run_dir": str(run_dir), **summary, **({"restarted": True} if restarted else {})}
+
+
+def restart_without_checkpoint(run_dir: Path) -> bool:
+    """A run stopped before its first checkpoint has nothing to continue from, and nothing
+    to lose either: ``--resume`` starts it again from step 0 with its own config (the same
+    seeds give the same run). Only a run that mamlkit started (status.json) is restarted."""
+    if not (run_dir / "status.json").is_file():
+        raise UserError(
+            f"--resume {run_dir}: no checkpoint to resume from and no status.json (mamlkit "
+            f"never trained there); start it with `mamlkit train CONFIG --out {run_dir}`"
+        )
+    config_text = (run_dir / "config.yaml").read_bytes()
+    clear_run_dir(run_dir)
+    atomic_write_bytes(run_dir / "config.yaml", lambda tmp: Path(tmp).write_bytes(config_text))
+    return True
 
 
 def data_dir_update(data_dir: Path | None) -> dict[str, Any] | None:
@@ -86,6 +129,28 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return found[int(checkpoint)]
 
 
+def load_run_config(
+    run_dir: Path, overrides: list[str] | tuple[str, ...] = (), updates: dict | None = None
+) -> Config:
+    """The config of a run directory; a damaged or hand-edited config.yaml is a
+    :class:`UserError` that names it."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
+    try:
+        empty = not cfg_path.read_bytes().strip()
+    except OSError as exc:
+        raise UserError(f"{cfg_path} cannot be read ({exc.strerror}); check it") from None
+    if empty:
+        raise UserError(f"{cfg_path} is empty; restore the run's config (e.g. from a backup)")
+    try:
+        return load_config(str(cfg_path), list(overrides), updates=updates)
+    except UserError as exc:
+        if str(exc).startswith(str(cfg_path)):
+            raise
+        raise UserError(f"{cfg_path}: {exc} (hand-edited? restore it)") from None
+
+
 def load_run(
     run_dir: Path,
     data_dir: Path | None = None,
@@ -97,10 +162,8 @@ def load_run(
     ``model.target`` outside mamlkit is imported only with ``trust_code``."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
-    config = load_config(str(cfg_path), updates=data_dir_update(data_dir))
-    check_code_trust(config, cfg_path, trust_code)
+    config = load_run_config(run_dir, updates=data_dir_update(data_dir))
+    check_code_trust(config, run_dir / "config.yaml", trust_code)
     check_device(config)
     if checkpoint is not None:
         weights = checkpoint_path(run_dir, checkpoint)
@@ -123,7 +186,14 @@ def load_run(
             f"{weights} does not match the model in {cfg_path} (edited config or "
             "a file from another run)"
         ) from None
-    step = meta.get("step") if isinstance(meta, dict) else None
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        if checkpoint is not None:
+            raise UserError(
+                f"{weights}: its metadata has no training step (damaged); choose another "
+                "--checkpoint"
+            )
+        step = None
     return config, learner.to(config.train.device).eval(), step
 
 
@@ -190,8 +260,9 @@ def eval_run(
     if protocol_changed:
         protocol = "within-alphabet" if within_alphabet else "any-alphabet"
         name = name.replace("eval", f"eval-{protocol}", 1)
+    out = records.finite_record(out)  # a diverged model: null and "not_finite", never NaN
     if dist is None or dist.main:
-        atomic_write_text(run_dir / name, json.dumps(out, indent=1))
+        atomic_write_text(run_dir / name, records.dumps(out, indent=1))
     return out
 
 
@@ -204,37 +275,64 @@ def _alive(pid: int) -> bool:
 
 
 def _eval_text(path: Path, at: str = "") -> str:
-    ev = json.loads(path.read_text())
-    key = "accuracy" if "accuracy" in ev else "mse"
-    return f"eval{at} {key} {ev[key]:.4g} ± {ev['ci95']:.2g}"
+    try:
+        ev = records.read_json(path)
+        key = "accuracy" if "accuracy" in ev else "mse"
+        value, ci = ev[key], ev["ci95"]
+    except (UserError, TypeError, KeyError):
+        return f"eval{at} unreadable ({path.name})"
+    if not isinstance(value, (int, float)) or not isinstance(ci, (int, float)):
+        return f"eval{at} {key} not finite"
+    return f"eval{at} {key} {value:.4g} ± {ci:.2g}"
+
+
+def _best_text(best: Any) -> list[str]:
+    try:
+        return [f"{best['metric']} {best['value']:.4g} @ {best['step']}"] if best else []
+    except (TypeError, KeyError, ValueError):
+        return []
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
     """Run directories under ``root`` (any depth) with status and their best result: the
-    final evaluation, else the best validation metric and the newest checkpoint evaluation."""
+    final evaluation, else the best validation metric and the newest checkpoint evaluation.
+    A damaged file in one run shows in that run's row; it never hides the others."""
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; pass the folder that holds your runs")
     rows = []
     for status_file in sorted(root.rglob("status.json")):
         run = status_file.parent
         try:
-            status = json.loads(status_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            status = {"status": "unknown"}
+            status = records.read_json(status_file)
+        except UserError:
+            status = None
+        if not isinstance(status, dict):
+            status = {"status": "damaged"}
         state = status.get("status", "unknown")
-        if state == "running" and not _alive(int(status.get("pid", -1))):
+        if state == "running" and not _alive(_int(status.get("pid"), -1)):
             state = "crashed"
-        best = status.get("best")
         step_evals = sorted(run.glob("eval-step-*.json"))
         if (run / "eval.json").is_file():
             best_text = _eval_text(run / "eval.json")
         else:
-            parts = [f"{best['metric']} {best['value']:.4g} @ {best['step']}"] if best else []
+            parts = _best_text(status.get("best"))
             if step_evals:
-                iteration = json.loads(step_evals[-1].read_text()).get("iteration", "?")
+                try:
+                    iteration = records.read_json(step_evals[-1]).get("iteration", "?")
+                except (UserError, AttributeError):
+                    iteration = "?"
                 parts.append(_eval_text(step_evals[-1], f"@{iteration}"))
             best_text = "; ".join(parts) or "-"
         rows.append(
-            {"run": str(run), "status": state, "step": status.get("step", 0), "best": best_text}
+            {
+                "run": str(run),
+                "status": str(state),
+                "step": _int(status.get("step"), 0),
+                "best": best_text,
+            }
         )
     return rows
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default

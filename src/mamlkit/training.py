@@ -8,7 +8,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from mamlkit import __version__
+from mamlkit import __version__, records
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.checkpoint import (
     atomic_write_text,
@@ -38,27 +37,19 @@ from mamlkit.distributed import Distributed
 from mamlkit.errors import DivergenceError, UserError
 from mamlkit.evaluation import METRICS, evaluate
 from mamlkit.precision import cuda_precision
+from mamlkit.rundir import CHECKPOINT_DIR, clear_run_dir, has_content, is_reproduce_dir, is_run_dir
 from mamlkit.tasks.base import TaskDistribution
 
-CHECKPOINT_DIR = "checkpoints"
 
-
-def _is_run_dir(path: Path) -> bool:
-    """A run directory (or a reproduce directory of runs) that mamlkit wrote."""
-    markers = ("status.json", "config.yaml", "results.json")
-    return any((path / m).exists() for m in markers) or any(
-        (child / "status.json").exists() for child in path.iterdir() if child.is_dir()
-    )
-
-
-def prepare_run_dir(out: str | Path, force: bool = False) -> Path:
+def prepare_run_dir(out: str | Path, force: bool = False, clear: bool = True) -> Path:
     """Check that a new run may be written to ``out``; with ``force``, clear the old run
-    there first (only something mamlkit wrote: ``--force`` on any other folder is refused).
-    Call it after everything else is validated."""
+    there first (only a folder that is itself a mamlkit run, and only mamlkit's files in it:
+    the user's own files stay; ``--force`` on any other folder is refused; ``clear=False``
+    only checks). Call it after everything else is validated."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if has_content(out) and not force:
         raise UserError(
             f"--out {out} already exists and is not empty; pass --force to overwrite it, "
             "--resume to continue it, or choose another directory"
@@ -70,13 +61,14 @@ def prepare_run_dir(out: str | Path, force: bool = False) -> Path:
         raise UserError(
             f"--out {out} is not writable ({probe} denies writing); choose another path"
         )
-    if force and out.is_dir() and any(out.iterdir()):
-        if not _is_run_dir(out):
+    if force and has_content(out):
+        if not (is_run_dir(out) or is_reproduce_dir(out)):
             raise UserError(
-                f"--out {out} is not a mamlkit run directory; --force only replaces runs, so "
-                "choose an empty or new directory"
+                f"--out {out} is not a mamlkit run directory itself; --force replaces only a "
+                "run (not a folder holding runs or other files), so choose a new directory"
             )
-        shutil.rmtree(out)
+        if clear:
+            clear_run_dir(out)
     return out
 
 
@@ -166,7 +158,7 @@ def _git_state(root: Path) -> dict[str, Any]:
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     data = {"status": status, "pid": os.getpid(), "updated": time.time(), **extra}
-    atomic_write_text(run_dir / "status.json", json.dumps(data))
+    atomic_write_text(run_dir / "status.json", records.dumps(data))
 
 
 def _make_optimizer(params, lr: float) -> torch.optim.Optimizer:
@@ -184,6 +176,69 @@ def run_checkpoints(run_dir: Path) -> dict[int, Path]:
         if step.isdigit():
             found[int(step)] = path
     return dict(sorted(found.items()))
+
+
+_META_TYPES = {"step": int, "optimizer": dict, "rng": dict}
+_TENSORS = ("window", "rng.torch", "rng.numpy.keys")
+
+
+def load_training_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A training checkpoint's tensors and metadata, with the metadata checked: a missing
+    or mistyped entry is a :class:`UserError` naming the file, not a crash mid-restore."""
+    tensors, meta = load_checkpoint(path)
+    for key, kind in _META_TYPES.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise UserError(
+                f"checkpoint {path}: metadata entry {key!r} is missing or not a "
+                f"{kind.__name__} (damaged or hand-edited); resume from an older checkpoint "
+                "(--checkpoint STEP)"
+            )
+    missing = [name for name in _TENSORS if name not in tensors]
+    if missing or meta["step"] < 0 or not isinstance(meta.get("best"), (dict, type(None))):
+        raise UserError(
+            f"checkpoint {path}: incomplete training state ({', '.join(missing) or 'step'}); "
+            "resume from an older checkpoint (--checkpoint STEP)"
+        )
+    return tensors, meta
+
+
+def resume_checkpoint(run_dir: Path, step: int | None = None) -> Path:
+    """The checkpoint to resume from: the newest, or the one of ``step``. A damaged newest
+    one is refused, naming the newest intact one; resuming from an older step sets the
+    damaged newer ones aside as ``*.damaged`` (kept, but never read again)."""
+    found = run_checkpoints(run_dir)
+    if not found:
+        raise UserError(f"{run_dir} has no checkpoint to resume from")
+    if step is not None and step not in found:
+        saved = ", ".join(str(s) for s in found)
+        raise UserError(f"--checkpoint {step}: not a saved step of {run_dir}; saved: {saved}")
+    chosen = max(found) if step is None else step
+    try:
+        load_training_checkpoint(found[chosen])
+    except UserError as exc:
+        older = [s for s in sorted(found, reverse=True) if s < chosen]
+        intact = next((s for s in older if _is_intact(found[s])), None)
+        if intact is None:
+            raise UserError(
+                f"{exc} -- no older intact checkpoint is left: restore it from a backup or "
+                "start the run again with --force"
+            ) from None
+        raise UserError(
+            f"{found[chosen]} is damaged; step {intact} is intact: continue from it with "
+            f"`mamlkit train --resume {run_dir} --checkpoint {intact}`"
+        ) from exc
+    for newer, path in found.items():
+        if newer > chosen and not _is_intact(path):
+            path.rename(path.with_name(path.name + ".damaged"))
+    return found[chosen]
+
+
+def _is_intact(path: Path) -> bool:
+    try:
+        load_training_checkpoint(path)
+    except UserError:
+        return False
+    return True
 
 
 class Trainer:
@@ -260,7 +315,7 @@ class Trainer:
         return path
 
     def restore(self, path: Path) -> None:
-        tensors, meta = load_checkpoint(path)
+        tensors, meta = load_training_checkpoint(path)
         state = {k[len("learner.") :]: v for k, v in tensors.items() if k.startswith("learner.")}
         try:
             self.learner.load_state_dict(state)
@@ -269,18 +324,23 @@ class Trainer:
                 f"checkpoint {path} does not match the model of this run's "
                 "config.yaml (was the config edited?)"
             ) from None
-        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        try:
+            optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+            rng_from_tensors(tensors, meta["rng"], {"tasks": self.generator})
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise UserError(
+                f"checkpoint {path}: its optimiser or random-generator state is damaged "
+                f"({type(exc).__name__}); resume from an older checkpoint (--checkpoint STEP)"
+            ) from None
         for group in self.optimizer.param_groups:  # the CUDA-graph step sets it where it runs
             group["capturable"] = False
-        rng_from_tensors(tensors, meta["rng"], {"tasks": self.generator})
         self.window = tensors["window"].clone()
         self.step, self.best = int(meta["step"]), meta.get("best")
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        records.append_line(self.run_dir / "metrics.jsonl", record)
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -302,21 +362,27 @@ class Trainer:
         self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     # ---- the loop -----------------------------------------------------------------------
-    def fit(self, resume: bool = False, config_changed: bool = False) -> dict[str, Any]:
-        """Train to ``iterations``; ``resume`` continues from the newest checkpoint, and
-        ``config_changed`` then records the (allowed) changes in config.yaml once restored."""
+    def fit(
+        self, resume: bool = False, config_changed: bool = False, from_step: int | None = None
+    ) -> dict[str, Any]:
+        """Train to ``iterations``; ``resume`` continues from the newest checkpoint (or the
+        one of ``from_step``), and ``config_changed`` then records the (allowed) changes in
+        config.yaml once restored."""
         if self.dist is not None:
-            self._join_job(resume)
+            self._join_job(resume, from_step)
         if self.run_dir is not None:
             if not resume:
                 from mamlkit.build import check_config_describes
 
                 check_config_describes(self.config, self.learner)
             if resume:
-                checkpoints = self._checkpoints()
-                if not checkpoints:
-                    raise UserError(f"{self.run_dir} has no checkpoint to resume from")
-                self.restore(checkpoints[-1])
+                self.restore(resume_checkpoint(self.run_dir, from_step))
+                if self.step > self.cfg.iterations:
+                    raise UserError(
+                        f"--set train.iterations={self.cfg.iterations}: {self.run_dir} is "
+                        f"already at step {self.step} and training cannot go back; ask for "
+                        f"{self.step} or more (or evaluate an earlier step with --checkpoint)"
+                    )
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
                 if config_changed:
                     self._write_config()
@@ -335,17 +401,14 @@ class Trainer:
             with _sigterm_as_interrupt():
                 self._loop()
         except DivergenceError:
-            if self.run_dir is not None:
-                write_status(self.run_dir, "diverged", step=self.step, best=self.best)
+            self._final_status("diverged")
             raise
         except KeyboardInterrupt:
             # Ctrl-C is a decision, not a failure: the run resumes from its last checkpoint
-            if self.run_dir is not None:
-                write_status(self.run_dir, "interrupted", step=self.step, best=self.best)
+            self._final_status("interrupted")
             raise
         except BaseException:
-            if self.run_dir is not None:
-                write_status(self.run_dir, "crashed", step=self.step, best=self.best)
+            self._final_status("crashed")
             raise
         finally:
             if self._tb is not None:
@@ -363,6 +426,13 @@ class Trainer:
             )
         return {"step": self.step, "best": self.best}
 
+    def _final_status(self, status: str) -> None:
+        """Record how training stopped, if the disk still lets us: the error that stopped
+        it (perhaps that very disk) is what the user must see."""
+        if self.run_dir is not None:
+            with contextlib.suppress(OSError):
+                write_status(self.run_dir, status, step=self.step, best=self.best)
+
     def _loop(self) -> None:
         with cuda_precision(self.cfg.precision):
             self._train()
@@ -373,7 +443,7 @@ class Trainer:
             info.update(world_size=self.dist.world, backend=self.dist.backend)
         return info
 
-    def _join_job(self, resume: bool) -> None:
+    def _join_job(self, resume: bool, from_step: int | None) -> None:
         """Distributed: every rank starts from the same state and only rank 0 writes (the
         other ranks read the checkpoint they resume from, then hold no run directory)."""
         self.dist.check_meta_batch(self.cfg.meta_batch)
@@ -383,10 +453,8 @@ class Trainer:
                 "distributed yet; train it in one process"
             )
         if not self.dist.main:
-            if resume and self.run_dir is not None:
-                checkpoints = self._checkpoints()
-                if checkpoints:
-                    self.restore(checkpoints[-1])
+            if resume and self.run_dir is not None and run_checkpoints(self.run_dir):
+                self.restore(resume_checkpoint(self.run_dir, from_step))
             self.run_dir, self.progress = None, False
 
     def _device_step(self) -> DeviceStep | None:
@@ -614,12 +682,9 @@ def _sigterm_as_interrupt():
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint being resumed (they will be redone)."""
+    """Drop records written after the checkpoint being resumed (they will be redone), and a
+    line torn by a crash mid-append."""
     if not path.exists():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    keep = [r for r in records.read_metrics(path) if r["step"] <= step]
+    atomic_write_text(path, "".join(records.dumps(r) + "\n" for r in keep))

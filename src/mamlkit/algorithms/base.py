@@ -122,10 +122,14 @@ class MetaLearner(nn.Module):
         query_x: Tensor,
         steps: int,
         lr: float | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> list[Tensor]:
         """Test-time predictions on the query set after 0, 1, …, ``steps`` adaptation steps
         (one entry for algorithms that do not adapt by gradient steps). No outer graph.
-        ``lr``: the test-time step size (default: the learner's ``eval_inner_lr``)."""
+        ``lr``: the test-time step size (default: the learner's ``eval_inner_lr``).
+        ``reduce`` (e.g. a per-task metric) is applied to each step's predictions as soon
+        as they exist, so only its small results are kept: memory does not grow with
+        ``steps``."""
         raise NotImplementedError
 
     def predict_task(

@@ -202,7 +202,7 @@ class MAML(MetaLearner):
         loss, pred = self.outer_loss(phi, batch.query_x, batch.query_y)
         return MetaOutput(loss, pred)
 
-    def query_predictions(self, support_x, support_y, query_x, steps, lr=None):
+    def query_predictions(self, support_x, support_y, query_x, steps, lr=None, reduce=None):
         # Test time: the same update rule on detached θ, without the second-order graph.
         theta = {
             n: p.detach().requires_grad_()
@@ -212,7 +212,8 @@ class MAML(MetaLearner):
 
         def record(_step: int, phi: Params) -> None:
             with torch.no_grad():
-                preds.append(self._forward(phi, query_x))
+                pred = self._forward(phi, query_x)
+                preds.append(pred if reduce is None else reduce(pred))
 
         with torch.enable_grad():
             self.adapt(

@@ -87,7 +87,7 @@ class PretrainedClassifier(MetaLearner):
             self._episode_models[ways] = (twin, task_forward(twin, self.impl)[0])
         return self._episode_models[ways][1]
 
-    def query_predictions(self, support_x, support_y, query_x, steps, lr=None):
+    def query_predictions(self, support_x, support_y, query_x, steps, lr=None, reduce=None):
         ways = int(support_y.max()) + 1
         forward = self._episode_forward(ways)
         body = {
@@ -104,7 +104,8 @@ class PretrainedClassifier(MetaLearner):
 
         def record(_s, phi):
             with torch.no_grad():
-                preds.append(forward(phi, query_x))
+                pred = forward(phi, query_x)
+                preds.append(pred if reduce is None else reduce(pred))
 
         with torch.enable_grad():
             inner_loop(

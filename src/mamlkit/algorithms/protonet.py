@@ -61,6 +61,7 @@ class PrototypicalNetwork(MetaLearner):
         logits = self.logits(batch.support_x, batch.support_y, batch.query_x)
         return MetaOutput(F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits)
 
-    def query_predictions(self, support_x, support_y, query_x, steps, lr=None):
+    def query_predictions(self, support_x, support_y, query_x, steps, lr=None, reduce=None):
         with torch.no_grad():
-            return [self.logits(support_x, support_y, query_x)]
+            logits = self.logits(support_x, support_y, query_x)
+            return [logits if reduce is None else reduce(logits)]

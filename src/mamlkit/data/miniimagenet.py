@@ -53,6 +53,7 @@ _LAYOUT_HINT = (
 
 # What Pillow raises for damaged or non-image files (SyntaxError for some malformed chunks).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_MAX_PIXELS = 8192 * 8192  # far beyond any ImageNet photo
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing ndarray fields with == is ambiguous
@@ -239,6 +240,8 @@ def _decode(path: Path, image_size: int) -> np.ndarray:
     ringing would show.
     """
     with Image.open(path) as im:
+        if im.width * im.height > _MAX_PIXELS:  # refused before decoding, not after
+            raise ValueError(f"{im.width}x{im.height} pixels; a decompression bomb?")
         rgb = im.convert("RGB")
     if rgb.size != (image_size, image_size):
         shrinking = rgb.width > image_size or rgb.height > image_size

@@ -70,7 +70,18 @@ _REPLACE_DATA = "replace the data (`mamlkit data download omniglot`, or copy it 
 
 # What Pillow and zipfile raise for damaged input. PIL uses SyntaxError for some malformed
 # PNG chunks, and zlib.error escapes zipfile when the deflate stream itself is damaged.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, zipfile.BadZipFile)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    zlib.error,
+    zipfile.BadZipFile,
+    Image.DecompressionBombError,
+)
+# Omniglot drawings are 105x105; a member claiming far more pixels is refused before it is
+# decoded (Pillow only refuses beyond ~179 million, after warning from ~89 million).
+_MAX_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -360,6 +371,8 @@ def _list_images(sets: list[_Set], expected: _Counts | None) -> _Listing:
 def _decode(data: bytes, image_size: int) -> np.ndarray:
     """PNG bytes -> inverted uint8 ``[S, S]`` (strokes high), as in the reference MAML code."""
     with Image.open(io.BytesIO(data)) as im:
+        if im.width * im.height > _MAX_PIXELS:
+            raise ValueError(f"{im.width}x{im.height} pixels; a decompression bomb?")
         grey = im.convert("L")
     if grey.size != (image_size, image_size):
         grey = grey.resize((image_size, image_size), Image.Resampling.LANCZOS)
