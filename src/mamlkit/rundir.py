@@ -34,7 +34,7 @@ RUN_FILES = (
     CHECKPOINT_DIR,
     "tensorboard",
 )
-RUN_PATTERNS = ("eval-step-*.json",)
+RUN_PATTERNS = ("eval-step-*.json", "eval-any-alphabet*.json", "eval-within-alphabet*.json")
 # What `mamlkit reproduce sine` writes around its runs (one run directory per method).
 REPRODUCE_FILES = ("results.json", "report.md", "sine_fits.png", "sine_mse.png")
 REPRODUCE_RUNS = ("maml", "pretrained")
