@@ -249,3 +249,16 @@ def test_torchrun_omniglot_5w1s_equals_one_process(tmp_path):
     a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
     for name in b:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_every_ranks_rng_state_is_in_the_checkpoint(tmp_path):
+    from mamlkit.checkpoint import load_checkpoint
+
+    job = torchrun("train", "sine_maml", "--out", str(tmp_path / "r"), "--no-progress",
+                   *sets(["train.iterations=4", "train.meta_batch=4", "train.checkpoint_every=2",
+                          "train.tensorboard=false", "train.threads=1"]))  # fmt: skip
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err.decode()[-2000:]
+    tensors, _ = load_checkpoint(tmp_path / "r" / "checkpoints" / "step-00000004.safetensors")
+    assert {"rng.rank0.torch", "rng.rank1.torch"} <= set(tensors)
+    assert torch.equal(tensors["rng.rank0.torch"], tensors["rng.torch"])

@@ -79,6 +79,31 @@ class Distributed:
         dist.all_gather(parts, padded.contiguous())
         return torch.cat([p[..., : int(c.item())] for p, c in zip(parts, counts)], dim=-1)
 
+    def gather_rng_states(self) -> dict[str, Tensor]:
+        """Every rank's global torch RNG states (CPU, and its GPU's), for rank 0's
+        checkpoint: ``rng.rankR.torch`` / ``rng.rankR.cuda``. The task generator needs no
+        gathering: every rank holds the same one."""
+        mine = {"torch": torch.get_rng_state()}
+        if self.backend == "nccl":
+            mine["cuda"] = torch.cuda.get_rng_state()
+        out = {}
+        for kind, state in mine.items():
+            # nccl moves only GPU tensors; gloo takes them on the CPU
+            local = state.to(f"cuda:{self.local_rank}") if self.backend == "nccl" else state
+            parts = [torch.empty_like(local) for _ in range(self.world)]
+            dist.all_gather(parts, local)
+            out.update({f"rng.rank{r}.{kind}": p.cpu() for r, p in enumerate(parts)})
+        return out
+
+    def restore_rng_states(self, tensors: dict[str, Tensor]) -> None:
+        """This rank's own RNG states from a checkpoint (older checkpoints have none)."""
+        state = tensors.get(f"rng.rank{self.rank}.torch")
+        if state is not None:
+            torch.set_rng_state(state)
+        state = tensors.get(f"rng.rank{self.rank}.cuda")
+        if state is not None and self.backend == "nccl":
+            torch.cuda.set_rng_state(state)
+
     def check_meta_batch(self, meta_batch: int) -> None:
         if meta_batch % self.world:
             raise UserError(

@@ -288,6 +288,7 @@ class Trainer:
         # running sums over the current logging window (checkpointed, for exact resume)
         self.window = torch.zeros(3, dtype=torch.float64)
         self.engine = "eager"  # or "cuda-graph": how the last fit ran its iterations
+        self._rank_rng: dict[str, torch.Tensor] = {}
         self._tb = None
 
     # ---- run directory ------------------------------------------------------------------
@@ -306,6 +307,7 @@ class Trainer:
         tensors.update(opt_tensors)
         tensors.update(rng_tensors)
         tensors["window"] = self.window
+        tensors.update(self._rank_rng)  # distributed: every rank's own RNG states
         meta = {"step": self.step, "optimizer": opt_meta, "rng": rng_meta, "best": self.best}
         path = self.run_dir / CHECKPOINT_DIR / f"step-{self.step:08d}.safetensors"
         save_checkpoint(path, tensors, meta)
@@ -334,6 +336,8 @@ class Trainer:
             ) from None
         for group in self.optimizer.param_groups:  # the CUDA-graph step sets it where it runs
             group["capturable"] = False
+        if self.dist is not None:
+            self.dist.restore_rng_states(tensors)
         self.window = tensors["window"].clone()
         self.step, self.best = int(meta["step"]), meta.get("best")
 
@@ -413,6 +417,8 @@ class Trainer:
         finally:
             if self._tb is not None:
                 self._tb.close()
+        if self.dist is not None and self.step % self.cfg.checkpoint_every:
+            self._rank_rng = self.dist.gather_rng_states()  # for the final checkpoint
         if self.run_dir is not None:
             if self.step % self.cfg.checkpoint_every:
                 self.save()
@@ -617,6 +623,8 @@ class Trainer:
         val = bool(cfg.val_every) and self.val_tasks is not None
         val = val and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
         save = self.run_dir is not None and self.step % cfg.checkpoint_every == 0
+        if self.dist is not None and self.step % cfg.checkpoint_every == 0:
+            self._rank_rng = self.dist.gather_rng_states()  # a collective: every rank
         if device_step is not None and (log or val or save):
             self._check_health(device_step)
         if log or val:  # a validation between logging steps is a record of its own
