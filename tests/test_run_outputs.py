@@ -22,7 +22,8 @@ from mamlkit.checkpoint import atomic_write_text
 from mamlkit.cli import main
 from mamlkit.config import load_config
 from mamlkit.models import MLP
-from mamlkit.training import Trainer, environment_info, source_checkout
+from mamlkit.run_files import environment_info, source_checkout
+from mamlkit.training import Trainer
 
 from .test_runs import TroubleAt
 

@@ -19,9 +19,10 @@ from mamlkit.build import build_learner, build_tasks
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.evaluation import mean_ci95, per_task_metric_by_step
+from mamlkit.run_files import prepare_run_dir
 from mamlkit.rundir import lock_run_dir
 from mamlkit.tasks import SineTasks
-from mamlkit.training import Trainer, prepare_run_dir, seed_everything
+from mamlkit.training import Trainer, seed_everything
 
 PAPER_TABLE2 = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
 FINE_TUNE_GRID = (0.001, 0.003, 0.01, 0.02, 0.05, 0.1)
@@ -282,7 +283,7 @@ def _reproduce_sine(
     """Train (or, with ``resume``, finish training) every model, then evaluate and write
     results.json, sine_fits.png, sine_mse.png and report.md into ``out``."""
     from mamlkit import plots
-    from mamlkit.training import environment_info
+    from mamlkit.run_files import environment_info
 
     configs = sine_configs(iterations, seed, device, overrides)  # validated first
     out = Path(out) if resume else prepare_run_dir(out, force)

@@ -17,14 +17,15 @@ from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
 from mamlkit.evaluation import evaluate
 from mamlkit.precision import cuda_precision
-from mamlkit.rundir import check_no_links, clear_run_dir, lock_run_dir, remove_orphaned_tmp
-from mamlkit.training import (
+from mamlkit.run_files import prepare_run_dir, run_checkpoints
+from mamlkit.rundir import (
     CHECKPOINT_DIR,
-    Trainer,
-    prepare_run_dir,
-    run_checkpoints,
-    seed_everything,
+    check_no_links,
+    clear_run_dir,
+    lock_run_dir,
+    remove_orphaned_tmp,
 )
+from mamlkit.training import Trainer, seed_everything
 
 
 def train_run(
