@@ -9,7 +9,6 @@ import math
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import yaml
 
 from mamlkit import records
 from mamlkit.algorithms.base import MetaLearner
+from mamlkit.callbacks import Callback, ProgressBar, TensorBoard
 from mamlkit.checkpoint import (
     atomic_write_text,
     optimizer_from_tensors,
@@ -91,6 +91,7 @@ class Trainer:
         description: str = "meta-train",
         position: int = 0,
         dist: Distributed | None = None,
+        callbacks: list[Callback] | None = None,
     ):
         self.learner, self.train_tasks, self.val_tasks = learner, train_tasks, val_tasks
         self.dist = dist  # torchrun's data parallelism: each rank runs a share of the tasks
@@ -110,7 +111,8 @@ class Trainer:
         self.window = torch.zeros(3, dtype=torch.float64)
         self.engine = "eager"  # or "cuda-graph": how the last fit ran its iterations
         self._rank_rng: dict[str, torch.Tensor] = {}
-        self._tb = None
+        self.callbacks = list(callbacks or [])  # the user's; the run's own join in fit()
+        self._active: list[Callback] = []
 
     # ---- run directory ------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
@@ -163,28 +165,24 @@ class Trainer:
         self.step, self.best = int(meta["step"]), meta.get("best")
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.run_dir is None:
-            return
-        records.append_line(self.run_dir / "metrics.jsonl", record)
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, record["step"])
+        if self.run_dir is not None:
+            records.append_line(self.run_dir / "metrics.jsonl", record)
+        self._emit("on_log", record)
 
-    def _start_tensorboard(self, purge_step: int | None) -> None:
-        if self.run_dir is None or not self.cfg.tensorboard:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # optional (the `tensorboard` extra): metrics.jsonl has it all
-            warnings.warn(
-                "train.tensorboard is on but tensorboard is not installed; metrics go to "
-                "metrics.jsonl only (pip install 'mamlkit[tensorboard]', or set "
-                "train.tensorboard=false)",
-                stacklevel=2,
-            )
-            return
-        self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+    def _emit(self, hook: str, *args: Any) -> None:
+        for callback in self._active:
+            getattr(callback, hook)(self, *args)
+
+    def _side_jobs(self) -> list[Callback]:
+        """The run's own callbacks (a progress bar; TensorBoard beside a run directory) and
+        the user's. Distributed, only rank 0 has any: it alone writes and shows progress."""
+        jobs: list[Callback] = []
+        if self.progress:
+            jobs.append(ProgressBar(self.description, self.position))
+        if self.run_dir is not None and self.cfg.tensorboard:
+            jobs.append(TensorBoard(self.run_dir / "tensorboard"))
+        main = self.dist is None or self.dist.main
+        return jobs + self.callbacks if main else []
 
     # ---- the loop -----------------------------------------------------------------------
     def fit(
@@ -219,10 +217,11 @@ class Trainer:
                     json.dumps(self._environment(), indent=2),
                 )
             write_status(self.run_dir, "running", step=self.step, best=self.best)
-            self._start_tensorboard(self.step + 1 if resume else None)
         if self.dist is not None:  # every rank starts from rank 0's weights
             self.dist.broadcast_(list(self.learner.state_dict().values()))
         try:
+            self._active = self._side_jobs()
+            self._emit("on_start", resume)
             with _sigterm_as_interrupt():
                 self._loop()
         except DivergenceError:
@@ -236,8 +235,7 @@ class Trainer:
             self._final_status("crashed")
             raise
         finally:
-            if self._tb is not None:
-                self._tb.close()
+            self._emit("on_end")
         if self.dist is not None and self.step % self.cfg.checkpoint_every:
             self._rank_rng = self.dist.gather_rng_states()  # for the final checkpoint
         if self.run_dir is not None:
@@ -326,21 +324,10 @@ class Trainer:
             )
 
     def _train(self) -> None:
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         params = [p for p in self.learner.parameters() if p.requires_grad]
         metric_fn = METRICS.get(self.metric) if self.metric else None
         device_step = self._device_step()
-        bar = tqdm(
-            total=cfg.iterations,
-            initial=self.step,
-            desc=self.description,
-            disable=not self.progress,
-            mininterval=0.5,
-            dynamic_ncols=True,
-            position=self.position,
-        )
         while self.step < cfg.iterations:
             self._schedule_lr()
             batch = self.train_tasks.sample(cfg.meta_batch, self.generator)
@@ -358,12 +345,11 @@ class Trainer:
                         file=sys.stderr,
                     )
                 self.step += 1
-                bar.update(1)
-                self._after_step(bar, device_step)
+                self._after_step(device_step)
                 continue
             custom = self.learner.outer_step(batch, self.optimizer, self.step)
             if custom is not None:
-                self._finish_custom_step(custom, metric_fn, batch, bar)
+                self._finish_custom_step(custom, metric_fn, batch)
                 continue
             out = self.learner.meta_forward(batch, self.step)
             loss, pred = out.loss, out.predictions
@@ -398,11 +384,9 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             self.window += torch.tensor([loss_value, metric_value, 1.0], dtype=torch.float64)
-            bar.update(1)
-            self._after_step(bar, None)
-        bar.close()
+            self._after_step(None)
 
-    def _finish_custom_step(self, out, metric_fn, batch, bar) -> None:
+    def _finish_custom_step(self, out, metric_fn, batch) -> None:
         """Bookkeeping after a learner's own outer step (:meth:`MetaLearner.outer_step`)."""
         with torch.no_grad():
             value = out.loss.detach()
@@ -418,8 +402,7 @@ class Trainer:
             )
         self.step += 1
         self.window += torch.tensor([loss_value, metric_value, 1.0], dtype=torch.float64)
-        bar.update(1)
-        self._after_step(bar, None)
+        self._after_step(None)
 
     def _schedule_lr(self) -> None:
         """The outer learning rate as a function of the step alone (so that a resumed run
@@ -436,10 +419,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def _after_step(self, bar, device_step: DeviceStep | None) -> None:
+    def _after_step(self, device_step: DeviceStep | None) -> None:
         """Log, validate and checkpoint where the step count says so (after the host has
         read the device step's health flag, where there is one)."""
         cfg = self.cfg
+        self._emit("on_step")
         log = self.step % cfg.log_every == 0 or self.step == cfg.iterations
         val = bool(cfg.val_every) and self.val_tasks is not None
         val = val and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
@@ -453,7 +437,6 @@ class Trainer:
             if val:
                 record.update(self.validate())
             self._log(record)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
         if save:
             self.save()
 

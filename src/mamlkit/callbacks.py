@@ -1,0 +1,90 @@
+"""Side jobs of a training run — a progress bar, TensorBoard — told what the loop does; none
+of them changes what is computed. A user's own (early stopping, a W&B logger) subclasses
+:class:`Callback` and goes in ``Trainer(..., callbacks=[...])``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+class Callback:
+    """Hooks the Trainer calls: ``on_start`` (after any resume, at ``trainer.step``),
+    ``on_step`` (after every iteration), ``on_log`` (every record written to
+    ``metrics.jsonl``), ``on_end`` (however training stopped)."""
+
+    def on_start(self, trainer: Any, resumed: bool) -> None:
+        pass
+
+    def on_step(self, trainer: Any) -> None:
+        pass
+
+    def on_log(self, trainer: Any, record: dict[str, Any]) -> None:
+        pass
+
+    def on_end(self, trainer: Any) -> None:
+        pass
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the run's iterations, showing the newest logged numbers."""
+
+    def __init__(self, description: str, position: int = 0):
+        self.description, self.position, self.bar = description, position, None
+
+    def on_start(self, trainer, resumed):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=trainer.cfg.iterations,
+            initial=trainer.step,
+            desc=self.description,
+            mininterval=0.5,
+            dynamic_ncols=True,
+            position=self.position,
+        )
+
+    def on_step(self, trainer):
+        self.bar.update(1)
+
+    def on_log(self, trainer, record):
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
+
+    def on_end(self, trainer):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class TensorBoard(Callback):
+    """Every numeric field of every logged record as a TensorBoard scalar in ``folder``; a
+    resumed run first drops the events written after its checkpoint (``purge_step``).
+    Optional: without the ``tensorboard`` package it warns once and does nothing."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.writer = Path(folder), None
+
+    def on_start(self, trainer, resumed):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # optional (the `tensorboard` extra): metrics.jsonl has it all
+            warnings.warn(
+                "train.tensorboard is on but tensorboard is not installed; metrics go to "
+                "metrics.jsonl only (pip install 'mamlkit[tensorboard]', or set "
+                "train.tensorboard=false)",
+                stacklevel=2,
+            )
+            return
+        purge = trainer.step + 1 if resumed else None
+        self.writer = SummaryWriter(str(self.folder), purge_step=purge)
+
+    def on_log(self, trainer, record):
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, record["step"])
+
+    def on_end(self, trainer):
+        if self.writer is not None:
+            self.writer.close()
