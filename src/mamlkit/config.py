@@ -93,6 +93,7 @@ class TrainConfig:
     outer_lr: float = 0.001
     lr_halve_every: int = 0  # halve the outer learning rate every n iterations (0: never)
     lr_schedule: str = "constant"  # constant | cosine (from outer_lr to min_lr over the run)
+    optimizer: str = "adam"  # the outer optimiser: adam | sgd
     min_lr: float = 0.0
     grad_clip: float | None = None  # clip meta-gradient values to [-c, c]
     log_every: int = 100
@@ -405,6 +406,7 @@ def validate(c: Config) -> None:
         "on needs train.device=cuda; use auto (graphs wherever CUDA is used) or off",
     )
     _require(c.train.precision in ("fp32", "tf32"), "train.precision", "must be fp32 or tf32")
+    _require(c.train.optimizer in ("adam", "sgd"), "train.optimizer", "must be adam or sgd")
     _require(
         c.train.lr_schedule in ("constant", "cosine"),
         "train.lr_schedule",

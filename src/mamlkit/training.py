@@ -9,6 +9,7 @@ import math
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """The outer optimiser ``train.optimizer`` names, at ``train.outer_lr``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.outer_lr)
     try:  # the fused kernel is fastest; older torch on CPU lacks it
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=cfg.outer_lr, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)
+        return torch.optim.Adam(params, lr=cfg.outer_lr, foreach=True)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
+    """The outer learning-rate schedule as a ``LambdaLR`` of the closed form — halved every
+    ``lr_halve_every`` steps (StepLR's), or cosine from ``outer_lr`` to ``min_lr`` over
+    ``iterations`` — so that it depends on the step alone: a resumed run needs no scheduler
+    state, and a run extended with ``--set train.iterations`` continues its schedule."""
+
+    def factor(step: int) -> float:
+        if cfg.lr_halve_every:
+            return 0.5 ** (step // cfg.lr_halve_every)
+        if cfg.lr_schedule == "cosine":
+            cos = 0.5 * (1 + math.cos(math.pi * min(step / cfg.iterations, 1.0)))
+            return (cfg.min_lr + (cfg.outer_lr - cfg.min_lr) * cos) / cfg.outer_lr
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class Trainer:
@@ -103,7 +124,8 @@ class Trainer:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.learner.to(self.device)
-        self.optimizer = _make_optimizer(self.learner.parameters(), self.cfg.outer_lr)
+        self.optimizer = make_optimizer(self.learner.parameters(), self.cfg)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg)
         self.generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         self.step = 0
         self.best: dict[str, Any] | None = None
@@ -163,6 +185,8 @@ class Trainer:
             self.dist.restore_rng_states(tensors)
         self.window = tensors["window"].clone()
         self.step, self.best = int(meta["step"]), meta.get("best")
+        # the restored rate is the one the last update used: the schedule's at step − 1
+        self.scheduler.last_epoch = self.step - 1
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.run_dir is not None:
@@ -405,19 +429,13 @@ class Trainer:
         self._after_step(None)
 
     def _schedule_lr(self) -> None:
-        """The outer learning rate as a function of the step alone (so that a resumed run
-        continues the same schedule): halved every ``lr_halve_every`` steps, or cosine
-        annealing from ``outer_lr`` to ``min_lr`` over ``iterations`` (MAML++)."""
-        cfg = self.cfg
-        if cfg.lr_halve_every:
-            lr = cfg.outer_lr * 0.5 ** (self.step // cfg.lr_halve_every)
-        elif cfg.lr_schedule == "cosine":
-            progress = self.step / cfg.iterations
-            lr = cfg.min_lr + 0.5 * (cfg.outer_lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-        else:
-            return
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        """Set the rate of the coming update: the schedule's at the current step."""
+        with warnings.catch_warnings():
+            # torch warns when a scheduler steps before the optimiser has (after a resume, or
+            # for a learner with its own outer step); here it sets the next update's rate
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            while self.scheduler.last_epoch < self.step:
+                self.scheduler.step()
 
     def _after_step(self, device_step: DeviceStep | None) -> None:
         """Log, validate and checkpoint where the step count says so (after the host has
