@@ -452,3 +452,15 @@ def test_schedules_resume_exactly(tmp_path, schedule):
     assert logs[0] == logs[1]
     rates = [json.loads(line)["lr"] for line in logs[0].splitlines()]
     assert len(set(rates)) > 1  # the schedule moved within the run
+
+
+def test_the_pretrained_baseline_is_not_a_maml():
+    """It adapts by gradient steps like MAML (the shared GradientLearner) but is not
+    meta-learned through them."""
+    from mamlkit.algorithms import GradientLearner
+    from mamlkit.build import build_learner
+    from mamlkit.config import load_config
+
+    learner = build_learner(load_config("sine_pretrained"))
+    assert isinstance(learner, GradientLearner) and not isinstance(learner, MAML)
+    assert issubclass(MAML, GradientLearner)

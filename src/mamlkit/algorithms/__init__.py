@@ -2,6 +2,7 @@
 
 from mamlkit.algorithms.anil import ANIL
 from mamlkit.algorithms.base import ALGORITHMS, MetaLearner, MetaOutput, register
+from mamlkit.algorithms.gradient import GradientLearner
 from mamlkit.algorithms.maml import FOMAML, MAML
 from mamlkit.algorithms.mamlpp import MAMLPlusPlus
 from mamlkit.algorithms.metasgd import MetaSGD
@@ -13,6 +14,7 @@ __all__ = [
     "ALGORITHMS",
     "ANIL",
     "FOMAML",
+    "GradientLearner",
     "MAML",
     "MAMLPlusPlus",
     "MetaLearner",

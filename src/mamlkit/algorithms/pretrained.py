@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamlkit.algorithms.base import MetaLearner, MetaOutput, register
-from mamlkit.algorithms.maml import MAML
+from mamlkit.algorithms.gradient import GradientLearner
 from mamlkit.functional import (
     FixedStepSize,
     adaptable_params,
@@ -23,10 +23,13 @@ from mamlkit.functional import (
 from mamlkit.tasks.base import TaskBatch
 
 
-class PretrainedRegression(MAML):
+class PretrainedRegression(GradientLearner):
     """Plain regression on samples from all tasks (support and query points alike), then
-    fine-tuning like MAML at test time. ``inner_lr`` is the test-time step size only (the
-    paper tuned it separately)."""
+    fine-tuning with gradient steps at test time, as MAML adapts. ``inner_lr`` is the
+    test-time step size only (the paper tuned it separately); adaptation takes no step
+    unless asked (``steps``)."""
+
+    capturable = True
 
     def __init__(self, model, loss_fn, inner_lr, impl: str = "auto", **kwargs):
         super().__init__(model, loss_fn, inner_lr, inner_steps=0, impl=impl, **kwargs)
