@@ -20,7 +20,7 @@ from mamlkit.algorithms import (
     PretrainedRegression,
     PrototypicalNetwork,
 )
-from mamlkit.config import Config
+from mamlkit.config import RL_TASKS, Config
 from mamlkit.errors import ConfigError, UserError
 from mamlkit.models import MLP, Conv4
 from mamlkit.models.target import build_target_model, is_builtin_target
@@ -37,6 +37,8 @@ def check_device(c: Config) -> None:
 
 
 def metric_for(c: Config) -> str:
+    if c.task.name in RL_TASKS:
+        return "return"
     return "mse" if c.task.name == "sine" else "accuracy"
 
 
@@ -80,6 +82,10 @@ def build_model(c: Config, out_features: int | None = None) -> nn.Module:
 
 def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearner:
     a = c.algorithm
+    if c.task.name in RL_TASKS:
+        from mamlkit.rl.build import build_rl_learner
+
+        return build_rl_learner(c)
     if c.task.name == "sine":
         if a.name == "pretrained":
             return PretrainedRegression(
@@ -195,6 +201,10 @@ def _class_images(c: Config, split: str) -> np.ndarray:
 def build_tasks(c: Config, split: str = "train") -> TaskDistribution:
     """The task distribution of ``split`` (train / val / test) on ``train.device``."""
     t = c.task
+    if t.name in RL_TASKS:
+        from mamlkit.rl.build import build_rl_tasks
+
+        return build_rl_tasks(c, split)
     if t.name == "sine":
         if split == "train":
             return SineTasks(t.k_support, t.k_query)

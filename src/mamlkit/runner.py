@@ -143,7 +143,7 @@ def eval_run(
         raise UserError(f"--split must be train, val or test, got {split!r}")
     metric = metric_for(config)
     with cuda_precision(config.train.precision):  # as the run trained and validated
-        result = evaluate(
+        by_step = evaluate(
             learner,
             build_tasks(config, split),
             tasks,
@@ -152,9 +152,13 @@ def eval_run(
             seed=config.eval.seed,
             device=config.train.device,
             chunk=config.eval.chunk,
-        )[-1]
+        )
+    result = by_step[-1]
     out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
-    if config.task.name != "sine":
+    if metric == "return":  # RL: the return after every step (the paper's figures)
+        out["by_step"] = by_step
+        out["trajectories_per_step"] = config.task.eval_rollouts
+    elif config.task.name != "sine":
         out.update({"ways": config.task.ways, "shots": config.task.shots})
     else:
         out["k_shot"] = config.task.k_support
@@ -177,7 +181,7 @@ def _alive(pid: int) -> bool:
 
 def _eval_text(path: Path, at: str = "") -> str:
     ev = json.loads(path.read_text())
-    key = "accuracy" if "accuracy" in ev else "mse"
+    key = next((k for k in ("accuracy", "return") if k in ev), "mse")
     return f"eval{at} {key} {ev[key]:.4g} ± {ev['ci95']:.2g}"
 
 
