@@ -123,7 +123,7 @@ class MAMLTRPO(MetaLearner):
         return {
             "return": query.average_return().mean(),
             "return_before": support.average_return().mean(),
-            "kl": torch.as_tensor(float(kl)),
+            "kl": torch.as_tensor(float(torch.as_tensor(kl).detach())),
         }
 
     def outer_step(self, batch: TaskBatch, optimizer, iteration: int) -> MetaOutput:
