@@ -536,9 +536,7 @@ class Trainer:
         finally:
             self.learner.train()
         value = result[metric]
-        better = self.best is None or (value > self.best["value"]) == (
-            metric in HIGHER_IS_BETTER
-        )
+        better = self.best is None or (value > self.best["value"]) == (metric in HIGHER_IS_BETTER)
         if better:
             self.best = {"metric": f"val_{metric}", "value": value, "step": self.step}
         return {f"val_{metric}": value, f"val_{metric}_ci95": result["ci95"]}
