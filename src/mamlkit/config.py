@@ -25,7 +25,8 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 @dataclass
 class TaskConfig:
-    name: str = "sine"  # sine | omniglot | miniimagenet | imagefolder | nav2d (RL)
+    # sine | omniglot | miniimagenet | imagefolder | nav2d | cheetah_vel | cheetah_dir (RL)
+    name: str = "sine"
     # sine: K support and K query points per task
     k_support: int = 10
     k_query: int = 10
@@ -46,7 +47,7 @@ class TaskConfig:
     # imagefolder without train/ val/ test/ folders: class proportions of the seeded split
     split_fractions: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])
     batch_size: int = 64  # pretrained classifier: images per ordinary minibatch
-    # reinforcement learning (nav2d): episode length, trajectories per task per inner step
+    # reinforcement learning: episode length, trajectories per task per inner step
     # in training and at test time, and the oracle baseline's goal in the observation
     horizon: int = 100
     rollouts: int = 20
@@ -274,7 +275,7 @@ def load_config(
 
 
 #: the reinforcement-learning tasks (environments of mamlkit.rl)
-RL_TASKS = ("nav2d",)
+RL_TASKS = ("nav2d", "cheetah_vel", "cheetah_dir")
 
 
 def validate_rl(c: Config) -> None:

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from mamlkit.config import Config
+from mamlkit.rl.cheetah import CheetahDirectionTasks, CheetahVelocityTasks, HalfCheetah
 from mamlkit.rl.envs import Navigation2D, NavigationTasks
 from mamlkit.rl.learner import MAMLTRPO
 from mamlkit.rl.policy import GaussianMLPPolicy
+
+CHEETAH = {"cheetah_vel": "vel", "cheetah_dir": "dir"}
 
 
 def build_env(c: Config):
     if c.task.name == "nav2d":
         return Navigation2D(horizon=c.task.horizon, oracle=c.task.oracle)
+    if c.task.name in CHEETAH:
+        HalfCheetah.check_installed()  # before a run directory is written
+        return HalfCheetah(CHEETAH[c.task.name], horizon=c.task.horizon, oracle=c.task.oracle)
     raise ValueError(f"not an RL task: {c.task.name!r}")  # validate() refuses it first
 
 
 def build_rl_tasks(c: Config, split: str = "train"):
-    """Goals are continuous: every split draws from the same distribution (evaluation's
-    fixed seed gives the same test tasks to every method)."""
+    """Tasks are drawn from continuous (or two-valued) distributions: every split draws
+    from the same one (evaluation's fixed seed gives every method the same test tasks)."""
+    if c.task.name == "cheetah_vel":
+        return CheetahVelocityTasks()
+    if c.task.name == "cheetah_dir":
+        return CheetahDirectionTasks()
     return NavigationTasks()
 
 

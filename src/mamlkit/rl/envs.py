@@ -1,6 +1,6 @@
 """Environments stepped for T tasks × N trajectories at once, and their task distributions.
 
-An environment here is a pure function of tensors: ``reset(task, n)`` gives the state of
+An environment here is a pure function of tensors: ``reset(task, n, generator)`` gives the state of
 ``n`` trajectories of each of T tasks, ``step(state, action)`` advances all ``[T, N]`` of
 them by one tensor operation (on the device of the task tensor), so the simulation of a
 whole meta-batch costs one call per time step.
@@ -42,8 +42,9 @@ class Navigation2D:
     def obs_dim(self) -> int:
         return 4 if self.oracle else 2
 
-    def reset(self, task: Tensor, n: int) -> tuple[Tensor, Tensor]:
-        """State and observation of ``n`` fresh trajectories per task; ``task [T, 2]``."""
+    def reset(self, task: Tensor, n: int, generator=None) -> tuple[Tensor, Tensor]:
+        """State and observation of ``n`` fresh trajectories per task; ``task [T, 2]``
+        (the start is deterministic: ``generator`` is not used)."""
         position = task.new_zeros(task.shape[0], n, 2)
         state = (position, task.unsqueeze(1).expand(-1, n, -1))
         return state, self.observe(state)

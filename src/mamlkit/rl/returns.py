@@ -37,7 +37,7 @@ def sample_trajectories(
 ) -> Trajectories:
     """``n`` trajectories per task of T policies ``params [T, ...]`` on tasks ``task [T, P]``,
     all stepped at once; action noise from ``generator``."""
-    state, obs = env.reset(task, n)
+    state, obs = env.reset(task, n, generator)
     alive = torch.ones(obs.shape[:2], dtype=obs.dtype, device=obs.device)
     observations, actions, rewards, masks = [], [], [], []
     for _ in range(env.horizon):
