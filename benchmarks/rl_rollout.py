@@ -7,7 +7,11 @@ JSON line.
         [--iters 3] [--warmup 1] [--threads N] [--device cpu]
 
 An environment step is one step of one trajectory: a tensor step of T tasks × N
-trajectories counts T·N. Half-cheetah is not implemented in mamlkit yet (reported as such).
+trajectories counts T·N. Half-cheetah (where MuJoCo is installed, ``--cheetah-tasks``
+× ``--rollouts`` simulations, closed loop, one ``mujoco.rollout`` call of 5 physics steps per
+environment step): environment steps per second of mamlkit's vectorised environment and of
+one ``gymnasium.make("HalfCheetah-v5")`` environment, and with ``--cheetah-iters N`` seconds
+per half-cheetah velocity meta-iteration (meta-batch ``--cheetah-tasks``, horizon 200).
 """
 
 from __future__ import annotations
@@ -47,6 +51,54 @@ def timed(fn, device, warmup: int, iters: int) -> list[float]:
     return times
 
 
+def cheetah_throughput(args, device: torch.device) -> dict | str:
+    try:
+        import gymnasium
+        import mujoco  # noqa: F401
+    except ImportError:
+        return "MuJoCo not installed (pip install 'mamlkit[rl]')"
+    import numpy as np
+
+    from mamlkit.rl.cheetah import CheetahVelocityTasks, HalfCheetah
+
+    env = HalfCheetah("vel", horizon=args.cheetah_horizon)
+    generator = torch.Generator(device=device).manual_seed(0)
+    batch = CheetahVelocityTasks().sample(args.cheetah_tasks, generator).to(device)
+    goal, n, horizon = batch.support_x[:, 0], args.rollouts, args.cheetah_horizon
+
+    def bare() -> None:
+        state, _ = env.reset(goal, n, generator)
+        for _ in range(horizon):
+            action = torch.randn(goal.shape[0], n, 6, generator=generator, device=device)
+            state, _, _, _ = env.step(state, action)
+
+    times = timed(bare, device, 1, 2)
+    single = gymnasium.make("HalfCheetah-v5")
+    single.reset(seed=0)
+    rng = np.random.default_rng(0)
+    single_steps = 2000
+    start = time.perf_counter()
+    for _ in range(single_steps):
+        single.step(rng.uniform(-1, 1, 6))
+    single_s = time.perf_counter() - start
+    out = {
+        "simulations": goal.shape[0] * n,
+        "mujoco_threads": env.threads,
+        "env_steps_per_s": goal.shape[0] * n * horizon / statistics.median(times),
+        "single_gymnasium_env_steps_per_s": single_steps / single_s,
+    }
+    if args.cheetah_iters:
+        policy = GaussianMLPPolicy(env.obs_dim, env.act_dim).to(device)
+        learner = MAMLTRPO(env, policy, rollouts=n).to(device)
+
+        def meta_iteration() -> None:
+            learner.outer_step(CheetahVelocityTasks().sample(goal.shape[0], generator), None, 0)
+
+        meta = timed(meta_iteration, device, 0, args.cheetah_iters)
+        out["s_per_meta_iteration_all"] = meta
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=20, help="tasks per meta-batch")
@@ -56,6 +108,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--cheetah-tasks", type=int, default=40, help="0: skip half-cheetah")
+    p.add_argument("--cheetah-horizon", type=int, default=200)
+    p.add_argument("--cheetah-iters", type=int, default=0, help="timed cheetah meta-iterations")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,6 +147,7 @@ def main() -> None:
 
     meta_times = timed(meta_iteration, device, args.warmup, args.iters)
     steps_per_rollout = envs * args.horizon
+    cheetah = cheetah_throughput(args, device) if args.cheetah_tasks else "skipped"
     print(
         json.dumps(
             {
@@ -106,7 +162,7 @@ def main() -> None:
                 "s_per_meta_iteration_median": statistics.median(meta_times),
                 "s_per_meta_iteration_all": meta_times,
                 "iters": args.iters,
-                "half_cheetah": "not implemented",
+                "half_cheetah": cheetah,
                 "torch": torch.__version__,
                 "cpu": platform.processor() or platform.machine(),
             }

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch.distributions import Normal, kl_divergence
 from torch.func import functional_call
 
+from mamlkit.cli import main
 from mamlkit.config import load_config
 from mamlkit.errors import ConfigError
 from mamlkit.functional import stack_params
@@ -339,6 +340,9 @@ def test_resume_is_bit_identical(tmp_path):
     assert [s["steps"] for s in record["by_step"]] == [0, 1, 2, 3]
     assert record["return"] == record["by_step"][-1]["return"] and record["tasks"] == 3
     assert json.loads((tmp_path / "a" / "eval.json").read_text()) == record
+    assert main(["plot", str(tmp_path / "a")]) == 0
+    for figure in ("learning_curves.png", "returns.png", "trajectories.png"):
+        assert (tmp_path / "a" / figure).stat().st_size > 0
 
 
 @pytest.mark.parametrize(
