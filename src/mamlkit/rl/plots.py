@@ -51,8 +51,7 @@ def nav2d_trajectories(learner: MAMLTRPO, path: Path, tasks: int = 4, seed: int 
     generator = environment_generator(batch.support_y)
     with torch.enable_grad():
         theta = {
-            n: p.detach().requires_grad_()
-            for n, p in stack_params(learner.theta(), tasks).items()
+            n: p.detach().requires_grad_() for n, p in stack_params(learner.theta(), tasks).items()
         }
         traj = learner.sample(theta, goal, learner.eval_rollouts, generator)
         update = FixedStepSize(learner.eval_update.step_size("", 0))
