@@ -381,3 +381,18 @@ def test_short_run_adapts(tmp_path):
     before, after = record["by_step"]
     # better by more than the 95% interval of the pre-adaptation mean
     assert after["return"] - before["return"] > before["ci95"], record
+
+
+def test_a_nan_policy_stops_training():
+    from mamlkit.build import build_learner, build_tasks
+    from mamlkit.errors import DivergenceError
+    from mamlkit.training import Trainer
+
+    config = load_config("rl_nav2d_maml", [*TINY, "train.iterations=3"])
+    learner = build_learner(config)
+    with torch.no_grad():
+        learner.policy.log_std.fill_(float("nan"))
+    trainer = Trainer(learner, build_tasks(config), config, progress=False, metric="return")
+    with pytest.raises(DivergenceError, match="NaN"):
+        trainer.fit()
+    assert trainer.step == 0
