@@ -10,7 +10,7 @@ import torch
 
 from mamlkit.functional import FixedStepSize, stack_params
 from mamlkit.plots import _pyplot
-from mamlkit.rl.envs import Navigation2D, NavigationTasks, environment_generator
+from mamlkit.rl.envs import NavigationTasks, environment_generator
 from mamlkit.rl.learner import MAMLTRPO
 
 #: paper's MAML returns after 0..3 steps (docs: protocols), drawn for reference
@@ -42,48 +42,35 @@ def return_by_step(eval_json: Path, task: str, path: Path) -> None:
     plt.close(fig)
 
 
-def nav2d_trajectories(learner: MAMLTRPO, path: Path, tasks: int = 4, seed: int = 0) -> None:
-    """One test-like adaptation per goal (40 trajectories, one step of the first test step
-    size), and the mean action's path before and after it."""
-    env: Navigation2D = learner.env
+def nav2d_trajectories(
+    learner: MAMLTRPO, path: Path, tasks: int = 4, seed: int = 0, shown: int = 3
+) -> None:
+    """One test-like adaptation per goal (``eval_rollouts`` trajectories, one step of the
+    first test step size), and ``shown`` trajectories sampled before and after it."""
     batch = NavigationTasks().sample(tasks, torch.Generator().manual_seed(seed))
     goal = batch.support_x[:, 0]
     generator = environment_generator(batch.support_y)
     with torch.enable_grad():
-        theta = {
-            n: p.detach().requires_grad_() for n, p in stack_params(learner.theta(), tasks).items()
-        }
+        theta = stack_params(learner.theta(), tasks)
+        theta = {n: p.detach().requires_grad_() for n, p in theta.items()}
         traj = learner.sample(theta, goal, learner.eval_rollouts, generator)
         update = FixedStepSize(learner.eval_update.step_size("", 0))
         phi = learner.adapt_on(theta, traj, update, 1, first_order=True)
-    paths = [_mean_path(learner, theta, goal), _mean_path(learner, phi, goal)]
+    after = learner.sample(phi, goal, shown, generator)
     plt = _pyplot()
-    fig, axes = plt.subplots(1, tasks, figsize=(3 * tasks, 3), squeeze=False)
+    fig, axes = plt.subplots(1, tasks, figsize=(3 * tasks, 3.2), squeeze=False)
     for t, ax in enumerate(axes[0]):
-        for p, label, style in zip(paths, ["before", "after 1 step"], ["-", "-"], strict=True):
-            ax.plot(p[t, :, 0], p[t, :, 1], style, marker=".", markersize=3, label=label)
+        for sampled, label, color in [(traj, "before", "C0"), (after, "after 1 step", "C1")]:
+            for k in range(shown):
+                steps = int(sampled.mask[t, k].sum())
+                xy = sampled.obs[t, k, :steps, :2]
+                ax.plot(xy[:, 0], xy[:, 1], color=color, lw=0.8, label=label if k == 0 else None)
         ax.plot(*goal[t].tolist(), "r*", markersize=12, label="goal")
         ax.set_xlim(-0.6, 0.6)
         ax.set_ylim(-0.6, 0.6)
         ax.set_aspect("equal")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"2D navigation: mean-action paths (horizon {env.horizon})")
+    fig.suptitle(f"2D navigation: sampled trajectories before and after adaptation ({shown} each)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-@torch.no_grad()
-def _mean_path(learner: MAMLTRPO, params, goal) -> torch.Tensor:
-    """Positions ``[T, H + 1, 2]`` when every step takes the policy's mean action."""
-    env = learner.env
-    params = {n: p.detach() for n, p in params.items()}
-    state, obs = env.reset(goal, 1)
-    points = [state[0][:, 0]]
-    for _ in range(env.horizon):
-        mean, _ = learner.policy.distribution(params, obs)
-        state, obs, _, done = env.step(state, mean)
-        points.append(state[0][:, 0])
-        if done.all():
-            break
-    return torch.stack(points, 1)
