@@ -65,3 +65,26 @@ def test_missing_mujoco_is_one_line_naming_the_install_command(monkeypatch):
     with pytest.raises(UserError, match=r"pip install 'mamlkit\[rl\]'") as info:
         build_learner(load_config("rl_cheetah_vel_maml"))
     assert "\n" not in str(info.value)
+
+
+def test_cheetah_run_resumes_bit_identically(tmp_path):
+    """Reset noise and action noise come from the batch seeds: a resumed run replays them."""
+    from safetensors.torch import load_file
+
+    from mamlkit.config import load_config
+    from mamlkit.runner import train_run
+
+    tiny = [
+        "task.horizon=5",
+        "task.rollouts=2",
+        "model.hidden=[8,8]",
+        "train.meta_batch=2",
+        "train.checkpoint_every=1",
+        "train.tensorboard=false",
+    ]
+    train_run(load_config("rl_cheetah_vel_maml", [*tiny, "train.iterations=2"]), tmp_path / "a")
+    train_run(load_config("rl_cheetah_vel_maml", [*tiny, "train.iterations=1"]), tmp_path / "b")
+    config = load_config("rl_cheetah_vel_maml", [*tiny, "train.iterations=2"])
+    train_run(config, tmp_path / "b", resume=True, progress=False, update_config=True)
+    a, b = (load_file(tmp_path / run / "model.safetensors") for run in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
