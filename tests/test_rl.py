@@ -340,6 +340,7 @@ def test_resume_is_bit_identical(tmp_path):
     assert [s["steps"] for s in record["by_step"]] == [0, 1, 2, 3]
     assert record["return"] == record["by_step"][-1]["return"] and record["tasks"] == 3
     assert json.loads((tmp_path / "a" / "eval.json").read_text()) == record
+    assert main(["adapt", str(tmp_path / "a"), "--support", str(tmp_path), "--query", "0"]) == 2
     assert main(["plot", str(tmp_path / "a")]) == 0
     for figure in ("learning_curves.png", "returns.png", "trajectories.png"):
         assert (tmp_path / "a" / figure).stat().st_size > 0
