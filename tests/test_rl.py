@@ -32,7 +32,7 @@ from mamlkit.rl.returns import (
     vpg_support_loss,
 )
 from mamlkit.rl.trpo import conjugate_gradient, flat, trpo_step
-from mamlkit.runner import eval_run, train_run
+from mamlkit.runner import eval_run, list_runs, train_run
 
 # ---- the environment ---------------------------------------------------------------------
 
@@ -340,6 +340,8 @@ def test_resume_is_bit_identical(tmp_path):
     assert [s["steps"] for s in record["by_step"]] == [0, 1, 2, 3]
     assert record["return"] == record["by_step"][-1]["return"] and record["tasks"] == 3
     assert json.loads((tmp_path / "a" / "eval.json").read_text()) == record
+    rows = {r["run"]: r for r in list_runs(tmp_path)}
+    assert rows[str(tmp_path / "a")]["best"].startswith("eval return ")
     assert main(["adapt", str(tmp_path / "a"), "--support", str(tmp_path), "--query", "0"]) == 2
     assert main(["plot", str(tmp_path / "a")]) == 0
     for figure in ("learning_curves.png", "returns.png", "trajectories.png"):
