@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mamlkit.build import image_channels
 from mamlkit.checkpoint import atomic_write_text
-from mamlkit.config import Config
+from mamlkit.config import RL_TASKS, Config
 from mamlkit.data.images import decode_image, is_image_name
 from mamlkit.errors import UserError
 from mamlkit.runner import load_run
@@ -224,6 +224,11 @@ def adapt_run(
             else f"--out {out} is a directory; give a file name such as preds.json"
         )
     config, learner, _ = load_run(run_dir, trust_code=trust_code)
+    if config.task.name in RL_TASKS:
+        raise UserError(
+            f"{run_dir} is a reinforcement-learning run: it adapts on trajectories it samples, "
+            f"not on a support set; use `mamlkit eval {run_dir}`"
+        )
     steps = config.eval.steps if steps is None else steps
     device = config.train.device
     record: dict[str, Any] = {"run_dir": str(run_dir), "support": str(support), "steps": steps}

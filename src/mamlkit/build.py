@@ -18,7 +18,7 @@ from mamlkit.algorithms import (
     MetaLearner,
     PretrainedClassifier,
 )
-from mamlkit.config import Config
+from mamlkit.config import RL_TASKS, Config
 from mamlkit.errors import ConfigError, UserError
 from mamlkit.models import MLP, Conv4
 from mamlkit.models.target import build_target_model, is_builtin_target
@@ -35,6 +35,8 @@ def check_device(c: Config) -> None:
 
 
 def metric_for(c: Config) -> str:
+    if c.task.name in RL_TASKS:
+        return "return"
     return "mse" if c.task.name == "sine" else "accuracy"
 
 
@@ -77,7 +79,12 @@ def build_model(c: Config, out_features: int | None = None) -> nn.Module:
 
 
 def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearner:
-    """The learner ``algorithm.name`` names (see :func:`mamlkit.algorithms.register`)."""
+    """The learner ``algorithm.name`` names (see :func:`mamlkit.algorithms.register`); an
+    RL task's learner comes from :mod:`mamlkit.rl` (its algorithm names the variant)."""
+    if c.task.name in RL_TASKS:
+        from mamlkit.rl.build import build_rl_learner
+
+        return build_rl_learner(c)
     cls, overrides = ALGORITHMS[c.algorithm.name]
     loss = F.mse_loss if metric_for(c) == "mse" else F.cross_entropy
 
@@ -189,6 +196,10 @@ def _class_images(c: Config, split: str) -> np.ndarray:
 def build_tasks(c: Config, split: str = "train") -> TaskDistribution:
     """The task distribution of ``split`` (train / val / test) on ``train.device``."""
     t = c.task
+    if t.name in RL_TASKS:
+        from mamlkit.rl.build import build_rl_tasks
+
+        return build_rl_tasks(c, split)
     if t.name == "sine":
         if split == "train":
             return SineTasks(t.k_support, t.k_query)

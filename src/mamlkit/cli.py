@@ -331,6 +331,32 @@ def plot(run_dir) -> None:
         runs = {m.parent.name: m.parent for m in found}
     plots.learning_curves(run_dir, run_dir / "learning_curves.png", runs=runs)
     click.echo(f"wrote {run_dir / 'learning_curves.png'}")
+    if runs is None:
+        _plot_rl(run_dir)
+
+
+def _plot_rl(run_dir) -> None:
+    """RL runs: return vs adaptation steps (after `mamlkit eval`) and, for 2D navigation,
+    trajectories before and after adaptation."""
+    import yaml
+
+    from mamlkit.config import RL_TASKS
+
+    task = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("task", {})
+    if task.get("name") not in RL_TASKS:
+        return
+    from mamlkit.rl import plots as rl_plots
+    from mamlkit.runner import load_run, run_checkpoints
+
+    if (run_dir / "eval.json").is_file():
+        rl_plots.return_by_step(run_dir / "eval.json", task["name"], run_dir / "returns.png")
+        click.echo(f"wrote {run_dir / 'returns.png'}")
+    if task["name"] == "nav2d":
+        final = (run_dir / "model.safetensors").is_file()
+        if final or run_checkpoints(run_dir):
+            _, learner, _ = load_run(run_dir, checkpoint=None if final else "latest")
+            rl_plots.nav2d_trajectories(learner, run_dir / "trajectories.png")
+            click.echo(f"wrote {run_dir / 'trajectories.png'}")
 
 
 @data.command("download")

@@ -26,7 +26,8 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 @dataclass
 class TaskConfig:
-    name: str = "sine"  # sine | omniglot | miniimagenet | imagefolder
+    # sine | omniglot | miniimagenet | imagefolder | nav2d | cheetah_vel | cheetah_dir (RL)
+    name: str = "sine"
     # sine: K support and K query points per task
     k_support: int = 10
     k_query: int = 10
@@ -50,6 +51,12 @@ class TaskConfig:
     # imagefolder without train/ val/ test/ folders: class proportions of the seeded split
     split_fractions: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])
     batch_size: int = 64  # pretrained classifier: images per ordinary minibatch
+    # reinforcement learning: episode length, trajectories per task per inner step
+    # in training and at test time, and the oracle baseline's goal in the observation
+    horizon: int = 100
+    rollouts: int = 20
+    eval_rollouts: int = 40
+    oracle: bool = False
 
 
 @dataclass
@@ -84,6 +91,16 @@ class AlgorithmConfig:
     # reptile: the interpolation ε, annealed linearly over train.iterations
     meta_step_size: float = 1.0
     meta_step_size_final: float = 0.0
+    # test-time step sizes, one per step (the last repeats); empty: eval_inner_lr (RL only)
+    eval_inner_lrs: list[float] = field(default_factory=list)
+    # reinforcement learning: returns, advantages and the TRPO outer step
+    discount: float = 0.99
+    gae_lambda: float = 1.0
+    max_kl: float = 0.01
+    cg_iterations: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
 
 
 @dataclass
@@ -279,6 +296,49 @@ def load_config(
     return config
 
 
+#: the reinforcement-learning tasks (environments of mamlkit.rl)
+RL_TASKS = ("nav2d", "cheetah_vel", "cheetah_dir")
+
+
+def validate_rl(c: Config) -> None:
+    """The keys only reinforcement-learning runs read."""
+    for key, value in [
+        ("task.horizon", c.task.horizon),
+        ("task.rollouts", c.task.rollouts),
+        ("task.eval_rollouts", c.task.eval_rollouts),
+        ("algorithm.cg_iterations", c.algorithm.cg_iterations),
+        ("algorithm.max_backtracks", c.algorithm.max_backtracks),
+    ]:
+        _require(value >= 1, key, f"must be >= 1, got {value}")
+    _require(
+        c.algorithm.name in ("maml", "pretrained"),
+        "algorithm.name",
+        f"reinforcement learning runs maml (MAML-TRPO) or pretrained (TRPO on all tasks), "
+        f"not {c.algorithm.name!r}",
+    )
+    _require(c.model.name == "mlp", "model.name", "the policy of an RL task is an mlp")
+    for key, value in [
+        ("algorithm.max_kl", c.algorithm.max_kl),
+        ("algorithm.cg_damping", c.algorithm.cg_damping),
+    ]:
+        _require(math.isfinite(value) and value > 0, key, f"must be > 0, got {value}")
+    for key, value in [
+        ("algorithm.discount", c.algorithm.discount),
+        ("algorithm.gae_lambda", c.algorithm.gae_lambda),
+    ]:
+        _require(0 <= value <= 1, key, f"must be in [0, 1], got {value}")
+    _require(
+        0 < c.algorithm.backtrack_ratio < 1,
+        "algorithm.backtrack_ratio",
+        f"must be in (0, 1), got {c.algorithm.backtrack_ratio}",
+    )
+    _require(
+        all(math.isfinite(a) and a > 0 for a in c.algorithm.eval_inner_lrs),
+        "algorithm.eval_inner_lrs",
+        f"step sizes must be positive numbers, got {c.algorithm.eval_inner_lrs}",
+    )
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}': {message}")
@@ -287,10 +347,13 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(c: Config) -> None:
     """Refuse impossible values before training starts, naming the key."""
     _require(
-        c.task.name in ("sine", "omniglot", "miniimagenet", "imagefolder"),
+        c.task.name in ("sine", "omniglot", "miniimagenet", "imagefolder", *RL_TASKS),
         "task.name",
-        f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet, imagefolder)",
+        f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet, imagefolder, "
+        f"{', '.join(RL_TASKS)})",
     )
+    if c.task.name in RL_TASKS:
+        validate_rl(c)
     _require(
         c.task.name != "imagefolder" or bool(c.task.data_dir),
         "task.data_dir",

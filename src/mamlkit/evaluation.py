@@ -31,10 +31,19 @@ def task_accuracy(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.argmax(-1) == target).double().flatten(1).mean(1) * 100
 
 
+def task_return(average_return: Tensor, _unused: Tensor) -> Tensor:
+    """Per-task average return ``[T]``: an RL learner's "predictions" are already the
+    returns of the trajectories it sampled (its query set is sampled, not given)."""
+    return average_return
+
+
 METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "mse": task_mse,
     "accuracy": task_accuracy,
+    "return": task_return,
 }
+#: metrics where larger is better
+HIGHER_IS_BETTER = ("accuracy", "return")
 
 
 def per_task_metric_by_step(

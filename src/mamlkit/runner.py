@@ -235,7 +235,7 @@ def eval_run(
         config.train.device = dist.device(config.train.device)
         learner.to(config.train.device)
     with cuda_precision(config.train.precision):  # as the run trained and validated
-        result = evaluate(
+        by_step = evaluate(
             learner,
             build_tasks(config, split),
             tasks,
@@ -245,9 +245,13 @@ def eval_run(
             device=config.train.device,
             chunk=config.eval.chunk,
             dist=dist,
-        )[-1]
+        )
+    result = by_step[-1]
     out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
-    if config.task.name != "sine":
+    if metric == "return":  # RL: the return after every step (the paper's figures)
+        out["by_step"] = by_step
+        out["trajectories_per_step"] = config.task.eval_rollouts
+    elif config.task.name != "sine":
         out.update({"ways": config.task.ways, "shots": config.task.shots})
     else:
         out["k_shot"] = config.task.k_support
@@ -278,7 +282,7 @@ def _alive(pid: int) -> bool:
 def _eval_text(path: Path, at: str = "") -> str:
     try:
         ev = records.read_json(path)
-        key = "accuracy" if "accuracy" in ev else "mse"
+        key = next((k for k in ("accuracy", "return") if k in ev), "mse")
         value, ci = ev[key], ev["ci95"]
     except (UserError, TypeError, KeyError):
         return f"eval{at} unreadable ({path.name})"

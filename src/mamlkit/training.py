@@ -31,7 +31,7 @@ from mamlkit.config import Config
 from mamlkit.device_step import CaptureUnsupported, DeviceStep
 from mamlkit.distributed import Distributed
 from mamlkit.errors import DivergenceError, UserError
-from mamlkit.evaluation import METRICS, evaluate
+from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, evaluate
 from mamlkit.precision import cuda_precision
 from mamlkit.run_files import (
     environment_info,
@@ -486,7 +486,7 @@ class Trainer:
         finally:
             self.learner.train()
         value = result[metric]
-        better = self.best is None or (value > self.best["value"]) == (metric == "accuracy")
+        better = self.best is None or (value > self.best["value"]) == (metric in HIGHER_IS_BETTER)
         if better:
             self.best = {"metric": f"val_{metric}", "value": value, "step": self.step}
         return {f"val_{metric}": value, f"val_{metric}_ci95": result["ci95"]}

@@ -1,0 +1,174 @@
+"""Reinforcement-learning throughput: 2D-navigation environment steps per second (the bare
+vectorised environment, and sampling with the Gaussian MLP policy) and seconds per
+MAML-TRPO meta-iteration (sampling, inner VPG step, query sampling, TRPO step). Prints one
+JSON line.
+
+    python benchmarks/rl_rollout.py [--tasks 20] [--rollouts 20] [--horizon 100]
+        [--iters 3] [--warmup 1] [--threads N] [--device cpu]
+
+An environment step is one step of one trajectory: a tensor step of T tasks × N
+trajectories counts T·N. Half-cheetah (where MuJoCo is installed, ``--cheetah-tasks``
+× ``--rollouts`` simulations, closed loop, one ``mujoco.rollout`` call of 5 physics steps per
+environment step): environment steps per second of mamlkit's vectorised environment and of
+one ``gymnasium.make("HalfCheetah-v5")`` environment, and with ``--cheetah-iters N`` seconds
+per half-cheetah velocity meta-iteration (meta-batch ``--cheetah-tasks``, horizon 200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mamlkit.functional import stack_params  # noqa: E402
+from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks  # noqa: E402
+from mamlkit.rl.returns import sample_trajectories  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def cheetah_throughput(args, device: torch.device) -> dict | str:
+    try:
+        import gymnasium
+        import mujoco  # noqa: F401
+    except ImportError:
+        return "MuJoCo not installed (pip install 'mamlkit[rl]')"
+    import numpy as np
+
+    from mamlkit.rl.cheetah import CheetahVelocityTasks, HalfCheetah
+
+    env = HalfCheetah("vel", horizon=args.cheetah_horizon)
+    generator = torch.Generator(device=device).manual_seed(0)
+    batch = CheetahVelocityTasks().sample(args.cheetah_tasks, generator).to(device)
+    goal, n, horizon = batch.support_x[:, 0], args.rollouts, args.cheetah_horizon
+
+    def bare() -> None:
+        state, _ = env.reset(goal, n, generator)
+        for _ in range(horizon):
+            action = torch.randn(goal.shape[0], n, 6, generator=generator, device=device)
+            state, _, _, _ = env.step(state, action)
+
+    times = timed(bare, device, 1, 2)
+    single = gymnasium.make("HalfCheetah-v5")
+    single.reset(seed=0)
+    rng = np.random.default_rng(0)
+    single_steps = 2000
+    start = time.perf_counter()
+    for _ in range(single_steps):
+        single.step(rng.uniform(-1, 1, 6))
+    single_s = time.perf_counter() - start
+    out = {
+        "simulations": goal.shape[0] * n,
+        "mujoco_threads": env.threads,
+        "env_steps_per_s": goal.shape[0] * n * horizon / statistics.median(times),
+        "single_gymnasium_env_steps_per_s": single_steps / single_s,
+    }
+    if args.cheetah_iters:
+        policy = GaussianMLPPolicy(env.obs_dim, env.act_dim).to(device)
+        learner = MAMLTRPO(env, policy, rollouts=n).to(device)
+
+        def meta_iteration() -> None:
+            learner.outer_step(CheetahVelocityTasks().sample(goal.shape[0], generator), None, 0)
+
+        meta = timed(meta_iteration, device, 0, args.cheetah_iters)
+        out["s_per_meta_iteration_all"] = meta
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", type=int, default=20, help="tasks per meta-batch")
+    p.add_argument("--rollouts", type=int, default=20, help="trajectories per task")
+    p.add_argument("--horizon", type=int, default=100)
+    p.add_argument("--iters", type=int, default=3, help="timed meta-iterations")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cheetah-tasks", type=int, default=40, help="0: skip half-cheetah")
+    p.add_argument("--cheetah-horizon", type=int, default=200)
+    p.add_argument("--cheetah-iters", type=int, default=0, help="timed cheetah meta-iterations")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    generator = torch.Generator(device=device).manual_seed(0)
+    env = Navigation2D(horizon=args.horizon)
+    batch = NavigationTasks().sample(args.tasks, generator).to(device)
+    goal = batch.support_x[:, 0]
+    n = args.rollouts
+    envs = args.tasks * n
+
+    def bare() -> None:  # the environment alone, random actions
+        state, _ = env.reset(goal, n)
+        for _ in range(args.horizon):
+            action = torch.randn(args.tasks, n, 2, generator=generator, device=device) * 0.1
+            state, _, _, _ = env.step(state, action)
+
+    policy = GaussianMLPPolicy(env.obs_dim, env.act_dim).to(device)
+    params = stack_params(dict(policy.named_parameters()), args.tasks)
+
+    def with_policy() -> None:
+        sample_trajectories(env, policy, params, goal, n, generator)
+
+    rollout_iters = max(3, args.iters)
+    bare_times = timed(bare, device, 1, rollout_iters)
+    policy_times = timed(with_policy, device, 1, rollout_iters)
+    learner = MAMLTRPO(env, policy, rollouts=n).to(device)
+    step = [0]
+
+    def meta_iteration() -> None:
+        learner.outer_step(NavigationTasks().sample(args.tasks, generator), None, step[0])
+        step[0] += 1
+
+    meta_times = timed(meta_iteration, device, args.warmup, args.iters)
+    steps_per_rollout = envs * args.horizon
+    cheetah = cheetah_throughput(args, device) if args.cheetah_tasks else "skipped"
+    print(
+        json.dumps(
+            {
+                "workload": "nav2d",
+                "tasks": args.tasks,
+                "rollouts_per_task": n,
+                "horizon": args.horizon,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "env_steps_per_s": steps_per_rollout / statistics.median(bare_times),
+                "policy_env_steps_per_s": steps_per_rollout / statistics.median(policy_times),
+                "s_per_meta_iteration_median": statistics.median(meta_times),
+                "s_per_meta_iteration_all": meta_times,
+                "iters": args.iters,
+                "half_cheetah": cheetah,
+                "torch": torch.__version__,
+                "cpu": platform.processor() or platform.machine(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

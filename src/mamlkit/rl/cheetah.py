@@ -1,0 +1,176 @@
+"""Half-cheetah with a goal velocity or direction (Finn et al. 2017, §5.3), simulated by
+MuJoCo for T tasks × N trajectories at once.
+
+The model is gymnasium's ``HalfCheetah-v5`` (its XML, frame skip 5, reset noise 0.1,
+observation ``qpos[1:]`` and ``qvel``); every environment step is one call of
+``mujoco.rollout.rollout`` that advances all T·N simulations by the 5 physics steps of the
+frame skip with the policy's (clipped) action, on ``threads`` thread-local ``MjData``. Only
+the reward is the paper's: velocity tasks −|vₓ − goal| − 0.05‖a‖², direction tasks
+dir·vₓ − 0.05‖a‖² (a the applied, clipped action).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mamlkit.errors import UserError
+from mamlkit.rl.envs import task_batch
+
+INSTALL = "pip install 'mamlkit[rl]' (gymnasium[mujoco] and mujoco)"
+
+
+def _mujoco():
+    try:
+        import mujoco
+        import mujoco.rollout
+    except ImportError:
+        raise UserError(f"half-cheetah needs MuJoCo, which is not installed; {INSTALL}") from None
+    return mujoco
+
+
+def _cheetah_xml() -> str:
+    try:
+        assets = importlib.resources.files("gymnasium.envs.mujoco") / "assets"
+    except ModuleNotFoundError:
+        raise UserError(
+            f"half-cheetah uses gymnasium's HalfCheetah model; gymnasium is not installed; "
+            f"{INSTALL}"
+        ) from None
+    return str(assets / "half_cheetah.xml")
+
+
+@dataclass
+class _Simulator:
+    """The compiled model, thread-local data and the state layout (built on first use)."""
+
+    threads: int
+    model: object = field(init=False)
+    datas: list = field(init=False)
+
+    def __post_init__(self):
+        mujoco = _mujoco()
+        self.mujoco = mujoco
+        self.model = mujoco.MjModel.from_xml_path(_cheetah_xml())
+        self.datas = [mujoco.MjData(self.model) for _ in range(self.threads)]
+        self.spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+        self.nstate = mujoco.mj_stateSize(self.model, self.spec)
+        data = mujoco.MjData(self.model)
+        self.init_qpos, self.init_qvel = data.qpos.copy(), data.qvel.copy()
+        self.nq, self.nv = self.model.nq, self.model.nv
+
+    def full_state(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """FULLPHYSICS states (time, qpos, qvel; no actuator state in this model)."""
+        state = np.zeros((qpos.shape[0], self.nstate))
+        state[:, 1 : 1 + self.nq] = qpos
+        state[:, 1 + self.nq : 1 + self.nq + self.nv] = qvel
+        return state
+
+
+@dataclass
+class HalfCheetah:
+    """Goal-velocity (``task="vel"``) or goal-direction (``task="dir"``) half-cheetah."""
+
+    task: str = "vel"
+    horizon: int = 200
+    frame_skip: int = 5
+    reset_noise: float = 0.1
+    ctrl_cost: float = 0.05
+    threads: int = 2
+    oracle: bool = False
+
+    task_dim = 1
+    act_dim = 6
+
+    def __post_init__(self):
+        if self.task not in ("vel", "dir"):
+            raise ValueError(f"task must be 'vel' or 'dir', got {self.task!r}")
+        self._sim: _Simulator | None = None
+
+    @staticmethod
+    def check_installed() -> None:
+        """Refuse early (one line naming the install command) where MuJoCo is missing."""
+        _mujoco()
+        _cheetah_xml()
+
+    @property
+    def sim(self) -> _Simulator:
+        if self._sim is None:
+            self._sim = _Simulator(self.threads)
+        return self._sim
+
+    @property
+    def obs_dim(self) -> int:
+        return 17 + (1 if self.oracle else 0)
+
+    @property
+    def dt(self) -> float:
+        return float(self.sim.model.opt.timestep) * self.frame_skip
+
+    def reset(self, task: Tensor, n: int, generator=None):
+        """Initial positions and velocities with gymnasium's noise (uniform ±0.1 on qpos,
+        0.1·N(0, 1) on qvel), drawn from ``generator``."""
+        sim, tasks = self.sim, task.shape[0]
+        batch = tasks * n
+        gen = generator if generator is not None else torch.Generator()
+        dev = gen.device
+        u = torch.rand((batch, sim.nq), generator=gen, device=dev, dtype=torch.float64)
+        z = torch.randn((batch, sim.nv), generator=gen, device=dev, dtype=torch.float64)
+        qpos = sim.init_qpos + (u.cpu().numpy() * 2 - 1) * self.reset_noise
+        qvel = sim.init_qvel + self.reset_noise * z.cpu().numpy()
+        state = (sim.full_state(qpos, qvel), task.reshape(tasks, 1).expand(tasks, n), n)
+        return state, self.observe(state, task.dtype, task.device)
+
+    def observe(self, state, dtype, device) -> Tensor:
+        physics, goal, n = state
+        sim = self.sim
+        obs = torch.from_numpy(physics[:, 2 : 1 + sim.nq + sim.nv].copy())  # qpos[1:], qvel
+        obs = obs.to(device=device, dtype=dtype).reshape(goal.shape[0], n, -1)
+        return torch.cat([obs, goal.unsqueeze(-1)], -1) if self.oracle else obs
+
+    def step(self, state, action: Tensor):
+        """All T·N cheetahs advance by ``frame_skip`` physics steps with ``action``."""
+        physics, goal, n = state
+        sim = self.sim
+        applied = action.clamp(-1.0, 1.0)
+        control = applied.detach().reshape(-1, 1, self.act_dim).double().cpu().numpy()
+        control = np.repeat(control, self.frame_skip, axis=1)
+        out, _ = sim.mujoco.rollout.rollout(
+            sim.model, sim.datas, physics, control, nstep=self.frame_skip
+        )
+        new_physics = out[:, -1]
+        velocity = (new_physics[:, 1] - physics[:, 1]) / self.dt  # qpos[0] is x
+        vx = torch.from_numpy(velocity).to(action.device, action.dtype).view(goal.shape)
+        cost = self.ctrl_cost * applied.pow(2).sum(-1)
+        if self.task == "vel":
+            reward = -(vx - goal).abs() - cost
+        else:
+            reward = goal * vx - cost
+        state = (new_physics, goal, n)
+        done = torch.zeros_like(reward, dtype=torch.bool)  # the cheetah never terminates
+        return state, self.observe(state, action.dtype, action.device), reward, done
+
+
+@dataclass(frozen=True)
+class CheetahVelocityTasks:
+    """Goal velocities uniform in ``[low, high]`` (the paper: [0, 2])."""
+
+    low: float = 0.0
+    high: float = 2.0
+
+    def sample(self, tasks: int, generator: torch.Generator):
+        u = torch.rand((tasks, 1), generator=generator, device=generator.device)
+        return task_batch(u * (self.high - self.low) + self.low, generator)
+
+
+@dataclass(frozen=True)
+class CheetahDirectionTasks:
+    """Directions +1 (forward) or −1 (backward), each with probability ½."""
+
+    def sample(self, tasks: int, generator: torch.Generator):
+        coin = torch.randint(0, 2, (tasks, 1), generator=generator, device=generator.device)
+        return task_batch(coin.to(torch.get_default_dtype()) * 2 - 1, generator)

@@ -1,0 +1,98 @@
+"""Environments stepped for T tasks × N trajectories at once, and their task distributions.
+
+An environment here is a pure function of tensors: ``reset(task, n, generator)`` gives the state of
+``n`` trajectories of each of T tasks, ``step(state, action)`` advances all ``[T, N]`` of
+them by one tensor operation (on the device of the task tensor), so the simulation of a
+whole meta-batch costs one call per time step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mamlkit.tasks.base import TaskBatch
+
+#: seeds for the environment's own random numbers (policy noise) are drawn below this
+SEED_BOUND = 2**62
+
+
+@dataclass(frozen=True)
+class Navigation2D:
+    """2D point navigation (Finn et al. 2017, §5.3; maml_rl's ``PointEnvRandGoal``).
+
+    A point starts at the origin and moves by the action, clipped to ``[−max_action,
+    max_action]`` per coordinate; the reward is minus the L2 distance to the goal after the
+    move, and the episode ends (``done``) once both coordinates are within ``tolerance`` of
+    the goal, or after ``horizon`` steps. The observation is the position; with ``oracle``
+    the goal is appended (the "oracle" baseline that is told the task).
+    """
+
+    horizon: int = 100
+    max_action: float = 0.1
+    tolerance: float = 0.01
+    oracle: bool = False
+
+    task_dim = 2  # the goal
+    act_dim = 2
+
+    @property
+    def obs_dim(self) -> int:
+        return 4 if self.oracle else 2
+
+    def reset(self, task: Tensor, n: int, generator=None) -> tuple[Tensor, Tensor]:
+        """State and observation of ``n`` fresh trajectories per task; ``task [T, 2]``
+        (the start is deterministic: ``generator`` is not used)."""
+        position = task.new_zeros(task.shape[0], n, 2)
+        state = (position, task.unsqueeze(1).expand(-1, n, -1))
+        return state, self.observe(state)
+
+    def observe(self, state) -> Tensor:
+        position, goal = state
+        return torch.cat([position, goal], -1) if self.oracle else position
+
+    def step(self, state, action: Tensor):
+        """``(state, obs, reward [T, N], done [T, N])`` after ``action [T, N, 2]``."""
+        position, goal = state
+        position = position + action.clamp(-self.max_action, self.max_action)
+        offset = position - goal
+        reward = -offset.norm(dim=-1)
+        done = (offset.abs() < self.tolerance).all(-1)
+        state = (position, goal)
+        return state, self.observe(state), reward, done
+
+
+@dataclass(frozen=True)
+class NavigationTasks:
+    """Goals uniform in ``[low, high]²``. A batch carries the goals as ``support_x`` and
+    ``query_x`` (``[T, 1, 2]``) and, in ``support_y`` (``[T, 1]``, int64), seeds drawn from
+    the sampler's generator for the environment's randomness, so that a run that restores
+    the generator (a resumed checkpoint) replays the same trajectories. ``query_y`` is
+    unused (zeros): the query set of an RL task is sampled by the adapted policy."""
+
+    low: float = -0.5
+    high: float = 0.5
+
+    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
+        device = generator.device
+        goal = torch.rand((tasks, 2), generator=generator, device=device)
+        goal = goal * (self.high - self.low) + self.low
+        return task_batch(goal, generator)
+
+
+def task_batch(task: Tensor, generator: torch.Generator) -> TaskBatch:
+    """A :class:`TaskBatch` of RL tasks with parameters ``task [T, P]`` (see
+    :class:`NavigationTasks` for the layout)."""
+    seeds = torch.randint(
+        0, SEED_BOUND, (task.shape[0], 1), generator=generator, device=generator.device
+    )
+    params = task.unsqueeze(1)
+    return TaskBatch(params, seeds, params, torch.zeros_like(seeds), info={"task": task})
+
+
+def environment_generator(seeds: Tensor) -> torch.Generator:
+    """The generator of one batch's environment randomness, from the batch's seeds (the
+    first task's: a slice of a batch is a batch of its own)."""
+    return torch.Generator(device=seeds.device).manual_seed(int(seeds.reshape(-1)[0]))

@@ -1,0 +1,178 @@
+"""MAML for reinforcement learning (Finn et al. 2017, §5.3): the engine's inner loop with
+a vanilla policy-gradient support loss, and TRPO as the outer step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mamlkit.algorithms.base import MetaLearner, MetaOutput
+from mamlkit.functional import FixedStepSize, Params, inner_loop, stack_params
+from mamlkit.rl.envs import environment_generator
+from mamlkit.rl.policy import GaussianMLPPolicy
+from mamlkit.rl.returns import (
+    Trajectories,
+    advantages,
+    old_policy,
+    sample_trajectories,
+    surrogate_and_kl,
+    vpg_support_loss,
+)
+from mamlkit.rl.trpo import TRPOStep, trpo_step
+from mamlkit.tasks.base import TaskBatch
+
+
+class MAMLTRPO(MetaLearner):
+    """Meta-learn a policy initialisation θ from which ``inner_steps`` policy-gradient
+    steps on ``rollouts`` trajectories solve a new task.
+
+    Per meta-iteration, for each task i of the batch: sample ``rollouts`` trajectories with
+    θ, adapt φᵢ(θ) by the engine's :func:`~mamlkit.functional.inner_loop` on the VPG
+    surrogate (second order unless ``first_order``), sample ``rollouts`` query trajectories
+    with φᵢ, and take one TRPO step on θ for the mean over tasks of the query surrogate,
+    under mean KL(π_φᵢ(θ_old) ‖ π_φᵢ(θ)) ≤ ``max_kl`` -- the Fisher-vector products
+    differentiate through the inner update. With ``inner_steps=0`` this is plain TRPO on
+    the task distribution (the "pretrained" baseline).
+
+    A batch is an RL :class:`TaskBatch` (:mod:`mamlkit.rl.envs`): task parameters in
+    ``support_x [T, 1, P]``, the seed of the environment's randomness in ``support_y``.
+    """
+
+    def __init__(
+        self,
+        env,
+        policy: GaussianMLPPolicy,
+        inner_lr: float | Sequence[float] = 0.1,
+        inner_steps: int = 1,
+        rollouts: int = 20,
+        first_order: bool = False,
+        eval_inner_lr: float | Sequence[float] = (0.1, 0.05),
+        eval_rollouts: int = 40,
+        discount: float = 0.99,
+        gae_lambda: float = 1.0,
+        max_kl: float = 0.01,
+        cg_iterations: int = 10,
+        cg_damping: float = 1e-5,
+        backtrack_ratio: float = 0.8,
+        max_backtracks: int = 15,
+    ):
+        super().__init__()
+        if inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
+        self.env, self.model = env, policy
+        self.update = FixedStepSize(inner_lr)
+        self.eval_update = FixedStepSize(eval_inner_lr)
+        self.inner_steps, self.rollouts, self.first_order = inner_steps, rollouts, first_order
+        self.eval_rollouts = eval_rollouts
+        self.discount, self.gae_lambda = discount, gae_lambda
+        self.trpo = {
+            "max_kl": max_kl,
+            "cg_iterations": cg_iterations,
+            "cg_damping": cg_damping,
+            "backtrack_ratio": backtrack_ratio,
+            "max_backtracks": max_backtracks,
+        }
+        self.last_step: TRPOStep | None = None
+
+    @property
+    def policy(self) -> GaussianMLPPolicy:
+        return self.model
+
+    def theta(self) -> Params:
+        return dict(self.policy.named_parameters())
+
+    def sample(self, params: Params, task: Tensor, n: int, generator) -> Trajectories:
+        detached = {k: v.detach() for k, v in params.items()}
+        return sample_trajectories(self.env, self.policy, detached, task, n, generator)
+
+    def adapt_on(
+        self, params: Params, traj: Trajectories, update, steps: int, first_order: bool
+    ) -> Params:
+        """φ after ``steps`` inner updates on the fixed trajectories ``traj`` (the same
+        trajectories at every step: training takes one step per batch of samples)."""
+        adv = advantages(traj, self.discount, self.gae_lambda)
+        return inner_loop(
+            params, vpg_support_loss(self.policy, traj, adv), update, steps, first_order
+        )
+
+    def _rollout_and_adapt(self, batch: TaskBatch, generator):
+        """Support trajectories with θ, the adapted φ(θ) (with its graph), the query
+        trajectories of φ and their advantages."""
+        task = batch.support_x[:, 0]
+        theta = stack_params(self.theta(), task.shape[0])
+        support = self.sample(theta, task, self.rollouts, generator)
+        if self.inner_steps:
+            phi = self.adapt_on(theta, support, self.update, self.inner_steps, self.first_order)
+            query = self.sample(phi, task, self.rollouts, generator)
+        else:
+            phi, query = theta, support
+        return support, phi, query, advantages(query, self.discount, self.gae_lambda)
+
+    def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
+        """The TRPO surrogate at θ (differentiable, through the inner update) with the
+        returns before and after adaptation; :meth:`outer_step` is the update itself."""
+        generator = environment_generator(batch.support_y)
+        support, phi, query, adv = self._rollout_and_adapt(batch, generator)
+        old = old_policy(self.policy, phi, query)
+        loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
+        return MetaOutput(loss, query.average_return(), self._metrics(support, query, kl))
+
+    def _metrics(self, support: Trajectories, query: Trajectories, kl) -> dict[str, Tensor]:
+        return {
+            "return": query.average_return().mean(),
+            "return_before": support.average_return().mean(),
+            "kl": torch.as_tensor(float(torch.as_tensor(kl).detach())),
+        }
+
+    def outer_step(self, batch: TaskBatch, optimizer, iteration: int) -> MetaOutput:
+        """One TRPO step on θ (``optimizer`` is not used: TRPO's step is its own)."""
+        generator = environment_generator(batch.support_y)
+        support, phi, query, adv = self._rollout_and_adapt(batch, generator)
+        old = old_policy(self.policy, phi, query)
+        loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
+        params = list(self.theta().values())
+        task_count = batch.support_x.shape[0]
+
+        def evaluate() -> tuple[Tensor, Tensor]:
+            theta = stack_params(self.theta(), task_count)
+            new_phi = theta
+            if self.inner_steps:  # φ(θ) on the same support trajectories; no outer graph
+                new_phi = self.adapt_on(theta, support, self.update, self.inner_steps, True)
+            with torch.no_grad():
+                return surrogate_and_kl(self.policy, new_phi, query, adv, old)
+
+        step = trpo_step(params, loss, kl, evaluate, **self.trpo)
+        self.last_step = step
+        metrics = self._metrics(support, query, step.kl_after)
+        metrics["step_fraction"] = torch.as_tensor(step.step_fraction)
+        return MetaOutput(torch.as_tensor(step.loss_after), query.average_return(), metrics)
+
+    def query_predictions(
+        self, support_x, support_y, query_x, steps, lr=None, reduce=None
+    ) -> list[Tensor]:
+        """The average return per task ``[T]`` after 0, 1, …, ``steps`` policy-gradient
+        steps (test protocol: each step samples ``eval_rollouts`` fresh trajectories with
+        the current policy, reports their return and adapts on them with the evaluation
+        step sizes, first 0.1 then 0.05; ``lr`` replaces them); ``reduce`` maps each
+        step's returns as they come (the evaluation's per-task metric)."""
+        generator = environment_generator(support_y)
+        task = support_x[:, 0]
+        with torch.enable_grad():
+            params = {
+                n: p.detach().requires_grad_()
+                for n, p in stack_params(self.theta(), task.shape[0]).items()
+            }
+            out = []
+            for s in range(steps + 1):
+                traj = self.sample(params, task, self.eval_rollouts, generator)
+                returns = traj.average_return()
+                out.append(returns if reduce is None else reduce(returns))
+                if s == steps:
+                    break
+                # one engine step with the step size of test step s
+                update = FixedStepSize(self.eval_update.step_size("", s) if lr is None else lr)
+                phi = self.adapt_on(params, traj, update, 1, first_order=True)
+                params = {n: p.detach().requires_grad_() for n, p in phi.items()}
+        return out

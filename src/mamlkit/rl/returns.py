@@ -1,0 +1,175 @@
+"""Sampled trajectories, the linear feature baseline, GAE and the policy-gradient losses.
+
+Every tensor has the layout ``[T, N, H, ...]`` (tasks, trajectories, time); ``mask`` is 1
+for the time steps that happened (a trajectory that is done stops contributing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mamlkit.functional import Params
+from mamlkit.rl.policy import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
+
+
+@dataclass
+class Trajectories:
+    obs: Tensor  # [T, N, H, O]
+    actions: Tensor  # [T, N, H, A], as sampled (before the environment clips them)
+    rewards: Tensor  # [T, N, H], 0 after done
+    mask: Tensor  # [T, N, H], 1 where the step happened
+
+    def returns(self) -> Tensor:
+        """Undiscounted return of every trajectory ``[T, N]``."""
+        return self.rewards.sum(-1)
+
+    def average_return(self) -> Tensor:
+        """Mean undiscounted return per task ``[T]`` (what the paper's figures report)."""
+        return self.returns().mean(1)
+
+
+@torch.no_grad()
+def sample_trajectories(
+    env, policy: GaussianMLPPolicy, params: Params, task: Tensor, n: int, generator
+) -> Trajectories:
+    """``n`` trajectories per task of T policies ``params [T, ...]`` on tasks ``task [T, P]``,
+    all stepped at once; action noise from ``generator``."""
+    state, obs = env.reset(task, n, generator)
+    alive = torch.ones(obs.shape[:2], dtype=obs.dtype, device=obs.device)
+    observations, actions, rewards, masks = [], [], [], []
+    for _ in range(env.horizon):
+        mean, log_std = policy.distribution(params, obs)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        action = mean + torch.exp(log_std) * noise
+        state, next_obs, reward, done = env.step(state, action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(reward * alive)
+        masks.append(alive)
+        alive = alive * (~done).to(alive.dtype)
+        obs = next_obs
+        if not alive.any():  # every trajectory is done: the rest is padding
+            break
+    steps = len(masks)
+    pad = env.horizon - steps
+
+    def stack(items: list[Tensor]) -> Tensor:
+        out = torch.stack(items, 2)
+        if pad:
+            out = torch.cat([out, out.new_zeros(*out.shape[:2], pad, *out.shape[3:])], 2)
+        return out
+
+    return Trajectories(stack(observations), stack(actions), stack(rewards), stack(masks))
+
+
+def discounted_cumsum(x: Tensor, discount: float) -> Tensor:
+    """``y_t = Σ_{l≥0} discount^l x_{t+l}`` along the last axis."""
+    out = torch.empty_like(x)
+    running = torch.zeros_like(x[..., 0])
+    for t in range(x.shape[-1] - 1, -1, -1):
+        running = x[..., t] + discount * running
+        out[..., t] = running
+    return out
+
+
+def baseline_features(obs: Tensor, mask: Tensor) -> Tensor:
+    """rllab's ``LinearFeatureBaseline`` features ``[o, o², t, t², t³, 1]`` (o clipped to
+    ±10, t = step / 100), zero where ``mask`` is 0, so those rows drop out of the fit."""
+    o = obs.clamp(-10, 10)
+    t = torch.arange(obs.shape[-2], dtype=obs.dtype, device=obs.device) / 100.0
+    t = t.view(*([1] * (obs.dim() - 2)), -1, 1).expand(*obs.shape[:-1], 1)
+    ones = torch.ones_like(t)
+    return torch.cat([o, o * o, t, t * t, t**3, ones], -1) * mask.unsqueeze(-1)
+
+
+def fit_linear_baseline(
+    traj: Trajectories, discount: float, reg: float = 1e-5, attempts: int = 5
+) -> Tensor:
+    """Values ``[T, N, H]`` of a linear baseline fit to each task's own discounted returns
+    by ridge regression (float64 normal equations; the regulariser is raised ×10 while the
+    solution is not finite, as rllab does)."""
+    features = baseline_features(traj.obs, traj.mask).double()
+    target = discounted_cumsum(traj.rewards, discount).double() * traj.mask.double()
+    x = features.flatten(1, 2)  # [T, N·H, F]
+    y = target.flatten(1, 2).unsqueeze(-1)
+    gram, rhs = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    for _ in range(attempts):
+        weights = torch.linalg.solve(gram + reg * eye, rhs)
+        if torch.isfinite(weights).all():
+            break
+        reg *= 10
+    return (features @ weights.unsqueeze(1)).squeeze(-1).to(traj.rewards.dtype)
+
+
+def gae(traj: Trajectories, values: Tensor, discount: float, lam: float) -> Tensor:
+    """Generalised advantage estimates ``[T, N, H]`` (Schulman et al. 2016); the value after
+    a trajectory's last step is 0 (rllab's convention, also at the horizon)."""
+    values = values * traj.mask
+    next_values = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], -1)
+    deltas = (traj.rewards + discount * next_values - values) * traj.mask
+    return discounted_cumsum(deltas, discount * lam) * traj.mask
+
+
+def normalise_per_task(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """Each task's advantages centred and scaled over its valid steps (maml_rl's
+    ``center_adv``; the standard deviation with n, as numpy's)."""
+    n = mask.sum((1, 2), keepdim=True)
+    mean = (adv * mask).sum((1, 2), keepdim=True) / n
+    var = ((adv - mean).pow(2) * mask).sum((1, 2), keepdim=True) / n
+    return (adv - mean) / (var.sqrt() + eps) * mask
+
+
+def advantages(traj: Trajectories, discount: float, lam: float) -> Tensor:
+    """Baseline, GAE and per-task normalisation: the advantages the losses use."""
+    values = fit_linear_baseline(traj, discount)
+    return normalise_per_task(gae(traj, values, discount, lam), traj.mask)
+
+
+def masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over each task's valid steps ``[T]``."""
+    return (x * mask).sum((1, 2)) / mask.sum((1, 2))
+
+
+def log_probs(policy: GaussianMLPPolicy, params: Params, traj: Trajectories) -> Tensor:
+    mean, log_std = policy.distribution(params, traj.obs)
+    return gaussian_log_prob(mean, log_std, traj.actions)
+
+
+def vpg_support_loss(policy: GaussianMLPPolicy, traj: Trajectories, adv: Tensor):
+    """``params -> Σᵢ Lᵢ(φᵢ)`` with Lᵢ = −mean_t log πᵢ(a|o)·Â, task i's vanilla
+    policy-gradient surrogate (REINFORCE with a baseline): the engine's support loss."""
+
+    def support_loss(params: Params) -> Tensor:
+        return -masked_task_mean(log_probs(policy, params, traj) * adv, traj.mask).sum()
+
+    return support_loss
+
+
+@dataclass
+class OldPolicy:
+    """What TRPO keeps of the policies that sampled the query trajectories."""
+
+    log_prob: Tensor
+    mean: Tensor
+    log_std: Tensor
+
+
+def old_policy(policy: GaussianMLPPolicy, params: Params, traj: Trajectories) -> OldPolicy:
+    with torch.no_grad():
+        mean, log_std = policy.distribution(params, traj.obs)
+        return OldPolicy(gaussian_log_prob(mean, log_std, traj.actions), mean, log_std)
+
+
+def surrogate_and_kl(
+    policy: GaussianMLPPolicy, params: Params, traj: Trajectories, adv: Tensor, old: OldPolicy
+) -> tuple[Tensor, Tensor]:
+    """TRPO's surrogate loss −mean_i mean_t (π/π_old)·Â and mean_i mean_t KL(π_old ‖ π)."""
+    mean, log_std = policy.distribution(params, traj.obs)
+    ratio = torch.exp(gaussian_log_prob(mean, log_std, traj.actions) - old.log_prob)
+    loss = -masked_task_mean(ratio * adv, traj.mask).mean()
+    kl = masked_task_mean(gaussian_kl(old.mean, old.log_std, mean, log_std), traj.mask).mean()
+    return loss, kl

@@ -1,0 +1,99 @@
+"""Trust-region policy optimisation's step (Schulman et al. 2015) on any differentiable
+loss and KL of a list of parameters: conjugate gradient on Fisher-vector products (the
+Hessian of the KL), the step scaled to the KL bound, and a backtracking line search."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def flat(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10, tol: float = 1e-10
+) -> Tensor:
+    """Approximately solve ``A x = b`` for a symmetric positive definite A given as a
+    matrix-vector product (rllab's ``krylov.cg``: ``iterations`` steps from x = 0)."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r @ r
+    for _ in range(iterations):
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        if rr_new < tol:
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+@dataclass
+class TRPOStep:
+    """What one TRPO update did: losses and KL before/after, and the accepted fraction of
+    the full step (0 when the line search rejected every candidate)."""
+
+    loss_before: float
+    loss_after: float
+    kl_after: float
+    step_fraction: float
+    expected_improvement: float
+
+
+def trpo_step(
+    params: Sequence[Tensor],
+    loss: Tensor,
+    kl: Tensor,
+    evaluate: Callable[[], tuple[Tensor, Tensor]],
+    max_kl: float = 0.01,
+    cg_iterations: int = 10,
+    cg_damping: float = 1e-5,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 15,
+) -> TRPOStep:
+    """Update ``params`` (leaf tensors, in place) by one TRPO step.
+
+    ``loss`` and ``kl`` are the surrogate loss and the mean KL from the old policy, built
+    from ``params`` with their full graph (for MAML: through the inner update, so the
+    Fisher-vector products differentiate through it). ``evaluate()`` recomputes both at the
+    current values of ``params`` (no graph needed); a candidate is accepted when the loss
+    decreased and the KL is within ``max_kl``, otherwise ``params`` are restored.
+    """
+    params = list(params)
+    grads = torch.autograd.grad(loss, params, retain_graph=True)
+    grad_kl = flat(torch.autograd.grad(kl, params, create_graph=True))
+
+    def fisher_vector(v: Tensor) -> Tensor:
+        hvp = torch.autograd.grad(grad_kl @ v, params, retain_graph=True)
+        return flat(hvp) + cg_damping * v
+
+    g = flat(grads).detach()
+    direction = conjugate_gradient(fisher_vector, -g, cg_iterations)
+    shs = 0.5 * (direction @ fisher_vector(direction))
+    full_step = direction * torch.sqrt(max_kl / shs.clamp_min(1e-30))
+    expected = float(-(g @ full_step))
+    old = [p.detach().clone() for p in params]
+    loss_before = float(loss.detach())
+    sizes = [p.numel() for p in params]
+    with torch.no_grad():
+        for k in range(max_backtracks):
+            fraction = backtrack_ratio**k
+            for p, p0, d in zip(params, old, full_step.split(sizes), strict=True):
+                p.copy_(p0 + fraction * d.view_as(p))
+            with torch.enable_grad():
+                new_loss, new_kl = evaluate()
+            new_loss, new_kl = float(new_loss), float(new_kl)
+            if new_loss < loss_before and new_kl <= max_kl:
+                return TRPOStep(loss_before, new_loss, new_kl, fraction, expected)
+        for p, p0 in zip(params, old, strict=True):
+            p.copy_(p0)
+    return TRPOStep(loss_before, loss_before, 0.0, 0.0, expected)

@@ -1,0 +1,90 @@
+"""The vectorised half-cheetah (MuJoCo through mujoco.rollout) against gymnasium's
+``HalfCheetah-v5`` stepped one environment at a time, and its rewards against their
+definitions. Skipped where MuJoCo is not installed (the `rl` extra)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mujoco")
+gym = pytest.importorskip("gymnasium")
+
+from mamlkit.rl.cheetah import (  # noqa: E402
+    CheetahDirectionTasks,
+    CheetahVelocityTasks,
+    HalfCheetah,
+)
+
+
+@pytest.mark.parametrize("task", ["vel", "dir"])
+def test_vectorised_cheetah_equals_single_environments_step_for_step(float64, task):
+    env = HalfCheetah(task, horizon=20)
+    goal = torch.tensor([[1.5], [-1.0]]) if task == "dir" else torch.tensor([[1.5], [0.3]])
+    state, obs = env.reset(goal, 2, torch.Generator().manual_seed(0))
+    physics = state[0].copy()
+    g = torch.Generator().manual_seed(1)
+    actions = torch.randn(20, 2, 2, 6, generator=g) * 0.8  # some beyond ±1: clipped
+    singles = []
+    for b in range(4):
+        single = gym.make("HalfCheetah-v5").unwrapped
+        single.reset(seed=0)
+        single.set_state(physics[b, 1:10], physics[b, 10:19])
+        singles.append(single)
+    for t in range(20):
+        state, obs, reward, done = env.step(state, actions[t])
+        for b, single in enumerate(singles):
+            i, j = divmod(b, 2)
+            a = actions[t, i, j].clamp(-1, 1).numpy()
+            single_obs, _, _, _, info = single.step(a)
+            assert np.allclose(obs[i, j].numpy(), single_obs, atol=1e-9)
+            vx, cost = info["x_velocity"], 0.05 * float((a**2).sum())
+            g_ = float(goal[i, 0])
+            expected = -abs(vx - g_) - cost if task == "vel" else g_ * vx - cost
+            assert abs(float(reward[i, j]) - expected) < 1e-9
+        assert not done.any()
+
+
+def test_cheetah_task_distributions():
+    g = torch.Generator().manual_seed(0)
+    vel = CheetahVelocityTasks().sample(200, g).support_x
+    assert vel.shape == (200, 1, 1) and 0 <= vel.min() and vel.max() <= 2
+    direction = CheetahDirectionTasks().sample(200, g).support_x
+    assert set(direction.unique().tolist()) == {-1.0, 1.0}
+
+
+def test_missing_mujoco_is_one_line_naming_the_install_command(monkeypatch):
+    import sys
+
+    from mamlkit.build import build_learner
+    from mamlkit.config import load_config
+    from mamlkit.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # import mujoco now raises ImportError
+    with pytest.raises(UserError, match=r"pip install 'mamlkit\[rl\]'") as info:
+        build_learner(load_config("rl_cheetah_vel_maml"))
+    assert "\n" not in str(info.value)
+
+
+def test_cheetah_run_resumes_bit_identically(tmp_path):
+    """Reset noise and action noise come from the batch seeds: a resumed run replays them."""
+    from safetensors.torch import load_file
+
+    from mamlkit.config import load_config
+    from mamlkit.runner import train_run
+
+    tiny = [
+        "task.horizon=5",
+        "task.rollouts=2",
+        "model.hidden=[8,8]",
+        "train.meta_batch=2",
+        "train.checkpoint_every=1",
+        "train.tensorboard=false",
+    ]
+    train_run(load_config("rl_cheetah_vel_maml", [*tiny, "train.iterations=2"]), tmp_path / "a")
+    train_run(load_config("rl_cheetah_vel_maml", [*tiny, "train.iterations=1"]), tmp_path / "b")
+    config = load_config("rl_cheetah_vel_maml", [*tiny, "train.iterations=2"])
+    train_run(config, tmp_path / "b", resume=True, progress=False, update_config=True)
+    a, b = (load_file(tmp_path / run / "model.safetensors") for run in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
