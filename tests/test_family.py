@@ -338,6 +338,32 @@ def test_cosine_outer_learning_rate(tmp_path):
     assert [r["lr"] for r in records] == pytest.approx(expected)
 
 
+def resumed_run_matches_uninterrupted(tmp_path, config, resume_at: int) -> str:
+    """Train ``config`` on sine tasks twice, the second time cut back to its checkpoint of
+    step ``resume_at`` and resumed: the weights and metrics.jsonl must be identical.
+    Returns the log."""
+    from mamlkit import SineTasks
+    from mamlkit.build import build_learner
+    from mamlkit.training import Trainer
+
+    def run(path, resume=False):
+        torch.manual_seed(0)
+        learner = build_learner(config)
+        Trainer(learner, SineTasks(), config, path, "mse", progress=False).fit(resume=resume)
+        return learner.state_dict()
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "part")
+    for ckpt in (tmp_path / "part/checkpoints").glob("*.safetensors"):
+        if not ckpt.name.endswith(f"{resume_at:08d}.safetensors"):
+            ckpt.unlink()
+    resumed = run(tmp_path / "part", resume=True)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    logs = [(tmp_path / r / "metrics.jsonl").read_text() for r in ("whole", "part")]
+    assert logs[0] == logs[1]
+    return logs[0]
+
+
 @pytest.mark.parametrize("case", ["mlp", "conv4-stride"])
 def test_reptile_update_is_its_definition(float64, case):
     """θ ← θ + ε(φ̄ − θ), φᵢ from k plain gradient steps on task i's support and query data,
@@ -382,9 +408,7 @@ def test_reptile_update_is_its_definition(float64, case):
 def test_reptile_trains_and_resumes_exactly(tmp_path):
     """Through the Trainer's outer_step path: logs, checkpoints, and a resumed run ends
     bit-identical to an uninterrupted one."""
-    from mamlkit import SineTasks
     from mamlkit.config import load_config
-    from mamlkit.training import Trainer
 
     sets = [
         "algorithm.name=reptile",
@@ -397,24 +421,8 @@ def test_reptile_trains_and_resumes_exactly(tmp_path):
     ]
     config = load_config("sine_maml", sets)
 
-    def run(path, resume=False):
-        torch.manual_seed(0)
-        from mamlkit.build import build_learner
-
-        learner = build_learner(config)
-        trainer = Trainer(learner, SineTasks(), config, path, "mse", progress=False)
-        trainer.fit(resume=resume)
-        return learner.state_dict()
-
-    whole = run(tmp_path / "whole")
-    run(tmp_path / "part")
-    for ckpt in (tmp_path / "part/checkpoints").glob("*.safetensors"):
-        if not ckpt.name.endswith("00000008.safetensors"):
-            ckpt.unlink()
-    resumed = run(tmp_path / "part", resume=True)
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    logs = [(tmp_path / r / "metrics.jsonl").read_text() for r in ("whole", "part")]
-    assert logs[0] == logs[1] and logs[0].count("\n") == 4
+    log = resumed_run_matches_uninterrupted(tmp_path, config, resume_at=8)
+    assert log.count("\n") == 4
 
 
 @pytest.mark.parametrize(
@@ -430,30 +438,14 @@ def test_schedules_resume_exactly(tmp_path, schedule):
     exactly after a resume: weights and the logged rates equal an uninterrupted run's."""
     import json
 
-    from mamlkit import SineTasks
     from mamlkit.config import load_config
-    from mamlkit.training import Trainer
 
     sets = ["train.iterations=10", "train.log_every=1", "train.checkpoint_every=2",
             "train.tensorboard=false", "train.meta_batch=2", *schedule]  # fmt: skip
     config = load_config("sine_maml", sets)
 
-    def run(path, resume=False):
-        torch.manual_seed(0)
-        learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
-        Trainer(learner, SineTasks(), config, path, "mse", progress=False).fit(resume=resume)
-        return learner.state_dict()
-
-    whole = run(tmp_path / "whole")
-    run(tmp_path / "part")
-    for ckpt in (tmp_path / "part/checkpoints").glob("*.safetensors"):
-        if not ckpt.name.endswith("00000006.safetensors"):
-            ckpt.unlink()
-    resumed = run(tmp_path / "part", resume=True)
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    logs = [(tmp_path / r / "metrics.jsonl").read_text() for r in ("whole", "part")]
-    assert logs[0] == logs[1]
-    rates = [json.loads(line)["lr"] for line in logs[0].splitlines()]
+    log = resumed_run_matches_uninterrupted(tmp_path, config, resume_at=6)
+    rates = [json.loads(line)["lr"] for line in log.splitlines()]
     assert len(set(rates)) > 1  # the schedule moved within the run
 
 

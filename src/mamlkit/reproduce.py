@@ -264,61 +264,43 @@ def reproduce_sine(
     if not resume:
         prepare_run_dir(out, force, clear=False)
     with lock_run_dir(Path(out), create=not resume):
-        return _reproduce_sine(
-            out, iterations, seed, device, force, resume, progress, overrides, jobs
-        )
+        from mamlkit import plots
+        from mamlkit.run_files import environment_info
 
-
-def _reproduce_sine(
-    out: str | Path,
-    iterations: int | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    force: bool = False,
-    resume: bool = False,
-    progress: bool = True,
-    overrides: list[str] | tuple[str, ...] = (),
-    jobs: int | None = None,
-) -> dict[str, Any]:
-    """Train (or, with ``resume``, finish training) every model, then evaluate and write
-    results.json, sine_fits.png, sine_mse.png and report.md into ``out``."""
-    from mamlkit import plots
-    from mamlkit.run_files import environment_info
-
-    configs = sine_configs(iterations, seed, device, overrides)  # validated first
-    out = Path(out) if resume else prepare_run_dir(out, force)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [
-        (name, config, out / name, resume, progress, i)
-        for i, (name, config) in enumerate(configs.items())
-        if not (resume and (out / name / "model.safetensors").exists())
-    ]
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
-    if jobs == 1 or device != "cpu":
-        for args in todo:
-            train_one(*args)
-    else:
-        # the models are independent and single-threaded: train them side by side
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            for future in [pool.submit(train_one, *args) for args in todo]:
-                future.result()
-    learners = {}
-    for name, config in configs.items():
-        learner = build_learner(config)
-        tensors, _ = load_checkpoint(out / name / "model.safetensors")
-        learner.load_state_dict(tensors)
-        learners[name] = learner.to(device).eval()
-    pre_cfg = configs["pretrained"]
-    fine_tune = {}
-    for k in K_SHOTS:
-        chosen, scores = choose_fine_tune_lr(learners["pretrained"], pre_cfg, k, device)
-        fine_tune[k] = {"chosen": chosen, "scores": scores}
-    lrs = {k: v["chosen"] for k, v in fine_tune.items()}
-    records = evaluate_sine(learners, pre_cfg, device, lrs)
-    env = environment_info(device)
-    atomic_write_text(out / "results.json", json.dumps(records, indent=1))
-    plots.sine_fits(fit_panels(learners, device, pre_cfg.eval.seed, lrs), out / "sine_fits.png")
-    plots.sine_mse(records, out / "sine_mse.png")
-    atomic_write_text(out / "report.md", report_markdown(records, configs, fine_tune, env))
-    return {"records": records, "fine_tune_lr": lrs, "out": str(out)}
+        configs = sine_configs(iterations, seed, device, overrides)  # validated first
+        out = Path(out) if resume else prepare_run_dir(out, force)
+        out.mkdir(parents=True, exist_ok=True)
+        todo = [
+            (name, config, out / name, resume, progress, i)
+            for i, (name, config) in enumerate(configs.items())
+            if not (resume and (out / name / "model.safetensors").exists())
+        ]
+        jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
+        if jobs == 1 or device != "cpu":
+            for args in todo:
+                train_one(*args)
+        else:
+            # the models are independent and single-threaded: train them side by side
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                for future in [pool.submit(train_one, *args) for args in todo]:
+                    future.result()
+        learners = {}
+        for name, config in configs.items():
+            learner = build_learner(config)
+            tensors, _ = load_checkpoint(out / name / "model.safetensors")
+            learner.load_state_dict(tensors)
+            learners[name] = learner.to(device).eval()
+        pre_cfg = configs["pretrained"]
+        fine_tune = {}
+        for k in K_SHOTS:
+            chosen, scores = choose_fine_tune_lr(learners["pretrained"], pre_cfg, k, device)
+            fine_tune[k] = {"chosen": chosen, "scores": scores}
+        lrs = {k: v["chosen"] for k, v in fine_tune.items()}
+        records = evaluate_sine(learners, pre_cfg, device, lrs)
+        env = environment_info(device)
+        atomic_write_text(out / "results.json", json.dumps(records, indent=1))
+        plots.sine_fits(fit_panels(learners, device, pre_cfg.eval.seed, lrs), out / "sine_fits.png")
+        plots.sine_mse(records, out / "sine_mse.png")
+        atomic_write_text(out / "report.md", report_markdown(records, configs, fine_tune, env))
+        return {"records": records, "fine_tune_lr": lrs, "out": str(out)}
