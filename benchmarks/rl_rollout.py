@@ -54,7 +54,7 @@ def timed(fn, device, warmup: int, iters: int) -> list[float]:
 def cheetah_throughput(args, device: torch.device) -> dict | str:
     try:
         import gymnasium
-        import mujoco  # noqa: F401
+        import mujoco
     except ImportError:
         return "MuJoCo not installed (pip install 'mamlkit[rl]')"
     import numpy as np
@@ -73,7 +73,12 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
             state, _, _, _ = env.step(state, action)
 
     times = timed(bare, device, 1, 2)
-    single = gymnasium.make("HalfCheetah-v5")
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: None)  # not into MUJOCO_LOG.TXT in the cwd
+    try:
+        single = gymnasium.make("HalfCheetah-v5")
+    finally:
+        mujoco.set_mju_user_warning(previous)
     single.reset(seed=0)
     rng = np.random.default_rng(0)
     single_steps = 2000

@@ -19,7 +19,10 @@ from mamlkit.rl.cheetah import (  # noqa: E402
 
 
 @pytest.mark.parametrize("task", ["vel", "dir"])
-def test_vectorised_cheetah_equals_single_environments_step_for_step(float64, task):
+def test_vectorised_cheetah_equals_single_environments_step_for_step(
+    float64, task, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # gymnasium's build writes MuJoCo's warning log to the cwd
     env = HalfCheetah(task, horizon=20)
     goal = torch.tensor([[1.5], [-1.0]]) if task == "dir" else torch.tensor([[1.5], [0.3]])
     state, obs = env.reset(goal, 2, torch.Generator().manual_seed(0))

@@ -55,7 +55,14 @@ class _Simulator:
     def __post_init__(self):
         mujoco = _mujoco()
         self.mujoco = mujoco
-        self.model = mujoco.MjModel.from_xml_path(_cheetah_xml())
+        # gymnasium's XML uses an attribute MuJoCo deprecates; its warning would otherwise be
+        # appended to MUJOCO_LOG.TXT in the working directory on every build
+        previous = mujoco.get_mju_user_warning()
+        mujoco.set_mju_user_warning(lambda message: None)
+        try:
+            self.model = mujoco.MjModel.from_xml_path(_cheetah_xml())
+        finally:
+            mujoco.set_mju_user_warning(previous)
         self.datas = [mujoco.MjData(self.model) for _ in range(self.threads)]
         self.spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
         self.nstate = mujoco.mj_stateSize(self.model, self.spec)
