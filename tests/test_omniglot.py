@@ -183,3 +183,20 @@ def test_presets_train_and_eval_through_the_cli(preset, tmp_path, capsys):
     assert result["ways"] == config.task.ways and result["shots"] == config.task.shots
     assert result["steps"] == config.eval.steps and result["split"] == "test"
     assert 0.0 <= result["accuracy"] <= 100.0 and result["tasks"] == 4
+
+
+def test_pretrained_baseline_trains_on_labelled_minibatches(omniglot_config):
+    """The pretrained classifier's data are minibatches over all training classes with
+    global labels (an ExampleBatch), not episodes with an empty support set."""
+    from mamlkit.tasks import ExampleBatch
+
+    config = omniglot_config("omniglot_pretrained_5w1s", "task.batch_size=6")
+    tasks = build_tasks(config, "train")
+    batch = tasks.sample(3, torch.Generator().manual_seed(0))
+    assert isinstance(batch, ExampleBatch) and not hasattr(batch, "support_x")
+    assert batch.x.shape == (3, 6, 1, 28, 28) and batch.y.shape == (3, 6)
+    assert 0 <= int(batch.y.min()) and int(batch.y.max()) < tasks.num_classes
+    assert batch.num_tasks == 3 and batch.slice(1, 3).x.shape[0] == 2
+    learner = build_learner(config, num_train_classes=tasks.num_classes)
+    out = learner.meta_forward(batch)
+    assert out.predictions.shape == (3, 6, tasks.num_classes) and out.loss.isfinite()

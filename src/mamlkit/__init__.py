@@ -29,6 +29,7 @@ _EXPORTS = {
     "PretrainedClassifier": "mamlkit.algorithms",
     "SineTasks": "mamlkit.tasks",
     "TaskBatch": "mamlkit.tasks",
+    "ExampleBatch": "mamlkit.tasks",
     "load_config": "mamlkit.config",
     "Trainer": "mamlkit.training",
     "evaluate": "mamlkit.evaluation",

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from mamlkit.algorithms.base import MetaLearner
-from mamlkit.tasks.base import TaskBatch
+from mamlkit.tasks.base import ExampleBatch, TaskBatch
 
 MetricFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -133,7 +133,7 @@ class DeviceStep:
         if capture:
             for group in optimizer.param_groups:
                 group["capturable"] = True
-        self.inputs: TaskBatch | None = None
+        self.inputs: TaskBatch | ExampleBatch | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self._graph_key: tuple | None = None
         self._at = start
@@ -164,16 +164,16 @@ class DeviceStep:
                     self.nonfinite,
                 )
             )
-            metric = value if self.metric_fn is None else self.metric_fn(pred, batch.query_y).mean()
+            metric = value if self.metric_fn is None else self.metric_fn(pred, batch.targets).mean()
             one = torch.ones((), dtype=torch.float64, device=value.device)
             self.window.add_(torch.stack([value.double(), metric.double(), one]))
         if self.grad_clip:
             torch.nn.utils.clip_grad_value_(self.params, self.grad_clip)
         self.optimizer.step()
 
-    def _load(self, batch: TaskBatch) -> None:
+    def _load(self, batch: TaskBatch | ExampleBatch) -> None:
         if self.inputs is None:
-            self.inputs = TaskBatch(*(t.clone() for t in batch))
+            self.inputs = batch.map(torch.clone)
             return
         for static, new in zip(self.inputs, batch, strict=True):
             if static.shape != new.shape:
@@ -183,7 +183,7 @@ class DeviceStep:
                 )
             static.copy_(new)
 
-    def __call__(self, batch: TaskBatch, iteration: int = 0) -> None:
+    def __call__(self, batch: TaskBatch | ExampleBatch, iteration: int = 0) -> None:
         """Run training iteration ``iteration`` on ``batch`` (copied into the step's input
         buffers)."""
         self._load(batch)

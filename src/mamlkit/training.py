@@ -382,7 +382,7 @@ class Trainer:
             grads = [p.grad for p in params if p.grad is not None]
             with torch.no_grad():
                 value = loss.detach()
-                metric = value if metric_fn is None else metric_fn(pred, batch.query_y).mean()
+                metric = value if metric_fn is None else metric_fn(pred, batch.targets).mean()
                 if self.dist is not None:
                     # the global batch's meta-gradient, loss and metric: means of the ranks'
                     # equal shares; every rank then sees the same numbers and decides alike
@@ -417,7 +417,7 @@ class Trainer:
             metric = out.metrics.get(self.metric) if self.metric else None
             if metric is None:
                 fn_ok = metric_fn is not None and out.predictions is not None
-                metric = metric_fn(out.predictions, batch.query_y).mean() if fn_ok else value
+                metric = metric_fn(out.predictions, batch.targets).mean() if fn_ok else value
             loss_value, metric_value = torch.stack([value.double(), metric.double()]).tolist()
         if not math.isfinite(loss_value):
             raise DivergenceError(

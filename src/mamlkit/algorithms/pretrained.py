@@ -20,7 +20,7 @@ from mamlkit.functional import (
     task_forward,
     task_mean_loss,
 )
-from mamlkit.tasks.base import TaskBatch
+from mamlkit.tasks.base import ExampleBatch, TaskBatch
 
 
 class PretrainedRegression(GradientLearner):
@@ -74,12 +74,17 @@ class PretrainedClassifier(MetaLearner):
             impl=a.impl,
         )
 
-    def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
-        # query_x is one minibatch per "task" with global class labels (ClassBatches)
-        theta = stack_params(adaptable_params(self.model), batch.query_x.shape[0])
-        logits = self._forward(theta, batch.query_x)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+    def meta_forward(self, batch: ExampleBatch, iteration: int = 0) -> MetaOutput:
+        # minibatches with global class labels (ClassBatches), not episodes
+        theta = stack_params(adaptable_params(self.model), batch.num_tasks)
+        logits = self._forward(theta, batch.x)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.y.flatten())
         return MetaOutput(loss, logits)
+
+    def meta_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Cross-entropy of minibatches ``x [B, N, ...]`` with global labels ``y [B, N]``
+        (this baseline trains on examples, not on tasks with a support set)."""
+        return self.meta_forward(ExampleBatch(x, y)).loss
 
     def _episode_forward(self, ways: int):
         if ways not in self._episode_models:

@@ -1,7 +1,10 @@
-"""The one data structure every algorithm sees: a batch of tasks with a leading task axis."""
+"""What a task distribution draws and a learner trains on: a batch of tasks with a leading
+task axis (:class:`TaskBatch`), or, for a baseline trained without tasks, plain labelled
+minibatches in the same layout (:class:`ExampleBatch`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,22 +35,61 @@ class TaskBatch:
     def num_tasks(self) -> int:
         return self.support_x.shape[0]
 
-    def to(self, device: torch.device | str) -> TaskBatch:
-        def move(v: Any) -> Any:
-            return v.to(device) if isinstance(v, Tensor) else v
+    @property
+    def targets(self) -> Tensor:
+        """What the query predictions are scored against."""
+        return self.query_y
 
-        return TaskBatch(*(move(t) for t in self), info={k: move(v) for k, v in self.info.items()})
+    def map(self, fn: Callable[[Tensor], Tensor]) -> TaskBatch:
+        """The batch with ``fn`` applied to every tensor (``info``'s included)."""
+
+        def apply(v: Any) -> Any:
+            return fn(v) if isinstance(v, Tensor) else v
+
+        info = {k: apply(v) for k, v in self.info.items()}
+        return TaskBatch(*(apply(t) for t in self), info=info)
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        return self.map(lambda t: t.to(device))
 
     def slice(self, start: int, stop: int) -> TaskBatch:
         """Tasks ``start:stop`` (used to evaluate many tasks in memory-bounded chunks)."""
+        return self.map(lambda t: t[start:stop] if t.dim() > 0 else t)
 
-        def cut(v: Any) -> Any:
-            return v[start:stop] if isinstance(v, Tensor) and v.dim() > 0 else v
 
-        return TaskBatch(*(cut(t) for t in self), info={k: cut(v) for k, v in self.info.items()})
+@dataclass(frozen=True)
+class ExampleBatch:
+    """B minibatches of N labelled examples, ``x [B, N, ...]`` and ``y [B, N, ...]``, with
+    no support/query split: what a baseline trained by ordinary supervised learning over
+    all training classes draws (:class:`~mamlkit.tasks.ClassBatches`). The leading axis
+    plays the task axis's part for the trainer (sharding across ranks, device buffers);
+    the predictions are scored against ``y``."""
+
+    x: Tensor
+    y: Tensor
+
+    def __iter__(self):
+        return iter((self.x, self.y))
+
+    @property
+    def num_tasks(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def targets(self) -> Tensor:
+        return self.y
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> ExampleBatch:
+        return ExampleBatch(fn(self.x), fn(self.y))
+
+    def to(self, device: torch.device | str) -> ExampleBatch:
+        return self.map(lambda t: t.to(device))
+
+    def slice(self, start: int, stop: int) -> ExampleBatch:
+        return self.map(lambda t: t[start:stop])
 
 
 class TaskDistribution(Protocol):
     """Anything that draws task batches; sampling happens on ``generator.device``."""
 
-    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch: ...
+    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch | ExampleBatch: ...

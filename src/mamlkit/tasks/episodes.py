@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mamlkit.tasks.base import TaskBatch
+from mamlkit.tasks.base import ExampleBatch, TaskBatch
 
 
 class EpisodeTasks:
@@ -115,9 +115,9 @@ class EpisodeTasks:
 
 
 class ClassBatches:
-    """Ordinary classification minibatches over all classes (the pretrained baseline's
-    training data), in the TaskBatch shape: one "task" whose query set is the minibatch
-    with global labels and whose support set is empty."""
+    """Ordinary classification minibatches over all classes with global labels (the
+    pretrained baseline's training data): ``sample(B, generator)`` draws an
+    :class:`ExampleBatch` of B minibatches of ``batch_size`` images."""
 
     def __init__(
         self,
@@ -130,7 +130,7 @@ class ClassBatches:
         self.batch_size = batch_size
         self.num_classes = self.episodes.num_classes
 
-    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
+    def sample(self, tasks: int, generator: torch.Generator) -> ExampleBatch:
         device = generator.device
         e = self.episodes
         per_class = e.images.shape[1]
@@ -140,4 +140,4 @@ class ClassBatches:
         x = e.images_of(classes, picks)
         x = x.view(tasks, self.batch_size, *x.shape[1:])
         y = classes.view(tasks, self.batch_size)
-        return TaskBatch(x[:, :0], y[:, :0], x, y)
+        return ExampleBatch(x, y)
