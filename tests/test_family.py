@@ -14,7 +14,12 @@ from torch.func import functional_call
 
 from mamlkit import ANIL, MAML, MetaSGD
 from mamlkit.algorithms.anil import last_linear
-from mamlkit.functional import InnerUpdate, PerLayerPerStepStepSize, adaptable_params
+from mamlkit.functional import (
+    InnerUpdate,
+    PerLayerPerStepStepSize,
+    adaptable_params,
+    batch_norm_params,
+)
 from mamlkit.models import MLP
 
 from .conftest import DEVICES
@@ -254,9 +259,13 @@ def test_multi_step_loss_weights():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", ["mlp", "conv4-stride"])
 @pytest.mark.parametrize("iteration", [0, 1700])
-def test_mamlpp_multi_step_loss_and_lslr_match_reference(float64, case, iteration, device):
-    """The weighted sum of every step's query loss, through per-layer per-step step sizes:
-    gradients w.r.t. θ and every step size against the per-task float64 reference."""
+@pytest.mark.parametrize("per_step_bn", [True, False])
+def test_mamlpp_multi_step_loss_and_lslr_match_reference(
+    float64, case, iteration, per_step_bn, device
+):
+    """The weighted sum of every step's query loss, through per-layer per-step step sizes
+    and (Conv4) per-step BatchNorm weights: gradients w.r.t. θ, every step size and every
+    step's BatchNorm set against the per-task float64 reference."""
     from mamlkit import MAMLPlusPlus
     from mamlkit.algorithms.mamlpp import multi_step_loss_weights
     from mamlkit.tasks.base import TaskBatch
@@ -266,12 +275,24 @@ def test_mamlpp_multi_step_loss_and_lslr_match_reference(float64, case, iteratio
     model, loss_fn, xs, ys, xq, yq, lr = make_case(case, gen)
     steps = 3
     learner = MAMLPlusPlus(
-        model, loss_fn, lr, steps, msl_epochs=10, iterations_per_epoch=500, impl="batched"
+        model,
+        loss_fn,
+        lr,
+        steps,
+        msl_epochs=10,
+        iterations_per_epoch=500,
+        per_step_bn=per_step_bn,
+        impl="batched",
     )
-    with torch.no_grad():
-        for alpha in learner.update.alpha.values():
-            alpha.mul_(torch.rand(alpha.shape, generator=gen) + 0.5)
-    table = {n.replace("-", "."): a for n, a in learner.update.alpha.items()}
+    per_step = {}
+    if per_step_bn and case != "mlp":
+        per_step = {n.replace("-", "."): v for n, v in learner.update.values.items()}
+        assert set(per_step) == set(batch_norm_params(model)) and len(per_step) == 8
+    rule = learner.update.update if per_step else learner.update
+    with torch.no_grad():  # away from their initial values, so that every set matters
+        for value in [*rule.alpha.values(), *per_step.values()]:
+            value.mul_(torch.rand(value.shape, generator=gen) + 0.5)
+    table = {n.replace("-", "."): a for n, a in rule.alpha.items()}
     weights = multi_step_loss_weights(steps, iteration // 500, 10)
     theta = dict(model.named_parameters())
     total = 0.0
@@ -279,8 +300,10 @@ def test_mamlpp_multi_step_loss_and_lslr_match_reference(float64, case, iteratio
         phi = dict(theta)
         for s in range(steps):
             loss = loss_fn(functional_call(model, phi, (xs[t],)), ys[t])
-            grads = torch.autograd.grad(loss, list(phi.values()), create_graph=True)
-            phi = {n: p - table[n][s] * g for (n, p), g in zip(phi.items(), grads)}
+            names = [n for n in phi if n not in per_step]
+            grads = torch.autograd.grad(loss, [phi[n] for n in names], create_graph=True)
+            phi = {n: phi[n] - table[n][s] * g for n, g in zip(names, grads)}
+            phi.update({n: v[s] for n, v in per_step.items()})  # the set of state s+1
             query = loss_fn(functional_call(model, phi, (xq[t],)), yq[t])
             total = total + weights[s] * query / TASKS
     ref = grads_of(total, dict(learner.named_parameters()))
@@ -288,6 +311,17 @@ def test_mamlpp_multi_step_loss_and_lslr_match_reference(float64, case, iteratio
     batch = TaskBatch(*(v.to(device) for v in (xs, ys, xq, yq)))
     ours = grads_of(moved.meta_forward(batch, iteration).loss, dict(moved.named_parameters()))
     assert rel_error(ours, ref) <= 1e-8
+    if per_step:  # test time: the sets still replace BatchNorm, also with a given lr
+        preds = learner.query_predictions(xs, ys, xq, steps=4, lr=0.3)
+        phi = {n: p.detach().requires_grad_() for n, p in theta.items()}
+        for s in range(4):
+            loss = loss_fn(functional_call(model, phi, (xs[0],)), ys[0])
+            names = [n for n in phi if n not in per_step]
+            grads = torch.autograd.grad(loss, [phi[n] for n in names])
+            phi = {n: (phi[n] - 0.3 * g).detach().requires_grad_() for n, g in zip(names, grads)}
+            phi.update({n: v[min(s, steps - 1)].detach() for n, v in per_step.items()})
+        expected = functional_call(model, phi, (xq[0],))
+        torch.testing.assert_close(preds[4][0], expected.detach(), rtol=1e-9, atol=1e-10)
 
 
 def test_mamlpp_derivative_order_annealing_and_capture_key(float64):

@@ -83,8 +83,10 @@ class AlgorithmConfig:
     eval_inner_lr: float | None = None
     head: str | None = None  # anil: the parameter-name prefix it adapts (default: last Linear)
     # mamlpp: LSLR, multi-step loss annealed over msl_epochs, first order for
-    # first_order_epochs; an epoch is iterations_per_epoch meta-iterations
+    # first_order_epochs, per-step BatchNorm weights; an epoch is iterations_per_epoch
+    # meta-iterations
     learned_step_sizes: bool = True
+    per_step_bn: bool = True
     msl_epochs: int = 10
     first_order_epochs: int = 0
     iterations_per_epoch: int = 500

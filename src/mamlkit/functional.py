@@ -238,6 +238,11 @@ class InnerUpdate(nn.Module):
     def step_size(self, name: str, step: int) -> float | Tensor:
         raise NotImplementedError
 
+    def with_step_sizes(self, lr: float | Sequence[float]) -> InnerUpdate:
+        """This rule with fixed step sizes ``lr`` in place of its own (a test-time step size
+        given by the caller); what else the rule does stays."""
+        return FixedStepSize(lr)
+
     def forward(self, params: Params, grads: Sequence[Tensor | None], step: int) -> Params:
         out = {}
         for (name, p), g in zip(params.items(), grads, strict=True):
@@ -308,6 +313,64 @@ class PerLayerPerStepStepSize(InnerUpdate):
     def step_size(self, name: str, step: int) -> Tensor:
         alpha = self.alpha[_key(name)]
         return alpha[min(step, alpha.shape[0] - 1)]
+
+
+class PerStepParameters(InnerUpdate):
+    """Parameters the inner loop does not adapt by gradient but sets, after every step, to
+    a meta-learned value for that step; the others are adapted by ``update``. MAML++'s
+    per-step BatchNorm weights and biases (Antoniou et al. 2019) are this with
+    :func:`batch_norm_params`.
+
+    The network at adaptation state s (after s steps) normalises with set s, in its
+    support loss at step s+1 and in its query loss: set 0 is the model's own parameter,
+    ``values[name][s-1]`` (``steps`` sets, initialised from the model's) belongs to state
+    s, and states past ``steps`` keep the last set. (MAML++'s code indexes by inner step
+    instead, so that the query loss after step s shares the set of step s's support loss.)
+    """
+
+    def __init__(
+        self,
+        update: InnerUpdate,
+        params: Mapping[str, Tensor] | None = None,
+        steps: int = 1,
+        *,
+        values: nn.ParameterDict | None = None,
+    ):
+        super().__init__()
+        if values is None:
+            if steps < 1:
+                raise ValueError(f"per-step parameters need steps >= 1, got {steps}")
+            values = nn.ParameterDict(
+                {
+                    _key(n): nn.Parameter(p.detach().unsqueeze(0).repeat(steps, *[1] * p.dim()))
+                    for n, p in (params or {}).items()
+                }
+            )
+        self.update = update
+        self.values = values
+
+    def with_step_sizes(self, lr: float | Sequence[float]) -> InnerUpdate:
+        return PerStepParameters(self.update.with_step_sizes(lr), values=self.values)
+
+    def forward(self, params: Params, grads: Sequence[Tensor | None], step: int) -> Params:
+        adapted = [(n, p, g) for (n, p), g in zip(params.items(), grads, strict=True)]
+        adapted = [(n, p, g) for n, p, g in adapted if _key(n) not in self.values]
+        out = self.update({n: p for n, p, _ in adapted}, [g for *_, g in adapted], step)
+        for name, p in params.items():
+            if name not in out:
+                table = self.values[_key(name)]
+                out[name] = table[min(step, table.shape[0] - 1)].expand(p.shape)
+        return {name: out[name] for name in params}
+
+
+def batch_norm_params(model: nn.Module) -> dict[str, Tensor]:
+    """The affine weights and biases of every BatchNorm layer of ``model``, by name."""
+    out = {}
+    for prefix, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            dot = f"{prefix}." if prefix else ""
+            out[f"{dot}weight"], out[f"{dot}bias"] = m.weight, m.bias
+    return out
 
 
 def supervised_support_loss(

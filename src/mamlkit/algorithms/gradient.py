@@ -106,7 +106,7 @@ class GradientLearner(MetaLearner):
         check_task_batch(support_x, support_y, "adapt")
         steps = self.inner_steps if steps is None else steps
         theta = adaptable_params(self.model, self.adapted) if params is None else params
-        update = self.update if lr is None else FixedStepSize(lr)
+        update = self.update if lr is None else self.update.with_step_sizes(lr)
         first_order = self.first_order if first_order is None else first_order
         grad_mode = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         with contextlib.ExitStack() as test_time:

@@ -14,7 +14,9 @@ from mamlkit.functional import (
     LossFn,
     Params,
     PerLayerPerStepStepSize,
+    PerStepParameters,
     adaptable_params,
+    batch_norm_params,
 )
 from mamlkit.tasks.base import TaskBatch
 
@@ -45,11 +47,16 @@ class MAMLPlusPlus(MAML):
       epochs (0: the last step only);
     - ``first_order_epochs``: derivative-order annealing — first order for this many
       epochs, second order after;
+    - ``per_step_bn``: per-step BatchNorm weights and biases — the inner loop does not
+      adapt BatchNorm's affine parameters by gradient; after each step the network
+      normalises with a meta-learned set of its own (:class:`PerStepParameters`);
     - ``iterations_per_epoch``: what an epoch is (the paper: 500 iterations).
 
     The outer learning rate's cosine annealing is the trainer's (``train.lr_schedule:
-    cosine``). Not implemented: per-step BatchNorm weights and running statistics (the
-    network normalises with each batch's statistics, as MAML does).
+    cosine``). BatchNorm normalises with each batch's statistics at every step, in
+    training and at test. MAML++'s per-step running statistics are not kept: its code
+    (and learn2learn's ``MetaBatchNorm``) accumulates them but calls ``F.batch_norm``
+    with ``training=True`` in training and at test alike, so they never change an output.
 
     Example::
 
@@ -75,6 +82,7 @@ class MAMLPlusPlus(MAML):
         msl_epochs: int = 10,
         first_order_epochs: int = 0,
         iterations_per_epoch: int = 500,
+        per_step_bn: bool = True,
         **kwargs,
     ):
         if inner_steps < 1:
@@ -82,6 +90,7 @@ class MAMLPlusPlus(MAML):
         if iterations_per_epoch < 1:
             raise ValueError(f"iterations_per_epoch must be >= 1, got {iterations_per_epoch}")
         self.learned_step_sizes = learned_step_sizes
+        self.per_step_bn = per_step_bn
         self.msl_epochs, self.first_order_epochs = msl_epochs, first_order_epochs
         self.iterations_per_epoch = iterations_per_epoch
         super().__init__(model, loss_fn, inner_lr, inner_steps, **kwargs)
@@ -93,15 +102,22 @@ class MAMLPlusPlus(MAML):
             "msl_epochs": algorithm.msl_epochs,
             "first_order_epochs": algorithm.first_order_epochs,
             "iterations_per_epoch": algorithm.iterations_per_epoch,
+            "per_step_bn": algorithm.per_step_bn,
         }
 
     def make_update(self) -> InnerUpdate:
+        adapted = adaptable_params(self.model, self.adapted)
+        per_step = {}
+        if self.per_step_bn:
+            per_step = {n: p for n, p in batch_norm_params(self.model).items() if n in adapted}
         if not self.learned_step_sizes:
-            return FixedStepSize(self.inner_lr)
-        if not isinstance(self.inner_lr, (int, float)):
+            rule: InnerUpdate = FixedStepSize(self.inner_lr)
+        elif not isinstance(self.inner_lr, (int, float)):
             raise ValueError("learned step sizes start from one inner_lr; give one number")
-        params = adaptable_params(self.model, self.adapted)
-        return PerLayerPerStepStepSize(params, self.inner_steps, self.inner_lr)
+        else:
+            by_gradient = {n: p for n, p in adapted.items() if n not in per_step}
+            rule = PerLayerPerStepStepSize(by_gradient, self.inner_steps, self.inner_lr)
+        return PerStepParameters(rule, per_step, self.inner_steps) if per_step else rule
 
     def _epoch(self, iteration: int) -> int:
         return iteration // self.iterations_per_epoch
