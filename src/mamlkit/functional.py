@@ -235,6 +235,9 @@ class InnerUpdate(nn.Module):
     it in the graph). Called as ``update(params, grads, step)`` on task-stacked parameters.
     """
 
+    #: False where every parameter shares the step's α (it is then looked up once per step)
+    per_parameter: bool = True
+
     def step_size(self, name: str, step: int) -> float | Tensor:
         raise NotImplementedError
 
@@ -245,11 +248,12 @@ class InnerUpdate(nn.Module):
 
     def forward(self, params: Params, grads: Sequence[Tensor | None], step: int) -> Params:
         out = {}
+        shared = None if self.per_parameter else self.step_size("", step)
         for (name, p), g in zip(params.items(), grads, strict=True):
             if g is None:
                 out[name] = p
                 continue
-            alpha = self.step_size(name, step)
+            alpha = self.step_size(name, step) if shared is None else shared
             # p + (−α)·g as one op: its backward is a single scaling of the incoming
             # gradient, where ``p - lr * g`` costs a negation and a multiplication per weight
             if isinstance(alpha, Tensor):
@@ -262,6 +266,8 @@ class InnerUpdate(nn.Module):
 class FixedStepSize(InnerUpdate):
     """α fixed: one value, or one per inner step (the last repeats when there are more
     steps than values, e.g. test-time adaptation past the training horizon). MAML's rule."""
+
+    per_parameter = False
 
     def __init__(self, lr: float | Sequence[float]):
         super().__init__()
@@ -416,7 +422,8 @@ def inner_loop(
             create_graph=not first_order,
             allow_unused=True,
         )
-        params = update(params, grads, s)
+        # .forward, not the module call: the hot path skips nn.Module's hook dispatch
+        params = update.forward(params, grads, s)
         if not keep_graph:
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
         if on_step is not None:

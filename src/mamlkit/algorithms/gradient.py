@@ -3,7 +3,6 @@ family, the pretrained baselines): adaptation, prediction and test-time predicti
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -108,25 +107,20 @@ class GradientLearner(MetaLearner):
         theta = adaptable_params(self.model, self.adapted) if params is None else params
         update = self.update if lr is None else self.update.with_step_sizes(lr)
         first_order = self.first_order if first_order is None else first_order
-        grad_mode = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-        with contextlib.ExitStack() as test_time:
-            if not grad_mode:  # under no_grad / inference_mode: first-order test-time steps
-                test_time.enter_context(torch.inference_mode(False))
-                test_time.enter_context(torch.enable_grad())
-                # inference tensors cannot enter an autograd graph: ordinary copies can
-                support_x, support_y = support_x.clone(), support_y.clone()
-                theta = {n: p.detach().clone().requires_grad_() for n, p in theta.items()}
-                first_order, keep_graph = True, False
-            phi = inner_loop(
-                stack_params(theta, support_x.shape[0]),
-                supervised_support_loss(self._forward, support_x, support_y, self.loss_fn),
-                update,
-                steps,
-                first_order=first_order,
-                on_step=on_step,
-                keep_graph=keep_graph,
-            )
-        return phi if grad_mode else {n: p.detach() for n, p in phi.items()}
+
+        def steps_from(theta, x, y, first_order, keep_graph):
+            loss = supervised_support_loss(self._forward, x, y, self.loss_fn)
+            phi = stack_params(theta, x.shape[0])
+            return inner_loop(phi, loss, update, steps, first_order, on_step, keep_graph)
+
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            return steps_from(theta, support_x, support_y, first_order, keep_graph)
+        # under no_grad / inference_mode: test-time steps, first order, φ detached
+        with torch.inference_mode(False), torch.enable_grad():
+            # inference tensors cannot enter an autograd graph: ordinary copies can
+            theta = {n: p.detach().clone().requires_grad_() for n, p in theta.items()}
+            phi = steps_from(theta, support_x.clone(), support_y.clone(), True, False)
+        return {n: p.detach() for n, p in phi.items()}
 
     def adapt_task(
         self, support_x: Tensor, support_y: Tensor, steps: int | None = None, **kwargs
