@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
-import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,15 @@ from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.evaluation import mean_ci95, per_task_metric_by_step
 from mamlkit.run_files import prepare_run_dir
-from mamlkit.rundir import lock_run_dir
+from mamlkit.rundir import clear_run_dir, lock_run_dir
 from mamlkit.tasks import SineTasks
 from mamlkit.training import Trainer, seed_everything
 
 PAPER_TABLE2 = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
 FINE_TUNE_GRID = (0.001, 0.003, 0.01, 0.02, 0.05, 0.1)
 K_SHOTS = (5, 10, 20)
+# a task's error above this after fixed-size steps counts as diverged (steps overshooting)
+DIVERGED_MSE = 1e3
 
 
 MAML_TRAIN_SHOTS = (5, 10)
@@ -73,6 +76,38 @@ def choose_fine_tune_lr(learner, config: Config, k: int, device: str) -> tuple[f
     return float(best), scores
 
 
+def sine_test_tasks(config: Config, k: int, device: str, tasks: int | None = None):
+    """The K-shot test tasks every sine model is scored on (``tasks``, default
+    ``eval.tasks``; the same seed for every method, so the same tasks)."""
+    gen = torch.Generator(device=device).manual_seed(config.eval.seed + k)
+    return SineTasks(k, k, query_grid=100).sample(
+        config.eval.tasks if tasks is None else tasks, gen
+    )
+
+
+def mse_by_step(learner, batch, config: Config, lr: float | None = None) -> list[dict[str, Any]]:
+    """One record per step 0..``eval.steps``: mean MSE over the tasks with its 95% CI, the
+    median, and how many tasks diverged (error non-finite or above :data:`DIVERGED_MSE`)."""
+    mse = per_task_metric_by_step(
+        learner, batch, config.eval.steps, "mse", chunk=config.eval.chunk, lr=lr
+    )
+    # a task whose fixed-size steps overflow has infinite error, not "no number"
+    mse = torch.nan_to_num(mse, nan=math.inf)
+    records = []
+    for steps, row in enumerate(mse):
+        mean, ci = mean_ci95(row)
+        records.append(
+            {
+                "steps": steps,
+                "mse": mean,
+                "ci95": ci,
+                "median": row.median().item(),
+                "diverged_tasks": int((~torch.isfinite(row) | (row > DIVERGED_MSE)).sum()),
+            }
+        )
+    return records
+
+
 def evaluate_sine(
     learners: dict, config: Config, device: str, fine_tune: dict[int, float]
 ) -> list[dict[str, Any]]:
@@ -82,30 +117,15 @@ def evaluate_sine(
     )
     records = []
     for k in K_SHOTS:
-        gen = torch.Generator(device=device).manual_seed(config.eval.seed + k)
-        batch = SineTasks(k, k, query_grid=100).sample(config.eval.tasks, gen)
+        batch = sine_test_tasks(config, k, device)
         chosen = {
             "maml": (learners[f"maml_k{maml_model_for(k, trained)}"], maml_model_for(k, trained)),
             "pretrained": (learners["pretrained"], None),
         }
         for method, (learner, trained_k) in chosen.items():
             lr = fine_tune[k] if method == "pretrained" else None
-            mse = per_task_metric_by_step(
-                learner, batch, config.eval.steps, "mse", chunk=config.eval.chunk, lr=lr
-            )
-            # a task whose fixed-size steps overflow has infinite error, not "no number"
-            mse = torch.nan_to_num(mse, nan=math.inf)
-            for steps, row in enumerate(mse):
-                mean, ci = mean_ci95(row)
-                record = {
-                    "method": method,
-                    "k_shot": k,
-                    "steps": steps,
-                    "mse": mean,
-                    "ci95": ci,
-                    "median": row.median().item(),
-                    "diverged_tasks": int((~torch.isfinite(row) | (row > 1e3)).sum()),
-                }
+            for step_record in mse_by_step(learner, batch, config, lr):
+                record = {"method": method, "k_shot": k, **step_record}
                 if trained_k is not None:
                     record["trained_k"] = trained_k
                 else:
@@ -154,11 +174,7 @@ def report_markdown(records, configs: dict[str, Config], fine_tune: dict, env: d
     lines = [
         "# Sine regression: Table 2 reproduction",
         "",
-        f"Command: `{' '.join(env.get('argv', []))}`  ",
-        f"Date {time.strftime('%Y-%m-%d')}; mamlkit {env.get('mamlkit')}"
-        + (f" (commit {env['git_commit']})" if env.get("git_commit") else "")
-        + f"; torch {env.get('torch')}; device {env.get('device')}; "
-        f"{env.get('cpu_threads')} threads; {env.get('platform')}",
+        *environment_lines(env),
         "",
         f"5-shot MSE after 1 / 5 / 10 gradient steps: mean ± 95% CI over the same {tasks} test "
         "tasks for both methods; MSE on 100 evenly spaced points over [−5, 5].",
@@ -221,6 +237,17 @@ def report_markdown(records, configs: dict[str, Config], fine_tune: dict, env: d
     return "\n".join(lines) + "\n"
 
 
+def environment_lines(env: dict) -> list[str]:
+    """A report's first lines: the command, the date and what it ran on."""
+    return [
+        f"Command: `{' '.join(env.get('argv', []))}`  ",
+        f"Date {time.strftime('%Y-%m-%d')}; mamlkit {env.get('mamlkit')}"
+        + (f" (commit {env['git_commit']})" if env.get("git_commit") else "")
+        + f"; torch {env.get('torch')}; device {env.get('device')}; "
+        f"{env.get('cpu_threads')} threads; {env.get('platform')}",
+    ]
+
+
 def train_one(
     name: str, config: Config, run: Path, resume: bool, progress: bool, position: int = 0
 ) -> None:
@@ -242,8 +269,61 @@ def train_one(
     )
     has_checkpoint = bool(list((run / "checkpoints").glob("*.safetensors")))
     if run.exists() and not (resume and has_checkpoint):
-        shutil.rmtree(run)  # interrupted before its first checkpoint: start it afresh
+        clear_run_dir(run)  # interrupted before its first checkpoint: start it afresh
     trainer.fit(resume=resume and has_checkpoint)
+
+
+def train_models(
+    configs: dict[str, Config],
+    out: Path,
+    resume: bool,
+    progress: bool,
+    jobs: int | None,
+    device: str,
+) -> None:
+    """Train every model of ``configs`` into ``out/<name>``; with ``resume``, skip those
+    that have their final weights and continue the others from their checkpoints."""
+    todo = [
+        (name, config, out / name, resume, progress, i)
+        for i, (name, config) in enumerate(configs.items())
+        if not (resume and (out / name / "model.safetensors").exists())
+    ]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
+    if jobs == 1 or device != "cpu":
+        for args in todo:
+            train_one(*args)
+        return
+    # the models are independent and single-threaded: train them side by side
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        for future in [pool.submit(train_one, *args) for args in todo]:
+            future.result()
+
+
+def load_learners(configs: dict[str, Config], out: Path, device: str) -> dict[str, Any]:
+    """The trained learner of every model in ``out/<name>``, in eval mode on ``device``."""
+    learners = {}
+    for name, config in configs.items():
+        learner = build_learner(config)
+        tensors, _ = load_checkpoint(out / name / "model.safetensors")
+        learner.load_state_dict(tensors)
+        learners[name] = learner.to(device).eval()
+    return learners
+
+
+@contextlib.contextmanager
+def reproduce_dir(out: str | Path, force: bool, resume: bool) -> Iterator[Path]:
+    """Hold the output folder of a reproduce command (its lock) for the block: a new one is
+    checked before anything is created, and with ``force`` mamlkit's files in it are cleared
+    (the user's stay); ``resume`` continues the folder as it is. Validate configs first."""
+    out = Path(out)
+    if not resume:
+        prepare_run_dir(out, force, clear=False)
+    with lock_run_dir(out, create=not resume):
+        if not resume:
+            prepare_run_dir(out, force)
+        out.mkdir(parents=True, exist_ok=True)
+        yield out
 
 
 def reproduce_sine(
@@ -260,37 +340,13 @@ def reproduce_sine(
     """Train (or, with ``resume``, finish training) every model, then evaluate and write
     results.json, sine_fits.png, sine_mse.png and report.md into ``out``, holding the
     folder's lock throughout (a second command on it exits with one line)."""
-    sine_configs(iterations, seed, device, overrides)  # validated before anything is created
-    if not resume:
-        prepare_run_dir(out, force, clear=False)
-    with lock_run_dir(Path(out), create=not resume):
+    configs = sine_configs(iterations, seed, device, overrides)  # before anything is created
+    with reproduce_dir(out, force, resume) as out:
         from mamlkit import plots
         from mamlkit.run_files import environment_info
 
-        configs = sine_configs(iterations, seed, device, overrides)  # validated first
-        out = Path(out) if resume else prepare_run_dir(out, force)
-        out.mkdir(parents=True, exist_ok=True)
-        todo = [
-            (name, config, out / name, resume, progress, i)
-            for i, (name, config) in enumerate(configs.items())
-            if not (resume and (out / name / "model.safetensors").exists())
-        ]
-        jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
-        if jobs == 1 or device != "cpu":
-            for args in todo:
-                train_one(*args)
-        else:
-            # the models are independent and single-threaded: train them side by side
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                for future in [pool.submit(train_one, *args) for args in todo]:
-                    future.result()
-        learners = {}
-        for name, config in configs.items():
-            learner = build_learner(config)
-            tensors, _ = load_checkpoint(out / name / "model.safetensors")
-            learner.load_state_dict(tensors)
-            learners[name] = learner.to(device).eval()
+        train_models(configs, out, resume, progress, jobs, device)
+        learners = load_learners(configs, out, device)
         pre_cfg = configs["pretrained"]
         fine_tune = {}
         for k in K_SHOTS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -35,9 +36,11 @@ RUN_FILES = (
     "tensorboard",
 )
 RUN_PATTERNS = ("eval-step-*.json", "eval-any-alphabet*.json", "eval-within-alphabet*.json")
-# What `mamlkit reproduce sine` writes around its runs (one run directory per method).
+# What `mamlkit reproduce sine` and `reproduce sine-seeds` write around their runs (one run
+# directory per model: sine's maml_k5, maml_k10, pretrained; sine-seeds' maml_lr0.01_seed0,
+# metasgd_seed0; "maml" is what sine's folders held before its per-K models).
 REPRODUCE_FILES = ("results.json", "report.md", "sine_fits.png", "sine_mse.png")
-REPRODUCE_RUNS = ("maml", "pretrained")
+REPRODUCE_RUN = re.compile(r"maml|pretrained|maml_k\d+|maml_lr[0-9.e+-]+_seed\d+|metasgd_seed\d+")
 # Temporary files of interrupted atomic writes by training (``.<name>.<random>.tmp``)
 _TRAINING_TMP_PREFIXES = (
     ".config.yaml.",
@@ -59,7 +62,12 @@ def is_reproduce_dir(path: Path) -> bool:
     if any(_is_file(path / name) for name in REPRODUCE_FILES):
         return True
     runs = [p for p in _entries(path) if p.is_dir() and is_run_dir(p)]
-    return bool(runs) and all(p.name in REPRODUCE_RUNS for p in runs)
+    return bool(runs) and all(is_reproduce_run_name(p.name) for p in runs)
+
+
+def is_reproduce_run_name(name: str) -> bool:
+    """Whether ``name`` is one of the run directories ``mamlkit reproduce`` writes."""
+    return REPRODUCE_RUN.fullmatch(name) is not None
 
 
 def _is_file(path: Path) -> bool:
@@ -89,9 +97,9 @@ def clear_run_dir(path: Path) -> None:
         owned += path.glob(pattern)
     if is_reproduce_dir(path):
         owned += [path / name for name in REPRODUCE_FILES]
-        for name in REPRODUCE_RUNS:
-            run = path / name
-            if run.is_dir() and not run.is_symlink():
+        for run in _entries(path):
+            # only mamlkit's runs: never a link, nor a folder of the user's of such a name
+            if is_reproduce_run_name(run.name) and not run.is_symlink() and is_run_dir(run):
                 clear_run_dir(run)
                 with contextlib.suppress(OSError):  # still holds the user's files
                     (run / LOCK_FILE).unlink(missing_ok=True)
