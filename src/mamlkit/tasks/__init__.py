@@ -1,7 +1,20 @@
-"""Task distributions: each draws a :class:`TaskBatch` on the generator's device."""
+"""Task distributions: each draws a :class:`TaskBatch` on the generator's device. A config
+names one through :data:`TASKS` (see :func:`register_task`)."""
 
+from mamlkit.tasks import builtin as _builtin  # noqa: F401  (registers mamlkit's own tasks)
 from mamlkit.tasks.base import TaskBatch, TaskDistribution
 from mamlkit.tasks.episodes import ClassBatches, EpisodeTasks
+from mamlkit.tasks.registry import TASKS, TaskSpec, register_task, task_spec
 from mamlkit.tasks.sine import SineTasks
 
-__all__ = ["ClassBatches", "EpisodeTasks", "SineTasks", "TaskBatch", "TaskDistribution"]
+__all__ = [
+    "TASKS",
+    "ClassBatches",
+    "EpisodeTasks",
+    "SineTasks",
+    "TaskBatch",
+    "TaskDistribution",
+    "TaskSpec",
+    "register_task",
+    "task_spec",
+]
