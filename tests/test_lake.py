@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from mamlkit.build import _omniglot_split_alphabets, build_tasks
+from mamlkit.build import build_tasks
 from mamlkit.cli import main
 from mamlkit.config import load_config
 from mamlkit.tasks import EpisodeTasks
+from mamlkit.tasks.builtin import _omniglot_split_alphabets
 
 from .conftest import data_root
 

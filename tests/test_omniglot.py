@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from mamlkit.build import _omniglot_split_images, build_learner, build_tasks
+from mamlkit.build import build_learner, build_tasks
 from mamlkit.config import load_config
 from mamlkit.data import load_omniglot, omniglot_splits
 from mamlkit.errors import ConfigError
 from mamlkit.evaluation import evaluate
 from mamlkit.tasks import EpisodeTasks
+from mamlkit.tasks.builtin import _omniglot_split_images
 from mamlkit.training import Trainer
 
 from .conftest import data_root

@@ -18,10 +18,11 @@ from torch import Tensor
 
 from mamlkit.build import image_channels
 from mamlkit.checkpoint import atomic_write_text
-from mamlkit.config import RL_TASKS, Config
+from mamlkit.config import Config
 from mamlkit.data.images import decode_image, is_image_name
 from mamlkit.errors import UserError
 from mamlkit.runner import load_run
+from mamlkit.tasks.registry import task_spec
 
 _X_COLUMN = re.compile(r"x\d*")
 _Y_COLUMN = re.compile(r"y\d*")
@@ -58,7 +59,7 @@ class ImagePreprocessing:
     def __init__(self, config: Config):
         self.size = config.task.image_size
         self.channels = image_channels(config)
-        self.invert = config.task.name == "omniglot"
+        self.invert = task_spec(config.task.name).inverted
 
     def __call__(self, path: Path) -> np.ndarray:
         return decode_image(path, self.size, self.channels, invert=self.invert)
@@ -224,7 +225,8 @@ def adapt_run(
             else f"--out {out} is a directory; give a file name such as preds.json"
         )
     config, learner, _ = load_run(run_dir, trust_code=trust_code)
-    if config.task.name in RL_TASKS:
+    task = task_spec(config.task.name)
+    if task.rl:
         raise UserError(
             f"{run_dir} is a reinforcement-learning run: it adapts on trajectories it samples, "
             f"not on a support set; use `mamlkit eval {run_dir}`"
@@ -232,7 +234,7 @@ def adapt_run(
     steps = config.eval.steps if steps is None else steps
     device = config.train.device
     record: dict[str, Any] = {"run_dir": str(run_dir), "support": str(support), "steps": steps}
-    if config.task.name == "sine":
+    if task.inputs == "vector":
         if support.is_dir():
             raise UserError(
                 f"--support {support} is a folder, but {run_dir} is a regression run; give a "

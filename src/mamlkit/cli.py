@@ -451,10 +451,11 @@ def _plot_rl(run_dir) -> None:
     trajectories before and after adaptation."""
     import yaml
 
-    from mamlkit.config import RL_TASKS
+    from mamlkit.tasks.registry import TASKS
 
     task = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("task", {})
-    if task.get("name") not in RL_TASKS:
+    spec = TASKS.get(task.get("name"))
+    if spec is None or not spec.rl:
         return
     from mamlkit.rl import plots as rl_plots
     from mamlkit.runner import load_run, run_checkpoints

@@ -26,7 +26,8 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 @dataclass
 class TaskConfig:
-    # sine | omniglot | miniimagenet | imagefolder | nav2d | cheetah_vel | cheetah_dir (RL)
+    # a registered task (mamlkit.tasks.register_task): sine, omniglot, miniimagenet,
+    # imagefolder, and the RL tasks nav2d, cheetah_vel, cheetah_dir
     name: str = "sine"
     # sine: K support and K query points per task
     k_support: int = 10
@@ -47,7 +48,7 @@ class TaskConfig:
     # Omniglot: test episodes take their N characters from one alphabet
     # (Lake et al. 2015's within-alphabet one-shot protocol; train episodes stay any-alphabet)
     within_alphabet: bool = False
-    channels: int | None = None  # 1 grey, 3 RGB; default: omniglot 1, others 3
+    channels: int | None = None  # 1 grey, 3 RGB; default: the task's (omniglot 1, others 3)
     # imagefolder without train/ val/ test/ folders: class proportions of the seeded split
     split_fractions: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])
     batch_size: int = 64  # pretrained classifier: images per ordinary minibatch
@@ -61,7 +62,7 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # mlp | conv4
+    name: str = "mlp"  # a registered model (mamlkit.models.register_model): mlp, conv4
     hidden: list[int] = field(default_factory=lambda: [40, 40])
     filters: int = 64
     pooling: str = "stride"  # conv4: stride | max
@@ -298,8 +299,14 @@ def load_config(
     return config
 
 
-#: the reinforcement-learning tasks (environments of mamlkit.rl)
-RL_TASKS = ("nav2d", "cheetah_vel", "cheetah_dir")
+def __getattr__(name: str) -> Any:
+    # RL_TASKS, kept for older code: the registry's RL tasks, read when asked for (the
+    # registry imports torch, which `import mamlkit.config` does not)
+    if name == "RL_TASKS":
+        from mamlkit.tasks.registry import rl_task_names
+
+        return rl_task_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate_rl(c: Config) -> None:
@@ -312,12 +319,6 @@ def validate_rl(c: Config) -> None:
         ("algorithm.max_backtracks", c.algorithm.max_backtracks),
     ]:
         _require(value >= 1, key, f"must be >= 1, got {value}")
-    _require(
-        c.algorithm.name in ("maml", "pretrained"),
-        "algorithm.name",
-        f"reinforcement learning runs maml (MAML-TRPO) or pretrained (TRPO on all tasks), "
-        f"not {c.algorithm.name!r}",
-    )
     _require(c.model.name == "mlp", "model.name", "the policy of an RL task is an mlp")
     for key, value in [
         ("algorithm.max_kl", c.algorithm.max_kl),
@@ -348,13 +349,17 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def validate(c: Config) -> None:
     """Refuse impossible values before training starts, naming the key."""
+    # the registries: every task's and model's name, and what mamlkit knows about it
+    from mamlkit.models.registry import model_spec
+    from mamlkit.tasks.registry import task_spec
+
+    task = task_spec(c.task.name)
     _require(
-        c.task.name in ("sine", "omniglot", "miniimagenet", "imagefolder", *RL_TASKS),
-        "task.name",
-        f"unknown task {c.task.name!r} (sine, omniglot, miniimagenet, imagefolder, "
-        f"{', '.join(RL_TASKS)})",
+        task.algorithms is None or c.algorithm.name in task.algorithms,
+        "algorithm.name",
+        f"task {c.task.name!r} runs {' or '.join(task.algorithms or ())}, not {c.algorithm.name!r}",
     )
-    if c.task.name in RL_TASKS:
+    if task.rl:
         validate_rl(c)
     _require(
         c.task.name != "imagefolder" or bool(c.task.data_dir),
@@ -368,11 +373,7 @@ def validate(c: Config) -> None:
         "task.split_fractions",
         f"needs three fractions (train, val, test), train and test > 0; got {fractions}",
     )
-    _require(
-        c.model.name in ("mlp", "conv4"),
-        "model.name",
-        f"unknown model {c.model.name!r} (mlp, conv4)",
-    )
+    model_spec(c.model.name)  # refuses an unknown name, listing the registered ones
     _require(c.model.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
     _require(
         c.model.target is not None or not c.model.kwargs,
@@ -539,8 +540,10 @@ def largest_tensor_bytes(c: Config) -> tuple[int, str]:
     """A lower bound on the largest float32 tensor of one meta-training batch, and the keys
     it grows with: the first layer's activations, or the inner loop's per-task copies of
     the weights. (Evaluation runs in ``eval.chunk``-sized pieces; lowering that helps.)"""
+    from mamlkit.tasks.registry import task_spec
+
     t, m, tr = c.task, c.model, c.train
-    if t.name == "sine":
+    if task_spec(t.name).inputs == "vector":
         width = max([*m.hidden, 1])
         sizes = [1, *m.hidden, 1]
         weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))

@@ -25,6 +25,7 @@ from mamlkit.rundir import (
     lock_run_dir,
     remove_orphaned_tmp,
 )
+from mamlkit.tasks.registry import TASKS, task_spec
 from mamlkit.training import Trainer, seed_everything
 
 
@@ -217,8 +218,12 @@ def eval_run(
         config.task.within_alphabet
     )
     if within_alphabet is not None:
-        if config.task.name != "omniglot":
-            raise UserError("--within-alphabet/--any-alphabet: only Omniglot runs have alphabets")
+        if not task_spec(config.task.name).alphabets:
+            having = ", ".join(name for name, spec in TASKS.items() if spec.alphabets)
+            raise UserError(
+                f"--within-alphabet/--any-alphabet: {config.task.name} runs have no "
+                f"alphabets; only {having} runs have"
+            )
         config.task.within_alphabet = within_alphabet
     tasks = config.eval.tasks if tasks is None else tasks
     split = config.eval.split if split is None else split
@@ -251,7 +256,7 @@ def eval_run(
     if metric == "return":  # RL: the return after every step (the paper's figures)
         out["by_step"] = by_step
         out["trajectories_per_step"] = config.task.eval_rollouts
-    elif config.task.name != "sine":
+    elif task_spec(config.task.name).inputs == "image":
         out.update({"ways": config.task.ways, "shots": config.task.shots})
     else:
         out["k_shot"] = config.task.k_support

@@ -1,4 +1,5 @@
-"""The RL objects of a validated config (called from :mod:`mamlkit.build`)."""
+"""The RL objects of a validated config: the learner (called from :mod:`mamlkit.build`)
+and the tasks (the RL tasks' builder in :data:`mamlkit.tasks.TASKS`)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,22 @@
 """Task distributions: each draws a :class:`TaskBatch` (or, for training without tasks,
-an :class:`ExampleBatch`) on the generator's device."""
+an :class:`ExampleBatch`) on the generator's device. A config names one through
+:data:`TASKS` (see :func:`register_task`)."""
 
+from mamlkit.tasks import builtin as _builtin  # noqa: F401  (registers mamlkit's own tasks)
 from mamlkit.tasks.base import ExampleBatch, TaskBatch, TaskDistribution
 from mamlkit.tasks.episodes import ClassBatches, EpisodeTasks
+from mamlkit.tasks.registry import TASKS, TaskSpec, register_task, task_spec
 from mamlkit.tasks.sine import SineTasks
 
 __all__ = [
+    "TASKS",
     "ClassBatches",
     "EpisodeTasks",
     "ExampleBatch",
     "SineTasks",
     "TaskBatch",
     "TaskDistribution",
+    "TaskSpec",
+    "register_task",
+    "task_spec",
 ]

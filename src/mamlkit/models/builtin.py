@@ -1,0 +1,33 @@
+"""mamlkit's own models, registered by name: the sine MLP and the few-shot Conv4."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from mamlkit.models.conv import Conv4
+from mamlkit.models.mlp import MLP
+from mamlkit.models.registry import register_model
+from mamlkit.tasks.registry import task_spec
+
+if TYPE_CHECKING:
+    from mamlkit.config import Config
+
+
+@register_model("mlp", inputs="vector")
+def build_mlp(c: Config, out_features: int | None) -> nn.Module:
+    return MLP((1, *c.model.hidden, 1), init=c.model.init)
+
+
+@register_model("conv4", inputs="image")
+def build_conv4(c: Config, out_features: int | None) -> nn.Module:
+    return Conv4(
+        out_features=c.task.ways if out_features is None else out_features,
+        in_channels=task_spec(c.task.name).image_channels(c.task),
+        filters=c.model.filters,
+        image_size=c.task.image_size,
+        pooling=c.model.pooling,
+        global_pool=c.model.global_pool,
+        bn_running_stats=c.model.bn_running_stats,
+    )
