@@ -418,7 +418,6 @@ def validate(c: Config) -> None:
         ("task.queries", c.task.queries),
         ("task.image_size", c.task.image_size),
         ("task.batch_size", c.task.batch_size),
-        ("train.iterations", c.train.iterations),
         ("train.meta_batch", c.train.meta_batch),
         ("train.log_every", c.train.log_every),
         ("train.checkpoint_every", c.train.checkpoint_every),
@@ -429,6 +428,8 @@ def validate(c: Config) -> None:
         ("model.filters", c.model.filters),
     ]:
         _require(value >= 1, key, f"must be >= 1, got {value}")
+    # 0: a run that holds its initialisation (the "random init" baseline), evaluable as any
+    _require(c.train.iterations >= 0, "train.iterations", f"must be >= 0, got {c.train.iterations}")
     for key, value in [
         ("task.train_ways", c.task.train_ways),
         ("task.train_queries", c.task.train_queries),

@@ -19,6 +19,7 @@ import torch
 from mamlkit.build import build_learner, build_tasks
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
+from mamlkit.errors import ConfigError
 from mamlkit.evaluation import mean_ci95, per_task_metric_by_step
 from mamlkit.run_files import prepare_run_dir
 from mamlkit.rundir import clear_run_dir, lock_run_dir
@@ -40,6 +41,12 @@ def maml_model_for(k: int, trained: tuple[int, ...]) -> int:
     return max([t for t in trained if t <= k] or [min(trained)])
 
 
+def check_reproduce_iterations(iterations: int) -> None:
+    """A reproduction trains: 0 iterations (allowed for ``mamlkit train``) is refused."""
+    if iterations < 1:
+        raise ConfigError(f"config key 'train.iterations': must be >= 1, got {iterations}")
+
+
 def sine_configs(
     iterations: int | None,
     seed: int,
@@ -51,6 +58,7 @@ def sine_configs(
     K-shot model) and one pretrained config; all validated before anything is written."""
     common = [f"train.seed={seed}", f"train.device={device}", *overrides]
     if iterations is not None:
+        check_reproduce_iterations(iterations)
         common.append(f"train.iterations={iterations}")
     configs = {
         f"maml_k{k}": load_config(

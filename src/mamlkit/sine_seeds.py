@@ -16,6 +16,7 @@ from mamlkit.config import Config, load_config
 from mamlkit.reproduce import (
     DIVERGED_MSE,
     PAPER_TABLE2,
+    check_reproduce_iterations,
     environment_lines,
     load_learners,
     mse_by_step,
@@ -60,6 +61,7 @@ def study_models(
         methods.append(("sine_metasgd", None))
     common = [f"task.k_support={K}", f"task.k_query={K}", f"train.device={device}"]
     if iterations is not None:
+        check_reproduce_iterations(iterations)
         common.append(f"train.iterations={iterations}")
     models = {}
     for preset, lr in methods:
