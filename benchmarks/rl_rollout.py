@@ -5,6 +5,13 @@ JSON line.
 
     python benchmarks/rl_rollout.py [--tasks 20] [--rollouts 20] [--horizon 100]
         [--iters 3] [--warmup 1] [--threads N] [--device cpu]
+        [--fisher gauss_newton [hessian]]
+
+``--fisher`` names TRPO's Fisher-vector products to time (``MAMLTRPO(fisher=...)``); with
+several, each gets its own copy of the same initial policy and their meta-iterations
+alternate on the same task batches (the order reversed every round), so a shared machine's
+load falls on all of them alike. ``s_per_meta_iteration_by_fisher`` has every one's
+times; ``s_per_meta_iteration_*`` are the first one's.
 
 An environment step is one step of one trajectory: a tensor step of T tasks × N
 trajectories counts T·N. Half-cheetah (where MuJoCo is installed, ``--cheetah-tasks``
@@ -17,6 +24,7 @@ per half-cheetah velocity meta-iteration (meta-batch ``--cheetah-tasks``, horizo
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -30,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mamlkit.functional import stack_params  # noqa: E402
 from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks  # noqa: E402
+from mamlkit.rl.learner import FISHER  # noqa: E402
 from mamlkit.rl.returns import sample_trajectories  # noqa: E402
 
 
@@ -94,7 +103,7 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
     }
     if args.cheetah_iters:
         policy = GaussianMLPPolicy(env.obs_dim, env.act_dim).to(device)
-        learner = MAMLTRPO(env, policy, rollouts=n).to(device)
+        learner = MAMLTRPO(env, policy, rollouts=n, fisher=args.fisher[0]).to(device)
 
         def meta_iteration() -> None:
             learner.outer_step(CheetahVelocityTasks().sample(goal.shape[0], generator), None, 0)
@@ -116,6 +125,13 @@ def main() -> None:
     p.add_argument("--cheetah-tasks", type=int, default=40, help="0: skip half-cheetah")
     p.add_argument("--cheetah-horizon", type=int, default=200)
     p.add_argument("--cheetah-iters", type=int, default=0, help="timed cheetah meta-iterations")
+    p.add_argument(
+        "--fisher",
+        nargs="+",
+        choices=FISHER,
+        default=["gauss_newton"],
+        help="Fisher-vector products to time, alternating (cheetah: the first)",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,14 +159,22 @@ def main() -> None:
     rollout_iters = max(3, args.iters)
     bare_times = timed(bare, device, 1, rollout_iters)
     policy_times = timed(with_policy, device, 1, rollout_iters)
-    learner = MAMLTRPO(env, policy, rollouts=n).to(device)
-    step = [0]
-
-    def meta_iteration() -> None:
-        learner.outer_step(NavigationTasks().sample(args.tasks, generator), None, step[0])
-        step[0] += 1
-
-    meta_times = timed(meta_iteration, device, args.warmup, args.iters)
+    learners = {
+        f: MAMLTRPO(env, copy.deepcopy(policy), rollouts=n, fisher=f).to(device)
+        for f in args.fisher
+    }
+    by_fisher: dict[str, list[float]] = {f: [] for f in args.fisher}
+    for i in range(args.warmup + args.iters):
+        batch = NavigationTasks().sample(args.tasks, generator)
+        order = list(learners) if i % 2 == 0 else list(reversed(learners))  # neither first
+        for f in order:
+            sync(device)
+            start = time.perf_counter()
+            learners[f].outer_step(batch, None, i)
+            sync(device)
+            if i >= args.warmup:
+                by_fisher[f].append(time.perf_counter() - start)
+    meta_times = by_fisher[args.fisher[0]]
     steps_per_rollout = envs * args.horizon
     cheetah = cheetah_throughput(args, device) if args.cheetah_tasks else "skipped"
     print(
@@ -166,6 +190,8 @@ def main() -> None:
                 "policy_env_steps_per_s": steps_per_rollout / statistics.median(policy_times),
                 "s_per_meta_iteration_median": statistics.median(meta_times),
                 "s_per_meta_iteration_all": meta_times,
+                "fisher": args.fisher,
+                "s_per_meta_iteration_by_fisher": by_fisher,
                 "iters": args.iters,
                 "half_cheetah": cheetah,
                 "torch": torch.__version__,

@@ -356,6 +356,7 @@ def test_resume_is_bit_identical(tmp_path):
         ("algorithm.name=protonet", "algorithm.name"),
         ("algorithm.max_kl=0", "algorithm.max_kl"),
         ("task.rollouts=0", "task.rollouts"),
+        ("algorithm.fisher=newton", "algorithm.fisher"),
     ],
 )
 def test_bad_rl_config_names_the_key(override, key):

@@ -15,6 +15,7 @@ def test_rl_rollout_prints_throughput():
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--tasks", "2", "--rollouts", "2", "--horizon", "5"]
         + ["--iters", "1", "--warmup", "0", "--threads", "1"]
+        + ["--fisher", "gauss_newton", "hessian"]
         + ["--cheetah-tasks", "2", "--cheetah-horizon", "3", "--cheetah-iters", "1"],
         check=True,
         capture_output=True,
@@ -25,6 +26,10 @@ def test_rl_rollout_prints_throughput():
     assert result["workload"] == "nav2d" and result["horizon"] == 5
     assert result["env_steps_per_s"] > 0 and result["policy_env_steps_per_s"] > 0
     assert len(result["s_per_meta_iteration_all"]) == 1
+    assert {f: len(t) for f, t in result["s_per_meta_iteration_by_fisher"].items()} == {
+        "gauss_newton": 1,
+        "hessian": 1,
+    }
     cheetah = result["half_cheetah"]
     if isinstance(cheetah, dict):  # MuJoCo installed
         assert cheetah["simulations"] == 4 and cheetah["env_steps_per_s"] > 0

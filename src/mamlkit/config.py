@@ -104,6 +104,8 @@ class AlgorithmConfig:
     cg_damping: float = 1e-5
     backtrack_ratio: float = 0.8
     max_backtracks: int = 15
+    # TRPO's Fisher-vector products: gauss_newton (Jᵀ F J, no third derivatives) | hessian
+    fisher: str = "gauss_newton"
 
 
 @dataclass
@@ -334,6 +336,11 @@ def validate_rl(c: Config) -> None:
         0 < c.algorithm.backtrack_ratio < 1,
         "algorithm.backtrack_ratio",
         f"must be in (0, 1), got {c.algorithm.backtrack_ratio}",
+    )
+    _require(
+        c.algorithm.fisher in ("gauss_newton", "hessian"),
+        "algorithm.fisher",
+        f"must be gauss_newton or hessian, got {c.algorithm.fisher!r}",
     )
     _require(
         all(math.isfinite(a) and a > 0 for a in c.algorithm.eval_inner_lrs),

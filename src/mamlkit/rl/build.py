@@ -54,4 +54,5 @@ def build_rl_learner(c: Config) -> MAMLTRPO:
         cg_damping=a.cg_damping,
         backtrack_ratio=a.backtrack_ratio,
         max_backtracks=a.max_backtracks,
+        fisher=a.fisher,
     )

@@ -11,10 +11,17 @@ from torch import Tensor
 from mamlkit.algorithms.base import MetaLearner, MetaOutput
 from mamlkit.functional import FixedStepSize, Params, inner_loop, stack_params
 from mamlkit.rl.envs import environment_generator
+from mamlkit.rl.fisher import (
+    FisherVector,
+    gauss_newton_vector_product,
+    hessian_vector_product,
+)
 from mamlkit.rl.policy import GaussianMLPPolicy
 from mamlkit.rl.returns import (
+    OldPolicy,
     Trajectories,
     advantages,
+    mean_kl,
     old_policy,
     sample_trajectories,
     surrogate_and_kl,
@@ -22,6 +29,8 @@ from mamlkit.rl.returns import (
 )
 from mamlkit.rl.trpo import TRPOStep, trpo_step
 from mamlkit.tasks.base import TaskBatch
+
+FISHER = ("gauss_newton", "hessian")  # the Fisher-vector products outer_step can use
 
 
 class MAMLTRPO(MetaLearner):
@@ -32,9 +41,12 @@ class MAMLTRPO(MetaLearner):
     θ, adapt φᵢ(θ) by the engine's :func:`~mamlkit.functional.inner_loop` on the VPG
     surrogate (second order unless ``first_order``), sample ``rollouts`` query trajectories
     with φᵢ, and take one TRPO step on θ for the mean over tasks of the query surrogate,
-    under mean KL(π_φᵢ(θ_old) ‖ π_φᵢ(θ)) ≤ ``max_kl`` -- the Fisher-vector products
-    differentiate through the inner update. With ``inner_steps=0`` this is plain TRPO on
-    the task distribution (the "pretrained" baseline).
+    under mean KL(π_φᵢ(θ_old) ‖ π_φᵢ(θ)) ≤ ``max_kl``. The Fisher-vector products
+    (:meth:`fisher_vector_product`) are ``fisher="gauss_newton"``, the Gauss-Newton form
+    Jᵀ F J through the inner update (exactly the KL's Hessian at θ_old, with no third
+    derivative of the support loss), or ``"hessian"``, double backward of the KL through
+    the inner update. With ``inner_steps=0`` this is plain TRPO on the task distribution
+    (the "pretrained" baseline).
 
     A batch is an RL :class:`TaskBatch` (:mod:`mamlkit.rl.envs`): task parameters in
     ``support_x [T, 1, P]``, the seed of the environment's randomness in ``support_y``.
@@ -57,10 +69,14 @@ class MAMLTRPO(MetaLearner):
         cg_damping: float = 1e-5,
         backtrack_ratio: float = 0.8,
         max_backtracks: int = 15,
+        fisher: str = "gauss_newton",
     ):
         super().__init__()
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
+        if fisher not in FISHER:
+            raise ValueError(f"fisher must be one of {', '.join(FISHER)}, got {fisher!r}")
+        self.fisher = fisher
         self.env, self.model = env, policy
         self.update = FixedStepSize(inner_lr)
         self.eval_update = FixedStepSize(eval_inner_lr)
@@ -143,11 +159,34 @@ class MAMLTRPO(MetaLearner):
             with torch.no_grad():
                 return surrogate_and_kl(self.policy, new_phi, query, adv, old)
 
-        step = trpo_step(params, loss, kl, evaluate, **self.trpo)
+        fisher_vector = self.fisher_vector_product(phi, query, old, kl)
+        step = trpo_step(params, loss, None, evaluate, fisher_vector=fisher_vector, **self.trpo)
         self.last_step = step
         metrics = self._metrics(support, query, step.kl_after)
         metrics["step_fraction"] = torch.as_tensor(step.step_fraction)
         return MetaOutput(torch.as_tensor(step.loss_after), query.average_return(), metrics)
+
+    def fisher_vector_product(
+        self, phi: Params, query: Trajectories, old: OldPolicy, kl: Tensor
+    ) -> FisherVector:
+        """TRPO's v ↦ F v at θ_old for the mean query KL ``kl`` of the adapted ``phi`` (both
+        with their graph to θ).
+
+        ``"gauss_newton"``: Jᵀ F_z J with z = the adapted policies' means and log-stds on
+        the query observations, J = ∂z/∂θ through the inner update (with inner_steps = 0,
+        plain TRPO's Fisher). F_z, the KL's Hessian in z, is diagonal (1/σ² for a mean, 2
+        for a log-std, times each step's weight in the mean): cheaper than with z = φ,
+        whose F_φ takes second derivatives of the policy network. ``"hessian"``: ∇²_θ kl.
+        """
+        params = list(self.theta().values())
+        if self.fisher == "hessian":
+            return hessian_vector_product(kl, params)
+        mean, log_std = self.policy.distribution(phi, query.obs)
+
+        def kl_of_z(z: dict[str, Tensor]) -> Tensor:
+            return mean_kl(old, z["mean"], z["log_std"], query.mask)
+
+        return gauss_newton_vector_product(params, {"mean": mean, "log_std": log_std}, kl_of_z)
 
     def query_predictions(
         self, support_x, support_y, query_x, steps, lr=None, reduce=None

@@ -171,5 +171,10 @@ def surrogate_and_kl(
     mean, log_std = policy.distribution(params, traj.obs)
     ratio = torch.exp(gaussian_log_prob(mean, log_std, traj.actions) - old.log_prob)
     loss = -masked_task_mean(ratio * adv, traj.mask).mean()
-    kl = masked_task_mean(gaussian_kl(old.mean, old.log_std, mean, log_std), traj.mask).mean()
-    return loss, kl
+    return loss, mean_kl(old, mean, log_std, traj.mask)
+
+
+def mean_kl(old: OldPolicy, mean: Tensor, log_std: Tensor, mask: Tensor) -> Tensor:
+    """mean_i mean_t KL(π_old ‖ N(mean, diag exp(log_std)²)) from the new policies' action
+    distributions ``[T, N, H, A]`` on the old policies' observations."""
+    return masked_task_mean(gaussian_kl(old.mean, old.log_std, mean, log_std), mask).mean()

@@ -1,6 +1,7 @@
 """Trust-region policy optimisation's step (Schulman et al. 2015) on any differentiable
 loss and KL of a list of parameters: conjugate gradient on Fisher-vector products (the
-Hessian of the KL), the step scaled to the KL bound, and a backtracking line search."""
+Hessian of the KL at the old policy, :mod:`mamlkit.rl.fisher`), the step scaled to the KL
+bound, and a backtracking line search."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-def flat(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
+from mamlkit.rl.fisher import FisherVector, flat, hessian_vector_product
 
 
 def conjugate_gradient(
@@ -52,33 +51,38 @@ class TRPOStep:
 def trpo_step(
     params: Sequence[Tensor],
     loss: Tensor,
-    kl: Tensor,
+    kl: Tensor | None,
     evaluate: Callable[[], tuple[Tensor, Tensor]],
     max_kl: float = 0.01,
     cg_iterations: int = 10,
     cg_damping: float = 1e-5,
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
+    fisher_vector: FisherVector | None = None,
 ) -> TRPOStep:
     """Update ``params`` (leaf tensors, in place) by one TRPO step.
 
-    ``loss`` and ``kl`` are the surrogate loss and the mean KL from the old policy, built
-    from ``params`` with their full graph (for MAML: through the inner update, so the
-    Fisher-vector products differentiate through it). ``evaluate()`` recomputes both at the
-    current values of ``params`` (no graph needed); a candidate is accepted when the loss
-    decreased and the KL is within ``max_kl``, otherwise ``params`` are restored.
+    ``loss`` is the surrogate loss built from ``params`` with its graph. The Fisher-vector
+    product F v is ``fisher_vector(v)`` when given (for MAML:
+    :func:`~mamlkit.rl.fisher.gauss_newton_vector_product`), otherwise the Hessian of
+    ``kl``, the mean KL from the old policy built from ``params`` with its full graph;
+    conjugate gradient solves (F + ``cg_damping``·I) x = −∇loss. ``evaluate()`` recomputes
+    loss and KL at the current values of ``params`` (no graph needed); a candidate is
+    accepted when the loss decreased and the KL is within ``max_kl``, otherwise ``params``
+    are restored.
     """
     params = list(params)
+    if fisher_vector is None and kl is None:
+        raise ValueError("trpo_step needs kl or fisher_vector")
+    fvp = fisher_vector or hessian_vector_product(kl, params)
     grads = torch.autograd.grad(loss, params, retain_graph=True)
-    grad_kl = flat(torch.autograd.grad(kl, params, create_graph=True))
 
-    def fisher_vector(v: Tensor) -> Tensor:
-        hvp = torch.autograd.grad(grad_kl @ v, params, retain_graph=True)
-        return flat(hvp) + cg_damping * v
+    def damped(v: Tensor) -> Tensor:
+        return fvp(v) + cg_damping * v
 
     g = flat(grads).detach()
-    direction = conjugate_gradient(fisher_vector, -g, cg_iterations)
-    shs = 0.5 * (direction @ fisher_vector(direction))
+    direction = conjugate_gradient(damped, -g, cg_iterations)
+    shs = 0.5 * (direction @ damped(direction))
     full_step = direction * torch.sqrt(max_kl / shs.clamp_min(1e-30))
     expected = float(-(g @ full_step))
     old = [p.detach().clone() for p in params]
