@@ -29,7 +29,9 @@ Timing: all variants in one process, one iteration each per round (the order rev
 every other round, so no variant always follows the same one); the paired difference to
 the default is taken within each round, which on a shared machine is steadier than the
 variants' own times. ``gain`` is (variant − default) / variant per round: the share of the
-plain-op variant's time that the hand-written piece saves.
+plain-op variant's time that the hand-written piece saves. Where other jobs keep the cores
+busy, also run ``--threads 1``: two threads then spend most of their time waiting for each
+other (docs/results.md, "Hand-written derivatives, one at a time").
 """
 
 from __future__ import annotations

@@ -65,7 +65,9 @@ def test_op_breakdown_prints_the_top_operators():
 
 def test_ops_ablation_checks_every_variant_then_times():
     """The float64 check covers every variant even when only one is timed."""
-    result = _run("ops_ablation.py", "--iters", "1", "--warmup", "0", "--variants", "relu")
+    # one thread: on a busy 2-core machine two threads wait on each other (seconds, not ms)
+    args = ("--iters", "1", "--warmup", "0", "--variants", "relu", "--threads", "1")
+    result = _run("ops_ablation.py", *args)
     check = result["check"]
     assert check["passed"] and check["dtype"] == "float64"
     variants = {"relu", "batch_norm", "task_conv2d", "shared_off", "conv_derivatives",
