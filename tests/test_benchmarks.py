@@ -63,6 +63,27 @@ def test_op_breakdown_prints_the_top_operators():
     assert all(entry["calls_per_iter"] > 0 for entry in result["top"])
 
 
+def test_ops_ablation_checks_every_variant_then_times():
+    """The float64 check covers every variant even when only one is timed."""
+    # one thread: on a busy 2-core machine two threads wait on each other (seconds, not ms)
+    args = ("--iters", "1", "--warmup", "0", "--variants", "relu", "--threads", "1")
+    result = _run("ops_ablation.py", *args)
+    check = result["check"]
+    assert check["passed"] and check["dtype"] == "float64"
+    variants = {"relu", "batch_norm", "task_conv2d", "shared_off", "conv_derivatives",
+                "unfolded", "pure_aten"}  # fmt: skip
+    assert set(check["rel_error"]) == variants
+    assert all(err <= check["tolerance"] for err in check["rel_error"].values())
+    assert check["calls"]["relu"]["relu"] > 0  # the patch took effect
+    assert set(result["variants"]) == {"default", "relu"}
+    relu = result["variants"]["relu"]
+    assert relu["ms_median"] > 0 and result["variants"]["default"]["ms_median"] > 0
+    for key in ("diff_ms_median", "diff_ms_p10", "diff_ms_p90", "gain_median", "resolved"):
+        assert key in relu
+    assert result["workload"] == "omniglot-5w1s" and result["iters"] == 1
+    assert {"torch", "threads", "platform", "cpu"} <= set(result)
+
+
 def test_gpu_table1_script_dry_run_on_the_cpu(tmp_path):
     """`scripts/gpu_table1.sh` end to end on the CPU with one tiny cell, called twice as two
     GPU sessions would: the first call's budget stops the run (SIGTERM) and evaluates its

@@ -34,6 +34,9 @@ derivatives of the backward pass out by hand:
 
 All are checked against float64 finite differences (``gradcheck``/``gradgradcheck``) and,
 inside MAML, against the per-task float64 reference (tests/test_meta_gradients.py).
+What each saves is measured by benchmarks/ops_ablation.py, which swaps one piece at a time
+for the plain op with autograd's derivatives; the numbers are in docs/results.md ("Hand-written
+derivatives, one at a time"), and each docstring below names the derivative it replaces.
 """
 
 from __future__ import annotations
@@ -65,7 +68,15 @@ def _conv_weight_grad(x: Tensor, g: Tensor, w_shape, stride, padding, groups) ->
 
 
 class _Conv(Function):
-    """y = conv(x, w) + b."""
+    """y = conv(x, w) + b.
+
+    Replaces: ``aten::convolution``'s derivative (``convolution_backward``, whose own
+    derivative ``_convolution_double_backward`` runs one convolution per group for the
+    weight term of the input gradient's derivative). Measured, with the two classes below:
+    no measurable gain on omniglot-5w1s (within noise; :class:`_SharedConv` covers the same
+    double backward), a gain on omniglot-20w1s (benchmarks/ops_ablation.py, see
+    docs/results.md).
+    """
 
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, groups):
@@ -89,7 +100,12 @@ class _Conv(Function):
 
 class _ConvInputGrad(Function):
     """A(g, w) = ∂/∂x ⟨g, conv(x, w)⟩. Since ⟨u, A(g, w)⟩ = ⟨g, conv(u, w)⟩, its derivatives
-    are conv(u, w) for g and the weight gradient W(u, g) for w."""
+    are conv(u, w) for g and the weight gradient W(u, g) for w.
+
+    Replaces: the derivative of ``convolution_backward``'s input gradient
+    (``_convolution_double_backward``, per group for w). Measured: as :class:`_Conv`
+    (benchmarks/ops_ablation.py, see docs/results.md).
+    """
 
     @staticmethod
     def forward(ctx, g, w, x_shape, stride, padding, groups):
@@ -111,7 +127,12 @@ class _ConvInputGrad(Function):
 
 class _ConvWeightGrad(Function):
     """W(x, g) = ∂/∂w ⟨g, conv(x, w)⟩. Since ⟨v, W(x, g)⟩ = ⟨g, conv(x, v)⟩, its derivatives
-    are the input gradient A(g, v) for x and conv(x, v) for g."""
+    are the input gradient A(g, v) for x and conv(x, v) for g.
+
+    Replaces: the derivative of ``convolution_backward``'s weight gradient
+    (``_convolution_double_backward``). Measured: as :class:`_Conv`
+    (benchmarks/ops_ablation.py, see docs/results.md).
+    """
 
     @staticmethod
     def forward(ctx, x, g, w_shape, stride, padding, groups):
@@ -140,7 +161,12 @@ def conv2d(
     groups: int = 1,
 ) -> Tensor:
     """``F.conv2d`` (square stride and padding, no dilation) whose derivatives of every
-    order are single convolution kernels, also for ``groups > 1``."""
+    order are single convolution kernels, also for ``groups > 1``.
+
+    Replaces: ``F.conv2d``'s derivatives (``convolution_backward``,
+    ``_convolution_double_backward``). Measured: as :class:`_Conv`
+    (benchmarks/ops_ablation.py, see docs/results.md).
+    """
     s, p = [stride, stride], [padding, padding]
     return _Conv.apply(x, weight, bias, s, p, groups)
 
@@ -149,7 +175,13 @@ class _SharedConv(Function):
     """y = conv(x, w) for T tasks that hold one weight: ``w = θ.expand(T, ...)``, as at MAML's
     first inner step. Layout as :func:`task_conv2d`. Forward and input gradient are one dense
     convolution over the B·T images instead of T small ones; the weight gradient is still
-    per task (the inner loop adapts each task's copy separately)."""
+    per task (the inner loop adapts each task's copy separately).
+
+    Replaces: the grouped (``groups=T``) ``aten::convolution`` and its derivatives while θ
+    is shared. Measured: a gain on omniglot-5w1s at 1 thread; no measurable gain at 2
+    threads on the busy machine, nor on omniglot-20w1s (noisy) (benchmarks/ops_ablation.py,
+    see docs/results.md).
+    """
 
     @staticmethod
     def forward(ctx, x, w, b, stride, padding):
@@ -175,7 +207,12 @@ class _SharedConv(Function):
 
 class _SharedConvInputGrad(Function):
     """A(g, w) of :class:`_SharedConv`: one dense input gradient. Derivatives as
-    :class:`_ConvInputGrad`: the shared convolution for g, per-task weight gradients for w."""
+    :class:`_ConvInputGrad`: the shared convolution for g, per-task weight gradients for w.
+
+    Replaces: grouped ``convolution_backward``'s input gradient and its derivative
+    (``_convolution_double_backward``). Measured: as :class:`_SharedConv`
+    (benchmarks/ops_ablation.py, see docs/results.md).
+    """
 
     @staticmethod
     def forward(ctx, g, w, x_shape, stride, padding):
@@ -220,6 +257,11 @@ def task_conv2d(
     (``groups=T``), except where the weight is an expanded view holding one tensor for all
     tasks (stride 0 on the task axis, as ``θ.expand(T, ...)``): then the tasks' weights are
     equal by construction and forward and input gradients run as one dense convolution.
+
+    Replaces: ``F.conv2d(..., groups=T)``'s derivatives (``convolution_backward``,
+    ``_convolution_double_backward``). Measured: a gain on omniglot-5w1s (1 and 2 threads;
+    not resolved on omniglot-20w1s, noisy) (benchmarks/ops_ablation.py, see
+    docs/results.md).
     """
     tasks = weight.shape[0]
     s, p = [stride, stride], [padding, padding]
@@ -234,7 +276,13 @@ def task_conv2d(
 
 class _ReLU(Function):
     """y = max(x, 0). PyTorch's double backward of ReLU materialises a zero tensor for the
-    mask's derivative and adds it in; here the mask (y > 0) is a constant."""
+    mask's derivative and adds it in; here the mask (y > 0) is a constant.
+
+    Replaces: ``aten::relu``'s derivative (``threshold_backward``, whose derivative for the
+    input is ``zeros_like``). Measured: no measurable gain on omniglot-5w1s at 1 thread
+    (within noise); small gains at 2 threads on the busy machine and on omniglot-20w1s
+    (benchmarks/ops_ablation.py, see docs/results.md).
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -249,7 +297,12 @@ class _ReLU(Function):
 
 
 class _ReLUGrad(Function):
-    """(g, y) -> g · [y > 0], linear in g; its derivative w.r.t. y is zero almost everywhere."""
+    """(g, y) -> g · [y > 0], linear in g; its derivative w.r.t. y is zero almost everywhere.
+
+    Replaces: ``threshold_backward``'s derivative (``threshold_backward`` for g, a zero
+    tensor for y). Measured: as :class:`_ReLU` (benchmarks/ops_ablation.py, see
+    docs/results.md).
+    """
 
     @staticmethod
     def forward(ctx, g, y):
@@ -263,7 +316,11 @@ class _ReLUGrad(Function):
 
 
 def relu(x: Tensor) -> Tensor:
-    """``torch.relu`` whose derivatives of every order are one masking pass each."""
+    """``torch.relu`` whose derivatives of every order are one masking pass each.
+
+    Replaces: ``torch.relu``'s derivatives. Measured: as :class:`_ReLU`
+    (benchmarks/ops_ablation.py, see docs/results.md).
+    """
     return _ReLU.apply(x)
 
 
@@ -290,7 +347,12 @@ def _per_channel(v: Tensor, like: Tensor) -> Tensor:
 
 
 class _BatchNorm(Function):
-    """y = γ x̂ + β with x̂ = (x − mean) r, r = (var + eps)^-½, batch statistics per channel."""
+    """y = γ x̂ + β with x̂ = (x − mean) r, r = (var + eps)^-½, batch statistics per channel.
+
+    Replaces: ``aten::native_batch_norm``'s derivative (``native_batch_norm_backward``, as a
+    differentiable :class:`_BatchNormGrad`). Measured: as :func:`batch_norm`
+    (benchmarks/ops_ablation.py, see docs/results.md).
+    """
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps):
@@ -313,6 +375,9 @@ class _BatchNormGrad(Function):
 
     where m(·) is the per-channel mean. ``mean`` and ``invstd`` are the forward's statistics;
     their dependence on x is part of the derivative w.r.t. x below.
+
+    Replaces: ``native_batch_norm_backward``'s derivative (``batchnorm_double_backward``).
+    Measured: as :func:`batch_norm` (benchmarks/ops_ablation.py, see docs/results.md).
     """
 
     @staticmethod
@@ -397,7 +462,12 @@ class _BatchNormGrad(Function):
 
 def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
     """``F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)`` for ``[B, C, *]``
-    with a closed-form second derivative, itself differentiable."""
+    with a closed-form second derivative, itself differentiable.
+
+    Replaces: ``F.batch_norm``'s second derivative (``batchnorm_double_backward``).
+    Measured: a gain on omniglot-5w1s (1 and 2 threads) and omniglot-20w1s
+    (benchmarks/ops_ablation.py, see docs/results.md).
+    """
     return _BatchNorm.apply(x, weight, bias, eps)
 
 
@@ -407,7 +477,12 @@ def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
 def image_patches(x: Tensor, tasks: int, kernel: int, stride: int, padding: int) -> Tensor:
     """The convolution windows of an input that needs no gradient (the images themselves):
     ``x [B, T·C, H, W]`` -> ``[B, T, C·k·k + 1, H'·W']``, each window flattened in the order of
-    a ``[C, k, k]`` weight, with a row of ones appended for the bias."""
+    a ``[C, k, k]`` weight, with a row of ones appended for the bias.
+
+    Replaces: no derivative itself (the input needs none); it feeds
+    :func:`task_conv_batch_norm`. Measured: as that (benchmarks/ops_ablation.py, see
+    docs/results.md).
+    """
     batch, channels = x.shape[0], x.shape[1] // tasks
     xp = F.pad(x, [padding] * 4)
     out_h = (xp.shape[2] - kernel) // stride + 1
@@ -446,6 +521,11 @@ def task_conv_batch_norm(
     order); ``b`` gets its exact gradient, zero.
 
     ``weight [T, O, C, k, k]``, ``bias``/``gamma``/``beta [T, O]`` -> ``[B, T·O, H', W']``.
+
+    Replaces: the first layer's ``convolution`` + ``native_batch_norm`` and their first and
+    second derivatives. Measured (``Conv4(fold_batch_norm=False)``, which also keeps the
+    convolution biases): a gain on omniglot-5w1s (1 and 2 threads); not resolved on
+    omniglot-20w1s (noisy) (benchmarks/ops_ablation.py, see docs/results.md).
     """
     batch, tasks, k1, positions = patches.shape
     k = k1 - 1
