@@ -170,14 +170,20 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, match):
     assert not out.exists()
 
 
-def test_the_alpha_0_01_seed_0_model_is_reproduce_sines_5_shot_maml(done, tmp_path):
-    """The same config and test tasks as `reproduce sine`'s maml_k5: the same numbers."""
+def test_the_presets_alpha_seed_0_model_is_reproduce_sines_5_shot_maml(done, tmp_path):
+    """The same config and test tasks as `reproduce sine`'s maml_k5 (the sine_maml
+    preset's α): the same numbers."""
+    from mamlkit.config import load_config
+
+    preset_lr = load_config("sine_maml").algorithm.inner_lr
     out = tmp_path / "sine"
     argv = ["reproduce", "sine", "--out", str(out), "--iterations", "30", "--jobs", "1",
             "--set", "eval.tasks=16", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     sine = [r for r in results(out) if r["method"] == "maml" and r["k_shot"] == 5]
-    seeds = [r for r in results(done)["records"] if r["model"] == "maml_lr0.01_seed0"]
+    name = f"maml_lr{preset_lr!r}_seed0"
+    seeds = [r for r in results(done)["records"] if r["model"] == name]
+    assert seeds
     keys = ("steps", "mse", "median", "diverged_tasks")
     assert [{k: r[k] for k in keys} for r in seeds] == [{k: r[k] for k in keys} for r in sine]
 
