@@ -173,3 +173,12 @@ def test_scaling_prints_one_line_per_process_count_and_reduction():
         (1, "single"), (2, "bucket"), (2, "per-tensor")
     ]
     assert all(r["iterations_per_second"] > 0 for r in rows)
+
+
+def test_paired_commits_times_two_checkouts_alternately():
+    """Compared with itself the harness runs both sides and pairs their runs."""
+    src = str(BENCHMARKS.parent / "src")
+    argv = ["--base", src, "--head", src, "--pairs", "2", "--iters", "3", "--warmup", "1"]
+    report = _run("paired_commits.py", *argv)
+    assert len(report["p10_ms"]["base"]) == len(report["paired_p10_diff_ms"]) == 2
+    assert all(t > 0 for side in report["median_ms"].values() for t in side)
