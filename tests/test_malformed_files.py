@@ -22,6 +22,8 @@ traceback, and every file of the run left as it was.
     bit-identically and keeps the damaged file aside
 18. Omniglot archive members: a decompression bomb and a truncated PNG; a MiniImagenet image
     that is a decompression bomb
+19. config.yaml describing another network than its weights (eval, train --resume): the
+    line names the parameters that differ
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ def garble_line(path: Path, number: int, text: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _narrow_second_layer(run: Path) -> None:
+    text = (run / "config.yaml").read_text()
+    assert "  - 40\n  - 40\n" in text
+    (run / "config.yaml").write_text(text.replace("  - 40\n  - 40\n", "  - 40\n  - 30\n", 1))
+
+
 RESUME = ("train", "--resume", "{run}", "--no-progress", "--set", "train.iterations=8")
 EVAL = ("eval", "{run}", "--tasks", "3")
 CASES = {  # number: (how to damage the run, the command, what the line must name)
@@ -160,6 +168,8 @@ CASES = {  # number: (how to damage the run, the command, what the line must nam
         EVAL,
         "model.safetensors",
     ),
+    "19": (_narrow_second_layer, EVAL, "shapes differ for model.net.2.bias, model.net.2.weight"),
+    "19-resume": (_narrow_second_layer, RESUME, "shapes differ for model.net.2.bias"),
 }
 
 

@@ -86,6 +86,23 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """What differs between ``model``'s state dict and ``state``, in a few names (for the
+    one-line error when weights do not fit a run's config)."""
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state.items()}
+    parts = []
+    for what, names in (
+        ("the model has", sorted(set(ours) - set(theirs))),
+        ("the file has", sorted(set(theirs) - set(ours))),
+        ("shapes differ for", sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])),
+    ):
+        if names:
+            more = f" (+{len(names) - 2} more)" if len(names) > 2 else ""
+            parts.append(f"{what} {', '.join(names[:2])}{more}")
+    return "; ".join(parts)
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a mamlkit checkpoint; anything else raises :class:`UserError`."""
     path = Path(path)

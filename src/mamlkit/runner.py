@@ -11,7 +11,12 @@ import torch
 
 from mamlkit import records
 from mamlkit.build import build_learner, build_tasks, check_code_trust, check_device, metric_for
-from mamlkit.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
+from mamlkit.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_text,
+    load_checkpoint,
+    state_mismatch,
+)
 from mamlkit.config import Config, load_config
 from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
@@ -185,8 +190,9 @@ def load_run(
         learner.load_state_dict(tensors)
     except RuntimeError:
         raise UserError(
-            f"{weights} does not match the model in {cfg_path} (edited config or "
-            "a file from another run)"
+            f"{weights} does not match the model in {cfg_path} "
+            f"({state_mismatch(learner, tensors)}): edited config, a file from another run, "
+            "or a run of another mamlkit version whose defaults differ"
         ) from None
     step = meta.get("step")
     if not isinstance(step, int) or isinstance(step, bool):

@@ -26,6 +26,7 @@ from mamlkit.checkpoint import (
     rng_from_tensors,
     rng_to_tensors,
     save_checkpoint,
+    state_mismatch,
 )
 from mamlkit.config import Config
 from mamlkit.device_step import CaptureUnsupported, DeviceStep
@@ -168,8 +169,9 @@ class Trainer:
             self.learner.load_state_dict(state)
         except RuntimeError:
             raise UserError(
-                f"checkpoint {path} does not match the model of this run's "
-                "config.yaml (was the config edited?)"
+                f"checkpoint {path} does not match the model of this run's config.yaml "
+                f"({state_mismatch(self.learner, state)}); was the config edited, or the "
+                "run trained by another mamlkit version whose defaults differ?"
             ) from None
         try:
             optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
