@@ -73,7 +73,7 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
     env = HalfCheetah("vel", horizon=args.cheetah_horizon)
     generator = torch.Generator(device=device).manual_seed(0)
     batch = CheetahVelocityTasks().sample(args.cheetah_tasks, generator).to(device)
-    goal, n, horizon = batch.support_x[:, 0], args.rollouts, args.cheetah_horizon
+    goal, n, horizon = batch.task, args.rollouts, args.cheetah_horizon
 
     def bare() -> None:
         state, _ = env.reset(goal, n, generator)
@@ -140,7 +140,7 @@ def main() -> None:
     generator = torch.Generator(device=device).manual_seed(0)
     env = Navigation2D(horizon=args.horizon)
     batch = NavigationTasks().sample(args.tasks, generator).to(device)
-    goal = batch.support_x[:, 0]
+    goal = batch.task
     n = args.rollouts
     envs = args.tasks * n
 

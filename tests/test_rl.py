@@ -97,12 +97,12 @@ def test_the_batch_seed_makes_sampling_reproducible():
     params = stack_params(dict(policy.named_parameters()), 3)
     a, b = (
         sample_trajectories(
-            env, policy, params, batch.support_x[:, 0], 4, environment_generator(batch.support_y)
+            env, policy, params, batch.task, 4, environment_generator(batch.seeds)
         )
         for _ in range(2)
     )
     assert torch.equal(a.actions, b.actions) and torch.equal(a.rewards, b.rewards)
-    assert batch.support_x.abs().max() <= 0.5 and batch.support_y.dtype == torch.int64
+    assert batch.task.abs().max() <= 0.5 and batch.seeds.dtype == torch.int64
 
 
 # ---- returns, baseline, advantages ----------------------------------------------------
@@ -218,7 +218,7 @@ def test_meta_gradient_and_fisher_vector_product_match_a_float64_per_task_refere
     policy = GaussianMLPPolicy(2, 2, (16, 16))
     learner = MAMLTRPO(env, policy, inner_lr=0.3, rollouts=5)
     batch = NavigationTasks().sample(3, torch.Generator().manual_seed(2))
-    generator = environment_generator(batch.support_y)
+    generator = environment_generator(batch.seeds)
     support, phi, query, adv_q = learner._rollout_and_adapt(batch, generator)
     adv_s = advantages(support, learner.discount, learner.gae_lambda)
     old = old_policy(policy, phi, query)

@@ -51,9 +51,9 @@ def test_vectorised_cheetah_equals_single_environments_step_for_step(
 
 def test_cheetah_task_distributions():
     g = torch.Generator().manual_seed(0)
-    vel = CheetahVelocityTasks().sample(200, g).support_x
-    assert vel.shape == (200, 1, 1) and 0 <= vel.min() and vel.max() <= 2
-    direction = CheetahDirectionTasks().sample(200, g).support_x
+    vel = CheetahVelocityTasks().sample(200, g).task
+    assert vel.shape == (200, 1) and 0 <= vel.min() and vel.max() <= 2
+    direction = CheetahDirectionTasks().sample(200, g).task
     assert set(direction.unique().tolist()) == {-1.0, 1.0}
 
 

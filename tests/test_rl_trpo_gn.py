@@ -40,7 +40,7 @@ def products(learner: MAMLTRPO, batch, perturb: float = 0.0):
     distributions) and the Gauss-Newton product with z = φ (F_φ by a Hessian-vector product
     in the adapted parameters) of the query KL at θ_old, or at θ_old moved by
     ``perturb``·noise (φ(θ) then no longer minimises the KL); the parameters; the loss."""
-    generator = environment_generator(batch.support_y)
+    generator = environment_generator(batch.seeds)
     support, phi, query, adv = learner._rollout_and_adapt(batch, generator)
     old = old_policy(learner.policy, phi, query)
     if perturb:

@@ -31,7 +31,7 @@ def task_accuracy(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.argmax(-1) == target).double().flatten(1).mean(1) * 100
 
 
-def task_return(average_return: Tensor, _unused: Tensor) -> Tensor:
+def task_return(average_return: Tensor, _unused: Tensor | None) -> Tensor:
     """Per-task average return ``[T]``: an RL learner's "predictions" are already the
     returns of the trajectories it sampled (its query set is sampled, not given)."""
     return average_return
@@ -63,16 +63,13 @@ def per_task_metric_by_step(
         part = batch.slice(start, start + chunk)
         # each step's predictions become per-task metrics at once, written into one table
         # made up front: nothing is kept per step, so memory does not grow with ``steps``
-        table = torch.empty(
-            steps + 1, part.num_tasks, dtype=torch.float64, device=part.query_y.device
-        )
+        device = next(iter(part)).device
+        table = torch.empty(steps + 1, part.num_tasks, dtype=torch.float64, device=device)
 
-        def reduce(pred: Tensor, slots=iter(table), y: Tensor = part.query_y) -> Tensor:
+        def reduce(pred: Tensor, slots=iter(table), y: Tensor | None = part.targets) -> Tensor:
             return next(slots).copy_(fn(pred.detach(), y))
 
-        per_step = learner.query_predictions(
-            part.support_x, part.support_y, part.query_x, steps, lr=lr, reduce=reduce
-        )
+        per_step = learner.predictions_by_step(part, steps, lr=lr, reduce=reduce)
         rows.append(table[: len(per_step)])
     return torch.cat(rows, dim=1)
 

@@ -132,6 +132,20 @@ class MetaLearner(nn.Module):
         ``steps``."""
         raise NotImplementedError
 
+    def predictions_by_step(
+        self,
+        batch: Any,
+        steps: int,
+        lr: float | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> list[Tensor]:
+        """What evaluation scores: :meth:`query_predictions` for a batch of tasks (a
+        :class:`TaskBatch`: adapt on each support set, predict its query set). A learner
+        whose tasks carry no given data (RL: trajectories are sampled) overrides this."""
+        return self.query_predictions(
+            batch.support_x, batch.support_y, batch.query_x, steps, lr=lr, reduce=reduce
+        )
+
     def predict_task(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, steps: int | None = None
     ) -> Tensor:

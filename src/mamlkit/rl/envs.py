@@ -8,12 +8,11 @@ whole meta-batch costs one call per time step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from mamlkit.tasks.base import TaskBatch
 
 #: seeds for the environment's own random numbers (policy noise) are drawn below this
 SEED_BOUND = 2**62
@@ -65,31 +64,58 @@ class Navigation2D:
 
 
 @dataclass(frozen=True)
+class RLTaskBatch:
+    """T reinforcement-learning tasks: their parameters ``task [T, P]`` (a goal, a goal
+    velocity, a direction) and ``seeds [T, 1]`` (int64) for the environment's randomness,
+    drawn from the sampler's generator, so that a run that restores the generator (a
+    resumed checkpoint) replays the same trajectories. An RL task has no given data: its
+    support and query trajectories are sampled by the policy being adapted, so there is
+    nothing to score predictions against (``targets`` is None)."""
+
+    task: Tensor
+    seeds: Tensor
+
+    def __iter__(self):
+        return iter((self.task, self.seeds))
+
+    @property
+    def num_tasks(self) -> int:
+        return self.task.shape[0]
+
+    @property
+    def targets(self) -> None:
+        return None
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> RLTaskBatch:
+        return RLTaskBatch(fn(self.task), fn(self.seeds))
+
+    def to(self, device: torch.device | str) -> RLTaskBatch:
+        return self.map(lambda t: t.to(device))
+
+    def slice(self, start: int, stop: int) -> RLTaskBatch:
+        return self.map(lambda t: t[start:stop])
+
+
+@dataclass(frozen=True)
 class NavigationTasks:
-    """Goals uniform in ``[low, high]²``. A batch carries the goals as ``support_x`` and
-    ``query_x`` (``[T, 1, 2]``) and, in ``support_y`` (``[T, 1]``, int64), seeds drawn from
-    the sampler's generator for the environment's randomness, so that a run that restores
-    the generator (a resumed checkpoint) replays the same trajectories. ``query_y`` is
-    unused (zeros): the query set of an RL task is sampled by the adapted policy."""
+    """Goals uniform in ``[low, high]²`` (``task [T, 2]``)."""
 
     low: float = -0.5
     high: float = 0.5
 
-    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
+    def sample(self, tasks: int, generator: torch.Generator) -> RLTaskBatch:
         device = generator.device
         goal = torch.rand((tasks, 2), generator=generator, device=device)
         goal = goal * (self.high - self.low) + self.low
         return task_batch(goal, generator)
 
 
-def task_batch(task: Tensor, generator: torch.Generator) -> TaskBatch:
-    """A :class:`TaskBatch` of RL tasks with parameters ``task [T, P]`` (see
-    :class:`NavigationTasks` for the layout)."""
+def task_batch(task: Tensor, generator: torch.Generator) -> RLTaskBatch:
+    """The tasks with parameters ``task [T, P]`` and their environment seeds."""
     seeds = torch.randint(
         0, SEED_BOUND, (task.shape[0], 1), generator=generator, device=generator.device
     )
-    params = task.unsqueeze(1)
-    return TaskBatch(params, seeds, params, torch.zeros_like(seeds), info={"task": task})
+    return RLTaskBatch(task, seeds)
 
 
 def environment_generator(seeds: Tensor) -> torch.Generator:

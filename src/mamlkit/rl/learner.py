@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mamlkit.algorithms.base import MetaLearner, MetaOutput
 from mamlkit.functional import FixedStepSize, Params, inner_loop, stack_params
-from mamlkit.rl.envs import environment_generator
+from mamlkit.rl.envs import RLTaskBatch, environment_generator
 from mamlkit.rl.fisher import (
     FisherVector,
     gauss_newton_vector_product,
@@ -28,7 +28,6 @@ from mamlkit.rl.returns import (
     vpg_support_loss,
 )
 from mamlkit.rl.trpo import TRPOStep, trpo_step
-from mamlkit.tasks.base import TaskBatch
 
 FISHER = ("gauss_newton", "hessian")  # the Fisher-vector products outer_step can use
 
@@ -48,8 +47,8 @@ class MAMLTRPO(MetaLearner):
     the inner update. With ``inner_steps=0`` this is plain TRPO on the task distribution
     (the "pretrained" baseline).
 
-    A batch is an RL :class:`TaskBatch` (:mod:`mamlkit.rl.envs`): task parameters in
-    ``support_x [T, 1, P]``, the seed of the environment's randomness in ``support_y``.
+    A batch is an :class:`~mamlkit.rl.envs.RLTaskBatch`: the tasks' parameters and the
+    seeds of the environment's randomness.
     """
 
     def __init__(
@@ -113,10 +112,10 @@ class MAMLTRPO(MetaLearner):
             params, vpg_support_loss(self.policy, traj, adv), update, steps, first_order
         )
 
-    def _rollout_and_adapt(self, batch: TaskBatch, generator):
+    def _rollout_and_adapt(self, batch: RLTaskBatch, generator):
         """Support trajectories with θ, the adapted φ(θ) (with its graph), the query
         trajectories of φ and their advantages."""
-        task = batch.support_x[:, 0]
+        task = batch.task
         theta = stack_params(self.theta(), task.shape[0])
         support = self.sample(theta, task, self.rollouts, generator)
         if self.inner_steps:
@@ -126,10 +125,10 @@ class MAMLTRPO(MetaLearner):
             phi, query = theta, support
         return support, phi, query, advantages(query, self.discount, self.gae_lambda)
 
-    def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
+    def meta_forward(self, batch: RLTaskBatch, iteration: int = 0) -> MetaOutput:
         """The TRPO surrogate at θ (differentiable, through the inner update) with the
         returns before and after adaptation; :meth:`outer_step` is the update itself."""
-        generator = environment_generator(batch.support_y)
+        generator = environment_generator(batch.seeds)
         support, phi, query, adv = self._rollout_and_adapt(batch, generator)
         old = old_policy(self.policy, phi, query)
         loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
@@ -142,14 +141,14 @@ class MAMLTRPO(MetaLearner):
             "kl": torch.as_tensor(float(torch.as_tensor(kl).detach())),
         }
 
-    def outer_step(self, batch: TaskBatch, optimizer, iteration: int) -> MetaOutput:
+    def outer_step(self, batch: RLTaskBatch, optimizer, iteration: int) -> MetaOutput:
         """One TRPO step on θ (``optimizer`` is not used: TRPO's step is its own)."""
-        generator = environment_generator(batch.support_y)
+        generator = environment_generator(batch.seeds)
         support, phi, query, adv = self._rollout_and_adapt(batch, generator)
         old = old_policy(self.policy, phi, query)
         loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
         params = list(self.theta().values())
-        task_count = batch.support_x.shape[0]
+        task_count = batch.num_tasks
 
         def evaluate() -> tuple[Tensor, Tensor]:
             theta = stack_params(self.theta(), task_count)
@@ -188,16 +187,16 @@ class MAMLTRPO(MetaLearner):
 
         return gauss_newton_vector_product(params, {"mean": mean, "log_std": log_std}, kl_of_z)
 
-    def query_predictions(
-        self, support_x, support_y, query_x, steps, lr=None, reduce=None
+    def predictions_by_step(
+        self, batch: RLTaskBatch, steps: int, lr=None, reduce=None
     ) -> list[Tensor]:
         """The average return per task ``[T]`` after 0, 1, …, ``steps`` policy-gradient
         steps (test protocol: each step samples ``eval_rollouts`` fresh trajectories with
         the current policy, reports their return and adapts on them with the evaluation
         step sizes, first 0.1 then 0.05; ``lr`` replaces them); ``reduce`` maps each
         step's returns as they come (the evaluation's per-task metric)."""
-        generator = environment_generator(support_y)
-        task = support_x[:, 0]
+        generator = environment_generator(batch.seeds)
+        task = batch.task
         with torch.enable_grad():
             params = {
                 n: p.detach().requires_grad_()

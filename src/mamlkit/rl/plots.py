@@ -48,8 +48,8 @@ def nav2d_trajectories(
     """One test-like adaptation per goal (``eval_rollouts`` trajectories, one step of the
     first test step size), and ``shown`` trajectories sampled before and after it."""
     batch = NavigationTasks().sample(tasks, torch.Generator().manual_seed(seed))
-    goal = batch.support_x[:, 0]
-    generator = environment_generator(batch.support_y)
+    goal = batch.task
+    generator = environment_generator(batch.seeds)
     with torch.enable_grad():
         theta = stack_params(learner.theta(), tasks)
         theta = {n: p.detach().requires_grad_() for n, p in theta.items()}
