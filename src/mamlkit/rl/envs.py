@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mamlkit.tasks.base import BatchOfTasks
+
 #: seeds for the environment's own random numbers (policy noise) are drawn below this
 SEED_BOUND = 2**62
 
@@ -64,7 +66,7 @@ class Navigation2D:
 
 
 @dataclass(frozen=True)
-class RLTaskBatch:
+class RLTaskBatch(BatchOfTasks):
     """T reinforcement-learning tasks: their parameters ``task [T, P]`` (a goal, a goal
     velocity, a direction) and ``seeds [T, 1]`` (int64) for the environment's randomness,
     drawn from the sampler's generator, so that a run that restores the generator (a
@@ -79,21 +81,11 @@ class RLTaskBatch:
         return iter((self.task, self.seeds))
 
     @property
-    def num_tasks(self) -> int:
-        return self.task.shape[0]
-
-    @property
     def targets(self) -> None:
         return None
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> RLTaskBatch:
         return RLTaskBatch(fn(self.task), fn(self.seeds))
-
-    def to(self, device: torch.device | str) -> RLTaskBatch:
-        return self.map(lambda t: t.to(device))
-
-    def slice(self, start: int, stop: int) -> RLTaskBatch:
-        return self.map(lambda t: t[start:stop])
 
 
 @dataclass(frozen=True)

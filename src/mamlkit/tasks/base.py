@@ -12,8 +12,31 @@ import torch
 from torch import Tensor
 
 
+class BatchOfTasks:
+    """What every kind of batch offers the trainer, evaluation, distributed sharding and
+    the device step, given its own ``__iter__`` (its tensors, each with the leading task
+    axis) and ``map`` (the batch with a function applied to every tensor)."""
+
+    def __iter__(self):
+        raise NotImplementedError
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Any:
+        raise NotImplementedError
+
+    @property
+    def num_tasks(self) -> int:
+        return next(iter(self)).shape[0]
+
+    def to(self, device: torch.device | str) -> Any:
+        return self.map(lambda t: t.to(device))
+
+    def slice(self, start: int, stop: int) -> Any:
+        """Tasks ``start:stop`` (used to evaluate many tasks in memory-bounded chunks)."""
+        return self.map(lambda t: t[start:stop] if t.dim() > 0 else t)
+
+
 @dataclass(frozen=True)
-class TaskBatch:
+class TaskBatch(BatchOfTasks):
     """T tasks, each with a support set (Dᵗʳ, used to adapt) and a query set (Dᵗᵉˢᵗ, to score).
 
     Every tensor has a leading task dimension T: ``support_x [T, N_s, ...]``,
@@ -32,10 +55,6 @@ class TaskBatch:
         return iter((self.support_x, self.support_y, self.query_x, self.query_y))
 
     @property
-    def num_tasks(self) -> int:
-        return self.support_x.shape[0]
-
-    @property
     def targets(self) -> Tensor:
         """What the query predictions are scored against."""
         return self.query_y
@@ -49,16 +68,9 @@ class TaskBatch:
         info = {k: apply(v) for k, v in self.info.items()}
         return TaskBatch(*(apply(t) for t in self), info=info)
 
-    def to(self, device: torch.device | str) -> TaskBatch:
-        return self.map(lambda t: t.to(device))
-
-    def slice(self, start: int, stop: int) -> TaskBatch:
-        """Tasks ``start:stop`` (used to evaluate many tasks in memory-bounded chunks)."""
-        return self.map(lambda t: t[start:stop] if t.dim() > 0 else t)
-
 
 @dataclass(frozen=True)
-class ExampleBatch:
+class ExampleBatch(BatchOfTasks):
     """B minibatches of N labelled examples, ``x [B, N, ...]`` and ``y [B, N, ...]``, with
     no support/query split: what a baseline trained by ordinary supervised learning over
     all training classes draws (:class:`~mamlkit.tasks.ClassBatches`). The leading axis
@@ -72,21 +84,11 @@ class ExampleBatch:
         return iter((self.x, self.y))
 
     @property
-    def num_tasks(self) -> int:
-        return self.x.shape[0]
-
-    @property
     def targets(self) -> Tensor:
         return self.y
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> ExampleBatch:
         return ExampleBatch(fn(self.x), fn(self.y))
-
-    def to(self, device: torch.device | str) -> ExampleBatch:
-        return self.map(lambda t: t.to(device))
-
-    def slice(self, start: int, stop: int) -> ExampleBatch:
-        return self.map(lambda t: t[start:stop])
 
 
 class TaskDistribution(Protocol):
