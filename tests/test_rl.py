@@ -38,7 +38,7 @@ from mamlkit.runner import eval_run, list_runs, train_run
 
 
 def test_navigation_step_clips_moves_rewards_and_finishes():
-    env = Navigation2D()
+    env = Navigation2D(normalized_actions=False)  # the action is the move
     goal = torch.tensor([[0.1, -0.05], [0.4, 0.4]])
     state, obs = env.reset(goal, 3)
     assert obs.shape == (2, 3, 2) and torch.equal(obs, torch.zeros(2, 3, 2))
@@ -56,6 +56,25 @@ def test_navigation_step_clips_moves_rewards_and_finishes():
     state, _ = env.reset(torch.zeros(1, 2), 1)
     _, obs, _, _ = env.step(state, torch.tensor([[[-5.0, 0.05]]]))
     assert torch.allclose(obs, torch.tensor([[[-0.1, 0.05]]]))
+
+
+def test_normalized_actions_scale_the_unit_box_to_the_move():
+    """rllab's ``normalize`` (maml_rl's setting, the default): the policy acts in [−1, 1]²,
+    an action a moves the point by lb + (a + 1)/2 · (ub − lb) = 0.1 a, clipped to ±0.1."""
+    env = Navigation2D()
+    assert env.normalized_actions
+    goal = torch.tensor([[0.03, -0.5]])
+    state, _ = env.reset(goal, 1)
+    state, obs, reward, done = env.step(state, torch.tensor([[[0.3, -5.0]]]))
+    assert torch.allclose(obs, torch.tensor([[[0.03, -0.1]]]))  # 0.1 × 0.3; −5 clipped to −1
+    assert torch.allclose(reward, -torch.tensor([[0.4]]))
+    assert not done.any()
+    lb, ub = -env.max_action, env.max_action  # the rllab formula, for one random action
+    a = torch.empty(2).uniform_(-1.5, 1.5)
+    moved = (lb + (a + 1.0) * 0.5 * (ub - lb)).clamp(lb, ub)
+    state, _ = env.reset(goal, 1)
+    _, obs, _, _ = env.step(state, a.view(1, 1, 2))
+    assert torch.allclose(obs.view(2), moved, atol=1e-7)
 
 
 def test_oracle_observes_the_goal():
@@ -78,7 +97,7 @@ def steering_policy(direction, log_std=-30.0):
 
 def test_trajectories_stop_at_done_and_are_padded():
     env = Navigation2D(horizon=10)
-    policy = steering_policy([0.2, 0.0])  # clipped to 0.1 per step along x
+    policy = steering_policy([2.0, 0.0])  # clipped to 1, a move of 0.1 per step along x
     goal = torch.tensor([[0.3, 0.0], [-0.3, 0.0]])  # reached after 3 steps / never
     params = stack_params(dict(policy.named_parameters()), 2)
     traj = sample_trajectories(env, policy, params, goal, 2, torch.Generator().manual_seed(0))
@@ -88,7 +107,7 @@ def test_trajectories_stop_at_done_and_are_padded():
     assert traj.rewards[0, :, 3:].abs().sum() == 0
     positions = 0.1 * torch.arange(10.0)  # observation before each step
     assert torch.allclose(traj.obs[1, 0, :, 0], positions, atol=1e-6)
-    assert torch.allclose(traj.actions[0, 0, 0], torch.tensor([0.2, 0.0]))  # as sampled
+    assert torch.allclose(traj.actions[0, 0, 0], torch.tensor([2.0, 0.0]))  # as sampled
 
 
 def test_the_batch_seed_makes_sampling_reproducible():
@@ -346,6 +365,24 @@ def test_resume_is_bit_identical(tmp_path):
     assert main(["plot", str(tmp_path / "a")]) == 0
     for figure in ("learning_curves.png", "returns.png", "trajectories.png"):
         assert (tmp_path / "a" / figure).stat().st_size > 0
+
+
+def test_a_run_saved_before_normalized_actions_keeps_its_environment(tmp_path):
+    """A run directory whose config.yaml predates ``task.normalized_actions`` resumes and
+    evaluates on the environment it trained on (raw actions), not on today's default."""
+    from mamlkit.build import build_learner
+    from mamlkit.runner import load_run_config
+
+    train_run(load_config("rl_nav2d_maml", [*TINY, "train.iterations=1"]), tmp_path / "new")
+    saved = (tmp_path / "new" / "config.yaml").read_text()
+    assert "normalized_actions: true" in saved
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text(saved.replace("  normalized_actions: true\n", ""))
+    assert not load_run_config(old).task.normalized_actions
+    assert not build_learner(load_run_config(old)).env.normalized_actions
+    assert build_learner(load_run_config(tmp_path / "new")).env.normalized_actions
+    assert load_config("rl_nav2d_maml").task.normalized_actions  # new runs: maml_rl's
 
 
 @pytest.mark.parametrize(

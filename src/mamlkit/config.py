@@ -58,6 +58,9 @@ class TaskConfig:
     rollouts: int = 20
     eval_rollouts: int = 40
     oracle: bool = False
+    # 2D navigation: the policy acts in [-1, 1] and moves 0.1 x that (rllab's normalize, as
+    # maml_rl); false: the action is the move, clipped to +-0.1 (mamlkit up to session 8)
+    normalized_actions: bool = True
 
 
 @dataclass
@@ -268,14 +271,26 @@ def resolve_preset(name_or_path: str) -> Any:
     raise ConfigError(f"no config file or preset named '{name_or_path}' (presets: {known})")
 
 
+#: Keys added after runs were saved, with the value that reproduces a run whose config.yaml
+#: predates them (its behaviour then). A run directory's config takes these where it lacks
+#: the key, so that resuming or evaluating an old run never silently changes what it trains
+#: on; new configs take the dataclass default.
+SAVED_BEFORE_THE_KEY: dict[str, dict[str, Any]] = {
+    # session 9: 2D navigation's actions became rllab-normalised (maml_rl's environment)
+    "task": {"normalized_actions": False},
+}
+
+
 def load_config(
     source: str | Path | dict | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     updates: dict[str, Any] | None = None,
+    missing: dict[str, Any] | None = None,
 ) -> Config:
     """Build and validate a :class:`Config` from a preset name, a YAML path or a dict, then
     ``--set``-style ``overrides`` (values parsed as YAML) and nested ``updates`` (taken as
-    they are, e.g. a path from ``--data-dir``)."""
+    they are, e.g. a path from ``--data-dir``). ``missing`` (nested, like ``updates``) gives
+    values for keys the source does not have (a saved run's :data:`SAVED_BEFORE_THE_KEY`)."""
     data: dict[str, Any] = {}
     if isinstance(source, dict):
         data = source
@@ -292,6 +307,8 @@ def load_config(
             raise ConfigError(f"{path}{where}: not valid YAML; fix the syntax") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    if missing:
+        data = _merge(missing, data)
     for text in overrides:
         data = _merge(data, parse_override(text))
     if updates:

@@ -17,7 +17,7 @@ from mamlkit.checkpoint import (
     load_checkpoint,
     state_mismatch,
 )
-from mamlkit.config import Config, load_config
+from mamlkit.config import SAVED_BEFORE_THE_KEY, Config, load_config
 from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
 from mamlkit.evaluation import evaluate
@@ -151,7 +151,9 @@ def load_run_config(
     if empty:
         raise UserError(f"{cfg_path} is empty; restore the run's config (e.g. from a backup)")
     try:
-        return load_config(str(cfg_path), list(overrides), updates=updates)
+        return load_config(
+            str(cfg_path), list(overrides), updates=updates, missing=SAVED_BEFORE_THE_KEY
+        )
     except UserError as exc:
         if str(exc).startswith(str(cfg_path)):
             raise

@@ -14,7 +14,11 @@ CHEETAH = {"cheetah_vel": "vel", "cheetah_dir": "dir"}
 
 def build_env(c: Config):
     if c.task.name == "nav2d":
-        return Navigation2D(horizon=c.task.horizon, oracle=c.task.oracle)
+        return Navigation2D(
+            horizon=c.task.horizon,
+            oracle=c.task.oracle,
+            normalized_actions=c.task.normalized_actions,
+        )
     if c.task.name in CHEETAH:
         HalfCheetah.check_installed()  # before a run directory is written
         return HalfCheetah(CHEETAH[c.task.name], horizon=c.task.horizon, oracle=c.task.oracle)

@@ -24,17 +24,28 @@ SEED_BOUND = 2**62
 class Navigation2D:
     """2D point navigation (Finn et al. 2017, §5.3; maml_rl's ``PointEnvRandGoal``).
 
-    A point starts at the origin and moves by the action, clipped to ``[−max_action,
-    max_action]`` per coordinate; the reward is minus the L2 distance to the goal after the
-    move, and the episode ends (``done``) once both coordinates are within ``tolerance`` of
-    the goal, or after ``horizon`` steps. The observation is the position; with ``oracle``
-    the goal is appended (the "oracle" baseline that is told the task).
+    A point starts at the origin and moves by at most ``max_action`` per coordinate; the
+    reward is minus the L2 distance to the goal after the move, and the episode ends
+    (``done``) once both coordinates are within ``tolerance`` of the goal, or after
+    ``horizon`` steps. The observation is the position; with ``oracle`` the goal is
+    appended (the "oracle" baseline that is told the task).
+
+    ``normalized_actions`` (default): the policy acts in ``[−1, 1]²`` and the move is
+    ``max_action`` × the action clipped to ``[−1, 1]``. This is rllab's ``normalize``
+    wrapper, in which maml_rl's 2D-navigation experiments wrap ``PointEnvRandGoal`` (whose
+    action space is ``[−0.1, 0.1]²``, the paper's "actions clipped to [−0.1, 0.1]"). It
+    matters: a Gaussian policy starting at σ = 1 explores on the scale of the whole action
+    range instead of saturating the clip on almost every step, which makes its
+    policy-gradient steps several times more effective. ``normalized_actions=False``: the
+    move is the action itself clipped to ``±max_action`` (pytorch-maml-rl's
+    ``Navigation2DEnv``, and mamlkit's environment up to session 8).
     """
 
     horizon: int = 100
     max_action: float = 0.1
     tolerance: float = 0.01
     oracle: bool = False
+    normalized_actions: bool = True
 
     task_dim = 2  # the goal
     act_dim = 2
@@ -57,7 +68,11 @@ class Navigation2D:
     def step(self, state, action: Tensor):
         """``(state, obs, reward [T, N], done [T, N])`` after ``action [T, N, 2]``."""
         position, goal = state
-        position = position + action.clamp(-self.max_action, self.max_action)
+        if self.normalized_actions:
+            move = action.clamp(-1.0, 1.0) * self.max_action
+        else:
+            move = action.clamp(-self.max_action, self.max_action)
+        position = position + move
         offset = position - goal
         reward = -offset.norm(dim=-1)
         done = (offset.abs() < self.tolerance).all(-1)
