@@ -28,10 +28,12 @@
 25. train --resume combined with --out / --force
 26. eval --checkpoint with a step that was not saved (names the saved ones)
 27. train --resume with a --set that would change what was trained (config.yaml unchanged)
+28. eval --inner-lr that is not positive, or per-step sizes for a supervised run
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -41,8 +43,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from mamlkit.build import build_learner, build_tasks
 from mamlkit.cli import main
+from mamlkit.evaluation import evaluate
+from mamlkit.runner import load_run_config
 
 from .conftest import data_root
 
@@ -350,3 +356,32 @@ def test_27_resume_cannot_change_what_was_trained(capsys, tmp_path):
     )
     assert "train.iterations" in line  # names what may change
     assert (run / "config.yaml").read_text() == before
+
+
+def test_28_eval_inner_lr(capsys, tmp_path):
+    run = short_run_with_checkpoints(capsys, tmp_path)
+    assert_user_error(capsys, "eval", run, "--inner-lr", "0", match="--inner-lr")
+    line = assert_user_error(
+        capsys, "eval", run, "--inner-lr", "0.1", "--inner-lr", "0.05", match="--inner-lr"
+    )
+    assert "one test-time step size" in line
+    assert not list(run.glob("eval*.json"))
+    # one step size is a supervised run's eval_inner_lr: the same numbers as a config saying so
+    code, out, _ = run_cli(capsys, "eval", run, "--inner-lr", "0.003", "--tasks", "20")
+    assert code == 0
+    record = json.loads(out)
+    assert record["inner_lr"] == [0.003]
+    assert json.loads((run / "eval-inner-lr-0.003.json").read_text()) == record
+    config = load_run_config(run, ["algorithm.eval_inner_lr=0.003"])
+    learner = build_learner(config)
+    learner.load_state_dict(load_file(run / "model.safetensors"))
+    expected = evaluate(
+        learner,
+        build_tasks(config, "test"),
+        20,
+        steps=config.eval.steps,
+        metric="mse",
+        seed=config.eval.seed,
+        chunk=config.eval.chunk,
+    )[-1]
+    assert record["mse"] == pytest.approx(expected["mse"], rel=1e-12)

@@ -367,6 +367,19 @@ def test_resume_is_bit_identical(tmp_path):
         assert (tmp_path / "a" / figure).stat().st_size > 0
 
 
+def test_eval_inner_lr_replaces_the_test_step_sizes(tmp_path):
+    run = tmp_path / "run"
+    train_run(load_config("rl_nav2d_maml", [*TINY, "train.iterations=1"]), run)
+    record = eval_run(run)  # the preset's 0.5, then 0.25
+    assert eval_run(run, inner_lr=[0.5, 0.25])["by_step"] == record["by_step"]
+    other = eval_run(run, inner_lr=[0.1, 0.05])
+    assert other["by_step"][0] == record["by_step"][0]  # before adapting: the same
+    assert other["by_step"][1]["return"] != record["by_step"][1]["return"]
+    assert other["inner_lr"] == [0.1, 0.05]
+    saved = json.loads((run / "eval-inner-lr-0.1-0.05.json").read_text())
+    assert saved == other and json.loads((run / "eval.json").read_text()) == record
+
+
 def test_a_run_saved_before_normalized_actions_keeps_its_environment(tmp_path):
     """A run directory whose config.yaml predates ``task.normalized_actions`` resumes and
     evaluates on the environment it trained on (raw actions), not on today's default."""

@@ -334,8 +334,16 @@ TRUST_HELP = (
     "from all (default: as the run's config says); writes eval-within-alphabet.json or "
     "eval-any-alphabet.json when it differs from the config.",
 )
+@click.option(
+    "--inner-lr",
+    type=float,
+    multiple=True,
+    help="Test-time step size instead of the run's; RL runs take one per step (repeat the "
+    "option: --inner-lr 0.1 --inner-lr 0.05; the last repeats). Writes "
+    "eval-inner-lr-A-B.json.",
+)
 def eval_cmd(
-    run_dir, tasks, split, steps, data_dir, checkpoint, trust_code, within_alphabet
+    run_dir, tasks, split, steps, data_dir, checkpoint, trust_code, within_alphabet, inner_lr
 ) -> None:
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
     from mamlkit.runner import eval_run
@@ -349,6 +357,7 @@ def eval_cmd(
         checkpoint=checkpoint,
         trust_code=trust_code,
         within_alphabet=within_alphabet,
+        inner_lr=inner_lr,
     )
     click.echo(json.dumps(result))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -52,11 +52,12 @@ def per_task_metric_by_step(
     steps: int,
     metric: str,
     chunk: int = 100,
-    lr: float | None = None,
+    lr: float | Sequence[float] | None = None,
 ) -> Tensor:
     """``[steps + 1, T]``: the metric of every task after 0..steps adaptation steps
     (a single row for learners that do not adapt by steps) with test-time step size ``lr``
-    (default: the learner's). Tasks run in chunks."""
+    (default: the learner's; RL learners take one per step, the last repeating). Tasks run
+    in chunks."""
     fn = METRICS[metric]
     rows: list[Tensor] = []
     for start in range(0, batch.num_tasks, chunk):
@@ -84,9 +85,11 @@ def evaluate(
     device: str | torch.device = "cpu",
     chunk: int = 100,
     dist: Distributed | None = None,
+    lr: float | Sequence[float] | None = None,
 ) -> list[dict[str, float]]:
     """Draw ``num_tasks`` tasks with a fixed seed (the same tasks for every method) and
-    return ``[{"steps": s, metric: mean, "ci95": c}]`` for s = 0..steps. Distributed,
+    return ``[{"steps": s, metric: mean, "ci95": c}]`` for s = 0..steps, adapting with
+    test-time step size ``lr`` (default: the learner's). Distributed,
     every rank draws the same tasks, scores its share and gathers all the per-task values
     (the same numbers as one process)."""
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -94,9 +97,9 @@ def evaluate(
     for i in range(0, num_tasks, chunk):
         batch = tasks.sample(min(chunk, num_tasks - i), generator)
         if dist is None or batch.num_tasks < dist.world:  # too few to share: all score all
-            parts.append(per_task_metric_by_step(learner, batch, steps, metric, chunk))
+            parts.append(per_task_metric_by_step(learner, batch, steps, metric, chunk, lr))
         else:
-            mine = per_task_metric_by_step(learner, dist.shard(batch), steps, metric, chunk)
+            mine = per_task_metric_by_step(learner, dist.shard(batch), steps, metric, chunk, lr)
             parts.append(dist.gather_tasks(mine))
     values = torch.cat(parts, dim=1)
     out = []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,12 +218,24 @@ def eval_run(
     checkpoint: str | None = None,
     trust_code: bool = False,
     within_alphabet: bool | None = None,
+    inner_lr: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
     (``checkpoint``) into the run directory and returns the same record.
     ``within_alphabet`` (Omniglot) overrides the run's test protocol; the record then goes
-    to ``eval-within-alphabet.json`` / ``eval-any-alphabet.json`` beside the usual one."""
+    to ``eval-within-alphabet.json`` / ``eval-any-alphabet.json`` beside the usual one.
+    ``inner_lr`` replaces the test-time step size (RL: one per step, the last repeating);
+    the record then goes to ``eval-inner-lr-A-B.json``."""
+    inner_lr = list(inner_lr)
+    if not all(math.isfinite(a) and a > 0 for a in inner_lr):
+        raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
     config, learner, step = load_run(run_dir, data_dir, checkpoint, trust_code)
+    metric = metric_for(config)
+    if len(inner_lr) > 1 and metric != "return":
+        raise UserError(
+            f"--inner-lr: {config.task.name} runs take one test-time step size, got "
+            f"{len(inner_lr)}; give one (per-step sizes are for RL runs)"
+        )
     protocol_changed = within_alphabet is not None and within_alphabet != (
         config.task.within_alphabet
     )
@@ -242,7 +256,6 @@ def eval_run(
         raise UserError(f"--steps must be >= 0, got {steps}")
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
-    metric = metric_for(config)
     dist = from_environment(config.train.device)  # torchrun: the ranks share the tasks
     if dist is not None:
         config.train.device = dist.device(config.train.device)
@@ -258,6 +271,7 @@ def eval_run(
             device=config.train.device,
             chunk=config.eval.chunk,
             dist=dist,
+            lr=(inner_lr if metric == "return" else inner_lr[0]) if inner_lr else None,
         )
     result = by_step[-1]
     out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
@@ -271,6 +285,8 @@ def eval_run(
     out.update({"steps": result["steps"], "split": split})
     if config.task.within_alphabet:
         out["within_alphabet"] = True
+    if inner_lr:
+        out["inner_lr"] = inner_lr
     name = "eval.json"  # exactly the documented record
     if checkpoint is not None:  # a checkpoint's record also says which iteration it is
         out["iteration"] = int(step)
@@ -278,6 +294,8 @@ def eval_run(
     if protocol_changed:
         protocol = "within-alphabet" if within_alphabet else "any-alphabet"
         name = name.replace("eval", f"eval-{protocol}", 1)
+    if inner_lr:
+        name = name.replace("eval", "eval-inner-lr-" + "-".join(f"{a:g}" for a in inner_lr), 1)
     out = records.finite_record(out)  # a diverged model: null and "not_finite", never NaN
     if dist is None or dist.main:
         atomic_write_text(run_dir / name, records.dumps(out, indent=1))

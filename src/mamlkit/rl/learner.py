@@ -193,8 +193,10 @@ class MAMLTRPO(MetaLearner):
         """The average return per task ``[T]`` after 0, 1, …, ``steps`` policy-gradient
         steps (test protocol: each step samples ``eval_rollouts`` fresh trajectories with
         the current policy, reports their return and adapts on them with the evaluation
-        step sizes, first 0.1 then 0.05; ``lr`` replaces them); ``reduce`` maps each
-        step's returns as they come (the evaluation's per-task metric)."""
+        step sizes, e.g. 0.5 then 0.25; ``lr``, one or one per step with the last
+        repeating, replaces them); ``reduce`` maps each step's returns as they come (the
+        evaluation's per-task metric)."""
+        rule = self.eval_update if lr is None else FixedStepSize(lr)
         generator = environment_generator(batch.seeds)
         task = batch.task
         with torch.enable_grad():
@@ -210,7 +212,7 @@ class MAMLTRPO(MetaLearner):
                 if s == steps:
                     break
                 # one engine step with the step size of test step s
-                update = FixedStepSize(self.eval_update.step_size("", s) if lr is None else lr)
+                update = FixedStepSize(rule.step_size("", s))
                 phi = self.adapt_on(params, traj, update, 1, first_order=True)
                 params = {n: p.detach().requires_grad_() for n, p in phi.items()}
         return out
