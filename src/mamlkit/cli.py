@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from mamlkit.errors import UserError, is_write_failure
+from mamlkit.errors import DivergenceError, UserError, is_write_failure
 
 PATH = click.Path(path_type=Path)
 # Where runs go when no --out is given (train: runs/<preset>, reproduce: runs/sine), and so
@@ -500,10 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     from mamlkit.system import tune_allocator
 
     tune_allocator()
+    finished = False
     try:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
+        finished = True
     except (UserError, DataError) as exc:
         click.echo(f"mamlkit: error: {exc}", err=True)
+        finished = isinstance(exc, DivergenceError)  # every rank decides it alike
         return 2
     except OSError as exc:
         if not is_write_failure(exc):
@@ -523,6 +526,14 @@ def main(argv: list[str] | None = None) -> int:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("mamlkit: interrupted", err=True)
         return 130
+    finally:
+        if "mamlkit.distributed" in sys.modules:  # else no process group to leave
+            from mamlkit.distributed import shutdown
+
+            # under torchrun the ranks leave together after a success or a divergence (a
+            # rank that simply exits first makes gloo abort the others); a no-op for a
+            # single process
+            shutdown(wait=finished)
     return 0
 
 

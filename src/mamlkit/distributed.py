@@ -128,9 +128,12 @@ def from_environment(device: str) -> Distributed | None:
     return Distributed(rank, world, local_rank, backend)
 
 
-def shutdown() -> None:
-    """Leave the job: wait for every rank first (gloo aborts a process whose peer tears
-    its connections down while it still holds them)."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the job, if this process joined one. ``wait``: first wait for every rank, as
+    at the end of a command that succeeded: gloo aborts a process (SIGABRT) whose peer
+    exits while it still holds its connections, so a rank that finishes first must not
+    simply exit. After an error the other ranks may never arrive; leave at once then."""
     if dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
