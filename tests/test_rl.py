@@ -17,6 +17,7 @@ from mamlkit.config import load_config
 from mamlkit.errors import ConfigError
 from mamlkit.functional import stack_params
 from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks
+from mamlkit.rl.build import build_rl_tasks
 from mamlkit.rl.envs import environment_generator
 from mamlkit.rl.returns import (
     Trajectories,
@@ -378,6 +379,22 @@ def test_eval_inner_lr_replaces_the_test_step_sizes(tmp_path):
     assert other["inner_lr"] == [0.1, 0.05]
     saved = json.loads((run / "eval-inner-lr-0.1-0.05.json").read_text())
     assert saved == other and json.loads((run / "eval.json").read_text()) == record
+    # validation tasks are other draws than the test tasks, in a file of their own
+    val = eval_run(run, split="val", inner_lr=[0.1, 0.05])
+    assert val["split"] == "val" and val["by_step"][0] != other["by_step"][0]
+    assert json.loads((run / "eval-inner-lr-0.1-0.05-val.json").read_text()) == val
+    assert json.loads((run / "eval.json").read_text()) == record
+
+
+def test_validation_tasks_are_reproducible_and_not_the_test_tasks():
+    for name in ("rl_nav2d_maml", "rl_cheetah_vel_maml"):
+        config = load_config(name)
+        test, val = build_rl_tasks(config, "test"), build_rl_tasks(config, "val")
+        a, b, c = (
+            tasks.sample(5, torch.Generator().manual_seed(7)) for tasks in (val, val, test)
+        )
+        assert torch.equal(a.task, b.task) and torch.equal(a.seeds, b.seeds)
+        assert not torch.isin(a.task, c.task).any() and not torch.isin(a.seeds, c.seeds).any()
 
 
 def test_a_run_saved_before_normalized_actions_keeps_its_environment(tmp_path):

@@ -294,6 +294,8 @@ def eval_run(
     if protocol_changed:
         protocol = "within-alphabet" if within_alphabet else "any-alphabet"
         name = name.replace("eval", f"eval-{protocol}", 1)
+    if split != config.eval.split:  # not the run's own record (e.g. --split val)
+        name = name.replace("eval", f"eval-{split}", 1)
     if inner_lr:
         name = name.replace("eval", "eval-inner-lr-" + "-".join(f"{a:g}" for a in inner_lr), 1)
     out = records.finite_record(out)  # a diverged model: null and "not_finite", never NaN

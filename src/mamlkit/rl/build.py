@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mamlkit.config import Config
 from mamlkit.rl.cheetah import CheetahDirectionTasks, CheetahVelocityTasks, HalfCheetah
-from mamlkit.rl.envs import Navigation2D, NavigationTasks
+from mamlkit.rl.envs import HeldOutTasks, Navigation2D, NavigationTasks
 from mamlkit.rl.learner import MAMLTRPO
 from mamlkit.rl.policy import GaussianMLPPolicy
 
@@ -26,13 +26,16 @@ def build_env(c: Config):
 
 
 def build_rl_tasks(c: Config, split: str = "train"):
-    """Tasks are drawn from continuous (or two-valued) distributions: every split draws
-    from the same one (evaluation's fixed seed gives every method the same test tasks)."""
+    """Tasks are drawn from continuous (or two-valued) distributions with nothing held
+    out: train and test draw from the same one (evaluation's fixed seed gives every method
+    the same test tasks), and ``val`` draws other tasks than ``test`` for the same seed."""
     if c.task.name == "cheetah_vel":
-        return CheetahVelocityTasks()
-    if c.task.name == "cheetah_dir":
-        return CheetahDirectionTasks()
-    return NavigationTasks()
+        tasks = CheetahVelocityTasks()
+    elif c.task.name == "cheetah_dir":
+        tasks = CheetahDirectionTasks()
+    else:
+        tasks = NavigationTasks()
+    return HeldOutTasks(tasks) if split == "val" else tasks
 
 
 def build_rl_learner(c: Config) -> MAMLTRPO:

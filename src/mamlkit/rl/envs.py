@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -115,6 +116,23 @@ class NavigationTasks:
         goal = torch.rand((tasks, 2), generator=generator, device=device)
         goal = goal * (self.high - self.low) + self.low
         return task_batch(goal, generator)
+
+
+@dataclass(frozen=True)
+class HeldOutTasks:
+    """Validation tasks of a distribution that has no held-out part (goals, velocities and
+    directions are drawn afresh for every task): every ``sample`` seeds a generator of its
+    own from one draw of the given one, so the same evaluation seed gives tasks (and
+    environment seeds) other than the test tasks'. Step sizes chosen with ``--split val``
+    are then not chosen on the test tasks' draws."""
+
+    tasks: Any
+
+    def sample(self, tasks: int, generator: torch.Generator) -> RLTaskBatch:
+        device = generator.device
+        seed = torch.randint(0, SEED_BOUND, (1,), generator=generator, device=device)
+        own = torch.Generator(device=device).manual_seed(int(seed))
+        return self.tasks.sample(tasks, own)
 
 
 def task_batch(task: Tensor, generator: torch.Generator) -> RLTaskBatch:
