@@ -8,7 +8,8 @@
 #
 # The whole script ends within BUDGET_SECONDS:
 #   1. benchmarks on the GPU alone (benchmarks/meta_iteration.py --device cuda, JSON lines),
-#      captured (CUDA graphs) and eager, fp32 and tf32;                    [BENCH=0 skips]
+#      captured (CUDA graphs) and eager, fp32 and tf32, and benchmarks/scaling.py's
+#      one-process row on the GPU (OUT/scaling.jsonl);                     [BENCH=0 skips]
 #   2. the CUDA cases of the gradient tests (pytest -k cuda), beside the training;
 #                                                                          [TESTS=0 skips]
 #   3. every cell in CELLS trained side by side (new, or `--resume` where RUNS_DIR holds it),
@@ -66,6 +67,9 @@ if [ "${BENCH:-1}" != 0 ]; then
     bench --workload omniglot-5w1s --iters 300 --cuda-graphs --precision tf32
     bench --workload omniglot-20w1s --iters 100 --cuda-graphs --precision tf32
     bench --workload omniglot-5w1s --iters 300 --cuda-graphs --first-order
+    # the distributed issue's one-GPU row: benchmarks/scaling.py's single process on the GPU
+    timeout 90 $py "$root/benchmarks/scaling.py" --device "$device" --procs 1 --iters 100 \
+        >>"$out/scaling.jsonl" 2>>"$out/bench.err" || echo '{"failed": "scaling"}' >>"$out/scaling.jsonl"
 fi
 
 if [ "${TESTS:-1}" != 0 ]; then
