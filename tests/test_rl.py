@@ -28,6 +28,7 @@ from mamlkit.rl.returns import (
     gae,
     normalise_per_task,
     old_policy,
+    sample_steps,
     sample_trajectories,
     surrogate_and_kl,
     vpg_support_loss,
@@ -123,6 +124,29 @@ def test_the_batch_seed_makes_sampling_reproducible():
     )
     assert torch.equal(a.actions, b.actions) and torch.equal(a.rewards, b.rewards)
     assert batch.task.abs().max() <= 0.5 and batch.seeds.dtype == torch.int64
+
+
+def test_sample_steps_keeps_trajectories_until_each_task_has_its_steps():
+    """rllab's batch of samples: rounds of n trajectories until a task has min_steps
+    steps, kept up to the trajectory that reaches them; the average return is over the
+    kept trajectories only."""
+    env = Navigation2D(horizon=20)
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    task = torch.tensor([[0.5, 0.5], [0.0, 0.01]])
+    params = stack_params(dict(policy.named_parameters()), 2)
+    traj = sample_steps(env, policy, params, task, 3, 130, torch.Generator().manual_seed(0))
+    lengths = traj.mask.sum(-1)  # [T, N]
+    kept = traj.mask[..., 0]
+    assert traj.obs.shape[1] == 9  # three rounds of 3 trajectories of at most 20 steps
+    for t in range(2):
+        n = int(kept[t].sum())
+        assert kept[t, :n].all() and not kept[t, n:].any()  # a prefix of the trajectories
+        assert lengths[t, : n - 1].sum() < 130 <= lengths[t, :n].sum()  # the crossing one last
+        assert traj.rewards[t, n:].abs().sum() == 0
+        assert traj.average_return()[t] == pytest.approx(float(traj.rewards[t, :n].sum() / n))
+    # a number of trajectories is the same as before: all kept, the plain mean
+    plain = sample_trajectories(env, policy, params, task, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(plain.average_return(), plain.returns().mean(1))
 
 
 # ---- returns, baseline, advantages ----------------------------------------------------
@@ -384,6 +408,17 @@ def test_eval_inner_lr_replaces_the_test_step_sizes(tmp_path):
     assert val["split"] == "val" and val["by_step"][0] != other["by_step"][0]
     assert json.loads((run / "eval-inner-lr-0.1-0.05-val.json").read_text()) == val
     assert json.loads((run / "eval.json").read_text()) == record
+    # test steps of a number of environment steps (maml_rl's batch_size): a horizon-100 round
+    # of 3 trajectories has at most 300, so 350 take more trajectories than the plain 3
+    steps = tmp_path / "steps"
+    train_run(
+        load_config("rl_nav2d_maml", [*TINY, "train.iterations=1", "task.eval_samples=350"]),
+        steps,
+    )
+    by_samples = eval_run(steps)
+    assert by_samples["samples_per_step"] == 350 and "samples_per_step" not in record
+    assert len(by_samples["by_step"]) == 4
+    assert by_samples["by_step"][0]["return"] != record["by_step"][0]["return"]
 
 
 def test_validation_tasks_are_reproducible_and_not_the_test_tasks():
@@ -424,6 +459,7 @@ def test_a_run_saved_before_normalized_actions_keeps_its_environment(tmp_path):
         ("algorithm.max_kl=0", "algorithm.max_kl"),
         ("task.rollouts=0", "task.rollouts"),
         ("algorithm.fisher=newton", "algorithm.fisher"),
+        ("task.eval_samples=-1", "task.eval_samples"),
     ],
 )
 def test_bad_rl_config_names_the_key(override, key):

@@ -57,6 +57,10 @@ class TaskConfig:
     horizon: int = 100
     rollouts: int = 20
     eval_rollouts: int = 40
+    # test steps of at least this many environment steps per task, in rounds of
+    # eval_rollouts trajectories (rllab's batch_size in maml_rl's test scripts); 0: exactly
+    # eval_rollouts trajectories
+    eval_samples: int = 0
     oracle: bool = False
     # 2D navigation: the policy acts in [-1, 1] and moves 0.1 x that (rllab's normalize, as
     # maml_rl); false: the action is the move, clipped to +-0.1 (mamlkit up to session 8)
@@ -338,6 +342,11 @@ def validate_rl(c: Config) -> None:
         ("algorithm.max_backtracks", c.algorithm.max_backtracks),
     ]:
         _require(value >= 1, key, f"must be >= 1, got {value}")
+    _require(
+        c.task.eval_samples >= 0,
+        "task.eval_samples",
+        f"must be >= 0 (0: eval_rollouts trajectories), got {c.task.eval_samples}",
+    )
     _require(c.model.name == "mlp", "model.name", "the policy of an RL task is an mlp")
     for key, value in [
         ("algorithm.max_kl", c.algorithm.max_kl),

@@ -278,6 +278,8 @@ def eval_run(
     if metric == "return":  # RL: the return after every step (the paper's figures)
         out["by_step"] = by_step
         out["trajectories_per_step"] = config.task.eval_rollouts
+        if config.task.eval_samples:  # rounds of them until each task has this many steps
+            out["samples_per_step"] = config.task.eval_samples
     elif task_spec(config.task.name).inputs == "image":
         out.update({"ways": config.task.ways, "shots": config.task.shots})
     else:

@@ -54,6 +54,7 @@ def build_rl_learner(c: Config) -> MAMLTRPO:
         first_order=a.first_order,
         eval_inner_lr=eval_lrs,
         eval_rollouts=c.task.eval_rollouts,
+        eval_samples=c.task.eval_samples,
         discount=a.discount,
         gae_lambda=a.gae_lambda,
         max_kl=a.max_kl,

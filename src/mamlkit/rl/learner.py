@@ -23,6 +23,7 @@ from mamlkit.rl.returns import (
     advantages,
     mean_kl,
     old_policy,
+    sample_steps,
     sample_trajectories,
     surrogate_and_kl,
     vpg_support_loss,
@@ -61,6 +62,7 @@ class MAMLTRPO(MetaLearner):
         first_order: bool = False,
         eval_inner_lr: float | Sequence[float] = (0.1, 0.05),
         eval_rollouts: int = 40,
+        eval_samples: int = 0,
         discount: float = 0.99,
         gae_lambda: float = 1.0,
         max_kl: float = 0.01,
@@ -80,7 +82,7 @@ class MAMLTRPO(MetaLearner):
         self.update = FixedStepSize(inner_lr)
         self.eval_update = FixedStepSize(eval_inner_lr)
         self.inner_steps, self.rollouts, self.first_order = inner_steps, rollouts, first_order
-        self.eval_rollouts = eval_rollouts
+        self.eval_rollouts, self.eval_samples = eval_rollouts, eval_samples
         self.discount, self.gae_lambda = discount, gae_lambda
         self.trpo = {
             "max_kl": max_kl,
@@ -98,8 +100,15 @@ class MAMLTRPO(MetaLearner):
     def theta(self) -> Params:
         return dict(self.policy.named_parameters())
 
-    def sample(self, params: Params, task: Tensor, n: int, generator) -> Trajectories:
+    def sample(
+        self, params: Params, task: Tensor, n: int, generator, min_steps: int = 0
+    ) -> Trajectories:
+        """``n`` trajectories per task, or with ``min_steps`` rounds of ``n`` until each
+        task has that many steps (rllab's batch of samples:
+        :func:`~mamlkit.rl.returns.sample_steps`)."""
         detached = {k: v.detach() for k, v in params.items()}
+        if min_steps:
+            return sample_steps(self.env, self.policy, detached, task, n, min_steps, generator)
         return sample_trajectories(self.env, self.policy, detached, task, n, generator)
 
     def adapt_on(
@@ -191,11 +200,11 @@ class MAMLTRPO(MetaLearner):
         self, batch: RLTaskBatch, steps: int, lr=None, reduce=None
     ) -> list[Tensor]:
         """The average return per task ``[T]`` after 0, 1, …, ``steps`` policy-gradient
-        steps (test protocol: each step samples ``eval_rollouts`` fresh trajectories with
-        the current policy, reports their return and adapts on them with the evaluation
-        step sizes, e.g. 0.5 then 0.25; ``lr``, one or one per step with the last
-        repeating, replaces them); ``reduce`` maps each step's returns as they come (the
-        evaluation's per-task metric)."""
+        steps (test protocol: each step samples ``eval_rollouts`` fresh trajectories, or
+        ``eval_samples`` steps' worth, with the current policy, reports their return and
+        adapts on them with the evaluation step sizes, e.g. 0.5 then 0.25; ``lr``, one or
+        one per step with the last repeating, replaces them); ``reduce`` maps each step's
+        returns as they come (the evaluation's per-task metric)."""
         rule = self.eval_update if lr is None else FixedStepSize(lr)
         generator = environment_generator(batch.seeds)
         task = batch.task
@@ -206,7 +215,9 @@ class MAMLTRPO(MetaLearner):
             }
             out = []
             for s in range(steps + 1):
-                traj = self.sample(params, task, self.eval_rollouts, generator)
+                traj = self.sample(
+                    params, task, self.eval_rollouts, generator, self.eval_samples
+                )
                 returns = traj.average_return()
                 out.append(returns if reduce is None else reduce(returns))
                 if s == steps:

@@ -27,8 +27,10 @@ class Trajectories:
         return self.rewards.sum(-1)
 
     def average_return(self) -> Tensor:
-        """Mean undiscounted return per task ``[T]`` (what the paper's figures report)."""
-        return self.returns().mean(1)
+        """Mean undiscounted return per task ``[T]`` (what the paper's figures report), over
+        the trajectories that happened (a trajectory masked out from its first step on, as
+        :func:`sample_steps` leaves them, does not count)."""
+        return self.returns().sum(1) / self.mask[..., 0].sum(1)
 
 
 @torch.no_grad()
@@ -63,6 +65,34 @@ def sample_trajectories(
         return out
 
     return Trajectories(stack(observations), stack(actions), stack(rewards), stack(masks))
+
+
+def sample_steps(
+    env, policy: GaussianMLPPolicy, params: Params, task: Tensor, n: int, min_steps: int, generator
+) -> Trajectories:
+    """At least ``min_steps`` environment steps per task, as rllab's samplers collect a
+    batch (maml_rl's test scripts: ``batch_size=4000`` samples, not a number of
+    trajectories): rounds of ``n`` trajectories per task until every task has
+    ``min_steps``; each task keeps its trajectories up to the one that reaches
+    ``min_steps`` and the later ones are masked out. A policy whose trajectories end early
+    (done at the goal) is so judged and adapted on more trajectories than one that wanders
+    to the horizon. Every trajectory has a step, so ``ceil(min_steps / n)`` rounds suffice."""
+    parts = [sample_trajectories(env, policy, params, task, n, generator)]
+    steps = parts[0].mask.sum(-1)  # [T, N]: each trajectory's length
+    while bool((steps.sum(1) < min_steps).any()):
+        parts.append(sample_trajectories(env, policy, params, task, n, generator))
+        steps = torch.cat([steps, parts[-1].mask.sum(-1)], 1)
+    keep = (steps.cumsum(1) - steps < min_steps).to(steps.dtype)  # [T, N]
+    obs, actions, rewards, mask = (
+        torch.cat([getattr(p, name) for p in parts], 1)
+        for name in ("obs", "actions", "rewards", "mask")
+    )
+    return Trajectories(
+        obs * keep[..., None, None],
+        actions * keep[..., None, None],
+        rewards * keep[..., None],
+        mask * keep[..., None],
+    )
 
 
 def discounted_cumsum(x: Tensor, discount: float) -> Tensor:
