@@ -29,6 +29,7 @@
 26. eval --checkpoint with a step that was not saved (names the saved ones)
 27. train --resume with a --set that would change what was trained (config.yaml unchanged)
 28. eval --inner-lr that is not positive, or per-step sizes for a supervised run
+29. eval --samples (environment steps) for a supervised run, or negative
 """
 
 from __future__ import annotations
@@ -365,6 +366,10 @@ def test_28_eval_inner_lr(capsys, tmp_path):
         capsys, "eval", run, "--inner-lr", "0.1", "--inner-lr", "0.05", match="--inner-lr"
     )
     assert "one test-time step size" in line
+    # 29: environment steps are RL's
+    line = assert_user_error(capsys, "eval", run, "--samples", "4000", match="--samples")
+    assert "RL runs" in line
+    assert_user_error(capsys, "eval", run, "--samples", "-5", match="--samples")
     assert not list(run.glob("eval*.json"))
     # one step size is a supervised run's eval_inner_lr: the same numbers as a config saying so
     code, out, _ = run_cli(capsys, "eval", run, "--inner-lr", "0.003", "--tasks", "20")

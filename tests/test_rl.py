@@ -410,15 +410,13 @@ def test_eval_inner_lr_replaces_the_test_step_sizes(tmp_path):
     assert json.loads((run / "eval.json").read_text()) == record
     # test steps of a number of environment steps (maml_rl's batch_size): a horizon-100 round
     # of 3 trajectories has at most 300, so 350 take more trajectories than the plain 3
-    steps = tmp_path / "steps"
-    train_run(
-        load_config("rl_nav2d_maml", [*TINY, "train.iterations=1", "task.eval_samples=350"]),
-        steps,
-    )
-    by_samples = eval_run(steps)
+    by_samples = eval_run(run, samples=350)
     assert by_samples["samples_per_step"] == 350 and "samples_per_step" not in record
     assert len(by_samples["by_step"]) == 4
     assert by_samples["by_step"][0]["return"] != record["by_step"][0]["return"]
+    assert json.loads((run / "eval-samples-350.json").read_text()) == by_samples
+    assert eval_run(run, samples=0)["by_step"] == record["by_step"]  # 0: trajectories alone
+    assert main(["eval", str(run), "--samples", "-1"]) == 2
 
 
 def test_validation_tasks_are_reproducible_and_not_the_test_tasks():

@@ -342,8 +342,25 @@ TRUST_HELP = (
     "option: --inner-lr 0.1 --inner-lr 0.05; the last repeats). Writes "
     "eval-inner-lr-A-B.json.",
 )
+@click.option(
+    "--samples",
+    type=int,
+    default=None,
+    help="RL: each test step takes at least N environment steps per task, in rounds of "
+    "the run's trajectories (maml_rl's batch_size; 0: the trajectories alone). Writes "
+    "eval-samples-N.json.",
+)
 def eval_cmd(
-    run_dir, tasks, split, steps, data_dir, checkpoint, trust_code, within_alphabet, inner_lr
+    run_dir,
+    tasks,
+    split,
+    steps,
+    data_dir,
+    checkpoint,
+    trust_code,
+    within_alphabet,
+    inner_lr,
+    samples,
 ) -> None:
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
     from mamlkit.runner import eval_run
@@ -358,6 +375,7 @@ def eval_cmd(
         trust_code=trust_code,
         within_alphabet=within_alphabet,
         inner_lr=inner_lr,
+        samples=samples,
     )
     click.echo(json.dumps(result))
 

@@ -167,13 +167,17 @@ def load_run(
     data_dir: Path | None = None,
     checkpoint: str | None = None,
     trust_code: bool = False,
+    task_updates: dict[str, Any] | None = None,
 ) -> tuple[Config, Any, int | None]:
     """The config, the learner and its training step (None if unknown) of a run directory:
     the final weights, or with ``checkpoint`` (a step or ``latest``) a checkpoint's. A
-    ``model.target`` outside mamlkit is imported only with ``trust_code``."""
+    ``model.target`` outside mamlkit is imported only with ``trust_code``;
+    ``task_updates`` replace values of the run's ``task`` config (a test protocol's)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
-    config = load_run_config(run_dir, updates=data_dir_update(data_dir))
+    updates = data_dir_update(data_dir) or {"task": {}}
+    updates["task"].update(task_updates or {})
+    config = load_run_config(run_dir, updates=updates)
     check_code_trust(config, run_dir / "config.yaml", trust_code)
     check_device(config)
     if checkpoint is not None:
@@ -219,18 +223,28 @@ def eval_run(
     trust_code: bool = False,
     within_alphabet: bool | None = None,
     inner_lr: Sequence[float] = (),
+    samples: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
     (``checkpoint``) into the run directory and returns the same record.
     ``within_alphabet`` (Omniglot) overrides the run's test protocol; the record then goes
     to ``eval-within-alphabet.json`` / ``eval-any-alphabet.json`` beside the usual one.
     ``inner_lr`` replaces the test-time step size (RL: one per step, the last repeating);
-    the record then goes to ``eval-inner-lr-A-B.json``."""
+    the record then goes to ``eval-inner-lr-A-B.json``. ``samples`` (RL) makes each test
+    step at least that many environment steps per task (``task.eval_samples``); the record
+    then goes to ``eval-samples-N.json``."""
     inner_lr = list(inner_lr)
     if not all(math.isfinite(a) and a > 0 for a in inner_lr):
         raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
-    config, learner, step = load_run(run_dir, data_dir, checkpoint, trust_code)
+    if samples is not None and samples < 0:
+        raise UserError(f"--samples must be >= 0 (0: a number of trajectories), got {samples}")
+    protocol = {"eval_samples": samples} if samples is not None else None
+    config, learner, step = load_run(run_dir, data_dir, checkpoint, trust_code, protocol)
     metric = metric_for(config)
+    if samples is not None and metric != "return":
+        raise UserError(
+            f"--samples: {config.task.name} runs have no environment steps; it is for RL runs"
+        )
     if len(inner_lr) > 1 and metric != "return":
         raise UserError(
             f"--inner-lr: {config.task.name} runs take one test-time step size, got "
@@ -298,6 +312,8 @@ def eval_run(
         name = name.replace("eval", f"eval-{protocol}", 1)
     if split != config.eval.split:  # not the run's own record (e.g. --split val)
         name = name.replace("eval", f"eval-{split}", 1)
+    if samples is not None:
+        name = name.replace("eval", f"eval-samples-{samples}", 1)
     if inner_lr:
         name = name.replace("eval", "eval-inner-lr-" + "-".join(f"{a:g}" for a in inner_lr), 1)
     out = records.finite_record(out)  # a diverged model: null and "not_finite", never NaN
