@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mamlkit.functional import stack_params  # noqa: E402
 from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks  # noqa: E402
+from mamlkit.rl.envs import TaskStreams  # noqa: E402
 from mamlkit.rl.learner import FISHER  # noqa: E402
 from mamlkit.rl.returns import sample_trajectories  # noqa: E402
 
@@ -76,7 +77,7 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
     goal, n, horizon = batch.task, args.rollouts, args.cheetah_horizon
 
     def bare() -> None:
-        state, _ = env.reset(goal, n, generator)
+        state, _ = env.reset(goal, n, TaskStreams(batch.seeds))
         for _ in range(horizon):
             action = torch.randn(goal.shape[0], n, 6, generator=generator, device=device)
             state, _, _, _ = env.step(state, action)
@@ -154,7 +155,7 @@ def main() -> None:
     params = stack_params(dict(policy.named_parameters()), args.tasks)
 
     def with_policy() -> None:
-        sample_trajectories(env, policy, params, goal, n, generator)
+        sample_trajectories(env, policy, params, goal, n, TaskStreams(batch.seeds))
 
     rollout_iters = max(3, args.iters)
     bare_times = timed(bare, device, 1, rollout_iters)

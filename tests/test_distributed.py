@@ -78,6 +78,90 @@ def test_two_ranks_average_to_the_single_process_meta_gradient(tmp_path):
         assert (g - p.grad).norm() / scale <= 1e-10
 
 
+def _own_update_cases():
+    """Float64 learners whose outer update is their own, with a 4-task batch each, the
+    same in every process: MAML-TRPO on 2D navigation and Reptile on sine regression."""
+    import torch.nn.functional as F
+
+    from mamlkit import Reptile, SineTasks
+    from mamlkit.models import MLP
+    from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks
+
+    torch.manual_seed(0)
+    # conjugate gradient on the preset's nearly singular F + 1e-5·I amplifies rounding (a
+    # 1e-16 change of the gradient moves its 10th iterate by 1e-3): a damping of 0.1 keeps
+    # the system well conditioned, so that the comparison tests the averaging, not CG
+    policy = GaussianMLPPolicy(2, 2, (16, 16))
+    trpo = MAMLTRPO(Navigation2D(horizon=12), policy, rollouts=5, cg_damping=0.1)
+    reptile = Reptile(MLP((1, 16, 16, 1)), F.mse_loss, inner_lr=0.02, inner_steps=3)
+    return [
+        (trpo, NavigationTasks().sample(4, torch.Generator().manual_seed(2))),
+        (reptile, SineTasks().sample(4, torch.Generator().manual_seed(3))),
+    ]
+
+
+def _rank_own_updates(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    from mamlkit.distributed import from_environment, shutdown
+
+    dist = from_environment("cpu")
+    states = []
+    for learner, batch in _own_update_cases():
+        learner.mean_over_ranks = dist.mean_  # what the trainer installs under torchrun
+        learner.outer_step(dist.shard(batch), None, 0)
+        states.append({k: v.clone() for k, v in learner.state_dict().items()})
+    torch.save(states, f"{out}.rank{rank}")
+    shutdown()
+
+
+def test_own_outer_updates_over_two_ranks_are_the_single_process_update(tmp_path, float64):
+    """Reptile's interpolation and MAML-TRPO's step (gradient, conjugate gradient on the
+    averaged Fisher-vector products, line search on averaged losses and KLs), each rank
+    with half of the tasks: the weights of one process, and the same on both ranks."""
+    out = str(tmp_path / "weights")
+    mp.spawn(_rank_own_updates, args=(2, free_port(), out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.rank{r}") for r in range(2)]
+    for i, (learner, batch) in enumerate(_own_update_cases()):
+        before = {k: v.clone() for k, v in learner.state_dict().items()}
+        learner.outer_step(batch, None, 0)
+        for name, value in learner.state_dict().items():
+            assert torch.equal(ranks[0][i][name], ranks[1][i][name])  # one update, not two
+            moved = (value - before[name]).norm()
+            if moved > 0:
+                assert (ranks[0][i][name] - value).norm() / moved <= 1e-10, name
+        assert any(not torch.equal(v, before[k]) for k, v in learner.state_dict().items())
+
+
+def test_an_own_outer_update_that_does_not_average_is_refused_under_torchrun():
+    import torch.nn.functional as F
+
+    from mamlkit import MAML, SineTasks
+    from mamlkit.config import load_config
+    from mamlkit.distributed import Distributed
+    from mamlkit.errors import UserError
+    from mamlkit.models import MLP
+    from mamlkit.training import Trainer
+
+    class OwnStep(MAML):
+        def outer_step(self, batch, optimizer, iteration):
+            return super().meta_forward(batch)
+
+    config = load_config("sine_maml", ["train.meta_batch=4", "train.iterations=1"])
+    learner = OwnStep(MLP((1, 8, 1)), F.mse_loss, 0.01)
+    dist = Distributed(rank=0, world=2, local_rank=0, backend="gloo")
+    trainer = Trainer(learner, SineTasks(), config, progress=False, dist=dist)
+    with pytest.raises(UserError, match="OwnStep makes its own outer update"):
+        trainer.fit()
+
+
 def torchrun(*args: str, nproc: int = 2, **popen) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -155,6 +239,58 @@ def test_torchrun_sine_training_equals_one_process(tmp_path):
     alone = single("eval", str(tmp_path / "two"), "--tasks", "50")
     assert alone.returncode == 0
     assert shared["mse"] == pytest.approx(json.loads(alone.stdout)["mse"], rel=1e-5)
+
+
+NAV2D = [
+    "algorithm.cg_damping=0.1",  # a well-conditioned conjugate gradient (_own_update_cases)
+    "task.horizon=12",
+    "task.rollouts=5",
+    "task.eval_rollouts=5",
+    "model.hidden=[16,16]",
+    "train.iterations=4",
+    "train.meta_batch=4",
+    "train.log_every=2",
+    "train.checkpoint_every=2",
+    "train.tensorboard=false",
+    "eval.tasks=6",
+]
+
+
+def test_torchrun_rl_training_and_evaluation_equal_one_process(tmp_path):
+    """MAML-TRPO (its own outer step) under torchrun: every task samples its own
+    trajectories whichever rank holds it, so two ranks train the weights and log the
+    returns of one process, and an evaluation shared by the ranks gives its numbers.
+
+    In float32 a TRPO iteration turns the rounding of a sum in another order into about
+    1e-5 of the weights (measured: 1.4e-5 after one iteration, 1.1e-4 after three; in
+    float64 the step agrees to 1e-10, test above), so the tolerance is 1e-3 here: a rank
+    that stepped on its own half of the tasks would be off by far more."""
+    common = ["train", "rl_nav2d_maml", "--no-progress", *sets(NAV2D)]
+    job = torchrun(*common, "--out", str(tmp_path / "two"))
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err.decode()[-8000:]
+    one = single(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4)
+    logs = [
+        [json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+        for r in ("two", "one")
+    ]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [2, 4]
+    for x, y in zip(*logs):
+        assert x["return"] == pytest.approx(y["return"], rel=1e-3)
+    job = torchrun("eval", str(tmp_path / "one"))
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err.decode()[-8000:]
+    shared = json.loads((tmp_path / "one" / "eval.json").read_text())
+    alone = single("eval", str(tmp_path / "one"))
+    assert alone.returncode == 0, alone.stderr
+    by_step = json.loads(alone.stdout)["by_step"]
+    assert len(shared["by_step"]) == len(by_step) == 4  # returns after 0..3 steps
+    for x, y in zip(shared["by_step"], by_step, strict=True):
+        assert x["return"] == pytest.approx(y["return"], rel=1e-5)
 
 
 def test_meta_batch_must_split_over_the_ranks(tmp_path):

@@ -18,7 +18,7 @@ from mamlkit.errors import ConfigError
 from mamlkit.functional import stack_params
 from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks
 from mamlkit.rl.build import build_rl_tasks
-from mamlkit.rl.envs import environment_generator
+from mamlkit.rl.envs import TaskStreams, environment_streams
 from mamlkit.rl.returns import (
     Trajectories,
     advantages,
@@ -102,7 +102,7 @@ def test_trajectories_stop_at_done_and_are_padded():
     policy = steering_policy([2.0, 0.0])  # clipped to 1, a move of 0.1 per step along x
     goal = torch.tensor([[0.3, 0.0], [-0.3, 0.0]])  # reached after 3 steps / never
     params = stack_params(dict(policy.named_parameters()), 2)
-    traj = sample_trajectories(env, policy, params, goal, 2, torch.Generator().manual_seed(0))
+    traj = sample_trajectories(env, policy, params, goal, 2, TaskStreams.seeded(0, 2))
     assert traj.mask[0, 0].tolist() == [1, 1, 1] + [0] * 7
     assert traj.mask[1].sum().item() == 20
     assert torch.allclose(traj.rewards[0, 0, :3], torch.tensor([-0.2, -0.1, 0.0]), atol=1e-6)
@@ -118,7 +118,7 @@ def test_the_batch_seed_makes_sampling_reproducible():
     params = stack_params(dict(policy.named_parameters()), 3)
     a, b = (
         sample_trajectories(
-            env, policy, params, batch.task, 4, environment_generator(batch.seeds)
+            env, policy, params, batch.task, 4, environment_streams(batch)
         )
         for _ in range(2)
     )
@@ -134,7 +134,7 @@ def test_sample_steps_keeps_trajectories_until_each_task_has_its_steps():
     policy = GaussianMLPPolicy(2, 2, (8,))
     task = torch.tensor([[0.5, 0.5], [0.0, 0.01]])
     params = stack_params(dict(policy.named_parameters()), 2)
-    traj = sample_steps(env, policy, params, task, 3, 130, torch.Generator().manual_seed(0))
+    traj = sample_steps(env, policy, params, task, 3, 130, TaskStreams.seeded(0, 2))
     lengths = traj.mask.sum(-1)  # [T, N]
     kept = traj.mask[..., 0]
     assert traj.obs.shape[1] == 9  # three rounds of 3 trajectories of at most 20 steps
@@ -145,8 +145,48 @@ def test_sample_steps_keeps_trajectories_until_each_task_has_its_steps():
         assert traj.rewards[t, n:].abs().sum() == 0
         assert traj.average_return()[t] == pytest.approx(float(traj.rewards[t, :n].sum() / n))
     # a number of trajectories is the same as before: all kept, the plain mean
-    plain = sample_trajectories(env, policy, params, task, 3, torch.Generator().manual_seed(0))
+    plain = sample_trajectories(env, policy, params, task, 3, TaskStreams.seeded(0, 2))
     assert torch.equal(plain.average_return(), plain.returns().mean(1))
+
+
+def test_a_tasks_trajectories_do_not_depend_on_the_tasks_beside_it():
+    """Each task draws from its own stream: a slice of a batch (an evaluation's chunk, a
+    rank's share under torchrun) samples what the whole batch samples for its tasks, also
+    after a sampling by rounds whose number the slowest task of the batch decides."""
+    env, policy = Navigation2D(horizon=20, tolerance=0.2), GaussianMLPPolicy(2, 2, (8,))
+    batch = NavigationTasks().sample(4, torch.Generator().manual_seed(5))
+    task = batch.task.clone()
+    task[0] = torch.tensor([0.0, 0.05])  # reached in one step: many rounds for 50 steps
+
+    def sample(part):
+        params = stack_params(dict(policy.named_parameters()), part.num_tasks)
+        streams = environment_streams(part)
+        first = sample_steps(env, policy, params, part.task, 3, 50, streams)
+        return first, sample_trajectories(env, policy, params, part.task, 3, streams)
+
+    whole = sample(type(batch)(task, batch.seeds))
+    rounds = []
+    for start, stop in [(0, 1), (1, 3), (3, 4)]:
+        alone = sample(type(batch)(task[start:stop], batch.seeds[start:stop]))
+        rounds.append(alone[0].obs.shape[1])
+        for w, a in zip(whole, alone, strict=True):
+            kept = a.obs.shape[1]  # a slice may need fewer rounds than the batch
+            for name in ("obs", "actions", "rewards", "mask"):
+                assert torch.equal(getattr(w, name)[start:stop, :kept], getattr(a, name))
+            assert torch.equal(w.average_return()[start:stop], a.average_return())
+    assert min(rounds) < whole[0].obs.shape[1] == max(rounds)  # the rounds did differ
+
+
+def test_rl_scores_do_not_depend_on_the_chunks_of_their_batch():
+    from mamlkit.evaluation import per_task_metric_by_step
+
+    torch.manual_seed(0)
+    learner = MAMLTRPO(Navigation2D(horizon=10), GaussianMLPPolicy(2, 2, (8,)), eval_rollouts=4)
+    batch = NavigationTasks().sample(6, torch.Generator().manual_seed(0))
+    whole, *parts = (
+        per_task_metric_by_step(learner, batch, 1, "return", chunk=chunk) for chunk in (6, 4, 1)
+    )
+    assert whole.shape == (2, 6) and all(torch.equal(whole, part) for part in parts)
 
 
 # ---- returns, baseline, advantages ----------------------------------------------------
@@ -262,8 +302,8 @@ def test_meta_gradient_and_fisher_vector_product_match_a_float64_per_task_refere
     policy = GaussianMLPPolicy(2, 2, (16, 16))
     learner = MAMLTRPO(env, policy, inner_lr=0.3, rollouts=5)
     batch = NavigationTasks().sample(3, torch.Generator().manual_seed(2))
-    generator = environment_generator(batch.seeds)
-    support, phi, query, adv_q = learner._rollout_and_adapt(batch, generator)
+    streams = environment_streams(batch)
+    support, phi, query, adv_q = learner._rollout_and_adapt(batch, streams)
     adv_s = advantages(support, learner.discount, learner.gae_lambda)
     old = old_policy(policy, phi, query)
     # after a change of θ, φ(θ) moves away from the policy that sampled the query set

@@ -16,6 +16,7 @@ from mamlkit.rl.cheetah import (  # noqa: E402
     CheetahVelocityTasks,
     HalfCheetah,
 )
+from mamlkit.rl.envs import TaskStreams  # noqa: E402
 
 
 @pytest.mark.parametrize("task", ["vel", "dir"])
@@ -25,7 +26,7 @@ def test_vectorised_cheetah_equals_single_environments_step_for_step(
     monkeypatch.chdir(tmp_path)  # gymnasium's build writes MuJoCo's warning log to the cwd
     env = HalfCheetah(task, horizon=20)
     goal = torch.tensor([[1.5], [-1.0]]) if task == "dir" else torch.tensor([[1.5], [0.3]])
-    state, obs = env.reset(goal, 2, torch.Generator().manual_seed(0))
+    state, obs = env.reset(goal, 2, TaskStreams.seeded(0, 2))
     physics = state[0].copy()
     g = torch.Generator().manual_seed(1)
     actions = torch.randn(20, 2, 2, 6, generator=g) * 0.8  # some beyond ±1: clipped

@@ -13,7 +13,7 @@ from mamlkit.build import build_learner
 from mamlkit.config import load_config
 from mamlkit.functional import stack_params
 from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks
-from mamlkit.rl.envs import environment_generator
+from mamlkit.rl.envs import environment_streams
 from mamlkit.rl.fisher import flat, gauss_newton_vector_product
 from mamlkit.rl.learner import FISHER
 from mamlkit.rl.returns import old_policy, surrogate_and_kl
@@ -40,8 +40,8 @@ def products(learner: MAMLTRPO, batch, perturb: float = 0.0):
     distributions) and the Gauss-Newton product with z = φ (F_φ by a Hessian-vector product
     in the adapted parameters) of the query KL at θ_old, or at θ_old moved by
     ``perturb``·noise (φ(θ) then no longer minimises the KL); the parameters; the loss."""
-    generator = environment_generator(batch.seeds)
-    support, phi, query, adv = learner._rollout_and_adapt(batch, generator)
+    streams = environment_streams(batch)
+    support, phi, query, adv = learner._rollout_and_adapt(batch, streams)
     old = old_policy(learner.policy, phi, query)
     if perturb:
         with torch.no_grad():

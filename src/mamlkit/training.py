@@ -262,6 +262,8 @@ class Trainer:
             raise
         finally:
             self._emit("on_end")
+            if "mean_over_ranks" in vars(self.learner):  # the learner's own again
+                del self.learner.mean_over_ranks
         if self.dist is not None and self.step % self.cfg.checkpoint_every:
             self._rank_rng = self.dist.gather_rng_states()  # for the final checkpoint
         if self.run_dir is not None:
@@ -298,11 +300,15 @@ class Trainer:
         """Distributed: every rank starts from the same state and only rank 0 writes (the
         other ranks read the checkpoint they resume from, then hold no run directory)."""
         self.dist.check_meta_batch(self.cfg.meta_batch)
-        if type(self.learner).outer_step is not MetaLearner.outer_step:
+        own_step = type(self.learner).outer_step is not MetaLearner.outer_step
+        if own_step and not self.learner.outer_step_distributes:
             raise UserError(
-                f"{type(self.learner).__name__} makes its own outer update, which is not "
-                "distributed yet; train it in one process"
+                f"{type(self.learner).__name__} makes its own outer update and does not "
+                "say that it averages it over processes (outer_step_distributes); train it "
+                "in one process"
             )
+        # an own outer step averages its per-task means over the ranks with this
+        self.learner.mean_over_ranks = self.dist.mean_
         if not self.dist.main:
             if resume and self.run_dir is not None and run_checkpoints(self.run_dir):
                 self.restore(resume_checkpoint(self.run_dir, from_step))
@@ -420,7 +426,10 @@ class Trainer:
             if metric is None:
                 fn_ok = metric_fn is not None and out.predictions is not None
                 metric = metric_fn(out.predictions, batch.targets).mean() if fn_ok else value
-            loss_value, metric_value = torch.stack([value.double(), metric.double()]).tolist()
+            both = torch.stack([value.double(), metric.double()])
+            if self.dist is not None:  # the whole batch's: every rank logs and decides alike
+                self.dist.mean_([both])
+            loss_value, metric_value = both.tolist()
         if not math.isfinite(loss_value):
             raise DivergenceError(
                 f"the loss became NaN/Inf at iteration {self.step + 1}; training stopped "

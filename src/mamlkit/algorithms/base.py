@@ -110,6 +110,19 @@ class MetaLearner(nn.Module):
         leaves the usual step (health check, clipping, optimiser) to the trainer."""
         return None
 
+    #: True where :meth:`outer_step` averages each mean over tasks that its update is made
+    #: of through :meth:`mean_over_ranks`, so that it runs under ``torchrun`` (the trainer
+    #: refuses an own outer step that does not say so: its ranks would drift apart)
+    outer_step_distributes: bool = False
+
+    def mean_over_ranks(self, tensors: list[Tensor]) -> None:
+        """Average ``tensors`` in place over the processes that each hold an equal share of
+        the meta-batch's tasks. In one process there is nothing to do; under ``torchrun``
+        the trainer replaces this with the job's all-reduce for the length of ``fit``. An
+        own :meth:`outer_step` calls it on its per-task means (Reptile's mean adapted
+        weights; TRPO's gradient, Fisher-vector products and line-search losses), so that
+        every rank sees the whole batch's values and makes the same update."""
+
     def capture_key(self, iteration: int) -> Hashable:
         """What of ``iteration`` a CUDA-graph capture of :meth:`meta_forward` depends on:
         the step is captured again whenever this changes (None: never)."""

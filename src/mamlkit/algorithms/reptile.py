@@ -37,6 +37,8 @@ class Reptile(MAML):
         True
     """
 
+    outer_step_distributes = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -82,6 +84,9 @@ class Reptile(MAML):
         eps = self.interpolation(iteration)
         with torch.no_grad():
             loss, pred = self.outer_loss(phi, batch.query_x, batch.query_y)
-            for name, p in adaptable_params(self.model).items():
-                p.add_(phi[name].mean(0) - p, alpha=eps)
+            params = adaptable_params(self.model)
+            moves = [phi[name].mean(0) - p for name, p in params.items()]  # φ̄ − θ
+            self.mean_over_ranks(moves)
+            for p, move in zip(params.values(), moves, strict=True):
+                p.add_(move, alpha=eps)
         return MetaOutput(loss, pred)

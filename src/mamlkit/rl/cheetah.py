@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from mamlkit.errors import UserError
-from mamlkit.rl.envs import task_batch
+from mamlkit.rl.envs import TaskStreams, task_batch
 
 INSTALL = "pip install 'mamlkit[rl]' (gymnasium[mujoco] and mujoco)"
 
@@ -118,15 +118,14 @@ class HalfCheetah:
     def dt(self) -> float:
         return float(self.sim.model.opt.timestep) * self.frame_skip
 
-    def reset(self, task: Tensor, n: int, generator=None):
+    def reset(self, task: Tensor, n: int, streams: TaskStreams | None = None):
         """Initial positions and velocities with gymnasium's noise (uniform ±0.1 on qpos,
-        0.1·N(0, 1) on qvel), drawn from ``generator``."""
+        0.1·N(0, 1) on qvel), task t's drawn from ``streams``' t-th stream."""
         sim, tasks = self.sim, task.shape[0]
         batch = tasks * n
-        gen = generator if generator is not None else torch.Generator()
-        dev = gen.device
-        u = torch.rand((batch, sim.nq), generator=gen, device=dev, dtype=torch.float64)
-        z = torch.randn((batch, sim.nv), generator=gen, device=dev, dtype=torch.float64)
+        streams = streams if streams is not None else TaskStreams.seeded(0, tasks)
+        u = streams.rand((n, sim.nq), dtype=torch.float64).reshape(batch, sim.nq)
+        z = streams.randn((n, sim.nv), dtype=torch.float64).reshape(batch, sim.nv)
         qpos = sim.init_qpos + (u.cpu().numpy() * 2 - 1) * self.reset_noise
         qvel = sim.init_qvel + self.reset_noise * z.cpu().numpy()
         state = (sim.full_state(qpos, qvel), task.reshape(tasks, 1).expand(tasks, n), n)

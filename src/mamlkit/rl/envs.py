@@ -1,7 +1,7 @@
 """Environments stepped for T tasks × N trajectories at once, and their task distributions.
 
-An environment here is a pure function of tensors: ``reset(task, n, generator)`` gives the state of
-``n`` trajectories of each of T tasks, ``step(state, action)`` advances all ``[T, N]`` of
+An environment here is a pure function of tensors: ``reset(task, n, streams)`` gives the state
+of ``n`` trajectories of each of T tasks, ``step(state, action)`` advances all ``[T, N]`` of
 them by one tensor operation (on the device of the task tensor), so the simulation of a
 whole meta-batch costs one call per time step.
 """
@@ -55,9 +55,9 @@ class Navigation2D:
     def obs_dim(self) -> int:
         return 4 if self.oracle else 2
 
-    def reset(self, task: Tensor, n: int, generator=None) -> tuple[Tensor, Tensor]:
+    def reset(self, task: Tensor, n: int, streams=None) -> tuple[Tensor, Tensor]:
         """State and observation of ``n`` fresh trajectories per task; ``task [T, 2]``
-        (the start is deterministic: ``generator`` is not used)."""
+        (the start is deterministic: ``streams`` are not used)."""
         position = task.new_zeros(task.shape[0], n, 2)
         state = (position, task.unsqueeze(1).expand(-1, n, -1))
         return state, self.observe(state)
@@ -143,7 +143,57 @@ def task_batch(task: Tensor, generator: torch.Generator) -> RLTaskBatch:
     return RLTaskBatch(task, seeds)
 
 
-def environment_generator(seeds: Tensor) -> torch.Generator:
-    """The generator of one batch's environment randomness, from the batch's seeds (the
-    first task's: a slice of a batch is a batch of its own)."""
-    return torch.Generator(device=seeds.device).manual_seed(int(seeds.reshape(-1)[0]))
+class TaskStreams:
+    """The environment's randomness (initial states, action noise), one stream per task,
+    seeded by the task's seed (``seeds [T, 1]``, an :class:`RLTaskBatch`'s).
+
+    A task's trajectories are then the same whichever tasks share its batch: the chunks of
+    an evaluation, each rank's share under ``torchrun`` or the task alone give the numbers
+    of the whole batch in one process. Every draw takes the same amount from each task's
+    stream (:meth:`randn`, :meth:`rand`), and a sampling of varying length draws from
+    streams of its own (:meth:`spawn`), so no task's later draws depend on the others.
+    """
+
+    def __init__(self, seeds: Tensor):
+        self.device = seeds.device
+        self.generators = [
+            torch.Generator(device=self.device).manual_seed(int(s))
+            for s in seeds.reshape(-1).tolist()
+        ]
+
+    @classmethod
+    def seeded(cls, seed: int, tasks: int) -> TaskStreams:
+        """``tasks`` streams drawn from one seed (for sampling outside a task batch)."""
+        generator = torch.Generator().manual_seed(seed)
+        return cls(torch.randint(0, SEED_BOUND, (tasks, 1), generator=generator))
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def _draw(self, fn, shape: tuple[int, ...], dtype) -> Tensor:
+        return torch.stack(
+            [fn(shape, generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        )
+
+    def randn(self, shape: tuple[int, ...], dtype=None) -> Tensor:
+        """``[T, *shape]`` standard normals, task t's from its own stream."""
+        return self._draw(torch.randn, shape, dtype)
+
+    def rand(self, shape: tuple[int, ...], dtype=None) -> Tensor:
+        """``[T, *shape]`` uniforms on [0, 1), task t's from its own stream."""
+        return self._draw(torch.rand, shape, dtype)
+
+    def spawn(self) -> TaskStreams:
+        """New streams seeded by one draw from each task's: what a sampling of varying
+        length (rounds until every task of the batch has its steps) draws from, so each
+        task's own stream advances by one draw however many rounds its batch took."""
+        seeds = [
+            torch.randint(0, SEED_BOUND, (1,), generator=g, device=self.device)
+            for g in self.generators
+        ]
+        return TaskStreams(torch.stack(seeds))
+
+
+def environment_streams(batch: RLTaskBatch) -> TaskStreams:
+    """The streams of a batch's environment randomness, one per task (its seed's)."""
+    return TaskStreams(batch.seeds)

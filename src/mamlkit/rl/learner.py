@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mamlkit.algorithms.base import MetaLearner, MetaOutput
 from mamlkit.functional import FixedStepSize, Params, inner_loop, stack_params
-from mamlkit.rl.envs import RLTaskBatch, environment_generator
+from mamlkit.rl.envs import RLTaskBatch, TaskStreams, environment_streams
 from mamlkit.rl.fisher import (
     FisherVector,
     gauss_newton_vector_product,
@@ -49,8 +49,13 @@ class MAMLTRPO(MetaLearner):
     (the "pretrained" baseline).
 
     A batch is an :class:`~mamlkit.rl.envs.RLTaskBatch`: the tasks' parameters and the
-    seeds of the environment's randomness.
+    seeds of the environment's randomness, one stream per task
+    (:class:`~mamlkit.rl.envs.TaskStreams`), so that ``torchrun``'s ranks, each with a
+    share of the tasks, sample the trajectories one process would (:meth:`outer_step`
+    averages over the ranks).
     """
+
+    outer_step_distributes = True
 
     def __init__(
         self,
@@ -101,15 +106,15 @@ class MAMLTRPO(MetaLearner):
         return dict(self.policy.named_parameters())
 
     def sample(
-        self, params: Params, task: Tensor, n: int, generator, min_steps: int = 0
+        self, params: Params, task: Tensor, n: int, streams: TaskStreams, min_steps: int = 0
     ) -> Trajectories:
         """``n`` trajectories per task, or with ``min_steps`` rounds of ``n`` until each
         task has that many steps (rllab's batch of samples:
         :func:`~mamlkit.rl.returns.sample_steps`)."""
         detached = {k: v.detach() for k, v in params.items()}
         if min_steps:
-            return sample_steps(self.env, self.policy, detached, task, n, min_steps, generator)
-        return sample_trajectories(self.env, self.policy, detached, task, n, generator)
+            return sample_steps(self.env, self.policy, detached, task, n, min_steps, streams)
+        return sample_trajectories(self.env, self.policy, detached, task, n, streams)
 
     def adapt_on(
         self, params: Params, traj: Trajectories, update, steps: int, first_order: bool
@@ -121,15 +126,15 @@ class MAMLTRPO(MetaLearner):
             params, vpg_support_loss(self.policy, traj, adv), update, steps, first_order
         )
 
-    def _rollout_and_adapt(self, batch: RLTaskBatch, generator):
+    def _rollout_and_adapt(self, batch: RLTaskBatch, streams: TaskStreams):
         """Support trajectories with θ, the adapted φ(θ) (with its graph), the query
         trajectories of φ and their advantages."""
         task = batch.task
         theta = stack_params(self.theta(), task.shape[0])
-        support = self.sample(theta, task, self.rollouts, generator)
+        support = self.sample(theta, task, self.rollouts, streams)
         if self.inner_steps:
             phi = self.adapt_on(theta, support, self.update, self.inner_steps, self.first_order)
-            query = self.sample(phi, task, self.rollouts, generator)
+            query = self.sample(phi, task, self.rollouts, streams)
         else:
             phi, query = theta, support
         return support, phi, query, advantages(query, self.discount, self.gae_lambda)
@@ -137,8 +142,7 @@ class MAMLTRPO(MetaLearner):
     def meta_forward(self, batch: RLTaskBatch, iteration: int = 0) -> MetaOutput:
         """The TRPO surrogate at θ (differentiable, through the inner update) with the
         returns before and after adaptation; :meth:`outer_step` is the update itself."""
-        generator = environment_generator(batch.seeds)
-        support, phi, query, adv = self._rollout_and_adapt(batch, generator)
+        support, phi, query, adv = self._rollout_and_adapt(batch, environment_streams(batch))
         old = old_policy(self.policy, phi, query)
         loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
         return MetaOutput(loss, query.average_return(), self._metrics(support, query, kl))
@@ -152,8 +156,7 @@ class MAMLTRPO(MetaLearner):
 
     def outer_step(self, batch: RLTaskBatch, optimizer, iteration: int) -> MetaOutput:
         """One TRPO step on θ (``optimizer`` is not used: TRPO's step is its own)."""
-        generator = environment_generator(batch.seeds)
-        support, phi, query, adv = self._rollout_and_adapt(batch, generator)
+        support, phi, query, adv = self._rollout_and_adapt(batch, environment_streams(batch))
         old = old_policy(self.policy, phi, query)
         loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
         params = list(self.theta().values())
@@ -168,7 +171,15 @@ class MAMLTRPO(MetaLearner):
                 return surrogate_and_kl(self.policy, new_phi, query, adv, old)
 
         fisher_vector = self.fisher_vector_product(phi, query, old, kl)
-        step = trpo_step(params, loss, None, evaluate, fisher_vector=fisher_vector, **self.trpo)
+        step = trpo_step(
+            params,
+            loss,
+            None,
+            evaluate,
+            fisher_vector=fisher_vector,
+            mean_over_ranks=self.mean_over_ranks,
+            **self.trpo,
+        )
         self.last_step = step
         metrics = self._metrics(support, query, step.kl_after)
         metrics["step_fraction"] = torch.as_tensor(step.step_fraction)
@@ -206,7 +217,7 @@ class MAMLTRPO(MetaLearner):
         one per step with the last repeating, replaces them); ``reduce`` maps each step's
         returns as they come (the evaluation's per-task metric)."""
         rule = self.eval_update if lr is None else FixedStepSize(lr)
-        generator = environment_generator(batch.seeds)
+        streams = environment_streams(batch)
         task = batch.task
         with torch.enable_grad():
             params = {
@@ -216,7 +227,7 @@ class MAMLTRPO(MetaLearner):
             out = []
             for s in range(steps + 1):
                 traj = self.sample(
-                    params, task, self.eval_rollouts, generator, self.eval_samples
+                    params, task, self.eval_rollouts, streams, self.eval_samples
                 )
                 returns = traj.average_return()
                 out.append(returns if reduce is None else reduce(returns))

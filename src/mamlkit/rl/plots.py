@@ -10,7 +10,7 @@ import torch
 
 from mamlkit.functional import FixedStepSize, stack_params
 from mamlkit.plots import _pyplot
-from mamlkit.rl.envs import NavigationTasks, environment_generator
+from mamlkit.rl.envs import NavigationTasks, environment_streams
 from mamlkit.rl.learner import MAMLTRPO
 
 #: paper's MAML returns after 0..3 steps (docs: protocols), drawn for reference
@@ -49,14 +49,14 @@ def nav2d_trajectories(
     first test step size), and ``shown`` trajectories sampled before and after it."""
     batch = NavigationTasks().sample(tasks, torch.Generator().manual_seed(seed))
     goal = batch.task
-    generator = environment_generator(batch.seeds)
+    streams = environment_streams(batch)
     with torch.enable_grad():
         theta = stack_params(learner.theta(), tasks)
         theta = {n: p.detach().requires_grad_() for n, p in theta.items()}
-        traj = learner.sample(theta, goal, learner.eval_rollouts, generator)
+        traj = learner.sample(theta, goal, learner.eval_rollouts, streams)
         update = FixedStepSize(learner.eval_update.step_size("", 0))
         phi = learner.adapt_on(theta, traj, update, 1, first_order=True)
-    after = learner.sample(phi, goal, shown, generator)
+    after = learner.sample(phi, goal, shown, streams)
     plt = _pyplot()
     fig, axes = plt.subplots(1, tasks, figsize=(3 * tasks, 3.2), squeeze=False)
     for t, ax in enumerate(axes[0]):

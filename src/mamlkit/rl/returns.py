@@ -12,13 +12,14 @@ import torch
 from torch import Tensor
 
 from mamlkit.functional import Params
+from mamlkit.rl.envs import TaskStreams
 from mamlkit.rl.policy import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
 
 
 @dataclass
 class Trajectories:
-    obs: Tensor  # [T, N, H, O]
-    actions: Tensor  # [T, N, H, A], as sampled (before the environment clips them)
+    obs: Tensor  # [T, N, H, O], 0 after done
+    actions: Tensor  # [T, N, H, A], as sampled (before the environment clips them); 0 after done
     rewards: Tensor  # [T, N, H], 0 after done
     mask: Tensor  # [T, N, H], 1 where the step happened
 
@@ -35,20 +36,28 @@ class Trajectories:
 
 @torch.no_grad()
 def sample_trajectories(
-    env, policy: GaussianMLPPolicy, params: Params, task: Tensor, n: int, generator
+    env, policy: GaussianMLPPolicy, params: Params, task: Tensor, n: int, streams: TaskStreams
 ) -> Trajectories:
     """``n`` trajectories per task of T policies ``params [T, ...]`` on tasks ``task [T, P]``,
-    all stepped at once; action noise from ``generator``."""
-    state, obs = env.reset(task, n, generator)
+    all stepped at once; task t's initial states and action noise from ``streams``' t-th
+    stream (a whole horizon of noise is drawn, used or not: each task's stream advances by
+    the same amount whatever the others do)."""
+    if len(streams) != task.shape[0]:
+        raise ValueError(f"{len(streams)} random streams for {task.shape[0]} tasks")
+    state, obs = env.reset(task, n, streams)
     alive = torch.ones(obs.shape[:2], dtype=obs.dtype, device=obs.device)
     observations, actions, rewards, masks = [], [], [], []
-    for _ in range(env.horizon):
+    noise = None
+    for t in range(env.horizon):
         mean, log_std = policy.distribution(params, obs)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        action = mean + torch.exp(log_std) * noise
+        if noise is None:  # [T, N, H, A]
+            noise = streams.randn((n, env.horizon, mean.shape[-1]), dtype=mean.dtype)
+        action = mean + torch.exp(log_std) * noise[:, :, t]
         state, next_obs, reward, done = env.step(state, action)
-        observations.append(obs)
-        actions.append(action)
+        # what happened after done is 0, as after a batch's last step: a task's trajectories
+        # do not depend on how long the other tasks of its batch keep stepping
+        observations.append(obs * alive.unsqueeze(-1))
+        actions.append(action * alive.unsqueeze(-1))
         rewards.append(reward * alive)
         masks.append(alive)
         alive = alive * (~done).to(alive.dtype)
@@ -68,7 +77,13 @@ def sample_trajectories(
 
 
 def sample_steps(
-    env, policy: GaussianMLPPolicy, params: Params, task: Tensor, n: int, min_steps: int, generator
+    env,
+    policy: GaussianMLPPolicy,
+    params: Params,
+    task: Tensor,
+    n: int,
+    min_steps: int,
+    streams: TaskStreams,
 ) -> Trajectories:
     """At least ``min_steps`` environment steps per task, as rllab's samplers collect a
     batch (maml_rl's test scripts: ``batch_size=4000`` samples, not a number of
@@ -76,11 +91,14 @@ def sample_steps(
     ``min_steps``; each task keeps its trajectories up to the one that reaches
     ``min_steps`` and the later ones are masked out. A policy whose trajectories end early
     (done at the goal) is so judged and adapted on more trajectories than one that wanders
-    to the horizon. Every trajectory has a step, so ``ceil(min_steps / n)`` rounds suffice."""
-    parts = [sample_trajectories(env, policy, params, task, n, generator)]
+    to the horizon. Every trajectory has a step, so ``ceil(min_steps / n)`` rounds suffice.
+    The rounds draw from streams spawned from ``streams``: how many rounds the batch took
+    does not change a task's later draws."""
+    streams = streams.spawn()
+    parts = [sample_trajectories(env, policy, params, task, n, streams)]
     steps = parts[0].mask.sum(-1)  # [T, N]: each trajectory's length
     while bool((steps.sum(1) < min_steps).any()):
-        parts.append(sample_trajectories(env, policy, params, task, n, generator))
+        parts.append(sample_trajectories(env, policy, params, task, n, streams))
         steps = torch.cat([steps, parts[-1].mask.sum(-1)], 1)
     keep = (steps.cumsum(1) - steps < min_steps).to(steps.dtype)  # [T, N]
     obs, actions, rewards, mask = (

@@ -59,6 +59,7 @@ def trpo_step(
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
     fisher_vector: FisherVector | None = None,
+    mean_over_ranks: Callable[[list[Tensor]], None] | None = None,
 ) -> TRPOStep:
     """Update ``params`` (leaf tensors, in place) by one TRPO step.
 
@@ -70,6 +71,11 @@ def trpo_step(
     loss and KL at the current values of ``params`` (no graph needed); a candidate is
     accepted when the loss decreased and the KL is within ``max_kl``, otherwise ``params``
     are restored.
+
+    ``mean_over_ranks`` (data-parallel, each process holding an equal share of the tasks
+    whose mean ``loss`` and KL are): averages tensors in place over the processes. The
+    gradient, every Fisher-vector product and every loss and KL are averaged before use,
+    so all processes take the same step and the same line-search decisions.
     """
     params = list(params)
     if fisher_vector is None and kl is None:
@@ -77,16 +83,22 @@ def trpo_step(
     fvp = fisher_vector or hessian_vector_product(kl, params)
     grads = torch.autograd.grad(loss, params, retain_graph=True)
 
-    def damped(v: Tensor) -> Tensor:
-        return fvp(v) + cg_damping * v
+    def mean(*values: Tensor) -> list[Tensor]:
+        values = [v.detach().clone() for v in values]
+        if mean_over_ranks is not None:
+            mean_over_ranks(values)
+        return values
 
-    g = flat(grads).detach()
+    def damped(v: Tensor) -> Tensor:
+        return mean(fvp(v))[0] + cg_damping * v
+
+    g = mean(flat(grads))[0]
     direction = conjugate_gradient(damped, -g, cg_iterations)
     shs = 0.5 * (direction @ damped(direction))
     full_step = direction * torch.sqrt(max_kl / shs.clamp_min(1e-30))
     expected = float(-(g @ full_step))
     old = [p.detach().clone() for p in params]
-    loss_before = float(loss.detach())
+    loss_before = float(mean(loss)[0])
     sizes = [p.numel() for p in params]
     with torch.no_grad():
         for k in range(max_backtracks):
@@ -95,7 +107,8 @@ def trpo_step(
                 p.copy_(p0 + fraction * d.view_as(p))
             with torch.enable_grad():
                 new_loss, new_kl = evaluate()
-            new_loss, new_kl = float(new_loss), float(new_kl)
+            both = mean(torch.stack([new_loss.double(), new_kl.double()]))[0]
+            new_loss, new_kl = both.tolist()
             if new_loss < loss_before and new_kl <= max_kl:
                 return TRPOStep(loss_before, new_loss, new_kl, fraction, expected)
         for p, p0 in zip(params, old, strict=True):
