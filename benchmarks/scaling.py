@@ -1,12 +1,15 @@
 """Meta-iterations per second of data-parallel MAML with 1 and 2 processes (JSON lines).
 
-    python benchmarks/scaling.py [--workload sine|omniglot-5w1s] [--procs 1 2] [--iters N]
-                                 [--device cpu|cuda]
+    python benchmarks/scaling.py [--workload sine|omniglot-5w1s|rl-nav2d] [--procs 1 2]
+                                 [--iters N] [--device cpu|cuda]
 
 Each process count runs as ``torchrun`` would run mamlkit: every process draws the whole
 meta-batch, keeps its share of the tasks, and the meta-gradients are averaged with one
 flattened all-reduce (``bucket``) or one all-reduce per parameter tensor (``per-tensor``),
-then Adam steps. Random inputs (timing does not depend on the pixel values). On a CPU the
+then Adam steps. Random inputs (timing does not depend on the pixel values). ``rl-nav2d``
+is the ``rl_nav2d_maml`` preset's MAML-TRPO meta-iteration (20 tasks × 20 trajectories of
+100 steps, sampled by each rank for its tasks; TRPO's own outer step, averaged over the
+ranks by ``mean_over_ranks``: ``bucket`` only). On a CPU the
 processes share the machine's cores: the numbers say what splitting costs or gains on this
 machine, not on a cluster.
 """
@@ -41,12 +44,53 @@ def _worker(rank, world, port, args, out):
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(max(1, args.threads // world))
     import torch.distributed as dist
-    from meta_iteration import make
 
     from mamlkit.distributed import from_environment, shutdown
 
     ctx = from_environment(args.device) if world > 1 else None
     device = ctx.device(args.device) if ctx else args.device
+    if args.workload == "rl-nav2d":
+        step = make_rl_step(device, ctx)
+    else:
+        step = make_supervised_step(args, device, ctx, world, dist)
+    for _ in range(args.warmup):
+        step()
+    if ctx:
+        dist.barrier()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(args.iters):
+        step()
+    sync()
+    elapsed = time.perf_counter() - t0
+    if rank == 0:
+        Path(out).write_text(json.dumps({"seconds": elapsed}))
+    if ctx:
+        shutdown()
+
+
+def make_rl_step(device: str, ctx):
+    """One MAML-TRPO meta-iteration of the 2D-navigation preset on this rank's tasks."""
+    from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (100, 100))
+    learner = MAMLTRPO(Navigation2D(), policy, inner_lr=0.5, rollouts=20).to(device)
+    if ctx:
+        learner.mean_over_ranks = ctx.mean_  # what the trainer installs under torchrun
+    batch = NavigationTasks().sample(20, torch.Generator(device=device).manual_seed(0))
+
+    def step() -> None:
+        learner.outer_step(ctx.shard(batch) if ctx else batch, None, 0)
+
+    return step
+
+
+def make_supervised_step(args, device: str, ctx, world: int, dist):
+    """One MAML meta-iteration (meta-gradient, all-reduce, Adam) on this rank's tasks."""
+    from meta_iteration import make
+
     learner, _ = make(args.workload, "auto", False, device)
     params = [p for p in learner.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, 1e-3)
@@ -65,21 +109,7 @@ def _worker(rank, world, port, args, out):
                 g /= world
         opt.step()
 
-    for _ in range(args.warmup):
-        step()
-    if ctx:
-        dist.barrier()
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    sync()
-    elapsed = time.perf_counter() - t0
-    if rank == 0:
-        Path(out).write_text(json.dumps({"seconds": elapsed}))
-    if ctx:
-        shutdown()
+    return step
 
 
 def make_batch(workload: str, device: str):
@@ -103,7 +133,9 @@ def make_batch(workload: str, device: str):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", choices=["sine", "omniglot-5w1s"], default="omniglot-5w1s")
+    p.add_argument(
+        "--workload", choices=["sine", "omniglot-5w1s", "rl-nav2d"], default="omniglot-5w1s"
+    )
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
@@ -112,7 +144,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     for procs in args.procs:
-        for mode in ["bucket", "per-tensor"] if procs > 1 else ["single"]:
+        modes = ["bucket"] if args.workload == "rl-nav2d" else ["bucket", "per-tensor"]
+        for mode in modes if procs > 1 else ["single"]:
             args.mode = mode
             with tempfile.TemporaryDirectory() as tmp:
                 out = str(Path(tmp) / "result.json")

@@ -175,6 +175,17 @@ def test_scaling_prints_one_line_per_process_count_and_reduction():
     assert all(r["iterations_per_second"] > 0 for r in rows)
 
 
+def test_scaling_times_the_rl_meta_iteration_on_one_and_two_processes():
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "scaling.py"), "--workload", "rl-nav2d", "--iters",
+         "1", "--warmup", "0", "--threads", "2"],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [(r["processes"], r["all_reduce"]) for r in rows] == [(1, "single"), (2, "bucket")]
+    assert all(r["iterations_per_second"] > 0 for r in rows)
+
+
 def test_paired_commits_times_two_checkouts_alternately():
     """Compared with itself the harness runs both sides and pairs their runs."""
     src = str(BENCHMARKS.parent / "src")
