@@ -293,6 +293,38 @@ def test_torchrun_rl_training_and_evaluation_equal_one_process(tmp_path):
         assert x["return"] == pytest.approx(y["return"], rel=1e-5)
 
 
+def test_resume_with_another_number_of_processes_continues_the_same_training(tmp_path):
+    """The global batch does not depend on the number of processes: 10 iterations on two
+    ranks resumed by one process to 20 (and the other way round) end where one process's
+    20 iterations end."""
+    ten = ["train.iterations=10" if s.startswith("train.iterations") else s for s in SINE]
+    two_then_one, one_then_two, whole = (tmp_path / n for n in ("21", "12", "whole"))
+    job = torchrun("train", "sine_maml", "--out", str(two_then_one), "--no-progress", *sets(ten))
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err.decode()[-8000:]
+    resumed = single("train", "--resume", str(two_then_one), "--no-progress",
+                     "--set", "train.iterations=20")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    first = single("train", "sine_maml", "--out", str(one_then_two), "--no-progress", *sets(ten))
+    assert first.returncode == 0, first.stderr
+    job = torchrun("train", "--resume", str(one_then_two), "--no-progress",
+                   "--set", "train.iterations=20")  # fmt: skip
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err.decode()[-8000:]
+    alone = single("train", "sine_maml", "--out", str(whole), "--no-progress", *sets(SINE))
+    assert alone.returncode == 0, alone.stderr
+    # each resume records its own environment (env.json stays the first start's)
+    for run, first_world, resumed_world in [(two_then_one, 2, None), (one_then_two, None, 2)]:
+        assert json.loads((run / "env.json").read_text()).get("world_size") == first_world
+        (resume,) = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
+        assert resume["step"] == 10 and resume.get("world_size") == resumed_world
+    reference = weights(whole)
+    for run in (two_then_one, one_then_two):
+        ours = weights(run)
+        for name in reference:
+            torch.testing.assert_close(ours[name], reference[name], rtol=1e-5, atol=1e-7)
+
+
 def test_meta_batch_must_split_over_the_ranks(tmp_path):
     job = torchrun(
         "train",

@@ -27,6 +27,7 @@ CHECKPOINT_DIR = "checkpoints"
 RUN_FILES = (
     "config.yaml",
     "env.json",
+    "resumes.jsonl",
     "status.json",
     "metrics.jsonl",
     "model.safetensors",

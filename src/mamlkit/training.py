@@ -91,7 +91,9 @@ class Trainer:
     object per logged step, every ``log_every``, and per validation, every ``val_every``: a
     validation between logged steps is a record of the validation metrics alone),
     TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
-    ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end.
+    ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end; each
+    resume appends the step it continues from and its own environment to
+    ``resumes.jsonl``.
     ``metric`` ("accuracy" or "mse") is computed on the query predictions when logging.
     A ``run_dir`` needs a ``config`` that rebuilds ``learner`` (for a model of your own:
     ``model.target``/``model.kwargs``), so that ``mamlkit eval`` can load the run; ``fit``
@@ -235,6 +237,10 @@ class Trainer:
                 truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
                 if config_changed:
                     self._write_config()
+                # env.json is the first start's; each resume records its own environment
+                # (another machine, commit or number of processes may continue a run)
+                resumed = {"step": self.step, "time": _utc_now(), **self._environment()}
+                records.append_line(self.run_dir / "resumes.jsonl", resumed)
             else:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self._write_config()
@@ -501,6 +507,12 @@ class Trainer:
         if better:
             self.best = {"metric": f"val_{metric}", "value": value, "step": self.step}
         return {f"val_{metric}": value, f"val_{metric}_ci95": result["ci95"]}
+
+
+def _utc_now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager
