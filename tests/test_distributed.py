@@ -44,7 +44,8 @@ def _case():
     return learner, (xs, ys, xq, ys.clone())
 
 
-def _rank_meta_gradient(rank: int, world: int, port: int, out: str) -> None:
+def _join(rank: int, world: int, port: int):
+    """Join a gloo job of ``world`` processes as ``rank``, as torchrun's environment would."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -53,10 +54,16 @@ def _rank_meta_gradient(rank: int, world: int, port: int, out: str) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    from mamlkit.distributed import from_environment, shutdown
+    from mamlkit.distributed import from_environment
+
+    return from_environment("cpu")
+
+
+def _rank_meta_gradient(rank: int, world: int, port: int, out: str) -> None:
+    from mamlkit.distributed import shutdown
     from mamlkit.tasks.base import TaskBatch
 
-    dist = from_environment("cpu")
+    dist = _join(rank, world, port)
     learner, batch = _case()
     shard = dist.shard(TaskBatch(*batch))
     learner.meta_loss(*shard).backward()
@@ -101,18 +108,10 @@ def _own_update_cases():
 
 
 def _rank_own_updates(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
-    from mamlkit.distributed import from_environment, shutdown
+    from mamlkit.distributed import shutdown
 
-    dist = from_environment("cpu")
+    torch.set_default_dtype(torch.float64)
+    dist = _join(rank, world, port)
     states = []
     for learner, batch in _own_update_cases():
         learner.mean_over_ranks = dist.mean_  # what the trainer installs under torchrun
