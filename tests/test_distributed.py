@@ -17,6 +17,8 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from .conftest import DEVICES
+
 SRC = str(Path(__file__).parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "MAMLKIT_DIST_TIMEOUT": "30"}
 
@@ -72,6 +74,53 @@ def _rank_meta_gradient(rank: int, world: int, port: int, out: str) -> None:
     if rank == 0:
         torch.save([g.clone() for g in grads], out)
     shutdown()
+
+
+def _one_rank_collectives(backend: str, port: int, out: str) -> None:
+    import torch.distributed as tdist
+
+    from mamlkit.distributed import Distributed, shutdown
+
+    device = "cuda:0" if backend == "nccl" else "cpu"
+    if backend == "nccl":
+        torch.cuda.set_device(0)
+    tdist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+    )
+    ranks = Distributed(rank=0, world=1, local_rank=0, backend=backend)
+    grads = [torch.arange(6.0, device=device).view(2, 3), torch.full((4,), 3.0, device=device)]
+    ranks.mean_(grads)
+    ranks.broadcast_(grads)
+    tasks = ranks.gather_tasks(torch.arange(10.0, device=device).view(2, 5))
+    states = ranks.gather_rng_states()
+    torch.save({"grads": [g.cpu() for g in grads], "tasks": tasks.cpu(),
+                "devices": [str(g.device) for g in (*grads, tasks)],
+                "states": sorted(states)}, out)  # fmt: skip
+    shutdown()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_collectives_run_on_the_backend_of_each_device(tmp_path, device):
+    """Every collective mamlkit calls, on the backend torchrun gets for the device: gloo on
+    the CPU, nccl on a GPU (the `cuda` case, run by `pytest -k cuda` on a GPU machine). One
+    rank, since nccl wants a GPU per rank: this checks the tensors' devices, which is
+    where nccl differs; the arithmetic over two ranks is checked on gloo above."""
+    backend = "nccl" if device == "cuda" else "gloo"
+    out = str(tmp_path / "out.pt")
+    # a process of its own: the default process group must not outlive the check
+    proc = mp.get_context("spawn").Process(
+        target=_one_rank_collectives, args=(backend, free_port(), out)
+    )
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0
+    got = torch.load(out)
+    torch.testing.assert_close(got["grads"][0], torch.arange(6.0).view(2, 3))
+    torch.testing.assert_close(got["grads"][1], torch.full((4,), 3.0))
+    torch.testing.assert_close(got["tasks"], torch.arange(10.0).view(2, 5))
+    assert all(d.startswith(device) for d in got["devices"])
+    assert got["states"] == (["rng.rank0.cuda", "rng.rank0.torch"] if device == "cuda"
+                             else ["rng.rank0.torch"])  # fmt: skip
 
 
 def test_two_ranks_average_to_the_single_process_meta_gradient(tmp_path):
@@ -161,12 +210,14 @@ def test_an_own_outer_update_that_does_not_average_is_refused_under_torchrun():
         trainer.fit()
 
 
-def torchrun(*args: str, nproc: int = 2, **popen) -> subprocess.Popen:
+def torchrun(
+    *args: str, nproc: int = 2, launch: tuple[str, ...] = ("--standalone",), **popen
+) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *launch,
         f"--nproc-per-node={nproc}",
         "-m",
         "mamlkit",
@@ -180,6 +231,21 @@ def torchrun(*args: str, nproc: int = 2, **popen) -> subprocess.Popen:
         start_new_session=True,
         **popen,
     )
+
+
+def two_nodes(*args: str) -> list[subprocess.Popen]:
+    """A job of two "nodes" on this machine: one torchrun agent each, with one process,
+    meeting through torchrun's c10d rendezvous as on a cluster (docs/distributed.md's SLURM
+    example). Both processes have LOCAL_RANK 0; which node gets rank 0 is the
+    rendezvous's choice."""
+    port = free_port()
+    launch = (
+        "--nnodes=2",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        f"--rdzv-id=job{port}",
+    )
+    return [torchrun(*args, nproc=1, launch=launch) for _ in range(2)]
 
 
 def single(*args: str) -> subprocess.CompletedProcess:
@@ -356,19 +422,25 @@ def _rank_pids(job: subprocess.Popen) -> dict[int, int]:
     return found
 
 
-def _wait_for_checkpoint(job, run: Path) -> None:
+def _wait_for_checkpoint(jobs: list[subprocess.Popen], run: Path) -> None:
     deadline = time.time() + 180
     while not list((run / "checkpoints").glob("step-*.safetensors")):
-        assert job.poll() is None, job.stderr.read().decode()[-2000:]
+        for job in jobs:
+            assert job.poll() is None, job.stderr.read().decode()[-2000:]
         assert time.time() < deadline
         time.sleep(0.1)
+
+
+def _finish(jobs: list[subprocess.Popen]) -> list[str]:
+    """Wait for every agent of a job; their stderr."""
+    return [job.communicate(timeout=300)[1].decode() for job in jobs]
 
 
 def test_a_killed_rank_ends_the_job_and_the_job_resumes_exactly(tmp_path):
     long = [*SINE[:-1], "train.iterations=100000", "train.threads=1"]
     run = tmp_path / "r"
     job = torchrun("train", "sine_maml", "--out", str(run), "--no-progress", *sets(long))
-    _wait_for_checkpoint(job, run)
+    _wait_for_checkpoint([job], run)
     ranks = _rank_pids(job)
     assert set(ranks) == {0, 1}
     os.kill(ranks[1], signal.SIGKILL)
@@ -398,6 +470,62 @@ def test_a_killed_rank_ends_the_job_and_the_job_resumes_exactly(tmp_path):
     assert job.returncode == 0, err.decode()[-8000:]
     a, b = weights(run), weights(whole)
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_two_nodes_train_as_one_job_and_a_lost_node_stops_it_in_one_line(tmp_path):
+    """torchrun's multi-node flags (--nnodes, --rdzv-*): rank 0 alone writes the run though
+    both processes are LOCAL_RANK 0; when the other node's process dies, rank 0 stops
+    within seconds with one line naming the iteration; the run then resumes on two nodes
+    and ends bit-identical to an uninterrupted one-node 2-process run."""
+    long = [*SINE[:-1], "train.iterations=100000", "train.threads=1"]
+    run = tmp_path / "r"
+    jobs = two_nodes("train", "sine_maml", "--out", str(run), "--no-progress", *sets(long))
+    _wait_for_checkpoint(jobs, run)
+    ranks = [_rank_pids(job) for job in jobs]
+    assert sorted(r for found in ranks for r in found) == [0, 1]
+    first = next(i for i, found in enumerate(ranks) if 0 in found)  # rank 0's node
+    os.kill(ranks[1 - first][1], signal.SIGKILL)
+    start = time.time()
+    errs = _finish(jobs)
+    assert all(job.returncode != 0 for job in jobs) and time.time() - start < 60
+    said = [line for line in errs[first].splitlines() if "mamlkit: error:" in line]
+    assert len(said) == 1 and said[0].startswith("mamlkit: error: rank 0: "), errs[first][-8000:]
+    assert "failed (" in said[0] and "training stopped in iteration" in said[0]
+    assert SRC not in errs[first]  # no traceback through mamlkit's code
+    assert json.loads((run / "status.json").read_text())["status"] == "crashed"
+    reached = int(sorted((run / "checkpoints").glob("step-*.safetensors"))[-1].stem[5:])
+    target = reached + 5
+    jobs = two_nodes("train", "--resume", str(run), "--no-progress",
+                     "--set", f"train.iterations={target}")  # fmt: skip
+    for job, err in zip(jobs, _finish(jobs)):
+        assert job.returncode == 0, err[-8000:]
+    whole = tmp_path / "whole"
+    short = [*SINE[:-1], f"train.iterations={target}", "train.threads=1"]
+    job = torchrun("train", "sine_maml", "--out", str(whole), "--no-progress", *sets(short))
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err.decode()[-8000:]
+    a, b = weights(run), weights(whole)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    # one writer: every logged step once, the interrupted tail truncated on resume
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, target + 1, 5))
+    resumed = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["world_size"]) for r in resumed] == [(reached, 2)]
+
+
+def test_a_node_that_cannot_see_the_run_directory_is_told_to_share_it(tmp_path, capsys):
+    from mamlkit.cli import main
+
+    elsewhere = str(tmp_path / "elsewhere")
+    os.environ["WORLD_SIZE"] = "2"  # a torchrun worker, before it joins the job
+    try:
+        codes = [main(["train", "--resume", elsewhere]), main(["eval", elsewhere])]
+    finally:
+        del os.environ["WORLD_SIZE"]
+    said = capsys.readouterr().err.splitlines()
+    assert codes == [2, 2] and len(said) == 2
+    assert said[0].startswith(f"mamlkit: error: --resume {elsewhere}: no config.yaml there")
+    assert all("keep runs on a filesystem all nodes share" in line for line in said)
 
 
 def test_torchrun_omniglot_5w1s_equals_one_process(tmp_path):

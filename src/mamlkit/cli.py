@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from mamlkit.errors import DivergenceError, UserError, is_write_failure
+from mamlkit.errors import DivergenceError, LostRank, UserError, is_write_failure
 
 PATH = click.Path(path_type=Path)
 # Where runs go when no --out is given (train: runs/<preset>, reproduce: runs/sine), and so
@@ -256,7 +256,7 @@ def train(config, overrides, out, data_dir, resume, from_step, force, progress, 
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
     from mamlkit.build import check_code_trust
     from mamlkit.config import load_config
-    from mamlkit.runner import data_dir_update, load_run_config, train_run
+    from mamlkit.runner import data_dir_update, load_run_config, require_run_directory, train_run
 
     if resume is not None:
         if config is not None or out is not None or force:
@@ -271,9 +271,7 @@ def train(config, overrides, out, data_dir, resume, from_step, force, progress, 
                     f"--set {key} cannot change on --resume (it would change what was "
                     f"trained so far); allowed: {', '.join(sorted(RESUME_OVERRIDES))}"
                 )
-        cfg_path = resume / "config.yaml"
-        if not cfg_path.is_file():
-            raise UserError(f"--resume {resume}: no config.yaml there; not a mamlkit run directory")
+        require_run_directory(resume, "--resume ")
         cfg = load_run_config(resume, overrides, updates=data_dir_update(data_dir))
         check_code_trust(cfg, resume / "config.yaml", trust_code)
         summary = train_run(
@@ -526,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"mamlkit: error: {exc}", err=True)
         finished = isinstance(exc, DivergenceError)  # every rank decides it alike
         return 2
+    except LostRank as exc:  # another process of a torchrun job failed: its message says why
+        click.echo(f"mamlkit: error: {exc}", err=True)
+        return 1
     except OSError as exc:
         if not is_write_failure(exc):
             raise

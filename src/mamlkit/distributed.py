@@ -13,17 +13,37 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mamlkit.errors import UserError
+from mamlkit.errors import LostRank, UserError
 from mamlkit.tasks.base import TaskBatch
 
 #: how long a collective waits for a rank before the job fails (a dead or stuck rank)
 TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("MAMLKIT_DIST_TIMEOUT", 60)))
+
+
+@contextmanager
+def collective(rank: int, what: str) -> Iterator[None]:
+    """Turn the failure of a collective into :class:`LostRank`, naming this rank and the
+    transport's own reason in one line."""
+    try:
+        yield
+    except RuntimeError as exc:  # gloo raises RuntimeError; nccl and timeouts its subclasses
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        # "[.../gloo/transport/tcp/pair.cc:537] Read error ...: Connection reset by peer. This
+        # is typically caused by ..." -> "Read error ...: Connection reset by peer"
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". ")[0]
+        raise LostRank(
+            f"rank {rank}: {what} failed ({reason}): another process of this job died, hung "
+            "or left; its own message says why"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -51,15 +71,17 @@ class Distributed:
 
     def broadcast_(self, tensors: list[Tensor]) -> None:
         """Rank 0's values of ``tensors`` on every rank (the starting weights)."""
-        for t in tensors:
-            dist.broadcast(t, 0)
+        with collective(self.rank, "broadcasting rank 0's weights"):
+            for t in tensors:
+                dist.broadcast(t, 0)
 
     def mean_(self, tensors: list[Tensor]) -> None:
         """Average ``tensors`` over the ranks in place, with one collective."""
         if not tensors:
             return
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat)
+        with collective(self.rank, "averaging over the ranks"):
+            dist.all_reduce(flat)
         flat /= self.world
         offset = 0
         for t in tensors:
@@ -71,12 +93,14 @@ class Distributed:
         (ranks may hold different numbers of tasks)."""
         count = torch.tensor([values.shape[-1]], device=values.device)
         counts = [torch.zeros_like(count) for _ in range(self.world)]
-        dist.all_gather(counts, count)
+        with collective(self.rank, "gathering the ranks' tasks"):
+            dist.all_gather(counts, count)
         width = int(max(c.item() for c in counts))
         padded = torch.zeros(*values.shape[:-1], width, dtype=values.dtype, device=values.device)
         padded[..., : values.shape[-1]] = values
         parts = [torch.zeros_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded.contiguous())
+        with collective(self.rank, "gathering the ranks' tasks"):
+            dist.all_gather(parts, padded.contiguous())
         return torch.cat([p[..., : int(c.item())] for p, c in zip(parts, counts)], dim=-1)
 
     def gather_rng_states(self) -> dict[str, Tensor]:
@@ -91,7 +115,8 @@ class Distributed:
             # nccl moves only GPU tensors; gloo takes them on the CPU
             local = state.to(f"cuda:{self.local_rank}") if self.backend == "nccl" else state
             parts = [torch.empty_like(local) for _ in range(self.world)]
-            dist.all_gather(parts, local)
+            with collective(self.rank, "gathering the ranks' random states"):
+                dist.all_gather(parts, local)
             out.update({f"rng.rank{r}.{kind}": p.cpu() for r, p in enumerate(parts)})
         return out
 
@@ -124,7 +149,8 @@ def from_environment(device: str) -> Distributed | None:
     if not dist.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        with collective(rank, "joining the job"):
+            dist.init_process_group(backend, timeout=TIMEOUT)
     return Distributed(rank, world, local_rank, backend)
 
 

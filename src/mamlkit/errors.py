@@ -20,6 +20,16 @@ class DivergenceError(UserError):
     """The loss or the meta-gradient became NaN/Inf; training stopped."""
 
 
+class LostRank(Exception):
+    """A collective of a ``torchrun`` job failed: another process of the job died, hung
+    longer than ``MAMLKIT_DIST_TIMEOUT`` or left it.
+
+    Not the user's mistake (the CLI exits with code 1, not 2), but one line too: a
+    traceback would point into gloo or nccl, while the cause is in the other process's own
+    message.
+    """
+
+
 # A write refused by the system rather than a bug: full disk or quota, a file-size limit,
 # a read-only file system, missing permission.
 WRITE_ERRNOS = frozenset(

@@ -138,14 +138,28 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return found[int(checkpoint)]
 
 
+def require_run_directory(run_dir: Path, option: str = "") -> None:
+    """A one-line :class:`UserError` (naming ``option``, e.g. ``--resume``) unless
+    ``run_dir`` holds a run's config.yaml."""
+    if (run_dir / "config.yaml").is_file():
+        return
+    # under torchrun only rank 0 writes the run directory, but every rank reads it to
+    # resume or evaluate: a node that cannot see it has no shared filesystem with rank 0
+    nodes = (
+        " (under torchrun every node reads it: keep runs on a filesystem all nodes share)"
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1
+        else ""
+    )
+    raise UserError(f"{option}{run_dir}: no config.yaml there; not a mamlkit run directory{nodes}")
+
+
 def load_run_config(
     run_dir: Path, overrides: list[str] | tuple[str, ...] = (), updates: dict | None = None
 ) -> Config:
     """The config of a run directory; a damaged or hand-edited config.yaml is a
     :class:`UserError` that names it."""
+    require_run_directory(run_dir)
     cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise UserError(f"{run_dir}: no config.yaml; not a mamlkit run directory")
     try:
         empty = not cfg_path.read_bytes().strip()
     except OSError as exc:

@@ -31,7 +31,7 @@ from mamlkit.checkpoint import (
 from mamlkit.config import Config
 from mamlkit.device_step import CaptureUnsupported, DeviceStep
 from mamlkit.distributed import Distributed
-from mamlkit.errors import DivergenceError, UserError
+from mamlkit.errors import DivergenceError, LostRank, UserError
 from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, evaluate
 from mamlkit.precision import cuda_precision
 from mamlkit.run_files import (
@@ -249,9 +249,9 @@ class Trainer:
                     json.dumps(self._environment(), indent=2),
                 )
             write_status(self.run_dir, "running", step=self.step, best=self.best)
-        if self.dist is not None:  # every rank starts from rank 0's weights
-            self.dist.broadcast_(list(self.learner.state_dict().values()))
         try:
+            if self.dist is not None:  # every rank starts from rank 0's weights
+                self.dist.broadcast_(list(self.learner.state_dict().values()))
             self._active = self._side_jobs()
             self._emit("on_start", resume)
             with _sigterm_as_interrupt():
@@ -263,6 +263,12 @@ class Trainer:
             # Ctrl-C is a decision, not a failure: the run resumes from its last checkpoint
             self._final_status("interrupted")
             raise
+        except LostRank as exc:
+            self._final_status("crashed")
+            raise LostRank(
+                f"{exc}; training stopped in iteration {self.step + 1}, and `--resume` "
+                "continues from its last checkpoint"
+            ) from exc
         except BaseException:
             self._final_status("crashed")
             raise
