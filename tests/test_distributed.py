@@ -134,6 +134,56 @@ def test_two_ranks_average_to_the_single_process_meta_gradient(tmp_path):
         assert (g - p.grad).norm() / scale <= 1e-10
 
 
+def _rank_meets_a_nonfinite_task(rank: int, world: int, port: int, out: str) -> None:
+    from mamlkit import SineTasks
+    from mamlkit.build import build_learner
+    from mamlkit.config import load_config
+    from mamlkit.distributed import shutdown
+    from mamlkit.errors import DivergenceError
+    from mamlkit.training import Trainer
+
+    class Poisoned(SineTasks):
+        """The 7th meta-batch's last task, in rank 1's share only, has a NaN input."""
+
+        drawn = 0
+
+        def sample(self, tasks, generator):
+            batch = super().sample(tasks, generator)
+            self.drawn += 1
+            if self.drawn == 7:
+                batch.support_x[-1] = float("nan")
+            return batch
+
+    dist = _join(rank, world, port)
+    config = load_config("sine_maml", ["train.iterations=20", "train.meta_batch=4",
+                                       "train.checkpoint_every=5", "train.val_every=0",
+                                       "train.tensorboard=false", "train.threads=1"])  # fmt: skip
+    torch.manual_seed(0)
+    learner = build_learner(config)
+    run = Path(out) / "run" if rank == 0 else None  # rank 0 alone writes, as in the CLI
+    try:
+        Trainer(learner, Poisoned(), config, run, progress=False, dist=dist).fit()
+        said = "finished"
+    except DivergenceError as exc:
+        said = str(exc)
+    (Path(out) / f"rank{rank}.txt").write_text(said)
+    shutdown()
+
+
+def test_a_nonfinite_task_on_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
+    """Divergence is decided collectively: a NaN in rank 1's tasks alone stops both ranks
+    with the same message, naming the iteration; rank 0 marks the run diverged and keeps
+    its last healthy checkpoint."""
+    mp.spawn(_rank_meets_a_nonfinite_task, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    said = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert said[0] == said[1] and "iteration 7" in said[0], said
+    run = tmp_path / "run"
+    assert json.loads((run / "status.json").read_text())["status"] == "diverged"
+    assert [p.name for p in (run / "checkpoints").glob("*.safetensors")] == [
+        "step-00000005.safetensors"
+    ]
+
+
 def _own_update_cases():
     """Float64 learners whose outer update is their own, with a 4-task batch each, the
     same in every process: MAML-TRPO on 2D navigation and Reptile on sine regression."""
