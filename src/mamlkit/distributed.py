@@ -95,11 +95,11 @@ class Distributed:
         counts = [torch.zeros_like(count) for _ in range(self.world)]
         with collective(self.rank, "gathering the ranks' tasks"):
             dist.all_gather(counts, count)
-        width = int(max(c.item() for c in counts))
-        padded = torch.zeros(*values.shape[:-1], width, dtype=values.dtype, device=values.device)
-        padded[..., : values.shape[-1]] = values
-        parts = [torch.zeros_like(padded) for _ in range(self.world)]
-        with collective(self.rank, "gathering the ranks' tasks"):
+            width = int(max(c.item() for c in counts))
+            shape = (*values.shape[:-1], width)
+            padded = torch.zeros(shape, dtype=values.dtype, device=values.device)
+            padded[..., : values.shape[-1]] = values
+            parts = [torch.zeros_like(padded) for _ in range(self.world)]
             dist.all_gather(parts, padded.contiguous())
         return torch.cat([p[..., : int(c.item())] for p, c in zip(parts, counts)], dim=-1)
 
