@@ -45,7 +45,7 @@ def _worker(rank, world, port, args, out):
     torch.set_num_threads(max(1, args.threads // world))
     import torch.distributed as dist
 
-    from mamlkit.distributed import from_environment, shutdown
+    from mamlkit.distributed import exit_without_teardown, from_environment, shutdown
 
     ctx = from_environment(args.device) if world > 1 else None
     device = ctx.device(args.device) if ctx else args.device
@@ -68,6 +68,7 @@ def _worker(rank, world, port, args, out):
         Path(out).write_text(json.dumps({"seconds": elapsed}))
     if ctx:
         shutdown()
+        exit_without_teardown(0)
 
 
 def make_rl_step(device: str, ctx):

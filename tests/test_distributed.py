@@ -62,7 +62,7 @@ def _join(rank: int, world: int, port: int):
 
 
 def _rank_meta_gradient(rank: int, world: int, port: int, out: str) -> None:
-    from mamlkit.distributed import shutdown
+    from mamlkit.distributed import exit_without_teardown, shutdown
     from mamlkit.tasks.base import TaskBatch
 
     dist = _join(rank, world, port)
@@ -74,12 +74,13 @@ def _rank_meta_gradient(rank: int, world: int, port: int, out: str) -> None:
     if rank == 0:
         torch.save([g.clone() for g in grads], out)
     shutdown()
+    exit_without_teardown(0)
 
 
 def _one_rank_collectives(backend: str, port: int, out: str) -> None:
     import torch.distributed as tdist
 
-    from mamlkit.distributed import Distributed, shutdown
+    from mamlkit.distributed import Distributed, exit_without_teardown, shutdown
 
     device = "cuda:0" if backend == "nccl" else "cpu"
     if backend == "nccl":
@@ -97,6 +98,7 @@ def _one_rank_collectives(backend: str, port: int, out: str) -> None:
                 "devices": [str(g.device) for g in (*grads, tasks)],
                 "states": sorted(states)}, out)  # fmt: skip
     shutdown()
+    exit_without_teardown(0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -138,7 +140,7 @@ def _rank_meets_a_nonfinite_task(rank: int, world: int, port: int, out: str) -> 
     from mamlkit import SineTasks
     from mamlkit.build import build_learner
     from mamlkit.config import load_config
-    from mamlkit.distributed import shutdown
+    from mamlkit.distributed import exit_without_teardown, shutdown
     from mamlkit.errors import DivergenceError
     from mamlkit.training import Trainer
 
@@ -168,6 +170,7 @@ def _rank_meets_a_nonfinite_task(rank: int, world: int, port: int, out: str) -> 
         said = str(exc)
     (Path(out) / f"rank{rank}.txt").write_text(said)
     shutdown()
+    exit_without_teardown(0)
 
 
 def test_a_nonfinite_task_on_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
@@ -207,7 +210,7 @@ def _own_update_cases():
 
 
 def _rank_own_updates(rank: int, world: int, port: int, out: str) -> None:
-    from mamlkit.distributed import shutdown
+    from mamlkit.distributed import exit_without_teardown, shutdown
 
     torch.set_default_dtype(torch.float64)
     dist = _join(rank, world, port)
@@ -218,6 +221,7 @@ def _rank_own_updates(rank: int, world: int, port: int, out: str) -> None:
         states.append({k: v.clone() for k, v in learner.state_dict().items()})
     torch.save(states, f"{out}.rank{rank}")
     shutdown()
+    exit_without_teardown(0)
 
 
 def test_own_outer_updates_over_two_ranks_are_the_single_process_update(tmp_path, float64):

@@ -561,14 +561,10 @@ def console() -> None:
     """Console-script entry point."""
     code = main()
     if "mamlkit.distributed" in sys.modules and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # a torchrun worker whose process group main() has already left. The interpreter's
-        # own teardown can still abort it in gloo's threads (SIGABRT, "terminate called
-        # without an active exception": 3 of 40 finished 2-process trainings here, torch
-        # 2.13; docs/distributed.md), which turns a finished command into a failed job.
-        # Every file is written and fsynced by now, so leave without that teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        # a torchrun worker whose process group main() has already left, every file written
+        from mamlkit.distributed import exit_without_teardown
+
+        exit_without_teardown(code)
     sys.exit(code)
 
 
