@@ -354,7 +354,7 @@ def test_torchrun_sine_training_equals_one_process(tmp_path):
     job = torchrun("eval", str(tmp_path / "two"), "--tasks", "50")
     _, err = job.communicate(timeout=300)
     assert job.returncode == 0, err.decode()[-8000:]
-    shared = json.loads((tmp_path / "two" / "eval.json").read_text())
+    shared = json.loads((tmp_path / "two" / "eval-tasks-50.json").read_text())
     alone = single("eval", str(tmp_path / "two"), "--tasks", "50")
     assert alone.returncode == 0
     assert shared["mse"] == pytest.approx(json.loads(alone.stdout)["mse"], rel=1e-5)

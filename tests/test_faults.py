@@ -232,8 +232,8 @@ def test_full_disk_during_eval_and_plot_keeps_the_old_files(tmp_path):
     assert main(train_argv("sine_maml", run, ["train.iterations=4", "train.val_every=0"])) == 0
     assert main(["eval", str(run), "--tasks", "3"]) == 0
     assert main(["plot", str(run)]) == 0
-    before = {p: (run / p).read_bytes() for p in ("eval.json", "learning_curves.png")}
-    assert_one_error_line(limited_cli(64, "eval", run, "--tasks", "4"), "eval.json")
+    before = {p: (run / p).read_bytes() for p in ("eval-tasks-3.json", "learning_curves.png")}
+    assert_one_error_line(limited_cli(64, "eval", run, "--tasks", "3"), "eval-tasks-3.json")
     assert_one_error_line(limited_cli(64, "plot", run), "learning_curves.png")
     assert {p: (run / p).read_bytes() for p in before} == before
     assert not list(run.rglob("*.tmp"))

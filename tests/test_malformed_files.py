@@ -169,7 +169,8 @@ CASES = {  # number: (how to damage the run, the command, what the line must nam
         "model.safetensors",
     ),
     "19": (_narrow_second_layer, EVAL, "shapes differ for model.net.2.bias, model.net.2.weight"),
-    "19-resume": (_narrow_second_layer, RESUME, "shapes differ for model.net.2.bias"),
+    # the checkpoint holds the config it was trained with: the edited key is named
+    "19-resume": (_narrow_second_layer, RESUME, "model.hidden is [40, 30]"),
 }
 
 

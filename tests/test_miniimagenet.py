@@ -46,7 +46,7 @@ def test_miniimagenet_preset_trains_and_evaluates(tmp_path, capsys, monkeypatch)
         argv += ["--set", s]
     assert main(argv) == 0, capsys.readouterr().err
     assert main(["eval", str(run), "--tasks", "4", "--steps", "2"]) == 0
-    result = json.loads((run / "eval.json").read_text())
+    result = json.loads((run / "eval-tasks-4-steps-2.json").read_text())  # not the preset's
     assert result["ways"] == 5 and result["shots"] == 1 and result["steps"] == 2
     assert result["tasks"] == 4 and 0.0 <= result["accuracy"] <= 100.0
 

@@ -73,7 +73,7 @@ def test_force_replaces_only_mamlkits_files_of_a_run(tmp_path, capsys):
     assert train(run, "train.iterations=2", "train.checkpoint_every=1", force=True) == 0
     assert (run / "notes.txt").read_text() == "my notes"
     assert (run / "figures" / "fig.png").read_bytes() == b"png"
-    assert not (run / "eval.json").exists()
+    assert not (run / "eval-tasks-3.json").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "step-00000001.safetensors",
         "step-00000002.safetensors",

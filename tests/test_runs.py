@@ -215,11 +215,13 @@ def test_runs_listing_and_plot(tmp_path, capsys):
                 "train.iterations=20",
                 "--set",
                 "train.log_every=5",
+                "--set",
+                "eval.tasks=20",
             ]
         )
         == 0
     )
-    assert main(["eval", str(tmp_path / "runs" / "a"), "--tasks", "20"]) == 0
+    assert main(["eval", str(tmp_path / "runs" / "a")]) == 0
     capsys.readouterr()
     assert main(["runs", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
@@ -245,6 +247,7 @@ def test_force_replaces_an_old_run_completely(tmp_path, capsys):
     ]
     assert main([*base, "--set", "train.iterations=20", "--set", "train.checkpoint_every=10"]) == 0
     assert main(["eval", str(run), "--tasks", "5"]) == 0
+    assert (run / "eval-tasks-5.json").is_file()
     assert (
         main(
             [*base, "--force", "--set", "train.iterations=10", "--set", "train.checkpoint_every=5"]
@@ -255,7 +258,7 @@ def test_force_replaces_an_old_run_completely(tmp_path, capsys):
     assert names == ["step-00000005.safetensors", "step-00000010.safetensors"]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10]
-    assert not (run / "eval.json").exists()
+    assert not (run / "eval-tasks-5.json").exists()
 
 
 def test_data_dir_is_a_literal_path(tmp_path, capsys):
@@ -279,17 +282,18 @@ def test_eval_of_checkpoints_of_an_unfinished_run(tmp_path, capsys):
     names the training iteration and does not replace the final eval.json."""
     run = tmp_path / "run"
     args = ["train", "sine_maml", "--out", str(run), "--no-progress"]
-    for s in ("train.iterations=30", "train.checkpoint_every=10", "train.tensorboard=false"):
+    sets = ("train.iterations=30", "train.checkpoint_every=10", "train.tensorboard=false")
+    for s in (*sets, "eval.tasks=5"):
         args += ["--set", s]
     assert main(args) == 0
     (run / "model.safetensors").unlink()  # as if the run had not finished
-    assert main(["eval", str(run), "--tasks", "5"]) == 2
+    assert main(["eval", str(run)]) == 2
     assert "--checkpoint latest" in capsys.readouterr().err
 
-    assert main(["eval", str(run), "--tasks", "5", "--checkpoint", "latest"]) == 0
+    assert main(["eval", str(run), "--checkpoint", "latest"]) == 0
     latest = json.loads((run / "eval-step-00000030.json").read_text())
     assert latest["iteration"] == 30 and latest["tasks"] == 5 and latest["mse"] > 0
-    assert main(["eval", str(run), "--tasks", "5", "--checkpoint", "20"]) == 0
+    assert main(["eval", str(run), "--checkpoint", "20"]) == 0
     older = json.loads((run / "eval-step-00000020.json").read_text())
     assert older["iteration"] == 20 and older["mse"] != latest["mse"]
     assert not (run / "eval.json").exists()

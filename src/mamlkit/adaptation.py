@@ -21,6 +21,7 @@ from mamlkit.checkpoint import atomic_write_text
 from mamlkit.config import Config
 from mamlkit.data.images import decode_image, is_image_name
 from mamlkit.errors import UserError
+from mamlkit.rundir import mamlkit_folder_above
 from mamlkit.runner import load_run
 from mamlkit.tasks.registry import task_spec
 
@@ -224,6 +225,8 @@ def adapt_run(
             if not out.is_dir()
             else f"--out {out} is a directory; give a file name such as preds.json"
         )
+    if out is not None:
+        check_out_outside_runs(out, run_dir)
     config, learner, _ = load_run(run_dir, trust_code=trust_code)
     task = task_spec(config.task.name)
     if task.rl:
@@ -276,6 +279,22 @@ def adapt_run(
         for path, p in zip(paths, probabilities)
     ]
     return _finish(record, out)
+
+
+def check_out_outside_runs(out: Path, run_dir: Path) -> None:
+    """Refuse an ``--out`` inside a run directory (``run_dir`` or any other, at any depth,
+    also through a link) or a ``reproduce`` folder: predictions never replace or join a
+    run's own files."""
+    target = Path(out).resolve()
+    holder = mamlkit_folder_above(out)
+    if holder is None and Path(run_dir).resolve() in target.parents:
+        holder = Path(run_dir)
+    if holder is not None:
+        raise UserError(
+            f"--out {out} is inside {holder}, a folder of mamlkit's own (a run's files "
+            f"stay the run's); write the predictions outside it, e.g. --out {target.name} "
+            "in the current directory"
+        )
 
 
 def _finish(record: dict[str, Any], out: Path | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,29 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, write) -> None:
+def _hold(fd: int) -> None:
+    """Mark a temporary file as in use by this process (``flock``): a clean-up of orphaned
+    temporaries (:func:`mamlkit.rundir.remove_orphaned_tmp`) leaves it alone, and takes it
+    once the process is gone, even after a SIGKILL."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):  # no flock here: the clean-up cannot tell either way
+        pass
+
+
+def atomic_write_bytes(
+    path: Path, write: Callable[[str], Any], before_replace: Callable[[], None] | None = None
+) -> None:
     """Write via a temporary file in the same directory, then rename: a crash mid-write
     never leaves a half-written file under ``path``. The file gets the mode a plain
     ``open(path, "w")`` would give it (0644 under the usual umask), not mkstemp's 0600,
-    so that others sharing the machine can read the run as the umask allows."""
+    so that others sharing the machine can read the run as the umask allows.
+    ``before_replace`` runs just before the rename (it may raise to cancel the write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    held, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _hold(held)  # released when this process ends, however it ends
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
@@ -53,6 +69,8 @@ def atomic_write_bytes(path: Path, write) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except OSError as exc:
         if exc.filename in (None, tmp):  # name the file the user knows, not the temporary
@@ -61,10 +79,13 @@ def atomic_write_bytes(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        os.close(held)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+def atomic_write_text(
+    path: Path, text: str, before_replace: Callable[[], None] | None = None
+) -> None:
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text), before_replace)
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -127,6 +148,30 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             "overwritten block); use an older checkpoint or a backup"
         )
     return tensors, meta
+
+
+def read_metadata(path: Path) -> dict[str, Any] | None:
+    """The mamlkit metadata of a safetensors file, read from its header alone (no tensor
+    is loaded); None when the file is missing, damaged or not mamlkit's."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def weights_digest(path: Path) -> str | None:
+    """The SHA-256 of a checkpoint's tensors (see :func:`tensors_digest`): the one its
+    header records, else computed from the tensors. None when the file cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            digest = (f.metadata() or {}).get(_DIGEST_KEY)
+            if digest is None:
+                digest = tensors_digest({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    return digest
 
 
 # --- optimiser state ---------------------------------------------------------------------

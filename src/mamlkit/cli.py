@@ -436,11 +436,33 @@ def presets() -> None:
 
 @app.command()
 @click.argument("root", type=PATH, required=False)
-def runs(root) -> None:
+@click.option(
+    "--repair",
+    type=PATH,
+    default=None,
+    metavar="RUN_DIR",
+    help="Set the damaged lines of RUN_DIR's metrics.jsonl aside (into "
+    "metrics.jsonl.damaged) so that the run can be resumed and plotted again.",
+)
+def runs(root, repair) -> None:
     """List run directories under ROOT (default: ./runs, where runs go without --out, else
     the current directory) with status and best metric."""
     from mamlkit.runner import list_runs
 
+    if repair is not None:
+        from mamlkit.run_resume import repair_run
+
+        if root is not None:
+            raise UserError("--repair RUN_DIR mends one run; drop ROOT")
+        lines = repair_run(repair)
+        if lines:
+            click.echo(
+                f"{repair}/metrics.jsonl: set {len(lines)} damaged line(s) aside "
+                f"(line {', '.join(map(str, lines))}) in metrics.jsonl.damaged"
+            )
+        else:
+            click.echo(f"{repair}/metrics.jsonl: no damaged line; unchanged")
+        return
     if root is None:
         root = RUNS_DIR if RUNS_DIR.is_dir() else Path(".")
     rows = list_runs(root)

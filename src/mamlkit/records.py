@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,13 @@ def append_line(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _parse(text: str, path: Path, where: str) -> Any:
+def _parse(text: str, path: Path, where: str, fix: str = "") -> Any:
     try:
         return json.loads(text)
     except ValueError:
         raise UserError(
-            f"{path}{where} is not valid JSON (damaged or hand-edited); restore the file or "
-            "remove the damaged part"
+            f"{path}{where} is not valid JSON (damaged or hand-edited); "
+            f"{fix or 'restore the file or remove the damaged part'}"
         ) from None
 
 
@@ -83,32 +84,97 @@ def read_json(path: Path) -> Any:
     return _parse(text, path, "")
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl (one object with an integer ``step`` a line). An
-    unterminated last line that does not parse was
-    torn by a crash mid-append and is skipped; damage anywhere else is a :class:`UserError`
-    naming the file and line."""
+def _repair_hint(path: Path) -> str:
+    return (
+        f"set the damaged lines aside with `mamlkit runs --repair {Path(path).parent}` (or "
+        "restore the file from a backup)"
+    )
+
+
+def _metrics_lines(path: Path) -> tuple[list[str], str]:
+    """The complete lines of a metrics.jsonl and its unterminated last part ("" if none)."""
     try:
         text = Path(path).read_text()
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text file (damaged); restore it or remove it") from None
+        raise UserError(
+            f"{path} is not a text file (damaged); restore it or remove it"
+        ) from None
     except OSError as exc:
         raise UserError(f"{path} cannot be read ({exc.strerror}); check it") from None
     lines = text.split("\n")
-    torn = lines.pop()  # "" when the file ends in a newline
+    return lines, lines.pop()
+
+
+def _is_record(record: Any) -> bool:
+    step = record.get("step") if isinstance(record, dict) else None
+    return isinstance(step, int) and not isinstance(step, bool)
+
+
+def scan_metrics(path: Path) -> tuple[list[dict[str, Any]], tuple[int, str] | None]:
+    """The records of a metrics.jsonl (one object with an integer ``step`` a line) and its
+    torn last line, if any, as ``(line number, text)``: an unterminated last line that
+    does not parse (a crash mid-append). Damage anywhere else is a :class:`UserError`
+    naming the file, the line and the repair."""
+    lines, tail = _metrics_lines(path)
     records = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            records.append(_parse(line, path, f" line {number}"))
-    if torn.strip():
+    torn = None
+    if tail.strip():
         try:
-            records.append(json.loads(torn))
+            lines.append(json.dumps(json.loads(tail)))
         except ValueError:
-            pass
-    for number, record in enumerate(records, 1):
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            torn = (len(lines) + 1, tail)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record = _parse(line, path, f" line {number}", _repair_hint(path))
+        if not _is_record(record):
             raise UserError(
-                f"{path}: record {number} has no integer 'step' (damaged or hand-edited); "
-                "restore the file or remove that line"
+                f"{path} line {number} has no integer 'step' (damaged or hand-edited); "
+                + _repair_hint(path)
             )
-    return records
+        records.append(record)
+    return records, torn
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a torn last line (see :func:`scan_metrics`) is
+    skipped."""
+    return scan_metrics(path)[0]
+
+
+_TORN_STEP = re.compile(r'\s*\{\s*"step"\s*:\s*(\d+)\s*[,}]')
+
+
+def torn_step(text: str) -> int | None:
+    """The step of a torn record, when the tear left it readable."""
+    found = _TORN_STEP.match(text)
+    return int(found.group(1)) if found else None
+
+
+def repair_metrics(path: Path) -> list[int]:
+    """Set the damaged lines of a metrics.jsonl aside: appended to
+    ``metrics.jsonl.damaged`` beside it, and the file rewritten with the intact records,
+    in order. Returns the numbers of the lines set aside (none: the file is unchanged)."""
+    from mamlkit.checkpoint import atomic_write_text
+
+    lines, tail = _metrics_lines(path)
+    if tail:
+        lines.append(tail)
+    keep, damaged = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if _is_record(record):
+            keep.append(line)
+        else:
+            damaged.append((number, line))
+    if damaged:
+        aside = path.with_name(path.name + ".damaged")
+        with open(aside, "a") as out:  # kept, never read again
+            out.writelines(f"{line}\n" for _, line in damaged)
+        atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+    return [number for number, _ in damaged]

@@ -5,6 +5,7 @@ run's lock, are :mod:`mamlkit.rundir`'s."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -21,7 +22,14 @@ from mamlkit.checkpoint import (
     load_checkpoint,
 )
 from mamlkit.errors import UserError
-from mamlkit.rundir import CHECKPOINT_DIR, clear_run_dir, has_content, is_reproduce_dir, is_run_dir
+from mamlkit.run_identity import checkpoint_identity, new_run_env, weights_identity
+from mamlkit.rundir import (
+    CHECKPOINT_DIR,
+    clear_run_dir,
+    has_content,
+    is_mamlkit_run,
+    is_reproduce_dir,
+)
 
 
 def prepare_run_dir(out: str | Path, force: bool = False, clear: bool = True) -> Path:
@@ -45,10 +53,11 @@ def prepare_run_dir(out: str | Path, force: bool = False, clear: bool = True) ->
             f"--out {out} is not writable ({probe} denies writing); choose another path"
         )
     if force and has_content(out):
-        if not (is_run_dir(out) or is_reproduce_dir(out)):
+        if not (is_mamlkit_run(out) or is_reproduce_dir(out)):
             raise UserError(
-                f"--out {out} is not a mamlkit run directory itself; --force replaces only a "
-                "run (not a folder holding runs or other files), so choose a new directory"
+                f"--out {out} is not a mamlkit run directory itself (no env.json of "
+                "mamlkit's); --force replaces only a run (not a folder holding runs or "
+                "another tool's files), so choose a new directory"
             )
         if clear:
             clear_run_dir(out)
@@ -208,10 +217,41 @@ def _is_intact(path: Path) -> bool:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint being resumed (they will be redone), and a
-    line torn by a crash mid-append."""
+    """Drop records written after the checkpoint being resumed (they will be redone). A
+    line torn by a crash mid-append is dropped (with a one-line notice) when it was written
+    after that checkpoint; one from before it means records the resume would silently lose:
+    an error naming the line and the repair."""
     if not path.exists():
         return
-    keep = [r for r in records.read_metrics(path) if r["step"] <= step]
+    keep, torn = records.scan_metrics(path)
+    if torn is not None:
+        number, text = torn
+        torn_step = records.torn_step(text)
+        last = max((r["step"] for r in keep), default=-1)
+        if (torn_step is not None and torn_step <= step) or (torn_step is None and last < step):
+            at = f"step {torn_step}" if torn_step is not None else "a step unknown"
+            raise UserError(
+                f"{path} line {number} is torn ({at}) before the checkpoint at step {step}: "
+                f"resuming would lose the records up to step {step}; set the line aside with "
+                f"`mamlkit runs --repair {path.parent}` (the log then has a gap), or restore "
+                "the file from a backup"
+            )
+        print(
+            f"mamlkit: {path} line {number}: dropped a record torn by a crash after the "
+            f"checkpoint at step {step} (it will be redone)",
+            file=sys.stderr,
+        )
+    keep = [r for r in keep if r["step"] <= step]
     atomic_write_text(path, "".join(records.dumps(r) + "\n" for r in keep))
 
+
+def save_identity(run_dir: Path, config: dict[str, Any], final: bool = False) -> dict[str, Any]:
+    """The metadata entries that tie a checkpoint (or, ``final``, ``model.safetensors``) to
+    the run in ``run_dir``: its run id and, in a checkpoint, the config trained with."""
+    return weights_identity(run_dir) if final else checkpoint_identity(run_dir, config)
+
+
+def write_env(run_dir: Path, info: dict[str, Any], config: dict[str, Any]) -> None:
+    """Write a new run's ``env.json``: mamlkit's marker, the run's id and ``info``. Write it
+    first: from then on the folder is a mamlkit run (also to ``--force`` and ``--resume``)."""
+    atomic_write_text(run_dir / "env.json", json.dumps(new_run_env(info, config), indent=2))

@@ -1,8 +1,12 @@
-"""Run directories as mamlkit owns them: which files in them are mamlkit's, an exclusive
-lock for the life of a training process, and the checks made before a run is written.
+"""Run directories as mamlkit owns them: which folders are mamlkit's runs, which files in
+them are mamlkit's, an exclusive lock for the life of a training process, and the checks
+made before a run is written.
 
-A run directory may hold the user's own files beside mamlkit's (notes, a copied figure):
-``--force`` removes only what :data:`RUN_FILES` names, and never follows a link out of it.
+A folder is a run only when its ``env.json`` is mamlkit's (:mod:`mamlkit.run_identity`):
+a ``config.yaml`` or ``checkpoints/`` of some other tool never makes one. A run directory
+may hold the user's own files beside mamlkit's (notes, a copied figure): ``--force``
+removes only the files mamlkit writes, by name (:data:`RUN_FILES`, the patterns below and
+the checkpoint naming), and never follows a link out of it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import sys
 import time
@@ -19,51 +22,80 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mamlkit.errors import UserError
+from mamlkit.eval_files import EVAL_FILE
+from mamlkit.run_identity import is_mamlkit_env, read_env
 
 LOCK_FILE = ".mamlkit.lock"
 CHECKPOINT_DIR = "checkpoints"
-# Everything `train` and `eval` write into a run directory (the lock file stays: another
-# process may be waiting on it).
+TENSORBOARD_DIR = "tensorboard"
+# Everything `train`, `eval`, `plot` and `runs --repair` write into a run directory under a
+# fixed name (the lock file stays: another process may be waiting on it).
 RUN_FILES = (
     "config.yaml",
     "env.json",
     "resumes.jsonl",
     "status.json",
     "metrics.jsonl",
+    "metrics.jsonl.damaged",
     "model.safetensors",
-    "eval.json",
     "learning_curves.png",
-    CHECKPOINT_DIR,
-    "tensorboard",
+    "returns.png",
+    "trajectories.png",
 )
-RUN_PATTERNS = ("eval-step-*.json", "eval-any-alphabet*.json", "eval-within-alphabet*.json")
+# ... and under names of these forms: evaluations (see mamlkit.eval_files), what a restart
+# without checkpoints sets aside, checkpoints and TensorBoard's event files
+_SET_ASIDE = re.compile(r"(metrics|model)\.before-restart-\d+\.(jsonl|safetensors)")
+CHECKPOINT_FILE = re.compile(r"step-\d{8,}\.safetensors(\.damaged)?")
+_TENSORBOARD_FILE = re.compile(r"events\.out\.tfevents\..+")
 # What `mamlkit reproduce sine` and `reproduce sine-seeds` write around their runs (one run
 # directory per model: sine's maml_k5, maml_k10, pretrained; sine-seeds' maml_lr0.01_seed0,
 # metasgd_seed0; "maml" is what sine's folders held before its per-K models).
 REPRODUCE_FILES = ("results.json", "report.md", "sine_fits.png", "sine_mse.png")
 REPRODUCE_RUN = re.compile(r"maml|pretrained|maml_k\d+|maml_lr[0-9.e+-]+_seed\d+|metasgd_seed\d+")
-# Temporary files of interrupted atomic writes by training (``.<name>.<random>.tmp``)
-_TRAINING_TMP_PREFIXES = (
-    ".config.yaml.",
-    ".env.json.",
-    ".status.json.",
-    ".metrics.jsonl.",
-    ".model.safetensors.",
+# Temporary files of interrupted atomic writes (``.<name>.<random>.tmp``) of mamlkit's files
+_TMP_PREFIXES = (
+    *(f".{name}." for name in RUN_FILES),
+    ".eval",
     ".step-",
 )
 
 
-def is_run_dir(path: Path) -> bool:
-    """A directory that is itself a mamlkit training run (not one that merely holds runs)."""
-    return any(_is_file(path / name) for name in ("config.yaml", "status.json"))
+def is_mamlkit_run(path: Path) -> bool:
+    """A directory that is itself a mamlkit training run: its ``env.json`` is mamlkit's
+    (marked, or one written before the marker existed). Not a folder that merely holds
+    runs, nor one with some other tool's ``config.yaml`` or checkpoints."""
+    return _is_file(path / "env.json") and is_mamlkit_env(read_env(path))
 
 
 def is_reproduce_dir(path: Path) -> bool:
-    """The output folder of ``mamlkit reproduce``: its results, or only its own runs."""
-    if any(_is_file(path / name) for name in REPRODUCE_FILES):
-        return True
-    runs = [p for p in _entries(path) if p.is_dir() and is_run_dir(p)]
+    """The output folder of ``mamlkit reproduce``: mamlkit runs under the names reproduce
+    gives them, and no other runs."""
+    try:
+        runs = [p for p in _entries(path) if p.is_dir() and is_mamlkit_run(p)]
+    except OSError:
+        return False
     return bool(runs) and all(is_reproduce_run_name(p.name) for p in runs)
+
+
+def holds_mamlkit_files(path: Path) -> bool:
+    """Whether ``path`` is a folder mamlkit writes itself: a run (also one being created,
+    locked, or one of ``save_pretrained``'s: weights with their config) or the output
+    folder of ``mamlkit reproduce``. Nothing else may write into it."""
+    if is_mamlkit_run(path) or (path / LOCK_FILE).exists():
+        return True
+    if _is_file(path / "model.safetensors") and _is_file(path / "config.yaml"):
+        return True
+    return _is_file(path / "results.json") and is_reproduce_dir(path)
+
+
+def mamlkit_folder_above(path: Path) -> Path | None:
+    """The nearest folder holding ``path`` (at any depth, links resolved) that mamlkit
+    writes itself (:func:`holds_mamlkit_files`), or None."""
+    for folder in Path(path).resolve().parents:
+        with contextlib.suppress(OSError):
+            if holds_mamlkit_files(folder):
+                return folder
+    return None
 
 
 def is_reproduce_run_name(name: str) -> bool:
@@ -85,41 +117,89 @@ def has_content(path: Path) -> bool:
 
 
 def _remove(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)  # a link goes, never what it points to
-    else:
-        shutil.rmtree(path)
+    """Remove one of mamlkit's files (a link goes, never what it points to; a folder of
+    the user's under such a name stays)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
 
 
-def clear_run_dir(path: Path) -> None:
-    """Remove mamlkit's files from a run (or reproduce) directory; the user's stay."""
+def _owned(path: Path) -> list[Path]:
+    """mamlkit's files directly in a run (or reproduce) directory."""
     owned = [path / name for name in RUN_FILES]
-    for pattern in RUN_PATTERNS:
-        owned += path.glob(pattern)
+    owned += [p for p in _entries(path) if EVAL_FILE.fullmatch(p.name)]
+    return owned + [p for p in _entries(path) if _SET_ASIDE.fullmatch(p.name)]
+
+
+def _clear_folder(folder: Path, pattern: re.Pattern[str]) -> None:
+    """Remove the files of ``pattern`` from one of a run's sub-folders, then the folder if
+    that left it empty (a link to a folder goes as a link; the user's files stay)."""
+    if folder.is_symlink() or not folder.is_dir():
+        _remove(folder)
+        return
+    for item in folder.iterdir():
+        if pattern.fullmatch(item.name) and (item.is_symlink() or not item.is_dir()):
+            item.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # still holds files that are not mamlkit's
+        folder.rmdir()
+
+
+def clear_run_dir(path: Path, keep_set_aside: bool = False) -> None:
+    """Remove mamlkit's files from a run (or reproduce) directory; the user's stay, also
+    inside ``checkpoints/`` and ``tensorboard/``. ``keep_set_aside`` keeps what a restart
+    set aside (``metrics.before-restart-N.jsonl``)."""
+    owned = _owned(path)
+    if keep_set_aside:
+        owned = [p for p in owned if not _SET_ASIDE.fullmatch(p.name)]
     if is_reproduce_dir(path):
         owned += [path / name for name in REPRODUCE_FILES]
         for run in _entries(path):
             # only mamlkit's runs: never a link, nor a folder of the user's of such a name
-            if is_reproduce_run_name(run.name) and not run.is_symlink() and is_run_dir(run):
+            if is_reproduce_run_name(run.name) and not run.is_symlink() and is_mamlkit_run(run):
                 clear_run_dir(run)
                 with contextlib.suppress(OSError):  # still holds the user's files
                     (run / LOCK_FILE).unlink(missing_ok=True)
                     run.rmdir()
-    for item in owned:
-        if item.exists() or item.is_symlink():
-            _remove(item)
     remove_orphaned_tmp(path)
+    _clear_folder(path / CHECKPOINT_DIR, CHECKPOINT_FILE)
+    _clear_folder(path / TENSORBOARD_DIR, _TENSORBOARD_FILE)
+    for item in owned:  # env.json (mamlkit's marker) last: an interrupted clear is redone
+        if item.name != "env.json":
+            _remove(item)
+    _remove(path / "env.json")
+
+
+def _in_use(path: Path) -> bool:
+    """Whether a live process holds the temporary file ``path`` (see
+    :func:`mamlkit.checkpoint.atomic_write_bytes`)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def remove_orphaned_tmp(run_dir: Path) -> list[Path]:
-    """Delete the temporary files of atomic writes that a killed process left behind. Call
-    it only while holding the run's lock (a live trainer's temporary file is in use)."""
+    """Delete the temporary files of atomic writes (training's, an evaluation's, a plot's)
+    that a killed process left behind; one a live process is still writing (an
+    evaluation running beside a resume) stays."""
     removed = []
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):
         if not folder.is_dir() or folder.is_symlink():
             continue
         for path in folder.glob(".*.tmp"):
-            if path.name.startswith(_TRAINING_TMP_PREFIXES) and not path.is_dir():
+            if path.name.startswith(_TMP_PREFIXES) and not path.is_dir() and not _in_use(path):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
@@ -128,8 +208,8 @@ def remove_orphaned_tmp(run_dir: Path) -> list[Path]:
 def check_no_links(run_dir: Path) -> None:
     """Refuse a run directory in which one of mamlkit's files or folders is a symbolic link:
     writing through it would change files outside the run."""
-    candidates = [run_dir / name for name in RUN_FILES]
-    for folder in (CHECKPOINT_DIR, "tensorboard"):
+    candidates = [run_dir / name for name in (*RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR)]
+    for folder in (CHECKPOINT_DIR, TENSORBOARD_DIR):
         if (run_dir / folder).is_dir() and not (run_dir / folder).is_symlink():
             candidates += (run_dir / folder).iterdir()
     for path in candidates:

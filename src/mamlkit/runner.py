@@ -14,21 +14,24 @@ import torch
 from mamlkit import records
 from mamlkit.build import build_learner, build_tasks, check_code_trust, check_device, metric_for
 from mamlkit.checkpoint import (
-    atomic_write_bytes,
     atomic_write_text,
     load_checkpoint,
     state_mismatch,
+    tensors_digest,
 )
 from mamlkit.config import SAVED_BEFORE_THE_KEY, Config, load_config
 from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
+from mamlkit.eval_files import WeightsSource, eval_file_name
 from mamlkit.evaluation import evaluate
 from mamlkit.precision import cuda_precision
 from mamlkit.run_files import prepare_run_dir, run_checkpoints
+from mamlkit.run_identity import check_file_identity, run_id, run_instance
+from mamlkit.run_list import list_runs  # noqa: F401  (where it lived before)
+from mamlkit.run_resume import check_resume, require_mamlkit_run, restart_without_checkpoint
 from mamlkit.rundir import (
     CHECKPOINT_DIR,
     check_no_links,
-    clear_run_dir,
     lock_run_dir,
     remove_orphaned_tmp,
 )
@@ -50,6 +53,9 @@ def train_run(
     run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``;
     ``from_step`` resumes from that checkpoint instead of the newest."""
     check_device(config)
+    if resume:  # every rank reads the run (before taking its own device): each refuses alike
+        require_mamlkit_run(run_dir, "--resume")
+        check_resume(run_dir, config, from_step, _resume_overrides())
     dist = from_environment(config.train.device)
     if dist is not None:  # torchrun: this process's share of a data-parallel job
         config.train.device = dist.device(config.train.device)
@@ -102,19 +108,11 @@ def train_run(
     return {"run_dir": str(run_dir), **summary, **({"restarted": True} if restarted else {})}
 
 
-def restart_without_checkpoint(run_dir: Path) -> bool:
-    """A run stopped before its first checkpoint has nothing to continue from, and nothing
-    to lose either: ``--resume`` starts it again from step 0 with its own config (the same
-    seeds give the same run). Only a run that mamlkit started (status.json) is restarted."""
-    if not (run_dir / "status.json").is_file():
-        raise UserError(
-            f"--resume {run_dir}: no checkpoint to resume from and no status.json (mamlkit "
-            f"never trained there); start it with `mamlkit train CONFIG --out {run_dir}`"
-        )
-    config_text = (run_dir / "config.yaml").read_bytes()
-    clear_run_dir(run_dir)
-    atomic_write_bytes(run_dir / "config.yaml", lambda tmp: Path(tmp).write_bytes(config_text))
-    return True
+def _resume_overrides() -> frozenset[str]:
+    """The config keys ``train --resume --set`` may change (the CLI's list)."""
+    from mamlkit.cli import RESUME_OVERRIDES  # the CLI owns the list; imported when used
+
+    return RESUME_OVERRIDES
 
 
 def data_dir_update(data_dir: Path | None) -> dict[str, Any] | None:
@@ -186,7 +184,23 @@ def load_run(
     """The config, the learner and its training step (None if unknown) of a run directory:
     the final weights, or with ``checkpoint`` (a step or ``latest``) a checkpoint's. A
     ``model.target`` outside mamlkit is imported only with ``trust_code``;
-    ``task_updates`` replace values of the run's ``task`` config (a test protocol's)."""
+    ``task_updates`` replace values of the run's ``task`` config (a test protocol's).
+    Weights that carry another run's id are refused."""
+    config, learner, source = load_run_weights(
+        run_dir, data_dir, checkpoint, trust_code, task_updates
+    )
+    return config, learner, source.step
+
+
+def load_run_weights(
+    run_dir: Path,
+    data_dir: Path | None = None,
+    checkpoint: str | None = None,
+    trust_code: bool = False,
+    task_updates: dict[str, Any] | None = None,
+) -> tuple[Config, Any, WeightsSource]:
+    """:func:`load_run`, with the :class:`WeightsSource` the weights came from in place of
+    the step (what an evaluation record names, and checks before it is written)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     updates = data_dir_update(data_dir) or {"task": {}}
@@ -204,8 +218,12 @@ def load_run(
                 f"with `mamlkit train --resume {run_dir}`, or evaluate a checkpoint with "
                 "--checkpoint latest)"
             )
+    # the run as it is now, before its weights are read (what an evaluation checks later)
+    identity, instance = run_id(run_dir), run_instance(run_dir)
     learner = build_learner(config)
     tensors, meta = load_checkpoint(weights)
+    check_file_identity(run_dir, weights, meta)
+    digest = tensors_digest(tensors)
     if checkpoint is not None:  # a training checkpoint: weights are stored as learner.*
         tensors = {k[len("learner.") :]: v for k, v in tensors.items() if k.startswith("learner.")}
     try:
@@ -224,7 +242,8 @@ def load_run(
                 "--checkpoint"
             )
         step = None
-    return config, learner.to(config.train.device).eval(), step
+    source = WeightsSource(run_dir, weights, digest, step, identity, instance)
+    return config, learner.to(config.train.device).eval(), source
 
 
 def eval_run(
@@ -246,14 +265,19 @@ def eval_run(
     ``inner_lr`` replaces the test-time step size (RL: one per step, the last repeating);
     the record then goes to ``eval-inner-lr-A-B.json``. ``samples`` (RL) makes each test
     step at least that many environment steps per task (``task.eval_samples``); the record
-    then goes to ``eval-samples-N.json``."""
+    then goes to ``eval-samples-N.json``; ``tasks``/``steps`` other than the config's to
+    ``eval-tasks-N.json``/``eval-steps-N.json`` (:func:`mamlkit.eval_files.eval_file_name`).
+    The record names the weights it scored (step, file, hash, run id), and is written only
+    if the run still holds them when the evaluation ends."""
     inner_lr = list(inner_lr)
     if not all(math.isfinite(a) and a > 0 for a in inner_lr):
         raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
     if samples is not None and samples < 0:
         raise UserError(f"--samples must be >= 0 (0: a number of trajectories), got {samples}")
     protocol = {"eval_samples": samples} if samples is not None else None
-    config, learner, step = load_run(run_dir, data_dir, checkpoint, trust_code, protocol)
+    config, learner, source = load_run_weights(
+        run_dir, data_dir, checkpoint, trust_code, protocol
+    )
     metric = metric_for(config)
     if samples is not None and metric != "return":
         raise UserError(
@@ -275,6 +299,7 @@ def eval_run(
                 f"alphabets; only {having} runs have"
             )
         config.task.within_alphabet = within_alphabet
+    own = {"tasks": config.eval.tasks, "split": config.eval.split, "steps": config.eval.steps}
     tasks = config.eval.tasks if tasks is None else tasks
     split = config.eval.split if split is None else split
     steps = config.eval.steps if steps is None else steps
@@ -317,92 +342,24 @@ def eval_run(
         out["within_alphabet"] = True
     if inner_lr:
         out["inner_lr"] = inner_lr
-    name = "eval.json"  # exactly the documented record
     if checkpoint is not None:  # a checkpoint's record also says which iteration it is
-        out["iteration"] = int(step)
-        name = f"eval-step-{int(step):08d}.json"
-    if protocol_changed:
-        protocol = "within-alphabet" if within_alphabet else "any-alphabet"
-        name = name.replace("eval", f"eval-{protocol}", 1)
-    if split != config.eval.split:  # not the run's own record (e.g. --split val)
-        name = name.replace("eval", f"eval-{split}", 1)
-    if samples is not None:
-        name = name.replace("eval", f"eval-samples-{samples}", 1)
-    if inner_lr:
-        name = name.replace("eval", "eval-inner-lr-" + "-".join(f"{a:g}" for a in inner_lr), 1)
+        out["iteration"] = int(source.step)
+    out.update(source.record())  # which weights of which run it scored
+    # the run's protocol on its final weights is eval.json; every other setting has a file
+    name = eval_file_name(
+        step=source.step if checkpoint is not None else None,
+        alphabet=(
+            ("within" if within_alphabet else "any") if protocol_changed else None
+        ),
+        split=split if split != own["split"] else None,
+        tasks=tasks if tasks != own["tasks"] else None,
+        steps=steps if steps != own["steps"] else None,
+        samples=samples,
+        inner_lr=inner_lr,
+    )
     out = records.finite_record(out)  # a diverged model: null and "not_finite", never NaN
     if dist is None or dist.main:
-        atomic_write_text(run_dir / name, records.dumps(out, indent=1))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _eval_text(path: Path, at: str = "") -> str:
-    try:
-        ev = records.read_json(path)
-        key = next((k for k in ("accuracy", "return") if k in ev), "mse")
-        value, ci = ev[key], ev["ci95"]
-    except (UserError, TypeError, KeyError):
-        return f"eval{at} unreadable ({path.name})"
-    if not isinstance(value, (int, float)) or not isinstance(ci, (int, float)):
-        return f"eval{at} {key} not finite"
-    return f"eval{at} {key} {value:.4g} ± {ci:.2g}"
-
-
-def _best_text(best: Any) -> list[str]:
-    try:
-        return [f"{best['metric']} {best['value']:.4g} @ {best['step']}"] if best else []
-    except (TypeError, KeyError, ValueError):
-        return []
-
-
-def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Run directories under ``root`` (any depth) with status and their best result: the
-    final evaluation, else the best validation metric and the newest checkpoint evaluation.
-    A damaged file in one run shows in that run's row; it never hides the others."""
-    if not root.is_dir():
-        raise UserError(f"{root} is not a directory; pass the folder that holds your runs")
-    rows = []
-    for status_file in sorted(root.rglob("status.json")):
-        run = status_file.parent
-        try:
-            status = records.read_json(status_file)
-        except UserError:
-            status = None
-        if not isinstance(status, dict):
-            status = {"status": "damaged"}
-        state = status.get("status", "unknown")
-        if state == "running" and not _alive(_int(status.get("pid"), -1)):
-            state = "crashed"
-        step_evals = sorted(run.glob("eval-step-*.json"))
-        if (run / "eval.json").is_file():
-            best_text = _eval_text(run / "eval.json")
-        else:
-            parts = _best_text(status.get("best"))
-            if step_evals:
-                try:
-                    iteration = records.read_json(step_evals[-1]).get("iteration", "?")
-                except (UserError, AttributeError):
-                    iteration = "?"
-                parts.append(_eval_text(step_evals[-1], f"@{iteration}"))
-            best_text = "; ".join(parts) or "-"
-        rows.append(
-            {
-                "run": str(run),
-                "status": str(state),
-                "step": _int(status.get("step"), 0),
-                "best": best_text,
-            }
+        atomic_write_text(
+            run_dir / name, records.dumps(out, indent=1), before_replace=source.check_unchanged
         )
-    return rows
-
-
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+    return out

@@ -4,7 +4,6 @@ checkpoint, resume. Every algorithm and task distribution goes through :class:`T
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -39,7 +38,9 @@ from mamlkit.run_files import (
     load_training_checkpoint,
     resume_checkpoint,
     run_checkpoints,
+    save_identity,
     truncate_metrics,
+    write_env,
     write_status,
 )
 from mamlkit.rundir import CHECKPOINT_DIR
@@ -157,6 +158,7 @@ class Trainer:
         tensors["window"] = self.window
         tensors.update(self._rank_rng)  # distributed: every rank's own RNG states
         meta = {"step": self.step, "optimizer": opt_meta, "rng": rng_meta, "best": self.best}
+        meta.update(save_identity(self.run_dir, self.config.to_dict()))  # run id, config
         path = self.run_dir / CHECKPOINT_DIR / f"step-{self.step:08d}.safetensors"
         save_checkpoint(path, tensors, meta)
         for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
@@ -243,11 +245,8 @@ class Trainer:
                 records.append_line(self.run_dir / "resumes.jsonl", resumed)
             else:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
+                write_env(self.run_dir, self._environment(), self.config.to_dict())  # first
                 self._write_config()
-                atomic_write_text(
-                    self.run_dir / "env.json",
-                    json.dumps(self._environment(), indent=2),
-                )
             write_status(self.run_dir, "running", step=self.step, best=self.best)
         try:
             if self.dist is not None:  # every rank starts from rank 0's weights
@@ -284,7 +283,7 @@ class Trainer:
             save_checkpoint(
                 self.run_dir / "model.safetensors",
                 self.learner.state_dict(),
-                {"step": self.step, "kind": "weights"},
+                {"step": self.step, "kind": "weights", **save_identity(self.run_dir, {}, True)},
             )
             write_status(
                 self.run_dir, "finished", step=self.step, best=self.best, engine=self.engine
