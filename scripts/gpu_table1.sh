@@ -23,7 +23,7 @@
 # Environment: RUNS_DIR (default runs/gpu; unpack a previous OUT/runs.tar.gz there to
 # continue), CELLS, MAMLKIT_DATA (default ./shared/data), PYTHON, MAMLKIT_COMMIT (recorded;
 # the device copy has no .git), EVAL_RESERVE (default 90 s), SETS (extra --set for new runs),
-# EVAL_TASKS (default: the preset's), DEVICE (default cuda; cpu for a dry run).
+# EVAL_TASKS (new runs' eval.tasks; default: the preset's), DEVICE (default cuda; cpu: a dry run).
 set -u
 out=${1:?usage: scripts/gpu_table1.sh OUT BUDGET_SECONDS}
 budget=${2:?usage: scripts/gpu_table1.sh OUT BUDGET_SECONDS}
@@ -86,6 +86,9 @@ stamp "training ${train_for}s: $cells"
 sets=(--set "train.device=$device" --set train.checkpoint_every=500 --set train.keep_checkpoints=1
     --set train.threads=2 --set train.tensorboard=false)
 for s in ${SETS:-}; do sets+=(--set "$s"); done
+# the runs' own protocol, so that `eval` writes eval.json / eval-step-N.json (another --tasks
+# at eval time would go to eval-tasks-N.json, beside the protocol's)
+if [ -n "${EVAL_TASKS:-}" ]; then sets+=(--set "eval.tasks=$EVAL_TASKS"); fi
 step_of() { $py -c "import json,sys; print(json.load(open(sys.argv[1])).get('step', 0))" \
     "$1/status.json" 2>/dev/null || echo 0; }
 pids=()
@@ -121,7 +124,6 @@ for cell in $cells; do
     if grep -q '"finished"' "$run/status.json" 2>/dev/null; then which=(); else
         which=(--checkpoint latest); fi
     timeout $(($(left) > 20 ? $(left) - 15 : 5)) $py -m mamlkit eval "$run" "${which[@]}" \
-        ${EVAL_TASKS:+--tasks $EVAL_TASKS} \
         >>"$runs/$cell.eval.log" 2>&1 &
 done
 wait

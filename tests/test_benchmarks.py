@@ -135,7 +135,7 @@ def test_gpu_table1_script_dry_run_on_the_cpu(tmp_path):
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "interrupted" and status["step"] >= 1, status
     first_stop = status["step"]
-    assert list(run.glob("eval-tasks-5-step-*.json"))  # EVAL_TASKS: not the preset's tasks
+    assert list(run.glob("eval-step-*.json"))
     with tarfile.open(tmp_path / "out1" / "runs.tar.gz") as packed:
         names = packed.getnames()
     assert any(n.endswith("metrics.jsonl") for n in names)
@@ -155,7 +155,7 @@ def test_gpu_table1_script_dry_run_on_the_cpu(tmp_path):
     )
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "finished" and status["step"] == first_stop + 3, status
-    assert json.loads((run / "eval-tasks-5.json").read_text())["tasks"] == 5
+    assert json.loads((run / "eval.json").read_text())["tasks"] == 5
     segments = (tmp_path / "runs" / f"{cell}.segments").read_text().splitlines()
     assert len(segments) == 2 and segments[1].startswith("start") and "-> step" in segments[1]
     table = (tmp_path / "out2" / "table1.md").read_text()

@@ -376,7 +376,7 @@ def test_28_eval_inner_lr(capsys, tmp_path):
     assert code == 0
     record = json.loads(out)
     assert record["inner_lr"] == [0.003]
-    assert json.loads((run / "eval-inner-lr-0.003.json").read_text()) == record
+    assert json.loads((run / "eval-inner-lr-0.003-tasks-20.json").read_text()) == record
     config = load_run_config(run, ["algorithm.eval_inner_lr=0.003"])
     learner = build_learner(config)
     learner.load_state_dict(load_file(run / "model.safetensors"))

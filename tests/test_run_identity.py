@@ -386,6 +386,15 @@ def test_runs_lists_only_mamlkit_runs(run, tmp_path, capsys):
     assert code == 0 and str(run) in out and str(theirs) not in out
 
 
+def test_plot_never_writes_into_another_tools_folder(tmp_path, capsys):
+    theirs = another_tools_folder(tmp_path / "theirs")
+    (theirs / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (theirs / "learning_curves.png").write_bytes(b"their figure")
+    before = snapshot(theirs)
+    assert_user_error(capsys, "plot", theirs, match="not a mamlkit run")
+    assert snapshot(theirs) == before
+
+
 def test_force_refuses_a_folder_with_another_tools_report(tmp_path, capsys):
     folder = tmp_path / "analysis"
     folder.mkdir()

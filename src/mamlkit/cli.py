@@ -314,9 +314,24 @@ TRUST_HELP = (
 
 @app.command("eval")
 @click.argument("run_dir", type=PATH)
-@click.option("--tasks", type=int, default=None, help="Test tasks (default: config eval.tasks).")
-@click.option("--split", default=None, help="train, val or test (default: config eval.split).")
-@click.option("--steps", type=int, default=None, help="Test-time adaptation steps.")
+@click.option(
+    "--tasks",
+    type=int,
+    default=None,
+    help="Test tasks (default: config eval.tasks; another number writes eval-tasks-N.json).",
+)
+@click.option(
+    "--split",
+    default=None,
+    help="train, val or test (default: config eval.split; another writes eval-SPLIT.json).",
+)
+@click.option(
+    "--steps",
+    type=int,
+    default=None,
+    help="Test-time adaptation steps (default: config eval.steps; another number writes "
+    "eval-steps-N.json).",
+)
 @click.option("--data-dir", type=PATH, default=None, help="Data set folder (default: as trained).")
 @click.option(
     "--checkpoint",
@@ -361,7 +376,8 @@ def eval_cmd(
     inner_lr,
     samples,
 ) -> None:
-    """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
+    """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json (the run's own
+    protocol), or a file named after the settings that differ from it."""
     from mamlkit.runner import eval_run
 
     result = eval_run(
@@ -478,10 +494,17 @@ def plot(run_dir) -> None:
     """Draw the learning curves of RUN_DIR to RUN_DIR/learning_curves.png (for a folder of
     runs such as `reproduce sine`'s, those of every run in it, side by side)."""
     from mamlkit import plots
+    from mamlkit.rundir import is_mamlkit_run
 
     runs = None
+    if (run_dir / "metrics.jsonl").is_file() and not is_mamlkit_run(run_dir):
+        raise UserError(
+            f"{run_dir}: not a mamlkit run directory (no env.json of mamlkit's); plot writes "
+            "its figures only into runs `mamlkit train` wrote"
+        )
     if not (run_dir / "metrics.jsonl").is_file():
         found = sorted(run_dir.glob("*/metrics.jsonl")) if run_dir.is_dir() else []
+        found = [m for m in found if is_mamlkit_run(m.parent)]
         if not found:
             raise UserError(
                 f"{run_dir}: no metrics.jsonl in it or its sub-folders; not a mamlkit run "

@@ -31,9 +31,12 @@ RESUME_MAY_ALSO_CHANGE = frozenset({"task.data_dir"})
 def require_mamlkit_run(run_dir: Path, option: str) -> None:
     """A one-line :class:`UserError` unless ``run_dir`` is a mamlkit run (its env.json)."""
     if not is_mamlkit_run(run_dir):
+        none = ""
+        if option == "--resume" and not run_checkpoints(run_dir):
+            none = " and no checkpoint to resume from"
         raise UserError(
-            f"{option} {run_dir}: not a mamlkit run directory (no env.json of mamlkit's); "
-            "give a folder `mamlkit train` wrote"
+            f"{option} {run_dir}: not a mamlkit run directory (no env.json of mamlkit's"
+            f"{none}); give a folder `mamlkit train` wrote"
         )
 
 
