@@ -180,7 +180,9 @@ def test_presets_train_and_eval_through_the_cli(preset, tmp_path, capsys):
     assert main(["eval", str(run), "--tasks", "4"]) == 0, capsys.readouterr().err
     result = json.loads((run / "eval-tasks-4.json").read_text())  # not the preset's 600
     config = load_config(str(run / "config.yaml"))
-    assert set(result) == {"accuracy", "ci95", "tasks", "ways", "shots", "steps", "split"}
+    assert set(result) == {"accuracy", "ci95", "tasks", "ways", "shots", "steps", "split"} | {
+        "step", "weights", "weights_sha256", "run_id"  # the weights scored (eval_files)
+    }
     assert result["ways"] == config.task.ways and result["shots"] == config.task.shots
     assert result["steps"] == config.eval.steps and result["split"] == "test"
     assert 0.0 <= result["accuracy"] <= 100.0 and result["tasks"] == 4

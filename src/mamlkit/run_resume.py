@@ -15,7 +15,7 @@ from mamlkit.config import Config
 from mamlkit.errors import UserError
 from mamlkit.run_files import run_checkpoints
 from mamlkit.run_identity import check_file_identity, check_resume_config
-from mamlkit.rundir import clear_run_dir, is_mamlkit_run, lock_run_dir
+from mamlkit.rundir import check_no_links, clear_run_dir, is_mamlkit_run, lock_run_dir
 
 __all__ = [
     "check_resume",
@@ -112,4 +112,5 @@ def repair_run(run_dir: Path) -> list[int]:
     if not path.is_file() or path.is_symlink():
         raise UserError(f"--repair {run_dir}: no metrics.jsonl there to repair")
     with lock_run_dir(run_dir):
+        check_no_links(run_dir)  # metrics.jsonl.damaged is written to: never through a link
         return records.repair_metrics(path)
