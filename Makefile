@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean zoo zoo-table
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/mamlkit reproduce sine --out runs/sine --force
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
@@ -26,6 +26,18 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/meta_iteration.py --workload sine
 	$(BIN)/python benchmarks/meta_iteration.py --workload omniglot-5w1s
 	$(BIN)/python benchmarks/meta_iteration.py --workload omniglot-20w1s
+
+# The zoo (zoo/, docs/zoo.md): continue the unfinished reference runs for ZOO_TIME, as many at
+# once as there are cores, at the lowest priority; then evaluate the finished ones and
+# regenerate docs/zoo.md. Omniglot from $(MAMLKIT_DATA)/omniglot.
+ZOO_TIME ?= 2h30m
+MAMLKIT_DATA ?= $(abspath ../shared/data)
+zoo: $(STAMP)
+	MAMLKIT_DATA=$(MAMLKIT_DATA) nice -n 19 $(BIN)/python scripts/zoo.py run --time $(ZOO_TIME)
+	$(BIN)/python scripts/zoo.py table
+
+zoo-table: $(STAMP)
+	$(BIN)/python scripts/zoo.py table
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

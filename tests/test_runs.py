@@ -126,17 +126,31 @@ def test_interrupt_marks_the_run_interrupted_and_it_resumes(tmp_path):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
 
 
-def test_sigterm_marks_the_run_interrupted(tmp_path):
-    """`timeout`, `kill` or a cluster's preemption stop a run the way Ctrl-C does."""
+def test_sigterm_stops_at_an_iterations_end_with_a_checkpoint_of_it(tmp_path):
+    """`timeout`, `kill` or a cluster's preemption stop a run the way Ctrl-C does: at the end
+    of the running iteration, with a checkpoint of it, so that nothing trained is lost; the
+    message says where a resume continues, and the resumed run is the uninterrupted one."""
     run = tmp_path / "run"
     proc = cli(*train_args(run))
     wait_for_first_checkpoint(proc, run)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
-    assert proc.stderr.read().decode().strip() == "mamlkit: interrupted"
+    err = proc.stderr.read().decode().strip().splitlines()
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "interrupted" and status["step"] >= 400
+    step = status["step"]
+    assert status["status"] == "interrupted" and step >= 400
+    assert err[-1] == (
+        f"mamlkit: interrupted after iteration {step} (signal {signal.SIGTERM.value}), its "
+        f"checkpoint written; `mamlkit train --resume {run}` continues from step {step}"
+    )
+    assert (run / "checkpoints" / f"step-{step:08d}.safetensors").is_file()
     assert not (run / "model.safetensors").exists()
+    # a resume continues from there (exactly: tests/test_max_time.py resumes from such
+    # off-schedule checkpoints bit-identically)
+    resumed = cli("train", "--resume", run, "--no-progress", "--set", f"train.iterations={step}")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    (record,) = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
+    assert record["step"] == step
 
 
 def test_divergence_through_cli_is_exit_2(tmp_path, capsys):

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import click
 
-from mamlkit.errors import DivergenceError, LostRank, UserError, is_write_failure
+from mamlkit.errors import (
+    DivergenceError,
+    Interrupted,
+    LostRank,
+    UserError,
+    is_write_failure,
+)
 
 PATH = click.Path(path_type=Path)
 # Where runs go when no --out is given (train: runs/<preset>, reproduce: runs/sine), and so
@@ -253,8 +259,23 @@ def reproduce_sine_seeds_cmd(
     is_flag=True,
     help="With --resume: allow importing the run's model.target from outside mamlkit.",
 )
-def train(config, overrides, out, data_dir, resume, from_step, force, progress, trust_code) -> None:
+@click.option(
+    "--max-time",
+    default=None,
+    metavar="DURATION",
+    help="Time budget of this command, e.g. 2h30m, 45m or 1:30:00 (default: train.max_time, "
+    "else none): training pauses before it ends, with a checkpoint of its last iteration, "
+    "and `--resume` continues it exactly.",
+)
+def train(
+    config, overrides, out, data_dir, resume, from_step, force, progress, trust_code, max_time
+) -> None:
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
+    from mamlkit.budget import monotonic, parse_duration
+
+    started = monotonic()
+    if max_time is not None:
+        parse_duration(max_time)  # a mistake is refused before anything is built
     from mamlkit.build import check_code_trust
     from mamlkit.config import load_config
     from mamlkit.runner import data_dir_update, load_run_config, require_run_directory, train_run
@@ -282,6 +303,8 @@ def train(config, overrides, out, data_dir, resume, from_step, force, progress, 
             progress=progress,
             update_config=bool(overrides),
             from_step=from_step,
+            max_time=max_time,
+            started=started,
         )
     else:
         if from_step is not None:
@@ -290,8 +313,18 @@ def train(config, overrides, out, data_dir, resume, from_step, force, progress, 
             raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
         cfg = load_config(config, list(overrides), updates=data_dir_update(data_dir))
         run_dir = out if out is not None else RUNS_DIR / Path(config).stem
-        summary = train_run(cfg, run_dir, force=force, progress=progress)
+        summary = train_run(
+            cfg, run_dir, force=force, progress=progress, max_time=max_time, started=started
+        )
     click.echo(json.dumps(summary))
+    if summary.get("paused"):
+        budget = max_time or cfg.train.max_time
+        click.echo(
+            f"paused at step {summary['step']} of {cfg.train.iterations} before the time "
+            f"budget ({budget}) ran out; continue with: mamlkit train --resume "
+            f"{summary['run_dir']}" + (f" --max-time {max_time}" if max_time else ""),
+            err=True,
+        )
 
 
 # Settings a resumed run may change: how long it trains and how it runs, not what it learns.
@@ -302,6 +335,7 @@ RESUME_OVERRIDES = frozenset(
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.cuda_graphs",
+        "train.max_time",
     }
 )
 
@@ -543,8 +577,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"mamlkit: error: {exc.format_message()}", err=True)
         return 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("mamlkit: interrupted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc  # click wraps
+        said = isinstance(cause, Interrupted) and str(cause)  # where the run continues from
+        click.echo(f"mamlkit: {said or 'interrupted'}", err=True)
         return 130
     finally:
         if "mamlkit.distributed" in sys.modules:  # else no process group to leave

@@ -137,6 +137,9 @@ class TrainConfig:
     # auto (on for CUDA where the algorithm allows) | on | off (YAML reads on/off as booleans)
     cuda_graphs: str | bool = "auto"
     precision: str = "fp32"  # CUDA convolutions and matmuls: fp32 | tf32 (TensorFloat-32)
+    # a time budget for each piece of training ("2h30m"): pause with a checkpoint before it
+    # ends (status "paused"); `--resume` continues bit-identically. None: no budget
+    max_time: str | None = None
 
 
 @dataclass
@@ -417,6 +420,10 @@ def validate(c: Config) -> None:
         c.model.init in ("torch", "trunc_normal"), "model.init", "must be 'torch' or 'trunc_normal'"
     )
     _require(c.train.threads >= 0, "train.threads", f"must be >= 0, got {c.train.threads}")
+    if c.train.max_time is not None:
+        from mamlkit.budget import parse_duration
+
+        parse_duration(c.train.max_time, "train.max_time")
     if c.model.name == "conv4" and c.model.pooling == "max":
         _require(
             c.task.image_size >= 16,

@@ -64,6 +64,7 @@ def environment_info(device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "device": device,
+        "cpu": _cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "argv": sys.argv,
     }
@@ -74,6 +75,17 @@ def environment_info(device: str) -> dict[str, Any]:
     if checkout is not None:  # an installed mamlkit has no commit of its own to record
         info.update(_git_state(checkout))
     return info
+
+
+def _cpu_model() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def source_checkout(package_dir: str | Path | None = None) -> Path | None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from mamlkit import records
+from mamlkit.budget import TimeBudget, parse_duration
 from mamlkit.build import build_learner, build_tasks, check_code_trust, check_device, metric_for
 from mamlkit.checkpoint import (
     atomic_write_bytes,
@@ -44,11 +45,21 @@ def train_run(
     progress: bool = True,
     update_config: bool = False,
     from_step: int | None = None,
+    max_time: str | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes fail before the run directory
     is created), then train. ``update_config`` (with ``resume``) records the config in the
     run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``;
-    ``from_step`` resumes from that checkpoint instead of the newest."""
+    ``from_step`` resumes from that checkpoint instead of the newest. ``max_time`` (else
+    ``train.max_time``) is this piece's time budget, counted from ``started`` (a
+    :func:`mamlkit.budget.monotonic` reading; default now): training pauses before it ends
+    and the summary says ``"paused": true``."""
+    budget = None
+    if (max_time or config.train.max_time) is not None:
+        text = max_time or config.train.max_time
+        option = "--max-time" if max_time else "train.max_time"
+        budget = TimeBudget(parse_duration(text, option), started=started, text=text)
     check_device(config)
     dist = from_environment(config.train.device)
     if dist is not None:  # torchrun: this process's share of a data-parallel job
@@ -84,6 +95,7 @@ def train_run(
             progress=progress,
             description=run_dir.name,
             dist=dist,
+            budget=budget,
         )
         try:
             summary = trainer.fit(
