@@ -30,14 +30,19 @@ bench: $(STAMP)
 # The zoo (zoo/, docs/zoo.md): continue the unfinished reference runs for ZOO_TIME, as many at
 # once as there are cores, at the lowest priority; then evaluate the finished ones and
 # regenerate docs/zoo.md. Omniglot from $(MAMLKIT_DATA)/omniglot.
-ZOO_TIME ?= 2h30m
+# ZOO_ONLY="a b" limits it to those runs; ZOO_DIR and ZOO_TABLE move it (tests do).
+ZOO_TIME  ?= 2h30m
+ZOO_DIR   ?= zoo
+ZOO_TABLE ?= docs/zoo.md
+ZOO_ONLY  ?=
 MAMLKIT_DATA ?= $(abspath ../shared/data)
 zoo: $(STAMP)
-	MAMLKIT_DATA=$(MAMLKIT_DATA) nice -n 19 $(BIN)/python scripts/zoo.py run --time $(ZOO_TIME)
-	$(BIN)/python scripts/zoo.py table
+	MAMLKIT_DATA=$(MAMLKIT_DATA) nice -n 19 $(BIN)/python scripts/zoo.py run \
+		--time $(ZOO_TIME) --zoo $(ZOO_DIR) $(if $(ZOO_ONLY),--only $(ZOO_ONLY))
+	$(BIN)/python scripts/zoo.py table --zoo $(ZOO_DIR) --out $(ZOO_TABLE)
 
 zoo-table: $(STAMP)
-	$(BIN)/python scripts/zoo.py table
+	$(BIN)/python scripts/zoo.py table --zoo $(ZOO_DIR) --out $(ZOO_TABLE)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -46,8 +46,12 @@ KEEP = {
 }
 #: settings every zoo run starts with: one thread (as many runs as cores), one checkpoint
 START_SETS = ("train.threads=1", "train.keep_checkpoints=1", "train.tensorboard=false")
-#: time kept back from a piece's budget for starting and trimming it
+#: time kept back from a piece's budget for starting and trimming it (a tenth of short ones)
 MARGIN = 60.0
+
+
+def margin(budget: float) -> float:
+    return min(MARGIN, budget / 10)
 
 
 @dataclass(frozen=True)
@@ -168,11 +172,26 @@ def _say(text: str) -> None:
     print(f"[zoo {stamp}] {text}", flush=True)
 
 
+def lowest_priority() -> None:
+    """Yield the CPU to everything else. `nice 19` alone does not where the kernel shares the
+    CPU between sessions first (Linux's autogroup): a background zoo (no terminal) takes a
+    session of its own and sets that session's share to the lowest."""
+    os.nice(19 - os.nice(0))
+    if sys.stdin.isatty():
+        return  # in a terminal: keep Ctrl-C reaching it
+    try:
+        os.setsid()
+        Path("/proc/self/autogroup").write_text("19")
+    except OSError:
+        pass
+
+
 def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
             entries: list[Entry] | None = None) -> list[dict]:  # fmt: skip
     """Continue the zoo's unfinished runs for ``budget`` seconds, ``jobs`` at once; then
     evaluate those that finished. Returns what happened to each run touched."""
     deadline = time.monotonic() + budget
+    keep = margin(budget)
     jobs = jobs or os.cpu_count() or 1
     queue = [e for e in (entries or ZOO) if piece_command(e, zoo, 1) is not None]
     running: dict[str, tuple[subprocess.Popen, Entry, int]] = {}
@@ -181,12 +200,12 @@ def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
     zoo.mkdir(exist_ok=True)
     while queue or running:
         left = deadline - time.monotonic()
-        while queue and len(running) < jobs and left > 2 * MARGIN:
+        while queue and len(running) < jobs and left > 2 * keep:
             entry = queue.pop(0)
             run = zoo / entry.name
             before = int(status(run).get("step", 0))
-            command = piece_command(entry, zoo, left - MARGIN)
-            _say(f"{entry.name}: training from step {before} for {int(left - MARGIN)} s")
+            command = piece_command(entry, zoo, left - keep)
+            _say(f"{entry.name}: training from step {before} for {int(left - keep)} s")
             log = open(zoo / f".{entry.name}.log", "a")  # noqa: SIM115
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             running[entry.name] = (proc, entry, before)
@@ -213,7 +232,7 @@ def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
             report.append(row)
         if not queue and not running:
             break
-        if not running and deadline - time.monotonic() <= 2 * MARGIN:
+        if not running and deadline - time.monotonic() <= 2 * keep:
             break
         time.sleep(2)
     for entry in entries or ZOO:
@@ -221,7 +240,7 @@ def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
         left = deadline - time.monotonic()
         if status(run).get("status") != "finished" or evaluation(run) is not None:
             continue
-        if left < MARGIN:
+        if left < keep:
             _say(f"{entry.name}: finished, not evaluated (no time left; the next zoo does it)")
             continue
         _say(f"{entry.name}: evaluating with its preset's protocol")
@@ -368,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"zoo: error: {exc}", file=sys.stderr)
             return 2
         entries = ZOO if args.only is None else [e for e in ZOO if e.name in args.only]
+        lowest_priority()
         report = run_zoo(budget, args.zoo, args.jobs, entries)
         for row in report:
             print(f"{row['run']}: step {row['from']} -> {row['to']} of {row['of']} "

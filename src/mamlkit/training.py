@@ -428,6 +428,8 @@ class Trainer:
                 raise UserError(
                     f"train.cuda_graphs=on: {exc}; use train.cuda_graphs=auto or off"
                 ) from None
+            if self.dist is None or self.dist.main:
+                print(f"{self.description}: training eagerly: {exc}", file=sys.stderr)
             self.engine = "eager"
             return None
         self.window = step.window
