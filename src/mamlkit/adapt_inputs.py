@@ -183,7 +183,8 @@ def _in_dtype(values: list[list[float]], lines: list[int], dtype: torch.dtype, w
         number = next(v for v, t in zip(values[row], table[row]) if not math.isfinite(t))
         line = f" line {lines[row]}" if lines[row] else ""
         raise UserError(
-            f"{where}{line}: {number:g} is beyond the range of the model's {dtype} numbers "
+            f"{where}{line}: {number:g} is beyond the range of the model's "
+            f"{str(dtype).removeprefix('torch.')} numbers "
             f"(±{torch.finfo(dtype).max:.3g}); scale the data to the range the run was "
             "trained on"
         )

@@ -56,14 +56,20 @@ def output_width(learner: Any, support_x: Tensor, support_y: Tensor, run_dir: Pa
 
 
 def check_output_width(
-    learner: Any, support_x: Tensor, support_y: Tensor, classes: list[str], run_dir: Path
+    learner: Any,
+    support_x: Tensor,
+    support_y: Tensor,
+    classes: list[str],
+    run_dir: Path,
+    support: str = "the support set",
 ) -> None:
-    """Refuse a support set with another number of classes than the learner's head has
-    outputs: its probabilities would be over the wrong classes (a 5-way head, 3 names)."""
+    """Refuse a support set (named ``support`` in the message) with another number of
+    classes than the learner's head has outputs: its probabilities would be over the wrong
+    classes (a 5-way head, 3 names)."""
     width = output_width(learner, support_x, support_y, run_dir)
     if width != len(classes):
         raise UserError(
-            f"the support set has {len(classes)} classes but {run_dir} was trained {width}-way "
+            f"{support} has {len(classes)} classes but {run_dir} was trained {width}-way "
             f"(its head has {width} outputs); give {width} class folders"
         )
 
@@ -155,7 +161,7 @@ def adapt_run(
     paths = query_image_paths([Path(q) for q in queries])
     xq = read_images(paths, prepare)
     xs, ys, xq = xs.to(device, dtype), ys.to(device), xq.to(device, dtype)
-    check_output_width(learner, xs, ys, classes, run_dir)
+    check_output_width(learner, xs, ys, classes, run_dir, f"--support {support}")
     logits = _predict(learner, xs, ys, xq, steps, run_dir).cpu()
     _check_finite(logits, support, run_dir)
     probabilities = torch.softmax(logits.double(), -1)
