@@ -103,11 +103,29 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> st
     return "; ".join(parts)
 
 
+def check_readable(path: Path) -> None:
+    """A :class:`UserError` that says why ``path`` cannot be opened for reading (permission
+    denied, ...). safetensors reports every failure to open a file as "No such file or
+    directory", a missing read permission included; Python's own open says what it is."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise UserError(
+            f"{path} cannot be read: permission denied; give your user read permission "
+            f"(chmod u+r {path}) or run as its owner"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror or exc}); check it") from None
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a mamlkit checkpoint; anything else raises :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"checkpoint {path} {what}")
+    check_readable(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

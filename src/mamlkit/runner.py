@@ -386,6 +386,8 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         run = status_file.parent
         try:
             status = records.read_json(status_file)
+        except records.UnreadableFile:  # no permission: not damage
+            status = {"status": "unreadable"}
         except UserError:
             status = None
         if not isinstance(status, dict):

@@ -32,7 +32,7 @@ __all__ = ["PREPROCESS_VERSION", "load_image_folder"]
 logger = logging.getLogger(__name__)
 
 #: Bump whenever the pixels produced for the same input change, so stale caches are ignored.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: transparent pixels composited onto white
 SPLITS = ("train", "val", "test")
 _LAYOUT = "expected <class>/<image> folders, or train/ val/ test/ folders of class folders"
 
