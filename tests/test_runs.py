@@ -360,3 +360,37 @@ def test_zero_iterations_is_the_initialisation_and_evaluates(tmp_path, capsys):
         assert torch.equal(saved[name], value), name
     assert main(["eval", str(run)]) == 0
     assert json.loads((run / "eval.json").read_text())["tasks"] == 20
+
+
+@pytest.mark.parametrize("where", ["callback_end", "final_weights"])
+def test_a_failure_after_the_last_iteration_marks_the_run_crashed(tmp_path, monkeypatch, where):
+    """A full disk that shows only when the callbacks close (TensorBoard flushes then) or
+    when the final weights are written: the run says crashed, not running."""
+    import errno
+
+    import mamlkit.training as training
+    from mamlkit.callbacks import Callback
+
+    class FailsAtEnd(Callback):
+        def on_end(self, trainer):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    callbacks = [FailsAtEnd()] if where == "callback_end" else []
+    if where == "final_weights":
+        real = training.save_checkpoint
+
+        def save(path, tensors, meta):
+            if Path(path).name == "model.safetensors":
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return real(path, tensors, meta)
+
+        monkeypatch.setattr(training, "save_checkpoint", save)
+    config = load_config(
+        "sine_maml", ["train.iterations=4", "train.checkpoint_every=2", "train.tensorboard=false"]
+    )
+    learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
+    trainer = Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False,
+                      callbacks=callbacks)  # fmt: skip
+    with pytest.raises(OSError):
+        trainer.fit()
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "crashed"

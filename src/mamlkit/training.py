@@ -289,9 +289,28 @@ class Trainer:
             self._final_status("crashed")
             raise
         finally:
-            self._emit("on_end")
             if "mean_over_ranks" in vars(self.learner):  # the learner's own again
                 del self.learner.mean_over_ranks
+            self._end_side_jobs()
+        try:
+            self._finish()
+        except BaseException:
+            self._final_status("crashed")  # e.g. a full disk at the final weights
+            raise
+        return {"step": self.step, "best": self.best}
+
+    def _end_side_jobs(self) -> None:
+        """Close the callbacks (TensorBoard's writer flushes here: a full disk may show only
+        now, and then the run is marked crashed, not left running)."""
+        try:
+            self._emit("on_end")
+        except BaseException:
+            self._final_status("crashed")
+            raise
+
+    def _finish(self) -> None:
+        """The finished run's files: a checkpoint of the last step, the final weights, the
+        status ``finished``."""
         if self.dist is not None and self.step % self.cfg.checkpoint_every:
             self._rank_rng = self.dist.gather_rng_states()  # for the final checkpoint
         if self.run_dir is not None:
@@ -303,7 +322,6 @@ class Trainer:
                 {"step": self.step, "kind": "weights"},
             )
             self._write_status("finished", step=self.step, best=self.best, engine=self.engine)
-        return {"step": self.step, "best": self.best}
 
     def _stop(self, reason: str) -> dict[str, Any]:
         """End this piece of training at the last completed iteration: a checkpoint of it,
