@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -273,7 +274,7 @@ def train(config, overrides, out, data_dir, resume, from_step, force, progress, 
                     f"trained so far); allowed: {', '.join(sorted(RESUME_OVERRIDES))}"
                 )
         require_run_directory(resume, "--resume ")
-        cfg = load_run_config(resume, overrides, updates=data_dir_update(data_dir))
+        cfg = load_run_config(resume, overrides)
         check_code_trust(cfg, resume / "config.yaml", trust_code)
         summary = train_run(
             cfg,
@@ -282,6 +283,7 @@ def train(config, overrides, out, data_dir, resume, from_step, force, progress, 
             progress=progress,
             update_config=bool(overrides),
             from_step=from_step,
+            data_dir=data_dir,
         )
     else:
         if from_step is not None:
@@ -511,6 +513,11 @@ def data_download(dataset, dest) -> None:
     click.echo(f"omniglot ready in {path}")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the CLI shows it: one line, without the source line Python adds."""
+    click.echo(f"mamlkit: warning: {' '.join(str(message).split())}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     from mamlkit.data.errors import DataError
@@ -518,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_allocator()
     finished = False
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
     try:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
         finished = True
@@ -547,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("mamlkit: interrupted", err=True)
         return 130
     finally:
+        warnings.showwarning = shown
         if "mamlkit.distributed" in sys.modules:  # else no process group to leave
             from mamlkit.distributed import shutdown
 
