@@ -20,6 +20,7 @@ from mamlkit.checkpoint import (
     state_mismatch,
 )
 from mamlkit.config import SAVED_BEFORE_THE_KEY, Config, load_config
+from mamlkit.data.cache import forget_recent_entries
 from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
 from mamlkit.evaluation import evaluate
@@ -80,6 +81,7 @@ def train_run(
             build_tasks(config, split)  # episodes that do not fit fail now, not at eval
         if data is None:
             data = data_record(config, checked_splits(config))
+        forget_recent_entries()  # the splits only checked need not stay in memory
     learner = build_learner(config)
     restarted = False
     main = dist is None or dist.main  # torchrun: rank 0 alone prepares, locks and writes

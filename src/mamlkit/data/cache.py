@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_text",
     "default_cache_dir",
     "entry_sha256",
+    "forget_recent_entries",
     "load_npy",
     "read_cache_entry",
     "write_cache_entry",
@@ -154,6 +155,12 @@ def read_cache_entry(npy_path: Path, key: str) -> tuple[np.ndarray, dict[str, An
     while len(_RECENT) > _RECENT_SIZE:
         _RECENT.popitem(last=False)
     return entry
+
+
+def forget_recent_entries() -> None:
+    """Let go of the entries :func:`read_cache_entry` keeps in memory (a training process
+    calls it once its tasks are built: arrays it only checked need not stay resident)."""
+    _RECENT.clear()
 
 
 def entry_sha256(npy_path: Path, meta: dict[str, Any], array: np.ndarray) -> str:
