@@ -513,9 +513,16 @@ def data_download(dataset, dest) -> None:
     click.echo(f"omniglot ready in {path}")
 
 
+_WARNED: set[str] = set()  # what this command has said already
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning as the CLI shows it: one line, without the source line Python adds."""
-    click.echo(f"mamlkit: warning: {' '.join(str(message).split())}", err=True)
+    """A warning as the CLI shows it: one line, without the source line Python adds, and
+    each once per command (building train, val and test tasks may warn alike)."""
+    text = " ".join(str(message).split())
+    if text not in _WARNED:
+        _WARNED.add(text)
+        click.echo(f"mamlkit: warning: {text}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -527,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     finished = False
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning
+    _WARNED.clear()
     try:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
         finished = True

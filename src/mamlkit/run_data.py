@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def checked_splits(config: Config) -> list[str]:
 def data_record(config: Config, splits: list[str]) -> dict[str, Any]:
     """``data.json``'s content for the data set of ``config``: its folder and the
     fingerprint of each of ``splits``."""
-    loaded = {s: load_split(config, s) for s in splits}
+    with warnings.catch_warnings():  # a reader's warnings: said when its tasks are built
+        warnings.simplefilter("ignore")
+        loaded = {s: load_split(config, s) for s in splits}
     return {
         "format": _SCHEMA,
         "task": config.task.name,

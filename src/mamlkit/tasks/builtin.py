@@ -86,7 +86,7 @@ def _validated_episodes(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = load_split(c, split)
-    notes = [str(w.message) for w in caught]
+    notes = [" ".join(str(w.message).split()) for w in caught]
     if len(data.images) == 0:
         raise ConfigError(
             f"config key 'task.split_fractions': the {split!r} split of {data.location} has "
@@ -100,8 +100,8 @@ def _validated_episodes(
         if notes:
             raise ConfigError(f"{exc}; {'; '.join(notes)}") from None
         raise
-    for note in notes:
-        warnings.warn(note, UserWarning, stacklevel=3)
+    for w in caught:
+        warnings.warn(w.message, stacklevel=3)
     return tasks
 
 
