@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,24 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its JSON header in one fixed order: safetensors
+    writes the metadata map in a random order per process, so equal tensors and metadata
+    gave files with other bytes, and checked-in weights changed when nothing had."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the tensor data stays 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``tensors`` and the JSON-able ``meta`` as a safetensors file (atomically, with a
+    checksum of the tensors); the same tensors and ``meta`` always give the same bytes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = {_META_KEY: json.dumps(meta), _DIGEST_KEY: tensors_digest(tensors)}
     # serialised here and written by Python, so a full disk is an OSError with its errno
-    data = save(tensors, metadata=metadata)
+    data = canonical_safetensors(save(tensors, metadata=metadata))
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(data))
 
 

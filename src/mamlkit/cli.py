@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -294,7 +295,7 @@ def train(
                     f"trained so far); allowed: {', '.join(sorted(RESUME_OVERRIDES))}"
                 )
         require_run_directory(resume, "--resume ")
-        cfg = load_run_config(resume, overrides, updates=data_dir_update(data_dir))
+        cfg = load_run_config(resume, overrides)
         check_code_trust(cfg, resume / "config.yaml", trust_code)
         summary = train_run(
             cfg,
@@ -305,6 +306,7 @@ def train(
             from_step=from_step,
             max_time=max_time,
             started=started,
+            data_dir=data_dir,
         )
     else:
         if from_step is not None:
@@ -545,6 +547,18 @@ def data_download(dataset, dest) -> None:
     click.echo(f"omniglot ready in {path}")
 
 
+_WARNED: set[str] = set()  # what this command has said already
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the CLI shows it: one line, without the source line Python adds, and
+    each once per command (building train, val and test tasks may warn alike)."""
+    text = " ".join(str(message).split())
+    if text not in _WARNED:
+        _WARNED.add(text)
+        click.echo(f"mamlkit: warning: {text}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     from mamlkit.data.errors import DataError
@@ -552,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_allocator()
     finished = False
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    _WARNED.clear()
     try:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
         finished = True
@@ -583,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"mamlkit: {said or 'interrupted'}", err=True)
         return 130
     finally:
+        warnings.showwarning = shown
         if "mamlkit.distributed" in sys.modules:  # else no process group to leave
             from mamlkit.distributed import shutdown
 

@@ -26,6 +26,7 @@ CHECKPOINT_DIR = "checkpoints"
 # process may be waiting on it).
 RUN_FILES = (
     "config.yaml",
+    "data.json",
     "env.json",
     "resumes.jsonl",
     "status.json",
@@ -45,6 +46,7 @@ REPRODUCE_RUN = re.compile(r"maml|pretrained|maml_k\d+|maml_lr[0-9.e+-]+_seed\d+
 # Temporary files of interrupted atomic writes by training (``.<name>.<random>.tmp``)
 _TRAINING_TMP_PREFIXES = (
     ".config.yaml.",
+    ".data.json.",
     ".env.json.",
     ".status.json.",
     ".metrics.jsonl.",

@@ -21,10 +21,12 @@ from mamlkit.checkpoint import (
     state_mismatch,
 )
 from mamlkit.config import SAVED_BEFORE_THE_KEY, Config, load_config
+from mamlkit.data.cache import forget_recent_entries
 from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
 from mamlkit.evaluation import evaluate
 from mamlkit.precision import cuda_precision
+from mamlkit.run_data import RecordData, checked_splits, data_record, use_run_data
 from mamlkit.run_files import prepare_run_dir, run_checkpoints
 from mamlkit.rundir import (
     CHECKPOINT_DIR,
@@ -33,6 +35,7 @@ from mamlkit.rundir import (
     lock_run_dir,
     remove_orphaned_tmp,
 )
+from mamlkit.tasks.datasets import dataset_of, locate
 from mamlkit.tasks.registry import TASKS, task_spec
 from mamlkit.training import Trainer, seed_everything
 
@@ -47,11 +50,15 @@ def train_run(
     from_step: int | None = None,
     max_time: str | None = None,
     started: float | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Build everything first (bad data or impossible episodes fail before the run directory
-    is created), then train. ``update_config`` (with ``resume``) records the config in the
-    run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``;
-    ``from_step`` resumes from that checkpoint instead of the newest. ``max_time`` (else
+    """Build everything first (bad data or impossible episodes in any split the run uses
+    fail before the run directory is created), then train. ``update_config`` (with
+    ``resume``) records the config in the run's config.yaml once the checkpoint is
+    restored, e.g. after ``--set train.iterations=N``; ``from_step`` resumes from that
+    checkpoint instead of the newest; ``data_dir`` (with ``resume``) is the user's
+    ``--data-dir``, used only if its data is the data the run trained on
+    (:mod:`mamlkit.run_data`; a new run takes it in ``config``). ``max_time`` (else
     ``train.max_time``) is this piece's time budget, counted from ``started`` (a
     :func:`mamlkit.budget.monotonic` reading; default now): training pauses before it ends
     and the summary says ``"paused": true``."""
@@ -69,8 +76,23 @@ def train_run(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
+    data, was = None, config.task.data_dir
+    if resume:
+        data = use_run_data(run_dir, config, data_dir, checked_splits(config))
+    elif data_dir is not None:
+        config.task.data_dir = str(data_dir)
+    if dataset_of(config) is not None:
+        if data is None:  # recorded as the absolute folder it was found in
+            config.task.data_dir = str(locate(config))
+        update_config = update_config or config.task.data_dir != was
     train_tasks = build_tasks(config, "train")
     val_tasks = build_tasks(config, "val") if config.train.val_every else None
+    if dataset_of(config) is not None:
+        for split in checked_splits(config)[1 + bool(val_tasks) :]:
+            build_tasks(config, split)  # episodes that do not fit fail now, not at eval
+        if data is None:
+            data = data_record(config, checked_splits(config))
+        forget_recent_entries()  # the splits only checked need not stay in memory
     learner = build_learner(config)
     restarted = False
     main = dist is None or dist.main  # torchrun: rank 0 alone prepares, locks and writes
@@ -96,6 +118,7 @@ def train_run(
             description=run_dir.name,
             dist=dist,
             budget=budget,
+            callbacks=[RecordData(data)] if data is not None else None,
         )
         try:
             summary = trainer.fit(
@@ -265,7 +288,7 @@ def eval_run(
     if samples is not None and samples < 0:
         raise UserError(f"--samples must be >= 0 (0: a number of trajectories), got {samples}")
     protocol = {"eval_samples": samples} if samples is not None else None
-    config, learner, step = load_run(run_dir, data_dir, checkpoint, trust_code, protocol)
+    config, learner, step = load_run(run_dir, None, checkpoint, trust_code, protocol)
     metric = metric_for(config)
     if samples is not None and metric != "return":
         raise UserError(
@@ -296,6 +319,7 @@ def eval_run(
         raise UserError(f"--steps must be >= 0, got {steps}")
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
+    use_run_data(run_dir, config, data_dir, [split])  # the data it trained on, or an error
     dist = from_environment(config.train.device)  # torchrun: the ranks share the tasks
     if dist is not None:
         config.train.device = dist.device(config.train.device)
