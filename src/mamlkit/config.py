@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from mamlkit.config_data import check_plain_data
 from mamlkit.errors import ConfigError
 
 # The shipped presets, package data of mamlkit (read through importlib.resources, so they are
@@ -413,6 +414,7 @@ def validate(c: Config) -> None:
         "model.kwargs",
         "only used with model.target; set model.target='package.module:ClassName'",
     )
+    check_plain_data(c.model.kwargs, "model.kwargs")
     _require(
         c.model.init in ("torch", "trunc_normal"), "model.init", "must be 'torch' or 'trunc_normal'"
     )

@@ -1,0 +1,145 @@
+"""Which code a run directory may make mamlkit run (issue 23): a ``model.target`` is
+trusted by what it resolves to, never by its name; ``model.kwargs`` are plain data; a
+target that exits or raises is one line (exit 2)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mamlkit
+from mamlkit.errors import UserError
+
+from .test_cli_bad_input import assert_user_error, run_cli
+
+TINY = [
+    "train.iterations=2",
+    "train.meta_batch=2",
+    "train.tensorboard=false",
+    "eval.tasks=2",
+    "algorithm.inner_steps=1",
+]
+
+
+def _sets(values: list[str]) -> list[str]:
+    return [a for s in values for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def sine_run(tmp_path_factory) -> Path:
+    """A finished two-step sine run with a checkpoint (for eval, adapt and --resume)."""
+    from mamlkit.cli import main
+
+    run = tmp_path_factory.mktemp("trust") / "sine"
+    code = main(["train", "sine_maml", *_sets(TINY), "--out", str(run), "--no-progress"])
+    assert code == 0
+    return run
+
+
+def _copy_with_model(run: Path, dest: Path, model: dict) -> Path:
+    """A copy of ``run`` whose config.yaml builds its model with ``model`` (as an attacker
+    or a careless user would edit it)."""
+    shutil.copytree(run, dest)
+    config = yaml.safe_load((dest / "config.yaml").read_text())
+    config["model"].update(model)
+    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+def _commands(run: Path, tmp_path: Path) -> dict[str, list]:
+    support = tmp_path / "support.csv"
+    support.write_text("x,y\n0.5,0.1\n1.5,0.9\n")
+    return {
+        "eval": ["eval", run],
+        "adapt": ["adapt", run, "--support", support, "--query", "1.0"],
+        "resume": ["train", "--resume", run, "--set", "train.iterations=3", "--no-progress"],
+    }
+
+
+# (target, kwargs): each resolves, through a mamlkit module, to code outside mamlkit
+ATTACKS = {
+    "os.system": ("mamlkit.models.target:os.system", {"command": "touch {marker}"}),
+    "cli os.system": ("mamlkit.cli:os.system", {"command": "touch {marker}"}),
+    "subprocess.run": (
+        "mamlkit.run_files:subprocess.run",
+        {"args": "touch {marker}", "shell": True},
+    ),
+    "builtins.exec": (
+        "mamlkit.config:dataclasses.builtins.exec",
+        {"source": "open({marker!r}, 'w')"},
+    ),
+    "os.path.join": ("mamlkit.models.target:os.path.join", {"a": "{marker}"}),
+    "json.loads": ("mamlkit.cli:json.loads", {"s": "1"}),
+    "torch's Module": ("mamlkit.models.target:nn.Linear", {"in_features": 1, "out_features": 1}),
+    "package __main__": ("mamlkit.__main__:console", {}),
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.parametrize("command", ["eval", "adapt", "resume"])
+def test_a_target_reaching_outside_mamlkit_needs_trust_code(
+    capsys, tmp_path, sine_run, attack, command
+):
+    """Before: the module name started with 'mamlkit', so the target counted as built in;
+    the command ran (e.g. the shell command) and only then exited 2."""
+    marker = tmp_path / "marker"
+    target, kwargs = ATTACKS[attack]
+    kwargs = {k: v.format(marker=str(marker)) if isinstance(v, str) else v
+              for k, v in kwargs.items()}
+    run = _copy_with_model(sine_run, tmp_path / "run", {"target": target, "kwargs": kwargs})
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert_user_error(capsys, *_commands(run, tmp_path)[command], match="--trust-code")
+    assert not marker.exists()
+    after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_the_library_entry_points_need_trust_code_too(tmp_path, sine_run):
+    marker = tmp_path / "marker"
+    run = _copy_with_model(
+        sine_run,
+        tmp_path / "run",
+        {"target": "mamlkit.cli:os.system", "kwargs": {"command": f"touch {marker}"}},
+    )
+    with pytest.raises(UserError, match="--trust-code"):
+        mamlkit.from_pretrained(run)
+    assert not marker.exists()
+
+
+def test_a_model_class_of_mamlkit_needs_no_trust(capsys, tmp_path, sine_run):
+    run = tmp_path / "mlp"
+    sets = [*TINY, "model.target=mamlkit.models.mlp:MLP", "model.kwargs={sizes: [1, 8, 1]}"]
+    code, _, err = run_cli(
+        capsys, "train", "sine_maml", *_sets(sets), "--out", run, "--no-progress"
+    )
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "eval", run)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ("{sizes: !!set {1: null}}", "model.kwargs.sizes"),
+        ("{sizes: 2024-01-01}", "model.kwargs.sizes"),
+        ("{sizes: !!binary aGVsbG8=}", "model.kwargs.sizes"),
+        ("{1: 2}", "model.kwargs"),
+    ],
+)
+def test_model_kwargs_are_plain_data(capsys, tmp_path, kwargs, match):
+    out = tmp_path / "run"
+    sets = [*TINY, "model.target=mamlkit.models.mlp:MLP", f"model.kwargs={kwargs}"]
+    assert_user_error(
+        capsys, "train", "sine_maml", *_sets(sets), "--out", out, match=match
+    )
+    assert not out.exists()
+
+
+def test_a_misspelt_mamlkit_target_says_what_is_missing(capsys, tmp_path, sine_run):
+    run = _copy_with_model(
+        sine_run, tmp_path / "run", {"target": "mamlkit.models:MLPP", "kwargs": {}}
+    )
+    assert_user_error(capsys, "eval", run, "--trust-code", match="MLPP")
