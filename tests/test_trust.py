@@ -143,3 +143,38 @@ def test_a_misspelt_mamlkit_target_says_what_is_missing(capsys, tmp_path, sine_r
         sine_run, tmp_path / "run", {"target": "mamlkit.models:MLPP", "kwargs": {}}
     )
     assert_user_error(capsys, "eval", run, "--trust-code", match="MLPP")
+
+
+# a module beside the config (the current directory is searched, as `python -m` does)
+MODULES = {
+    "exit 0 at import": ("import sys\nsys.exit(0)\n", "sys.exit(0)"),
+    "exit 3 at import": ("import sys\nsys.exit(3)\n", "sys.exit(3)"),
+    "exit text at import": ("raise SystemExit('bye')\n", "sys.exit('bye')"),
+    "ValueError at import": ("raise ValueError('no GPU here')\n", "no GPU here"),
+    "factory raises ValueError": (
+        "def Net(**kw):\n    raise ValueError('width must be even')\n",
+        "ValueError: width must be even",
+    ),
+    "factory raises RuntimeError": (
+        "def Net(**kw):\n    raise RuntimeError('bad\\nstate')\n",
+        "RuntimeError: bad state",
+    ),
+    "factory exits": ("import sys\ndef Net(**kw):\n    sys.exit(0)\n", "sys.exit(0)"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODULES))
+def test_a_target_that_exits_or_raises_is_one_line(capsys, tmp_path, monkeypatch, case):
+    """Before: sys.exit(0) at import ended `mamlkit train` with exit 0, nothing said and no
+    run; sys.exit(3) with exit 3; a factory's ValueError was a 42-line traceback."""
+    source, match = MODULES[case]
+    name = "user_model_" + "".join(c if c.isalnum() else "_" for c in case)
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    sets = [*TINY, f"model.target={name}:Net"]
+    line = assert_user_error(
+        capsys, "train", "sine_maml", *_sets(sets), "--out", out, match=match
+    )
+    assert "model.target" in line
+    assert not out.exists()
