@@ -178,3 +178,59 @@ def test_a_target_that_exits_or_raises_is_one_line(capsys, tmp_path, monkeypatch
     )
     assert "model.target" in line
     assert not out.exists()
+
+
+def _bomb(levels: int) -> str:
+    """Nested YAML anchors: ``levels`` lists of 10 aliases to the one before, 10**levels
+    values once expanded, a few hundred bytes as written."""
+    lines = ["    a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines)
+
+
+def test_a_yaml_anchor_bomb_is_refused_before_it_is_used(capsys, tmp_path):
+    """Before: nine nested anchors in model.kwargs took 67 s and 4.8 GB, then a MemoryError
+    traceback."""
+    config = tmp_path / "bomb.yaml"
+    config.write_text(
+        "task: {name: sine}\nmodel:\n  target: mamlkit.models.mlp:MLP\n  kwargs:\n"
+        + _bomb(9)
+        + "\n"
+    )
+    out = tmp_path / "run"
+    assert_user_error(capsys, "train", str(config), "--out", out, match="alias")
+    assert not out.exists()
+    # the same in --set, in a run's config.yaml (eval) and a recursive alias
+    bomb = "{" + _bomb(9).replace("\n", ",").replace("    ", "") + "}"
+    assert_user_error(
+        capsys, "train", "sine_maml", "--set", f"model.kwargs={bomb}", "--out", out,
+        match="alias",
+    )
+    assert not out.exists()
+
+
+def test_a_run_config_bomb_and_a_recursive_alias_are_refused(capsys, tmp_path, sine_run):
+    run = _copy_with_model(sine_run, tmp_path / "run", {"target": "mamlkit.models.mlp:MLP"})
+    text = (run / "config.yaml").read_text()
+    assert text.count("  kwargs: {}\n") == 1
+
+    def kwargs(yaml_text: str) -> None:
+        (run / "config.yaml").write_text(text.replace("  kwargs: {}\n", yaml_text))
+
+    kwargs("  kwargs:\n" + _bomb(9) + "\n")
+    assert_user_error(capsys, "eval", run, match="alias")
+    kwargs("  kwargs: {sizes: &b [1, *b]}\n")
+    assert_user_error(capsys, "eval", run, match="recursive")
+    kwargs("  kwargs: {sizes: " + "[" * 60 + "]" * 60 + "}\n")
+    assert_user_error(capsys, "eval", run, match="nested deeper")
+    kwargs("  kwargs: {sizes: " + "[" * 5000 + "]" * 5000 + "}\n")
+    assert_user_error(capsys, "eval", run, match="nested deeper")
+
+
+def test_a_config_just_below_the_limit_loads(tmp_path):
+    """The limit is on the expanded size, not on aliases: 10**4 expanded values pass."""
+    from mamlkit.config_data import MAX_YAML_NODES, load_yaml
+
+    assert 10**4 < MAX_YAML_NODES < 10**9
+    data = load_yaml("kwargs:\n" + _bomb(4) + "\n", "test")
+    assert len(data["kwargs"]["a3"]) == 10 and data["kwargs"]["a3"][0][0][0] == [1] * 10

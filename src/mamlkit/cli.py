@@ -477,10 +477,18 @@ def _plot_rl(run_dir) -> None:
     trajectories before and after adaptation."""
     import yaml
 
+    from mamlkit.config_data import load_yaml
     from mamlkit.tasks.registry import TASKS
 
-    task = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("task", {})
-    spec = TASKS.get(task.get("name"))
+    path = run_dir / "config.yaml"
+    try:
+        config = load_yaml(path.read_text(), str(path))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        raise UserError(f"{path}: not a readable YAML file; restore the run's config") from None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(task, dict):
+        return
+    spec = TASKS.get(task["name"]) if isinstance(task.get("name"), str) else None
     if spec is None or not spec.rl:
         return
     from mamlkit.rl import plots as rl_plots

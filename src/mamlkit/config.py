@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mamlkit.config_data import check_plain_data
+from mamlkit.config_data import MAX_YAML_BYTES, check_plain_data, load_yaml
 from mamlkit.errors import ConfigError
 
 # The shipped presets, package data of mamlkit (read through importlib.resources, so they are
@@ -233,7 +233,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value (e.g. train.iterations=100), got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     out: dict[str, Any] = {}
@@ -302,7 +302,14 @@ def load_config(
     elif source is not None:
         path = resolve_preset(str(source))
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            with path.open(encoding="utf-8") as fh:
+                text = fh.read(MAX_YAML_BYTES + 1)  # never more than a config's worth
+            if len(text) > MAX_YAML_BYTES:
+                raise ConfigError(
+                    f"{path}: more than {MAX_YAML_BYTES} characters, far more than a "
+                    "config holds; is it the right file?"
+                )
+            data = load_yaml(text, str(path)) or {}
         except (UnicodeDecodeError, OSError) as exc:
             why = "not a text file" if isinstance(exc, UnicodeDecodeError) else exc.strerror
             raise ConfigError(f"{path}: cannot be read ({why}); restore or fix it") from None
