@@ -234,3 +234,77 @@ def test_a_config_just_below_the_limit_loads(tmp_path):
     assert 10**4 < MAX_YAML_NODES < 10**9
     data = load_yaml("kwargs:\n" + _bomb(4) + "\n", "test")
     assert len(data["kwargs"]["a3"]) == 10 and data["kwargs"]["a3"][0][0][0] == [1] * 10
+
+
+HUGE = {  # (command after the run directory, the flag the message names)
+    "eval --steps": (["eval", "{run}", "--steps", "1000000000000"], "--steps"),
+    "eval --tasks": (["eval", "{run}", "--tasks", "99999999999999999999999"], "--tasks"),
+    "eval --samples": (["eval", "{run}", "--samples", "1000000000000"], "--samples"),
+    "eval tasks x steps": (["eval", "{run}", "--tasks", "900000", "--steps", "900000"], "--tasks"),
+    "adapt --steps": (
+        ["adapt", "{run}", "--support", "{support}", "--query", "1", "--steps", "10000000000"],
+        "--steps",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HUGE))
+def test_huge_flags_are_refused_before_anything_runs(capsys, tmp_path, sine_run, case):
+    """Before: --steps 10**12 was an allocator traceback, --tasks 10**23 and --samples
+    10**12 ran forever."""
+    support = tmp_path / "support.csv"
+    support.write_text("x,y\n0.5,0.1\n1.5,0.9\n")
+    argv, flag = HUGE[case]
+    argv = [a.format(run=sine_run, support=support) for a in argv]
+    before = sorted(p.name for p in sine_run.iterdir())
+    line = assert_user_error(capsys, *argv, match=flag)
+    assert "more than" in line
+    assert sorted(p.name for p in sine_run.iterdir()) == before
+
+
+def test_huge_eval_values_in_a_config_are_refused_like_the_flags(capsys, tmp_path, sine_run):
+    from mamlkit.config import load_config
+    from mamlkit.errors import ConfigError
+
+    out = tmp_path / "run"
+    for sets, key in [
+        (["eval.tasks=100000000"], "eval.tasks"),
+        (["eval.steps=1000000000000"], "eval.steps"),
+        (["eval.tasks=100000", "eval.steps=100000"], "eval.tasks"),
+        (["train.val_tasks=100000000"], "train.val_tasks"),
+    ]:
+        assert_user_error(
+            capsys, "train", "sine_maml", *_sets([*TINY, *sets]), "--out", out, match=key
+        )
+        assert not out.exists()
+    with pytest.raises(ConfigError, match="environment steps"):
+        load_config("rl_nav2d_maml", ["task.eval_samples=10000000", "eval.tasks=100000"])
+    # a run whose config.yaml was edited to ask for 10**12 steps: eval says so at once
+    run = tmp_path / "edited"
+    shutil.copytree(sine_run, run)
+    text = (run / "config.yaml").read_text()
+    config = yaml.safe_load(text)
+    config["eval"]["steps"] = 10**12
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert_user_error(capsys, "eval", run, match="eval.steps")
+
+
+def test_other_flags_out_of_range_are_one_line(capsys, tmp_path, sine_run):
+    """A unicode digit as --checkpoint was a ValueError traceback; --seeds 10**12 built a
+    list of 10**12 seeds; a checkpoint file named with such a digit broke resume."""
+    assert_user_error(capsys, "eval", sine_run, "--checkpoint", "²", match="--checkpoint")
+    out = tmp_path / "study"
+    assert_user_error(
+        capsys, "reproduce", "sine-seeds", "--seeds", "1000000000000", "--out", out,
+        match="--seeds",
+    )
+    assert_user_error(
+        capsys, "reproduce", "sine-seeds", "--tasks", "10000000000", "--out", out,
+        match="--tasks",
+    )
+    assert not out.exists()
+    run = tmp_path / "run"
+    shutil.copytree(sine_run, run)
+    (run / "checkpoints" / "step-²³.safetensors").write_bytes(b"")
+    code, out_text, err = run_cli(capsys, "eval", run, "--checkpoint", "latest")
+    assert code == 0, err

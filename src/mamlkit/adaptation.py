@@ -21,6 +21,7 @@ from mamlkit.checkpoint import atomic_write_text
 from mamlkit.config import Config
 from mamlkit.data.images import decode_image, is_image_name
 from mamlkit.errors import UserError
+from mamlkit.limits import check_flag
 from mamlkit.runner import load_run
 from mamlkit.tasks.registry import task_spec
 
@@ -216,6 +217,7 @@ def adapt_run(
     ``out`` writes as JSON) the predictions. Nothing is written if anything is wrong."""
     if steps is not None and steps < 0:
         raise UserError(f"--steps must be >= 0, got {steps}")
+    check_flag("--steps", steps, "steps")
     if not queries:
         raise UserError("no --query given; name the images (or x values) to predict")
     if out is not None and out.exists() and (out.is_dir() or not force):

@@ -179,8 +179,11 @@ def reproduce_sine_seeds_cmd(
     """Sine regression's Table 2 across seeds: MAML at each --inner-lrs α and Meta-SGD, 5-shot,
     one model per seed; writes results.json and report.md (mean and spread over seeds,
     diverged tasks, Meta-SGD's learned step sizes) into --out."""
+    from mamlkit.limits import check_flag
     from mamlkit.sine_seeds import holds_study, reproduce_sine_seeds
 
+    check_flag("--seeds", seeds, "seeds")
+    check_flag("--tasks", tasks, "tasks")
     if seed_list is not None:
         if seeds is not None:
             raise UserError("--seeds N and --seed-list S,S,... both choose seeds; give one")

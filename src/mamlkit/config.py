@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from mamlkit.config_data import MAX_YAML_BYTES, check_plain_data, load_yaml
-from mamlkit.errors import ConfigError
+from mamlkit.errors import ConfigError, UserError
+from mamlkit.limits import MAX_EVAL_SAMPLES, MAX_EVAL_TASKS, MAX_STEPS, check_eval_work
 
 # The shipped presets, package data of mamlkit (read through importlib.resources, so they are
 # found in a wheel, an sdist install or a checkout alike).
@@ -552,6 +553,11 @@ _CEILINGS = [
     ("task.image_size", 1024, "Conv4 is made for small images (Omniglot 28, MiniImagenet 84)"),
     ("model.filters", 4096, "the paper's nets use 32 or 64"),
     ("eval.chunk", 10000, "tasks evaluated at once; more only needs more memory"),
+    # mamlkit.limits: the same ceilings as eval's --tasks, --steps and --samples
+    ("eval.tasks", MAX_EVAL_TASKS, "the papers use 600; more only narrows the interval"),
+    ("train.val_tasks", MAX_EVAL_TASKS, "validation tasks; the presets use 100-600"),
+    ("eval.steps", MAX_STEPS, "test-time adaptation steps; the papers use 10"),
+    ("task.eval_samples", MAX_EVAL_SAMPLES, "environment steps per task and test step"),
 ]
 _SEEDS = ("train.seed", "eval.seed", "task.split_seed")
 _INT64 = 2**63 - 1
@@ -613,6 +619,18 @@ def validate_resources(c: Config) -> None:
     for key, ceiling, reason in _CEILINGS:
         value = _get(c, key)
         _require(value <= ceiling, key, f"{value} is more than {ceiling} ({reason})")
+    from mamlkit.tasks.registry import task_spec
+
+    try:
+        check_eval_work(
+            c,
+            c.eval.tasks,
+            c.eval.steps,
+            {"tasks": "eval.tasks", "steps": "eval.steps", "samples": "task.eval_samples"},
+            rl=task_spec(c.task.name).rl,
+        )
+    except UserError as exc:
+        raise ConfigError(f"config keys {exc}") from None
     needed, keys = largest_tensor_bytes(c)
     memory = _memory_bytes()
     if memory and needed > memory:

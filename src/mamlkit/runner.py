@@ -23,6 +23,7 @@ from mamlkit.config import SAVED_BEFORE_THE_KEY, Config, load_config
 from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
 from mamlkit.evaluation import evaluate
+from mamlkit.limits import check_eval_work, check_flag
 from mamlkit.precision import cuda_precision
 from mamlkit.run_files import prepare_run_dir, run_checkpoints
 from mamlkit.rundir import (
@@ -129,7 +130,7 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
         raise UserError(f"{run_dir}: no checkpoints in {run_dir / CHECKPOINT_DIR}")
     if checkpoint == "latest":
         return found[max(found)]
-    if not checkpoint.isdigit() or int(checkpoint) not in found:
+    if not (checkpoint.isascii() and checkpoint.isdigit()) or int(checkpoint) not in found:
         steps = ", ".join(str(s) for s in sorted(found))
         raise UserError(
             f"--checkpoint {checkpoint!r}: not a saved step of {run_dir}; "
@@ -252,6 +253,14 @@ def eval_run(
         raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
     if samples is not None and samples < 0:
         raise UserError(f"--samples must be >= 0 (0: a number of trajectories), got {samples}")
+    for flag, value, kind in (("--tasks", tasks, "tasks"), ("--steps", steps, "steps")):
+        check_flag(flag, value, kind)  # before anything is loaded
+    check_flag("--samples", samples, "samples")
+    names = {
+        "tasks": "--tasks" if tasks is not None else "eval.tasks",
+        "steps": "--steps" if steps is not None else "eval.steps",
+        "samples": "--samples" if samples is not None else "task.eval_samples",
+    }
     protocol = {"eval_samples": samples} if samples is not None else None
     config, learner, step = load_run(run_dir, data_dir, checkpoint, trust_code, protocol)
     metric = metric_for(config)
@@ -284,6 +293,7 @@ def eval_run(
         raise UserError(f"--steps must be >= 0, got {steps}")
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
+    check_eval_work(config, tasks, steps, names, rl=metric == "return")
     dist = from_environment(config.train.device)  # torchrun: the ranks share the tasks
     if dist is not None:
         config.train.device = dist.device(config.train.device)
