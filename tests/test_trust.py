@@ -15,6 +15,14 @@ from mamlkit.errors import UserError
 
 from .test_cli_bad_input import assert_user_error, run_cli
 
+
+def refused(capsys, *argv, match: str = "") -> str:
+    """assert_user_error, and every flag its line suggests exists on that command."""
+    line = assert_user_error(capsys, *argv, match=match)
+    check_suggested_flags(list(argv), line)
+    return line
+
+
 TINY = [
     "train.iterations=2",
     "train.meta_batch=2",
@@ -91,7 +99,7 @@ def test_a_target_reaching_outside_mamlkit_needs_trust_code(
               for k, v in kwargs.items()}
     run = _copy_with_model(sine_run, tmp_path / "run", {"target": target, "kwargs": kwargs})
     before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    assert_user_error(capsys, *_commands(run, tmp_path)[command], match="--trust-code")
+    refused(capsys, *_commands(run, tmp_path)[command], match="--trust-code")
     assert not marker.exists()
     after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before
@@ -132,7 +140,7 @@ def test_a_model_class_of_mamlkit_needs_no_trust(capsys, tmp_path, sine_run):
 def test_model_kwargs_are_plain_data(capsys, tmp_path, kwargs, match):
     out = tmp_path / "run"
     sets = [*TINY, "model.target=mamlkit.models.mlp:MLP", f"model.kwargs={kwargs}"]
-    assert_user_error(
+    refused(
         capsys, "train", "sine_maml", *_sets(sets), "--out", out, match=match
     )
     assert not out.exists()
@@ -142,7 +150,7 @@ def test_a_misspelt_mamlkit_target_says_what_is_missing(capsys, tmp_path, sine_r
     run = _copy_with_model(
         sine_run, tmp_path / "run", {"target": "mamlkit.models:MLPP", "kwargs": {}}
     )
-    assert_user_error(capsys, "eval", run, "--trust-code", match="MLPP")
+    refused(capsys, "eval", run, "--trust-code", match="MLPP")
 
 
 # a module beside the config (the current directory is searched, as `python -m` does)
@@ -173,7 +181,7 @@ def test_a_target_that_exits_or_raises_is_one_line(capsys, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     sets = [*TINY, f"model.target={name}:Net"]
-    line = assert_user_error(
+    line = refused(
         capsys, "train", "sine_maml", *_sets(sets), "--out", out, match=match
     )
     assert "model.target" in line
@@ -198,11 +206,11 @@ def test_a_yaml_anchor_bomb_is_refused_before_it_is_used(capsys, tmp_path):
         + "\n"
     )
     out = tmp_path / "run"
-    assert_user_error(capsys, "train", str(config), "--out", out, match="alias")
+    refused(capsys, "train", str(config), "--out", out, match="alias")
     assert not out.exists()
     # the same in --set, in a run's config.yaml (eval) and a recursive alias
     bomb = "{" + _bomb(9).replace("\n", ",").replace("    ", "") + "}"
-    assert_user_error(
+    refused(
         capsys, "train", "sine_maml", "--set", f"model.kwargs={bomb}", "--out", out,
         match="alias",
     )
@@ -218,13 +226,13 @@ def test_a_run_config_bomb_and_a_recursive_alias_are_refused(capsys, tmp_path, s
         (run / "config.yaml").write_text(text.replace("  kwargs: {}\n", yaml_text))
 
     kwargs("  kwargs:\n" + _bomb(9) + "\n")
-    assert_user_error(capsys, "eval", run, match="alias")
+    refused(capsys, "eval", run, match="alias")
     kwargs("  kwargs: {sizes: &b [1, *b]}\n")
-    assert_user_error(capsys, "eval", run, match="recursive")
+    refused(capsys, "eval", run, match="recursive")
     kwargs("  kwargs: {sizes: " + "[" * 60 + "]" * 60 + "}\n")
-    assert_user_error(capsys, "eval", run, match="nested deeper")
+    refused(capsys, "eval", run, match="nested deeper")
     kwargs("  kwargs: {sizes: " + "[" * 5000 + "]" * 5000 + "}\n")
-    assert_user_error(capsys, "eval", run, match="nested deeper")
+    refused(capsys, "eval", run, match="nested deeper")
 
 
 def test_a_config_just_below_the_limit_loads(tmp_path):
@@ -257,7 +265,7 @@ def test_huge_flags_are_refused_before_anything_runs(capsys, tmp_path, sine_run,
     argv, flag = HUGE[case]
     argv = [a.format(run=sine_run, support=support) for a in argv]
     before = sorted(p.name for p in sine_run.iterdir())
-    line = assert_user_error(capsys, *argv, match=flag)
+    line = refused(capsys, *argv, match=flag)
     assert "more than" in line
     assert sorted(p.name for p in sine_run.iterdir()) == before
 
@@ -273,7 +281,7 @@ def test_huge_eval_values_in_a_config_are_refused_like_the_flags(capsys, tmp_pat
         (["eval.tasks=100000", "eval.steps=100000"], "eval.tasks"),
         (["train.val_tasks=100000000"], "train.val_tasks"),
     ]:
-        assert_user_error(
+        refused(
             capsys, "train", "sine_maml", *_sets([*TINY, *sets]), "--out", out, match=key
         )
         assert not out.exists()
@@ -286,19 +294,19 @@ def test_huge_eval_values_in_a_config_are_refused_like_the_flags(capsys, tmp_pat
     config = yaml.safe_load(text)
     config["eval"]["steps"] = 10**12
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    assert_user_error(capsys, "eval", run, match="eval.steps")
+    refused(capsys, "eval", run, match="eval.steps")
 
 
 def test_other_flags_out_of_range_are_one_line(capsys, tmp_path, sine_run):
     """A unicode digit as --checkpoint was a ValueError traceback; --seeds 10**12 built a
     list of 10**12 seeds; a checkpoint file named with such a digit broke resume."""
-    assert_user_error(capsys, "eval", sine_run, "--checkpoint", "²", match="--checkpoint")
+    refused(capsys, "eval", sine_run, "--checkpoint", "²", match="--checkpoint")
     out = tmp_path / "study"
-    assert_user_error(
+    refused(
         capsys, "reproduce", "sine-seeds", "--seeds", "1000000000000", "--out", out,
         match="--seeds",
     )
-    assert_user_error(
+    refused(
         capsys, "reproduce", "sine-seeds", "--tasks", "10000000000", "--out", out,
         match="--tasks",
     )
@@ -308,3 +316,92 @@ def test_other_flags_out_of_range_are_one_line(capsys, tmp_path, sine_run):
     (run / "checkpoints" / "step-²³.safetensors").write_bytes(b"")
     code, out_text, err = run_cli(capsys, "eval", run, "--checkpoint", "latest")
     assert code == 0, err
+
+
+# --- item 24: a message suggests only flags the command has ------------------------------
+
+EXTERNAL_FLAGS = {"--nproc-per-node", "--force-reinstall"}  # torchrun's and pip's
+
+
+def _click_command(words: list[str]):
+    """The click command that ``mamlkit WORDS...`` runs, and the words left after it."""
+    from mamlkit.cli import app
+
+    command, rest = app, list(words)
+    while rest and hasattr(command, "commands") and rest[0] in command.commands:
+        command = command.commands[rest.pop(0)]
+    return command, rest
+
+
+def _flags(command) -> set[str]:
+    return {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+
+
+def check_suggested_flags(argv: list, line: str) -> None:
+    """Each ``--flag`` in ``line`` exists on the command it belongs to: a quoted
+    `mamlkit CMD ...` names its own command, any other flag belongs to ``argv``'s."""
+    import re
+
+    for quoted in re.findall(r"`mamlkit ([^`]*)`", line):
+        command, rest = _click_command(quoted.split())
+        missing = {w.split("=")[0] for w in rest if w.startswith("--")} - _flags(command)
+        assert not missing, (quoted, missing)
+    command, _ = _click_command([str(a) for a in argv])
+    named = set(re.findall(r"--[a-z][a-z-]*", re.sub(r"`[^`]*`", "", line)))
+    missing = named - _flags(command) - EXTERNAL_FLAGS
+    assert not missing, (line, missing)
+
+
+def test_every_quoted_mamlkit_command_in_the_sources_exists():
+    """Every `mamlkit CMD --flag ...` that a message (or a docstring) quotes names a
+    command that exists, with flags that it has."""
+    import re
+
+    from mamlkit.cli import app
+
+    sources = Path(mamlkit.__file__).parent
+    quoted = [
+        q
+        for path in sources.rglob("*.py")
+        for q in re.findall(r"`mamlkit ([^`]*)`", path.read_text())
+    ]
+    assert any("--resume" in q for q in quoted)  # the scan sees the messages
+    for text in quoted:
+        check_suggested_flags(["--help"], f"`mamlkit {text}`")
+        command, _ = _click_command(text.split())
+        assert command is not app, text  # a command that exists
+
+
+def test_the_fixes_messages_suggest_exist(capsys, tmp_path, sine_run, monkeypatch):
+    """Before: `adapt` on an unfinished run suggested --checkpoint latest, which adapt did
+    not have; `eval` of a CUDA run on a machine without CUDA suggested --set
+    train.device=cpu, which eval does not have."""
+    import torch
+
+    support = tmp_path / "support.csv"
+    support.write_text("x,y\n0.5,0.1\n1.5,0.9\n")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(sine_run, unfinished)
+    (unfinished / "model.safetensors").unlink()
+    adapt = ["adapt", unfinished, "--support", support, "--query", "1.0"]
+    line = refused(capsys, *adapt, match="--checkpoint latest")
+    check_suggested_flags(adapt, line)
+    code, out, err = run_cli(capsys, *adapt, "--checkpoint", "latest")
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 1
+
+    cuda = _copy_with_model(sine_run, tmp_path / "cuda", {})
+    config = yaml.safe_load((cuda / "config.yaml").read_text())
+    config["train"]["device"] = "cuda"
+    (cuda / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cuda_adapt = ["adapt", cuda, "--support", support, "--query", "1.0"]
+    for argv in (["eval", cuda], cuda_adapt, ["train", "--resume", cuda, "--no-progress"]):
+        line = refused(capsys, *argv, match="train.device")
+        check_suggested_flags(argv, line)
+        assert "--set train.device" not in line
+    for argv in (["eval", cuda, "--tasks", "2"], cuda_adapt):
+        code, _, err = run_cli(capsys, *argv, "--device", "cpu")
+        assert code == 0, err
+    refused(capsys, "eval", cuda, "--device", "cuda", match="--device cpu")
+    refused(capsys, "eval", cuda, "--device", "tpu", match="--device")

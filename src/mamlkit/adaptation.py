@@ -212,9 +212,13 @@ def adapt_run(
     out: Path | None = None,
     force: bool = False,
     trust_code: bool = False,
+    checkpoint: str | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Adapt the run in ``run_dir`` on ``support`` and predict ``queries``; returns (and with
-    ``out`` writes as JSON) the predictions. Nothing is written if anything is wrong."""
+    ``out`` writes as JSON) the predictions. Nothing is written if anything is wrong.
+    ``checkpoint`` (a step or ``latest``) adapts a training checkpoint instead of the final
+    weights (an unfinished run); ``device`` replaces the run's ``train.device``."""
     if steps is not None and steps < 0:
         raise UserError(f"--steps must be >= 0, got {steps}")
     check_flag("--steps", steps, "steps")
@@ -226,7 +230,9 @@ def adapt_run(
             if not out.is_dir()
             else f"--out {out} is a directory; give a file name such as preds.json"
         )
-    config, learner, _ = load_run(run_dir, trust_code=trust_code)
+    config, learner, _ = load_run(
+        run_dir, checkpoint=checkpoint, trust_code=trust_code, device=device
+    )
     task = task_spec(config.task.name)
     if task.rl:
         raise UserError(

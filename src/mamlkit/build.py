@@ -25,12 +25,13 @@ from mamlkit.models.target import build_target_model, untrusted_reason
 from mamlkit.tasks import TaskDistribution, task_spec
 
 
-def check_device(c: Config) -> None:
-    """Refuse a CUDA config on a machine without CUDA (also for resumed and evaluated runs)."""
+def check_device(c: Config, fix: str = "use --set train.device=cpu") -> None:
+    """Refuse a CUDA config on a machine without CUDA (also for resumed and evaluated runs);
+    ``fix`` is what the command at hand offers instead."""
     if c.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"config key 'train.device': {c.train.device!r} but CUDA is not "
-            "available here; use --set train.device=cpu"
+            f"config key 'train.device': {c.train.device!r} but CUDA is not available here; "
+            f"{fix}"
         )
 
 

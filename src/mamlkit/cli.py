@@ -310,9 +310,10 @@ RESUME_OVERRIDES = frozenset(
 
 
 TRUST_HELP = (
-    "Allow importing the run's model.target from outside mamlkit (that runs its code; "
-    "only for runs you trust)."
+    "Allow building the run's model.target when it is not a model class of mamlkit "
+    "(that runs its code; only for runs you trust)."
 )
+DEVICE_HELP = "cpu or cuda (default: the run's train.device)."
 
 
 @app.command("eval")
@@ -329,6 +330,7 @@ TRUST_HELP = (
     "weights; writes RUN_DIR/eval-step-N.json.",
 )
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+@click.option("--device", default=None, help=DEVICE_HELP)
 @click.option(
     "--within-alphabet/--any-alphabet",
     default=None,
@@ -360,6 +362,7 @@ def eval_cmd(
     data_dir,
     checkpoint,
     trust_code,
+    device,
     within_alphabet,
     inner_lr,
     samples,
@@ -367,6 +370,8 @@ def eval_cmd(
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
     from mamlkit.runner import eval_run
 
+    if device is not None:
+        _check_device(device)
     result = eval_run(
         run_dir,
         tasks=tasks,
@@ -378,6 +383,7 @@ def eval_cmd(
         within_alphabet=within_alphabet,
         inner_lr=inner_lr,
         samples=samples,
+        device=device,
     )
     click.echo(json.dumps(result))
 
@@ -403,11 +409,22 @@ def eval_cmd(
 @click.option("--steps", type=int, default=None, help="Adaptation steps (default: eval.steps).")
 @click.option("--out", type=PATH, default=None, help="Also write the predictions as JSON here.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option(
+    "--checkpoint",
+    default=None,
+    metavar="STEP|latest",
+    help="Adapt a training checkpoint (also of an unfinished run) instead of the final weights.",
+)
+@click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
-def adapt(run_dir, more_queries, support, queries, steps, out, force, trust_code) -> None:
+def adapt(
+    run_dir, more_queries, support, queries, steps, out, force, checkpoint, device, trust_code
+) -> None:
     """Adapt the trained model of RUN_DIR to a new task (--support) and predict --query."""
     from mamlkit.adaptation import adapt_run
 
+    if device is not None:
+        _check_device(device)
     result = adapt_run(
         run_dir,
         support,
@@ -416,6 +433,8 @@ def adapt(run_dir, more_queries, support, queries, steps, out, force, trust_code
         out=out,
         force=force,
         trust_code=trust_code,
+        checkpoint=checkpoint,
+        device=device,
     )
     for row in result["predictions"]:
         if "class" in row:
@@ -503,7 +522,9 @@ def _plot_rl(run_dir) -> None:
     if task["name"] == "nav2d":
         final = (run_dir / "model.safetensors").is_file()
         if final or run_checkpoints(run_dir):
-            _, learner, _ = load_run(run_dir, checkpoint=None if final else "latest")
+            _, learner, _ = load_run(
+                run_dir, checkpoint=None if final else "latest", device="cpu"
+            )
             rl_plots.nav2d_trajectories(learner, run_dir / "trajectories.png")
             click.echo(f"wrote {run_dir / 'trajectories.png'}")
 

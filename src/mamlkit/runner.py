@@ -36,6 +36,11 @@ from mamlkit.rundir import (
 from mamlkit.tasks.registry import TASKS, task_spec
 from mamlkit.training import Trainer, seed_everything
 
+RESUME_ON_CUDA = (
+    "this run trains on CUDA: resume it on a machine with CUDA (the device cannot change on "
+    "--resume; `mamlkit eval RUN --device cpu` evaluates it here)"
+)
+
 
 def train_run(
     config: Config,
@@ -50,7 +55,8 @@ def train_run(
     is created), then train. ``update_config`` (with ``resume``) records the config in the
     run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``;
     ``from_step`` resumes from that checkpoint instead of the newest."""
-    check_device(config)
+    # --resume keeps the device it trained on (only RESUME_OVERRIDES may change)
+    check_device(config, RESUME_ON_CUDA if resume else "use --set train.device=cpu")
     dist = from_environment(config.train.device)
     if dist is not None:  # torchrun: this process's share of a data-parallel job
         config.train.device = dist.device(config.train.device)
@@ -183,18 +189,22 @@ def load_run(
     checkpoint: str | None = None,
     trust_code: bool = False,
     task_updates: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> tuple[Config, Any, int | None]:
     """The config, the learner and its training step (None if unknown) of a run directory:
     the final weights, or with ``checkpoint`` (a step or ``latest``) a checkpoint's. A
     ``model.target`` outside mamlkit is imported only with ``trust_code``;
-    ``task_updates`` replace values of the run's ``task`` config (a test protocol's)."""
+    ``task_updates`` replace values of the run's ``task`` config (a test protocol's);
+    ``device`` (cpu, cuda) replaces the run's ``train.device`` (``--device``)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
-    updates = data_dir_update(data_dir) or {"task": {}}
+    updates: dict[str, Any] = data_dir_update(data_dir) or {"task": {}}
     updates["task"].update(task_updates or {})
+    if device is not None:
+        updates["train"] = {"device": device}
     config = load_run_config(run_dir, updates=updates)
     check_code_trust(config, run_dir / "config.yaml", trust_code)
-    check_device(config)
+    check_device(config, "use --device cpu (device='cpu' from Python)")
     if checkpoint is not None:
         weights = checkpoint_path(run_dir, checkpoint)
     else:
@@ -239,6 +249,7 @@ def eval_run(
     within_alphabet: bool | None = None,
     inner_lr: Sequence[float] = (),
     samples: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
     (``checkpoint``) into the run directory and returns the same record.
@@ -247,7 +258,8 @@ def eval_run(
     ``inner_lr`` replaces the test-time step size (RL: one per step, the last repeating);
     the record then goes to ``eval-inner-lr-A-B.json``. ``samples`` (RL) makes each test
     step at least that many environment steps per task (``task.eval_samples``); the record
-    then goes to ``eval-samples-N.json``."""
+    then goes to ``eval-samples-N.json``. ``device`` evaluates on another device than the
+    run's ``train.device`` (the same record: the device does not change what is measured)."""
     inner_lr = list(inner_lr)
     if not all(math.isfinite(a) and a > 0 for a in inner_lr):
         raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
@@ -262,7 +274,9 @@ def eval_run(
         "samples": "--samples" if samples is not None else "task.eval_samples",
     }
     protocol = {"eval_samples": samples} if samples is not None else None
-    config, learner, step = load_run(run_dir, data_dir, checkpoint, trust_code, protocol)
+    config, learner, step = load_run(
+        run_dir, data_dir, checkpoint, trust_code, protocol, device=device
+    )
     metric = metric_for(config)
     if samples is not None and metric != "return":
         raise UserError(
