@@ -405,3 +405,77 @@ def test_the_fixes_messages_suggest_exist(capsys, tmp_path, sine_run, monkeypatc
         assert code == 0, err
     refused(capsys, "eval", cuda, "--device", "cuda", match="--device cpu")
     refused(capsys, "eval", cuda, "--device", "tpu", match="--device")
+
+
+# --- item 20: under torchrun a user error is said once -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "world,local_rank,lines", [("4", "0", 1), ("4", "1", 0), ("4", "3", 0), ("1", "1", 1)]
+)
+def test_under_torchrun_a_user_error_is_said_by_the_first_process_only(
+    capsys, monkeypatch, tmp_path, world, local_rank, lines
+):
+    """Before: every process printed the line (twice on 2 processes). Refused before any
+    process group is joined, so this needs no torchrun: its environment is enough. Outside
+    torchrun (WORLD_SIZE 1) a stray LOCAL_RANK silences nothing."""
+    from mamlkit.cli import main
+
+    for name, value in {"WORLD_SIZE": world, "RANK": local_rank, "LOCAL_RANK": local_rank}.items():
+        monkeypatch.setenv(name, value)
+    code = main(["train", "sine_maml", "--set", "train.foo=1", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == lines, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("codes,expected", [({0: 2, 1: 2}, 2), ({1: 1}, 1), ({}, 0)])
+def test_mamlkit_launch_ends_a_job_with_the_workers_code_and_no_report(
+    capsys, monkeypatch, codes, expected
+):
+    """torchrun reports any failed worker with its ChildFailedError traceback and exit 1
+    (45 lines after the worker's one); `python -m mamlkit.launch` (the same launcher and
+    arguments) ends with the workers' own exit code and nothing more. The launcher is
+    replaced here by one whose workers failed so, to stay fast."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import (
+        ChildFailedError,
+        ProcessFailure,
+    )
+
+    from mamlkit import launch
+
+    def run(args):
+        assert args.nproc_per_node == "2" and args.training_script == "mamlkit"
+        if codes:
+            failures = {
+                rank: ProcessFailure(rank, 1000 + rank, code, "<N/A>")
+                for rank, code in codes.items()
+            }
+            raise ChildFailedError("mamlkit", failures)
+
+    monkeypatch.setattr(torchrun, "run", run)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # restored after the test
+    argv = ["--standalone", "--nproc-per-node=2", "-m", "mamlkit", "eval", "RUN"]
+    assert launch.main(argv) == expected
+    assert capsys.readouterr().err == ""
+
+
+def test_mamlkit_launch_keeps_torchruns_report_for_a_killed_worker(monkeypatch):
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import (
+        ChildFailedError,
+        ProcessFailure,
+    )
+
+    from mamlkit import launch
+
+    def run(args):
+        raise ChildFailedError("mamlkit", {0: ProcessFailure(0, 1000, -9, "<N/A>")})
+
+    monkeypatch.setattr(torchrun, "run", run)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with pytest.raises(ChildFailedError):
+        launch.main(["--standalone", "--nproc-per-node=2", "-m", "mamlkit", "eval", "RUN"])

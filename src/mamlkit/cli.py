@@ -543,6 +543,18 @@ def data_download(dataset, dest) -> None:
     click.echo(f"omniglot ready in {path}")
 
 
+def says_user_errors() -> bool:
+    """Whether this process prints a user error. Under ``torchrun`` the processes of one
+    node read the same command line, files and data and so refuse alike: only the node's
+    first process (``LOCAL_RANK`` 0) says it, once per machine instead of once per process.
+    (A lost rank, exit 1, is each process's own news: every process says it.)"""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return world <= 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
+    except ValueError:  # not torchrun's environment: say it
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     from mamlkit.data.errors import DataError
@@ -554,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
         finished = True
     except (UserError, DataError) as exc:
-        click.echo(f"mamlkit: error: {exc}", err=True)
+        if says_user_errors():
+            click.echo(f"mamlkit: error: {exc}", err=True)
         finished = isinstance(exc, DivergenceError)  # every rank decides it alike
         return 2
     except LostRank as exc:  # another process of a torchrun job failed: its message says why
