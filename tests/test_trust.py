@@ -1,6 +1,14 @@
-"""Which code a run directory may make mamlkit run (issue 23): a ``model.target`` is
-trusted by what it resolves to, never by its name; ``model.kwargs`` are plain data; a
-target that exits or raises is one line (exit 2)."""
+"""Which code a run may make mamlkit run, and what a command may ask for (issue 23):
+
+- item 1: a ``model.target`` is trusted by what it resolves to (an nn.Module class defined
+  in mamlkit), never by its name; ``model.kwargs`` are plain data;
+- items 15, 19: a target that exits at import or raises while building is one line;
+- item 17: YAML anchor bombs, recursive aliases and deep nesting are refused before use;
+- item 16: every count of eval/adapt/reproduce has a ceiling, an evaluation's size is
+  estimated before it starts;
+- item 24: a message suggests only flags its command has (adapt --checkpoint, --device);
+- item 20: under torchrun a user error is said once; ``python -m mamlkit.launch``.
+"""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ def load_yaml(text: str, what: str) -> Any:
     deeper than :data:`MAX_YAML_DEPTH` or refers to itself. Counting takes one pass over
     the composed nodes (each anchored node is counted once, with its expanded size), so a
     bomb is refused in the time it takes to read it. Syntax errors raise yaml.YAMLError."""
+    _check_nesting(text, what)  # before composing, which recurses once per level
     loader = yaml.SafeLoader(text)
     try:
         try:
@@ -52,6 +53,22 @@ def load_yaml(text: str, what: str) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def _check_nesting(text: str, what: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_YAML_DEPTH` from the parser's events (an
+    iterative pass), before the composer would recurse that deep."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(
+                    f"{what}: nested deeper than {MAX_YAML_DEPTH} levels; a config is a few "
+                    "levels of mappings"
+                )
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
