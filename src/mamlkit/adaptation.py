@@ -22,6 +22,7 @@ from mamlkit.adapt_inputs import (
 )
 from mamlkit.checkpoint import atomic_write_text
 from mamlkit.errors import UserError
+from mamlkit.limits import check_flag
 from mamlkit.runner import load_run
 from mamlkit.tasks.registry import task_spec
 
@@ -101,11 +102,16 @@ def adapt_run(
     out: Path | None = None,
     force: bool = False,
     trust_code: bool = False,
+    checkpoint: str | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Adapt the run in ``run_dir`` on ``support`` and predict ``queries``; returns (and with
-    ``out`` writes as JSON) the predictions. Nothing is written if anything is wrong."""
+    ``out`` writes as JSON) the predictions. Nothing is written if anything is wrong.
+    ``checkpoint`` (a step or ``latest``) adapts a training checkpoint instead of the final
+    weights (an unfinished run); ``device`` replaces the run's ``train.device``."""
     if steps is not None and steps < 0:
         raise UserError(f"--steps must be >= 0, got {steps}")
+    check_flag("--steps", steps, "steps")
     if not queries:
         raise UserError("no --query given; name the images (or x values) to predict")
     if out is not None and out.exists() and (out.is_dir() or not force):
@@ -114,7 +120,9 @@ def adapt_run(
             if not out.is_dir()
             else f"--out {out} is a directory; give a file name such as preds.json"
         )
-    config, learner, _ = load_run(run_dir, trust_code=trust_code)
+    config, learner, _ = load_run(
+        run_dir, checkpoint=checkpoint, trust_code=trust_code, device=device
+    )
     task = task_spec(config.task.name)
     if task.rl:
         raise UserError(

@@ -186,8 +186,11 @@ def reproduce_sine_seeds_cmd(
     """Sine regression's Table 2 across seeds: MAML at each --inner-lrs α and Meta-SGD, 5-shot,
     one model per seed; writes results.json and report.md (mean and spread over seeds,
     diverged tasks, Meta-SGD's learned step sizes) into --out."""
+    from mamlkit.limits import check_flag
     from mamlkit.sine_seeds import holds_study, reproduce_sine_seeds
 
+    check_flag("--seeds", seeds, "seeds")
+    check_flag("--tasks", tasks, "tasks")
     if seed_list is not None:
         if seeds is not None:
             raise UserError("--seeds N and --seed-list S,S,... both choose seeds; give one")
@@ -343,9 +346,10 @@ RESUME_OVERRIDES = frozenset(
 
 
 TRUST_HELP = (
-    "Allow importing the run's model.target from outside mamlkit (that runs its code; "
-    "only for runs you trust)."
+    "Allow building the run's model.target when it is not a model class of mamlkit "
+    "(that runs its code; only for runs you trust)."
 )
+DEVICE_HELP = "cpu or cuda (default: the run's train.device)."
 
 
 @app.command("eval")
@@ -362,6 +366,7 @@ TRUST_HELP = (
     "weights; writes RUN_DIR/eval-step-N.json.",
 )
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+@click.option("--device", default=None, help=DEVICE_HELP)
 @click.option(
     "--within-alphabet/--any-alphabet",
     default=None,
@@ -393,6 +398,7 @@ def eval_cmd(
     data_dir,
     checkpoint,
     trust_code,
+    device,
     within_alphabet,
     inner_lr,
     samples,
@@ -400,6 +406,8 @@ def eval_cmd(
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json."""
     from mamlkit.runner import eval_run
 
+    if device is not None:
+        _check_device(device)
     result = eval_run(
         run_dir,
         tasks=tasks,
@@ -411,6 +419,7 @@ def eval_cmd(
         within_alphabet=within_alphabet,
         inner_lr=inner_lr,
         samples=samples,
+        device=device,
     )
     click.echo(json.dumps(result))
 
@@ -436,11 +445,22 @@ def eval_cmd(
 @click.option("--steps", type=int, default=None, help="Adaptation steps (default: eval.steps).")
 @click.option("--out", type=PATH, default=None, help="Also write the predictions as JSON here.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option(
+    "--checkpoint",
+    default=None,
+    metavar="STEP|latest",
+    help="Adapt a training checkpoint (also of an unfinished run) instead of the final weights.",
+)
+@click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
-def adapt(run_dir, more_queries, support, queries, steps, out, force, trust_code) -> None:
+def adapt(
+    run_dir, more_queries, support, queries, steps, out, force, checkpoint, device, trust_code
+) -> None:
     """Adapt the trained model of RUN_DIR to a new task (--support) and predict --query."""
     from mamlkit.adaptation import adapt_run
 
+    if device is not None:
+        _check_device(device)
     result = adapt_run(
         run_dir,
         support,
@@ -449,6 +469,8 @@ def adapt(run_dir, more_queries, support, queries, steps, out, force, trust_code
         out=out,
         force=force,
         trust_code=trust_code,
+        checkpoint=checkpoint,
+        device=device,
     )
     for row in result["predictions"]:
         if "class" in row:
@@ -513,10 +535,18 @@ def _plot_rl(run_dir) -> None:
     trajectories before and after adaptation."""
     import yaml
 
+    from mamlkit.config_data import load_yaml
     from mamlkit.tasks.registry import TASKS
 
-    task = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("task", {})
-    spec = TASKS.get(task.get("name"))
+    path = run_dir / "config.yaml"
+    try:
+        config = load_yaml(path.read_text(), str(path))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        raise UserError(f"{path}: not a readable YAML file; restore the run's config") from None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(task, dict):
+        return
+    spec = TASKS.get(task["name"]) if isinstance(task.get("name"), str) else None
     if spec is None or not spec.rl:
         return
     from mamlkit.rl import plots as rl_plots
@@ -528,7 +558,9 @@ def _plot_rl(run_dir) -> None:
     if task["name"] == "nav2d":
         final = (run_dir / "model.safetensors").is_file()
         if final or run_checkpoints(run_dir):
-            _, learner, _ = load_run(run_dir, checkpoint=None if final else "latest")
+            _, learner, _ = load_run(
+                run_dir, checkpoint=None if final else "latest", device="cpu"
+            )
             rl_plots.nav2d_trajectories(learner, run_dir / "trajectories.png")
             click.echo(f"wrote {run_dir / 'trajectories.png'}")
 
@@ -559,6 +591,18 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
         click.echo(f"mamlkit: warning: {text}", err=True)
 
 
+def says_user_errors() -> bool:
+    """Whether this process prints a user error. Under ``torchrun`` the processes of one
+    node read the same command line, files and data and so refuse alike: only the node's
+    first process (``LOCAL_RANK`` 0) says it, once per machine instead of once per process.
+    (A lost rank, exit 1, is each process's own news: every process says it.)"""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return world <= 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
+    except ValueError:  # not torchrun's environment: say it
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     from mamlkit.data.errors import DataError
@@ -573,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
         finished = True
     except (UserError, DataError) as exc:
-        click.echo(f"mamlkit: error: {exc}", err=True)
+        if says_user_errors():
+            click.echo(f"mamlkit: error: {exc}", err=True)
         finished = isinstance(exc, DivergenceError)  # every rank decides it alike
         return 2
     except LostRank as exc:  # another process of a torchrun job failed: its message says why

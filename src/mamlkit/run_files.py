@@ -182,7 +182,7 @@ def run_checkpoints(run_dir: Path) -> dict[int, Path]:
     found = {}
     for path in (run_dir / CHECKPOINT_DIR).glob("step-*.safetensors"):
         step = path.stem.split("-")[1]
-        if step.isdigit():
+        if step.isascii() and step.isdigit():  # "²" is a digit int() refuses
             found[int(step)] = path
     return dict(sorted(found.items()))
 

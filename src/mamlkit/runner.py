@@ -25,6 +25,7 @@ from mamlkit.data.cache import forget_recent_entries
 from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
 from mamlkit.evaluation import evaluate
+from mamlkit.limits import check_eval_work, check_flag
 from mamlkit.precision import cuda_precision
 from mamlkit.run_data import RecordData, checked_splits, data_record, use_run_data
 from mamlkit.run_files import prepare_run_dir, run_checkpoints
@@ -38,6 +39,11 @@ from mamlkit.rundir import (
 from mamlkit.tasks.datasets import dataset_of, locate
 from mamlkit.tasks.registry import TASKS, task_spec
 from mamlkit.training import Trainer, seed_everything
+
+RESUME_ON_CUDA = (
+    "this run trains on CUDA: resume it on a machine with CUDA (the device cannot change on "
+    "--resume; `mamlkit eval RUN --device cpu` evaluates it here)"
+)
 
 
 def train_run(
@@ -67,7 +73,8 @@ def train_run(
         text = max_time or config.train.max_time
         option = "--max-time" if max_time else "train.max_time"
         budget = TimeBudget(parse_duration(text, option), started=started, text=text)
-    check_device(config)
+    # --resume keeps the device it trained on (only RESUME_OVERRIDES may change)
+    check_device(config, RESUME_ON_CUDA if resume else "use --set train.device=cpu")
     dist = from_environment(config.train.device)
     if dist is not None:  # torchrun: this process's share of a data-parallel job
         config.train.device = dist.device(config.train.device)
@@ -164,7 +171,7 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
         raise UserError(f"{run_dir}: no checkpoints in {run_dir / CHECKPOINT_DIR}")
     if checkpoint == "latest":
         return found[max(found)]
-    if not checkpoint.isdigit() or int(checkpoint) not in found:
+    if not (checkpoint.isascii() and checkpoint.isdigit()) or int(checkpoint) not in found:
         steps = ", ".join(str(s) for s in sorted(found))
         raise UserError(
             f"--checkpoint {checkpoint!r}: not a saved step of {run_dir}; "
@@ -217,18 +224,22 @@ def load_run(
     checkpoint: str | None = None,
     trust_code: bool = False,
     task_updates: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> tuple[Config, Any, int | None]:
     """The config, the learner and its training step (None if unknown) of a run directory:
     the final weights, or with ``checkpoint`` (a step or ``latest``) a checkpoint's. A
     ``model.target`` outside mamlkit is imported only with ``trust_code``;
-    ``task_updates`` replace values of the run's ``task`` config (a test protocol's)."""
+    ``task_updates`` replace values of the run's ``task`` config (a test protocol's);
+    ``device`` (cpu, cuda) replaces the run's ``train.device`` (``--device``)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
-    updates = data_dir_update(data_dir) or {"task": {}}
+    updates: dict[str, Any] = data_dir_update(data_dir) or {"task": {}}
     updates["task"].update(task_updates or {})
+    if device is not None:
+        updates["train"] = {"device": device}
     config = load_run_config(run_dir, updates=updates)
     check_code_trust(config, run_dir / "config.yaml", trust_code)
-    check_device(config)
+    check_device(config, "use --device cpu (device='cpu' from Python)")
     if checkpoint is not None:
         weights = checkpoint_path(run_dir, checkpoint)
     else:
@@ -273,6 +284,7 @@ def eval_run(
     within_alphabet: bool | None = None,
     inner_lr: Sequence[float] = (),
     samples: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
     (``checkpoint``) into the run directory and returns the same record.
@@ -281,14 +293,25 @@ def eval_run(
     ``inner_lr`` replaces the test-time step size (RL: one per step, the last repeating);
     the record then goes to ``eval-inner-lr-A-B.json``. ``samples`` (RL) makes each test
     step at least that many environment steps per task (``task.eval_samples``); the record
-    then goes to ``eval-samples-N.json``."""
+    then goes to ``eval-samples-N.json``. ``device`` evaluates on another device than the
+    run's ``train.device`` (the same record: the device does not change what is measured)."""
     inner_lr = list(inner_lr)
     if not all(math.isfinite(a) and a > 0 for a in inner_lr):
         raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
     if samples is not None and samples < 0:
         raise UserError(f"--samples must be >= 0 (0: a number of trajectories), got {samples}")
+    for flag, value, kind in (("--tasks", tasks, "tasks"), ("--steps", steps, "steps")):
+        check_flag(flag, value, kind)  # before anything is loaded
+    check_flag("--samples", samples, "samples")
+    names = {
+        "tasks": "--tasks" if tasks is not None else "eval.tasks",
+        "steps": "--steps" if steps is not None else "eval.steps",
+        "samples": "--samples" if samples is not None else "task.eval_samples",
+    }
     protocol = {"eval_samples": samples} if samples is not None else None
-    config, learner, step = load_run(run_dir, None, checkpoint, trust_code, protocol)
+    config, learner, step = load_run(
+        run_dir, None, checkpoint, trust_code, protocol, device=device
+    )
     metric = metric_for(config)
     if samples is not None and metric != "return":
         raise UserError(
@@ -320,6 +343,7 @@ def eval_run(
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
     use_run_data(run_dir, config, data_dir, [split])  # the data it trained on, or an error
+    check_eval_work(config, tasks, steps, names, rl=metric == "return")
     dist = from_environment(config.train.device)  # torchrun: the ranks share the tasks
     if dist is not None:
         config.train.device = dist.device(config.train.device)
