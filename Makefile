@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean zoo zoo-table
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,15 +17,33 @@ demo: $(STAMP)
 	$(BIN)/mamlkit reproduce sine --out runs/sine --force
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
+# the suite on every core (pytest-xdist): tests are independent, each in its own tmp_path
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/meta_iteration.py --workload sine
 	$(BIN)/python benchmarks/meta_iteration.py --workload omniglot-5w1s
 	$(BIN)/python benchmarks/meta_iteration.py --workload omniglot-20w1s
+
+# The zoo (zoo/, docs/zoo.md): continue the unfinished reference runs for ZOO_TIME, as many at
+# once as there are cores, at the lowest priority; then evaluate the finished ones and
+# regenerate docs/zoo.md. Omniglot from $(MAMLKIT_DATA)/omniglot.
+# ZOO_ONLY="a b" limits it to those runs; ZOO_DIR and ZOO_TABLE move it (tests do).
+ZOO_TIME  ?= 2h30m
+ZOO_DIR   ?= zoo
+ZOO_TABLE ?= docs/zoo.md
+ZOO_ONLY  ?=
+MAMLKIT_DATA ?= $(abspath ../shared/data)
+zoo: $(STAMP)
+	MAMLKIT_DATA=$(MAMLKIT_DATA) nice -n 19 $(BIN)/python scripts/zoo.py run \
+		--time $(ZOO_TIME) --zoo $(ZOO_DIR) $(if $(ZOO_ONLY),--only $(ZOO_ONLY))
+	$(BIN)/python scripts/zoo.py table --zoo $(ZOO_DIR) --out $(ZOO_TABLE)
+
+zoo-table: $(STAMP)
+	$(BIN)/python scripts/zoo.py table --zoo $(ZOO_DIR) --out $(ZOO_TABLE)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -16,7 +16,12 @@ from pathlib import Path
 import torch
 
 import mamlkit
-from mamlkit.adaptation import ImagePreprocessing, read_images, read_support_folder
+from mamlkit.adaptation import (
+    ImagePreprocessing,
+    check_output_width,
+    read_images,
+    read_support_folder,
+)
 
 
 def main(argv=None) -> list[tuple[str, str, float]]:
@@ -32,6 +37,8 @@ def main(argv=None) -> list[tuple[str, str, float]]:
     prepare = ImagePreprocessing(learner.config)
     support_x, support_y, classes = read_support_folder(args.support, prepare)
     query_x = read_images(args.queries, prepare)
+    # a head of fixed width (MAML, Meta-SGD, ...) needs as many classes as it was trained on
+    check_output_width(learner, support_x, support_y, classes, args.run_dir)
     steps = learner.config.eval.steps if args.steps is None else args.steps
     with torch.inference_mode():
         probabilities = learner.predict_task(support_x, support_y, query_x, steps).softmax(-1)

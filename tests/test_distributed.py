@@ -277,9 +277,9 @@ def torchrun(
         "mamlkit",
         *args,
     ]
+    popen.setdefault("env", ENV)
     return subprocess.Popen(
         cmd,
-        env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,

@@ -126,17 +126,31 @@ def test_interrupt_marks_the_run_interrupted_and_it_resumes(tmp_path):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
 
 
-def test_sigterm_marks_the_run_interrupted(tmp_path):
-    """`timeout`, `kill` or a cluster's preemption stop a run the way Ctrl-C does."""
+def test_sigterm_stops_at_an_iterations_end_with_a_checkpoint_of_it(tmp_path):
+    """`timeout`, `kill` or a cluster's preemption stop a run the way Ctrl-C does: at the end
+    of the running iteration, with a checkpoint of it, so that nothing trained is lost; the
+    message says where a resume continues, and the resumed run is the uninterrupted one."""
     run = tmp_path / "run"
     proc = cli(*train_args(run))
     wait_for_first_checkpoint(proc, run)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
-    assert proc.stderr.read().decode().strip() == "mamlkit: interrupted"
+    err = proc.stderr.read().decode().strip().splitlines()
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "interrupted" and status["step"] >= 400
+    step = status["step"]
+    assert status["status"] == "interrupted" and step >= 400
+    assert err[-1] == (
+        f"mamlkit: interrupted after iteration {step} (signal {signal.SIGTERM.value}), its "
+        f"checkpoint written; `mamlkit train --resume {run}` continues from step {step}"
+    )
+    assert (run / "checkpoints" / f"step-{step:08d}.safetensors").is_file()
     assert not (run / "model.safetensors").exists()
+    # a resume continues from there (exactly: tests/test_max_time.py resumes from such
+    # off-schedule checkpoints bit-identically)
+    resumed = cli("train", "--resume", run, "--no-progress", "--set", f"train.iterations={step}")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    (record,) = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
+    assert record["step"] == step
 
 
 def test_divergence_through_cli_is_exit_2(tmp_path, capsys):
@@ -350,3 +364,37 @@ def test_zero_iterations_is_the_initialisation_and_evaluates(tmp_path, capsys):
         assert torch.equal(saved[name], value), name
     assert main(["eval", str(run)]) == 0
     assert json.loads((run / "eval.json").read_text())["tasks"] == 20
+
+
+@pytest.mark.parametrize("where", ["callback_end", "final_weights"])
+def test_a_failure_after_the_last_iteration_marks_the_run_crashed(tmp_path, monkeypatch, where):
+    """A full disk that shows only when the callbacks close (TensorBoard flushes then) or
+    when the final weights are written: the run says crashed, not running."""
+    import errno
+
+    import mamlkit.training as training
+    from mamlkit.callbacks import Callback
+
+    class FailsAtEnd(Callback):
+        def on_end(self, trainer):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    callbacks = [FailsAtEnd()] if where == "callback_end" else []
+    if where == "final_weights":
+        real = training.save_checkpoint
+
+        def save(path, tensors, meta):
+            if Path(path).name == "model.safetensors":
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return real(path, tensors, meta)
+
+        monkeypatch.setattr(training, "save_checkpoint", save)
+    config = load_config(
+        "sine_maml", ["train.iterations=4", "train.checkpoint_every=2", "train.tensorboard=false"]
+    )
+    learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, 0.01)
+    trainer = Trainer(learner, SineTasks(), config, tmp_path / "run", progress=False,
+                      callbacks=callbacks)  # fmt: skip
+    with pytest.raises(OSError):
+        trainer.fit()
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "crashed"

@@ -5,192 +5,36 @@ mistake is one line naming the input and the fix."""
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from mamlkit.build import image_channels
+from mamlkit.adapt_inputs import (
+    ImagePreprocessing,
+    query_image_paths,
+    read_csv_columns,
+    read_images,
+    read_query_values,
+    read_support_folder,
+)
 from mamlkit.checkpoint import atomic_write_text
-from mamlkit.config import Config
-from mamlkit.data.images import decode_image, is_image_name
 from mamlkit.errors import UserError
 from mamlkit.rundir import mamlkit_folder_above
+from mamlkit.limits import check_flag
 from mamlkit.runner import load_run
 from mamlkit.tasks.registry import task_spec
 
-_X_COLUMN = re.compile(r"x\d*")
-_Y_COLUMN = re.compile(r"y\d*")
-
-
-def _visible(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-
-
-def _to_tensor(images: list[np.ndarray]) -> Tensor:
-    """uint8 ``[S, S]`` / ``[S, S, 3]`` images -> float ``[N, C, S, S]`` in [0, 1], the
-    layout and scale of the training episodes."""
-    x = torch.from_numpy(np.stack(images))
-    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
-    return x.float().div_(255.0)
-
-
-class ImagePreprocessing:
-    """How the run's training images were made: size, channels, Omniglot's inversion.
-    Calling it on an image file gives the uint8 array the run's data set would hold.
-
-    Example:
-        >>> import tempfile
-        >>> from PIL import Image
-        >>> from mamlkit import load_config
-        >>> path = tempfile.mkdtemp() + "/a.png"
-        >>> Image.new("RGB", (105, 90), "white").save(path)
-        >>> prepare = ImagePreprocessing(load_config("omniglot_maml_5w1s"))
-        >>> array = prepare(path)
-        >>> array.shape, int(array.max())  # grey, 28 x 28, white paper -> 0 after inversion
-        ((28, 28), 0)
-    """
-
-    def __init__(self, config: Config):
-        self.size = config.task.image_size
-        self.channels = image_channels(config)
-        self.invert = task_spec(config.task.name).inverted
-
-    def __call__(self, path: Path) -> np.ndarray:
-        return decode_image(path, self.size, self.channels, invert=self.invert)
-
-
-def read_images(paths: list[Path], prepare: ImagePreprocessing) -> Tensor:
-    """Image files -> ``[N, C, S, S]`` floats in [0, 1], preprocessed as ``prepare`` says."""
-    return _to_tensor([prepare(p) for p in paths])
-
-
-def read_support_folder(folder: Path, prepare: ImagePreprocessing) -> tuple[Tensor, Tensor, list]:
-    """``folder/<class>/<image>`` -> images ``[N·K, C, S, S]``, labels ``[N·K]`` (class
-    index in sorted name order) and the class names."""
-    if not folder.is_dir():
-        what = "does not exist" if not folder.exists() else "is a file"
-        raise UserError(
-            f"--support {folder} {what}; for an image run give a folder with one sub-folder "
-            "of images per class"
-        )
-    classes, files = [], []
-    for entry in _visible(folder):
-        if not entry.is_dir():
-            raise UserError(
-                f"--support {folder}: {entry.name} is a file; put every image into the "
-                "folder of its class (one sub-folder per class)"
-            )
-        images = _visible(entry)
-        for path in images:
-            if path.is_dir() or not is_image_name(path.name):
-                raise UserError(
-                    f"--support {folder}: {path} is not an image file; remove it (class "
-                    "folders hold images only)"
-                )
-        if not images:
-            raise UserError(f"--support {folder}: class folder {entry.name} holds no images")
-        classes.append(entry.name)
-        files.append(images)
-    if len(classes) < 2:
-        raise UserError(
-            f"--support {folder} holds {len(classes)} class folder(s) ({', '.join(classes)}); "
-            "a task needs at least 2 classes, one sub-folder each"
-        )
-    counts = {c: len(f) for c, f in zip(classes, files)}
-    if len(set(counts.values())) > 1:
-        detail = ", ".join(f"{c}: {n}" for c, n in counts.items())
-        raise UserError(
-            f"--support {folder}: classes hold different numbers of images ({detail}); give "
-            "every class the same K images"
-        )
-    x = read_images([p for class_files in files for p in class_files], prepare)
-    y = torch.arange(len(classes)).repeat_interleave(len(files[0]))
-    return x, y, classes
-
-
-def query_image_paths(items: list[Path]) -> list[Path]:
-    """The query files: each item a file, or a folder whose images are all queries."""
-    paths: list[Path] = []
-    for item in items:
-        if item.is_dir():
-            found = [p for p in _visible(item) if p.is_file() and is_image_name(p.name)]
-            if not found:
-                raise UserError(f"--query {item} is a folder without images; give image files")
-            paths += found
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise UserError(f"--query {item} does not exist; give image files to classify")
-    return paths
-
-
-def read_csv_columns(path: Path, option: str, need_y: bool) -> tuple[Tensor, Tensor | None]:
-    """A CSV with a header: input columns ``x`` (or ``x1, x2, ...``), target columns ``y``
-    (or ``y1, ...``) -> float tensors ``[N, Dx]``, ``[N, Dy]``."""
-    if not path.is_file():
-        raise UserError(
-            f"{option} {path} is not a file; give a CSV with a header row (x,y) and one "
-            "point per row"
-        )
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"{option} {path}: cannot read it as CSV ({exc})") from None
-    header = [h.strip() for h in rows[0]] if rows else []
-    x_cols = [i for i, h in enumerate(header) if _X_COLUMN.fullmatch(h)]
-    y_cols = [i for i, h in enumerate(header) if _Y_COLUMN.fullmatch(h)]
-    missing = [n for n, cols in (("x", x_cols), ("y", y_cols if need_y else [0])) if not cols]
-    if missing:
-        raise UserError(
-            f"{option} {path}: no column {' or '.join(repr(m) for m in missing)} in the header "
-            f"({','.join(header) or 'empty file'}); the first row must name the columns, e.g. "
-            f"{'x,y' if need_y else 'x'}"
-        )
-    values = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        try:
-            number = [float(row[i]) for i in x_cols + (y_cols if need_y else [])]
-        except (ValueError, IndexError):
-            raise UserError(
-                f"{option} {path} line {line}: expected numbers in columns "
-                f"{', '.join(header[i] for i in x_cols + (y_cols if need_y else []))}, "
-                f"got {','.join(row)}"
-            ) from None
-        if not all(math.isfinite(v) for v in number):
-            raise UserError(f"{option} {path} line {line}: values must be finite numbers")
-        values.append(number)
-    if not values:
-        raise UserError(f"{option} {path} has a header but no rows; add at least one point")
-    table = torch.tensor(values, dtype=torch.float32)
-    return table[:, : len(x_cols)], (table[:, len(x_cols) :] if need_y else None)
-
-
-def read_query_values(items: list[str]) -> Tensor:
-    """Query inputs of a regression run: numbers, or CSV files with an ``x`` column."""
-    rows: list[Tensor] = []
-    for item in items:
-        try:
-            value = float(item)
-        except ValueError:
-            rows.append(read_csv_columns(Path(item), "--query", need_y=False)[0])
-            continue
-        if not math.isfinite(value):
-            raise UserError(f"--query {item}: give finite numbers")
-        rows.append(torch.tensor([[value]]))
-    widths = {r.shape[1] for r in rows}
-    if len(widths) > 1:
-        raise UserError("--query: the query inputs have different numbers of x columns")
-    return torch.cat(rows)
+__all__ = [
+    "ImagePreprocessing",
+    "adapt_run",
+    "check_output_width",
+    "output_width",
+    "read_images",
+    "read_support_folder",
+]
 
 
 def _predict(learner, xs, ys, xq, steps, run_dir: Path) -> Tensor:
@@ -204,6 +48,53 @@ def _predict(learner, xs, ys, xq, steps, run_dir: Path) -> Tensor:
         ) from None
 
 
+def output_width(learner: Any, support_x: Tensor, support_y: Tensor, run_dir: Path) -> int:
+    """How many values ``learner`` predicts per query on this support set (before any
+    adaptation step): a fixed-width classification head (MAML, Meta-SGD, ANIL, MAML++,
+    Reptile) gives its width whatever the support holds; ProtoNet and the pretrained
+    baseline give the support's number of classes; a regression model its outputs."""
+    probe = _predict(learner, support_x, support_y, support_x[:1], 0, run_dir)
+    return int(probe.shape[-1]) if probe.dim() > 1 else 1
+
+
+def check_output_width(
+    learner: Any,
+    support_x: Tensor,
+    support_y: Tensor,
+    classes: list[str],
+    run_dir: Path,
+    support: str = "the support set",
+) -> None:
+    """Refuse a support set (named ``support`` in the message) with another number of
+    classes than the learner's head has outputs: its probabilities would be over the wrong
+    classes (a 5-way head, 3 names)."""
+    width = output_width(learner, support_x, support_y, run_dir)
+    if width != len(classes):
+        raise UserError(
+            f"{support} has {len(classes)} classes but {run_dir} was trained {width}-way "
+            f"(its head has {width} outputs); give {width} class folders"
+        )
+
+
+def _model_dtype(learner: Any) -> torch.dtype:
+    """The floating-point type of the learner's parameters (what inputs are computed in)."""
+    for param in learner.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.get_default_dtype()
+
+
+def _check_finite(predictions: Tensor, support: Path, run_dir: Path) -> None:
+    """Predictions that overflowed (NaN/inf) are refused, not written: strict JSON has no
+    NaN, and a NaN prediction is no answer."""
+    if not torch.isfinite(predictions).all():
+        raise UserError(
+            f"adapting {run_dir} on --support {support} gave predictions that are not finite "
+            "(NaN or inf: the support values are too large for the model's arithmetic); "
+            "scale the data to the range the run was trained on, or use fewer --steps"
+        )
+
+
 def adapt_run(
     run_dir: Path,
     support: Path,
@@ -212,11 +103,16 @@ def adapt_run(
     out: Path | None = None,
     force: bool = False,
     trust_code: bool = False,
+    checkpoint: str | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Adapt the run in ``run_dir`` on ``support`` and predict ``queries``; returns (and with
-    ``out`` writes as JSON) the predictions. Nothing is written if anything is wrong."""
+    ``out`` writes as JSON) the predictions. Nothing is written if anything is wrong.
+    ``checkpoint`` (a step or ``latest``) adapts a training checkpoint instead of the final
+    weights (an unfinished run); ``device`` replaces the run's ``train.device``."""
     if steps is not None and steps < 0:
         raise UserError(f"--steps must be >= 0, got {steps}")
+    check_flag("--steps", steps, "steps")
     if not queries:
         raise UserError("no --query given; name the images (or x values) to predict")
     if out is not None and out.exists() and (out.is_dir() or not force):
@@ -227,7 +123,9 @@ def adapt_run(
         )
     if out is not None:
         check_out_outside_runs(out, run_dir)
-    config, learner, _ = load_run(run_dir, trust_code=trust_code)
+    config, learner, _ = load_run(
+        run_dir, checkpoint=checkpoint, trust_code=trust_code, device=device
+    )
     task = task_spec(config.task.name)
     if task.rl:
         raise UserError(
@@ -236,6 +134,7 @@ def adapt_run(
         )
     steps = config.eval.steps if steps is None else steps
     device = config.train.device
+    dtype = _model_dtype(learner)
     record: dict[str, Any] = {"run_dir": str(run_dir), "support": str(support), "steps": steps}
     if task.inputs == "vector":
         if support.is_dir():
@@ -243,15 +142,28 @@ def adapt_run(
                 f"--support {support} is a folder, but {run_dir} is a regression run; give a "
                 "CSV with columns x,y"
             )
-        xs, ys = read_csv_columns(support, "--support", need_y=True)
-        xq = read_query_values(queries)
-        pred = _predict(learner, xs.to(device), ys.to(device), xq.to(device), steps, run_dir)
+        xs, ys = read_csv_columns(support, "--support", need_y=True, dtype=dtype)
+        xq = read_query_values(queries, dtype)
+        if xq.shape[1] != xs.shape[1]:
+            raise UserError(
+                f"--query has {xq.shape[1]} x column(s) but --support {support} has "
+                f"{xs.shape[1]}; give the queries the support's input columns"
+            )
+        xs, ys, xq = xs.to(device), ys.to(device), xq.to(device)
+        width = output_width(learner, xs, ys, run_dir)
+        if width != ys.shape[1]:
+            raise UserError(
+                f"--support {support} has {ys.shape[1]} target column(s) but {run_dir} "
+                f"predicts {width} value(s) per point; give {width} (y, or y1 ... y{width})"
+            )
+        pred = _predict(learner, xs, ys, xq, steps, run_dir).cpu()
+        _check_finite(pred, support, run_dir)
         record["predictions"] = [
             {
                 "x": x.tolist() if len(x) > 1 else x.item(),
                 "y": y.tolist() if len(y) > 1 else y.item(),
             }
-            for x, y in zip(xq, pred.cpu())
+            for x, y in zip(xq.cpu(), pred)
         ]
         return _finish(record, out)
 
@@ -259,16 +171,11 @@ def adapt_run(
     xs, ys, classes = read_support_folder(support, prepare)
     paths = query_image_paths([Path(q) for q in queries])
     xq = read_images(paths, prepare)
-    if config.algorithm.name in ("maml", "fomaml"):
-        with torch.no_grad():
-            outputs = learner.model(xs[:2].to(device)).shape[-1]
-        if outputs != len(classes):
-            raise UserError(
-                f"--support {support} has {len(classes)} classes but {run_dir} was trained "
-                f"{outputs}-way (its head has {outputs} outputs); give {outputs} class folders"
-            )
-    logits = _predict(learner, xs.to(device), ys.to(device), xq.to(device), steps, run_dir)
-    probabilities = torch.softmax(logits.double(), -1).cpu()
+    xs, ys, xq = xs.to(device, dtype), ys.to(device), xq.to(device, dtype)
+    check_output_width(learner, xs, ys, classes, run_dir, f"--support {support}")
+    logits = _predict(learner, xs, ys, xq, steps, run_dir).cpu()
+    _check_finite(logits, support, run_dir)
+    probabilities = torch.softmax(logits.double(), -1)
     record["classes"] = classes
     record["predictions"] = [
         {
@@ -299,8 +206,9 @@ def check_out_outside_runs(out: Path, run_dir: Path) -> None:
 
 def _finish(record: dict[str, Any], out: Path | None) -> dict[str, Any]:
     if out is not None:
+        text = json.dumps(record, indent=1, allow_nan=False)  # strict JSON: no NaN, no Infinity
         try:
-            atomic_write_text(out, json.dumps(record, indent=1))
+            atomic_write_text(out, text)
         except OSError as exc:
             raise UserError(f"--out {out}: cannot write it ({exc.strerror or exc})") from None
     return record

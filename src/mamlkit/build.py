@@ -21,16 +21,17 @@ from mamlkit.algorithms import (
 from mamlkit.config import Config
 from mamlkit.errors import ConfigError, UserError
 from mamlkit.models import MODELS, model_spec
-from mamlkit.models.target import build_target_model, is_builtin_target
+from mamlkit.models.target import build_target_model, untrusted_reason
 from mamlkit.tasks import TaskDistribution, task_spec
 
 
-def check_device(c: Config) -> None:
-    """Refuse a CUDA config on a machine without CUDA (also for resumed and evaluated runs)."""
+def check_device(c: Config, fix: str = "use --set train.device=cpu") -> None:
+    """Refuse a CUDA config on a machine without CUDA (also for resumed and evaluated runs);
+    ``fix`` is what the command at hand offers instead."""
     if c.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"config key 'train.device': {c.train.device!r} but CUDA is not "
-            "available here; use --set train.device=cpu"
+            f"config key 'train.device': {c.train.device!r} but CUDA is not available here; "
+            f"{fix}"
         )
 
 
@@ -40,13 +41,19 @@ def metric_for(c: Config) -> str:
 
 
 def check_code_trust(c: Config, source: Path, trust_code: bool) -> None:
-    """Refuse to import a model target from outside mamlkit that ``source`` (a run
-    directory's config) names, unless the user said they trust it: importing runs code."""
+    """Refuse a ``model.target`` that ``source`` (a run directory's config) names unless it
+    is a model class of mamlkit itself, or the user said they trust it: importing and
+    calling anything else runs its code (see :func:`untrusted_reason`). Nothing outside
+    mamlkit is imported to decide."""
     target = c.model.target
-    if target and not is_builtin_target(target) and not trust_code:
+    if not target or trust_code:
+        return
+    reason = untrusted_reason(target)
+    if reason is not None:
         raise UserError(
-            f"{source} builds its model by importing {target!r}, which runs that code; "
-            "pass --trust-code (trust_code=True) if you trust where this run came from"
+            f"{source} names model.target {target!r}, which is not one of mamlkit's model "
+            f"classes ({reason}); importing and calling it runs that code: pass --trust-code "
+            "(trust_code=True) only if you trust where this run came from"
         )
 
 

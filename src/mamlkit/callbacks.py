@@ -4,6 +4,7 @@ of them changes what is computed. A user's own (early stopping, a W&B logger) su
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,30 @@ class ProgressBar(Callback):
 class TensorBoard(Callback):
     """Every numeric field of every logged record as a TensorBoard scalar in ``folder``; a
     resumed run first drops the events written after its checkpoint (``purge_step``).
-    Optional: without the ``tensorboard`` package it warns once and does nothing."""
+    Optional: without the ``tensorboard`` package it warns once and does nothing.
+
+    The writer writes in a thread of its own; a write that fails there (a full disk) is
+    raised again in the training thread at the writer's next call, as an ``OSError``
+    naming ``folder``, so training stops with the one-line message of any full disk. The
+    thread itself stays silent (its own traceback would say nothing more)."""
 
     def __init__(self, folder: Path):
         self.folder, self.writer = Path(folder), None
+        self._previous_hook: Any = None
+
+    def _thread_failed(self, args: Any) -> None:
+        """``threading.excepthook`` while this callback runs: quiet for the writer thread's
+        OSError (the training thread gets it), the previous hook for anything else."""
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith(
+            "tensorboard."
+        ):
+            return
+        (self._previous_hook or threading.__excepthook__)(args)
+
+    def _named(self, exc: OSError) -> OSError:
+        if not exc.filename:  # a write error in the thread knows no file name
+            exc.filename = str(self.folder)
+        return exc
 
     def on_start(self, trainer, resumed):
         try:
@@ -76,15 +97,28 @@ class TensorBoard(Callback):
             )
             return
         purge = trainer.step + 1 if resumed else None
-        self.writer = SummaryWriter(str(self.folder), purge_step=purge)
+        self._previous_hook, threading.excepthook = threading.excepthook, self._thread_failed
+        try:
+            self.writer = SummaryWriter(str(self.folder), purge_step=purge)
+        except OSError as exc:
+            raise self._named(exc) from None
 
     def on_log(self, trainer, record):
         if self.writer is None:
             return
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, record["step"])
+        try:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+        except OSError as exc:
+            raise self._named(exc) from None
 
     def on_end(self, trainer):
-        if self.writer is not None:
-            self.writer.close()
+        try:
+            if self.writer is not None:
+                self.writer.close()
+        except OSError as exc:
+            raise self._named(exc) from None
+        finally:
+            if threading.excepthook == self._thread_failed:  # else someone hooked after us
+                threading.excepthook = self._previous_hook

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -99,11 +100,24 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its JSON header in one fixed order: safetensors
+    writes the metadata map in a random order per process, so equal tensors and metadata
+    gave files with other bytes, and checked-in weights changed when nothing had."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the tensor data stays 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``tensors`` and the JSON-able ``meta`` as a safetensors file (atomically, with a
+    checksum of the tensors); the same tensors and ``meta`` always give the same bytes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = {_META_KEY: json.dumps(meta), _DIGEST_KEY: tensors_digest(tensors)}
     # serialised here and written by Python, so a full disk is an OSError with its errno
-    data = save(tensors, metadata=metadata)
+    data = canonical_safetensors(save(tensors, metadata=metadata))
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
@@ -124,11 +138,29 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> st
     return "; ".join(parts)
 
 
+def check_readable(path: Path) -> None:
+    """A :class:`UserError` that says why ``path`` cannot be opened for reading (permission
+    denied, ...). safetensors reports every failure to open a file as "No such file or
+    directory", a missing read permission included; Python's own open says what it is."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise UserError(
+            f"{path} cannot be read: permission denied; give your user read permission "
+            f"(chmod u+r {path}) or run as its owner"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror or exc}); check it") from None
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a mamlkit checkpoint; anything else raises :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"checkpoint {path} {what}")
+    check_readable(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

@@ -8,11 +8,18 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
-from mamlkit.errors import DivergenceError, LostRank, UserError, is_write_failure
+from mamlkit.errors import (
+    DivergenceError,
+    Interrupted,
+    LostRank,
+    UserError,
+    is_write_failure,
+)
 
 PATH = click.Path(path_type=Path)
 # Where runs go when no --out is given (train: runs/<preset>, reproduce: runs/sine), and so
@@ -179,8 +186,11 @@ def reproduce_sine_seeds_cmd(
     """Sine regression's Table 2 across seeds: MAML at each --inner-lrs α and Meta-SGD, 5-shot,
     one model per seed; writes results.json and report.md (mean and spread over seeds,
     diverged tasks, Meta-SGD's learned step sizes) into --out."""
+    from mamlkit.limits import check_flag
     from mamlkit.sine_seeds import holds_study, reproduce_sine_seeds
 
+    check_flag("--seeds", seeds, "seeds")
+    check_flag("--tasks", tasks, "tasks")
     if seed_list is not None:
         if seeds is not None:
             raise UserError("--seeds N and --seed-list S,S,... both choose seeds; give one")
@@ -253,8 +263,23 @@ def reproduce_sine_seeds_cmd(
     is_flag=True,
     help="With --resume: allow importing the run's model.target from outside mamlkit.",
 )
-def train(config, overrides, out, data_dir, resume, from_step, force, progress, trust_code) -> None:
+@click.option(
+    "--max-time",
+    default=None,
+    metavar="DURATION",
+    help="Time budget of this command, e.g. 2h30m, 45m or 1:30:00 (default: train.max_time, "
+    "else none): training pauses before it ends, with a checkpoint of its last iteration, "
+    "and `--resume` continues it exactly.",
+)
+def train(
+    config, overrides, out, data_dir, resume, from_step, force, progress, trust_code, max_time
+) -> None:
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
+    from mamlkit.budget import monotonic, parse_duration
+
+    started = monotonic()
+    if max_time is not None:
+        parse_duration(max_time)  # a mistake is refused before anything is built
     from mamlkit.build import check_code_trust
     from mamlkit.config import load_config
     from mamlkit.runner import data_dir_update, load_run_config, require_run_directory, train_run
@@ -273,7 +298,7 @@ def train(config, overrides, out, data_dir, resume, from_step, force, progress, 
                     f"trained so far); allowed: {', '.join(sorted(RESUME_OVERRIDES))}"
                 )
         require_run_directory(resume, "--resume ")
-        cfg = load_run_config(resume, overrides, updates=data_dir_update(data_dir))
+        cfg = load_run_config(resume, overrides)
         check_code_trust(cfg, resume / "config.yaml", trust_code)
         summary = train_run(
             cfg,
@@ -282,6 +307,9 @@ def train(config, overrides, out, data_dir, resume, from_step, force, progress, 
             progress=progress,
             update_config=bool(overrides),
             from_step=from_step,
+            max_time=max_time,
+            started=started,
+            data_dir=data_dir,
         )
     else:
         if from_step is not None:
@@ -290,8 +318,18 @@ def train(config, overrides, out, data_dir, resume, from_step, force, progress, 
             raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
         cfg = load_config(config, list(overrides), updates=data_dir_update(data_dir))
         run_dir = out if out is not None else RUNS_DIR / Path(config).stem
-        summary = train_run(cfg, run_dir, force=force, progress=progress)
+        summary = train_run(
+            cfg, run_dir, force=force, progress=progress, max_time=max_time, started=started
+        )
     click.echo(json.dumps(summary))
+    if summary.get("paused"):
+        budget = max_time or cfg.train.max_time
+        click.echo(
+            f"paused at step {summary['step']} of {cfg.train.iterations} before the time "
+            f"budget ({budget}) ran out; continue with: mamlkit train --resume "
+            f"{summary['run_dir']}" + (f" --max-time {max_time}" if max_time else ""),
+            err=True,
+        )
 
 
 # Settings a resumed run may change: how long it trains and how it runs, not what it learns.
@@ -302,14 +340,16 @@ RESUME_OVERRIDES = frozenset(
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.cuda_graphs",
+        "train.max_time",
     }
 )
 
 
 TRUST_HELP = (
-    "Allow importing the run's model.target from outside mamlkit (that runs its code; "
-    "only for runs you trust)."
+    "Allow building the run's model.target when it is not a model class of mamlkit "
+    "(that runs its code; only for runs you trust)."
 )
+DEVICE_HELP = "cpu or cuda (default: the run's train.device)."
 
 
 @app.command("eval")
@@ -341,6 +381,7 @@ TRUST_HELP = (
     "weights; writes RUN_DIR/eval-step-N.json.",
 )
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+@click.option("--device", default=None, help=DEVICE_HELP)
 @click.option(
     "--within-alphabet/--any-alphabet",
     default=None,
@@ -372,6 +413,7 @@ def eval_cmd(
     data_dir,
     checkpoint,
     trust_code,
+    device,
     within_alphabet,
     inner_lr,
     samples,
@@ -380,6 +422,8 @@ def eval_cmd(
     protocol), or a file named after the settings that differ from it."""
     from mamlkit.runner import eval_run
 
+    if device is not None:
+        _check_device(device)
     result = eval_run(
         run_dir,
         tasks=tasks,
@@ -391,6 +435,7 @@ def eval_cmd(
         within_alphabet=within_alphabet,
         inner_lr=inner_lr,
         samples=samples,
+        device=device,
     )
     click.echo(json.dumps(result))
 
@@ -416,11 +461,22 @@ def eval_cmd(
 @click.option("--steps", type=int, default=None, help="Adaptation steps (default: eval.steps).")
 @click.option("--out", type=PATH, default=None, help="Also write the predictions as JSON here.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option(
+    "--checkpoint",
+    default=None,
+    metavar="STEP|latest",
+    help="Adapt a training checkpoint (also of an unfinished run) instead of the final weights.",
+)
+@click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
-def adapt(run_dir, more_queries, support, queries, steps, out, force, trust_code) -> None:
+def adapt(
+    run_dir, more_queries, support, queries, steps, out, force, checkpoint, device, trust_code
+) -> None:
     """Adapt the trained model of RUN_DIR to a new task (--support) and predict --query."""
     from mamlkit.adaptation import adapt_run
 
+    if device is not None:
+        _check_device(device)
     result = adapt_run(
         run_dir,
         support,
@@ -429,6 +485,8 @@ def adapt(run_dir, more_queries, support, queries, steps, out, force, trust_code
         out=out,
         force=force,
         trust_code=trust_code,
+        checkpoint=checkpoint,
+        device=device,
     )
     for row in result["predictions"]:
         if "class" in row:
@@ -522,10 +580,18 @@ def _plot_rl(run_dir) -> None:
     trajectories before and after adaptation."""
     import yaml
 
+    from mamlkit.config_data import load_yaml
     from mamlkit.tasks.registry import TASKS
 
-    task = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("task", {})
-    spec = TASKS.get(task.get("name"))
+    path = run_dir / "config.yaml"
+    try:
+        config = load_yaml(path.read_text(), str(path))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        raise UserError(f"{path}: not a readable YAML file; restore the run's config") from None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(task, dict):
+        return
+    spec = TASKS.get(task["name"]) if isinstance(task.get("name"), str) else None
     if spec is None or not spec.rl:
         return
     from mamlkit.rl import plots as rl_plots
@@ -537,7 +603,9 @@ def _plot_rl(run_dir) -> None:
     if task["name"] == "nav2d":
         final = (run_dir / "model.safetensors").is_file()
         if final or run_checkpoints(run_dir):
-            _, learner, _ = load_run(run_dir, checkpoint=None if final else "latest")
+            _, learner, _ = load_run(
+                run_dir, checkpoint=None if final else "latest", device="cpu"
+            )
             rl_plots.nav2d_trajectories(learner, run_dir / "trajectories.png")
             click.echo(f"wrote {run_dir / 'trajectories.png'}")
 
@@ -556,6 +624,30 @@ def data_download(dataset, dest) -> None:
     click.echo(f"omniglot ready in {path}")
 
 
+_WARNED: set[str] = set()  # what this command has said already
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the CLI shows it: one line, without the source line Python adds, and
+    each once per command (building train, val and test tasks may warn alike)."""
+    text = " ".join(str(message).split())
+    if text not in _WARNED:
+        _WARNED.add(text)
+        click.echo(f"mamlkit: warning: {text}", err=True)
+
+
+def says_user_errors() -> bool:
+    """Whether this process prints a user error. Under ``torchrun`` the processes of one
+    node read the same command line, files and data and so refuse alike: only the node's
+    first process (``LOCAL_RANK`` 0) says it, once per machine instead of once per process.
+    (A lost rank, exit 1, is each process's own news: every process says it.)"""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return world <= 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
+    except ValueError:  # not torchrun's environment: say it
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     from mamlkit.data.errors import DataError
@@ -563,11 +655,15 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_allocator()
     finished = False
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    _WARNED.clear()
     try:
         app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
         finished = True
     except (UserError, DataError) as exc:
-        click.echo(f"mamlkit: error: {exc}", err=True)
+        if says_user_errors():
+            click.echo(f"mamlkit: error: {exc}", err=True)
         finished = isinstance(exc, DivergenceError)  # every rank decides it alike
         return 2
     except LostRank as exc:  # another process of a torchrun job failed: its message says why
@@ -588,10 +684,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"mamlkit: error: {exc.format_message()}", err=True)
         return 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("mamlkit: interrupted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc  # click wraps
+        said = isinstance(cause, Interrupted) and str(cause)  # where the run continues from
+        click.echo(f"mamlkit: {said or 'interrupted'}", err=True)
         return 130
     finally:
+        warnings.showwarning = shown
         if "mamlkit.distributed" in sys.modules:  # else no process group to leave
             from mamlkit.distributed import shutdown
 

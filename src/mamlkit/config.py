@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
-from mamlkit.errors import ConfigError
+from mamlkit.config_data import MAX_YAML_BYTES, check_plain_data, load_yaml
+from mamlkit.errors import ConfigError, UserError
+from mamlkit.limits import MAX_EVAL_SAMPLES, MAX_EVAL_TASKS, MAX_STEPS, check_eval_work
 
 # The shipped presets, package data of mamlkit (read through importlib.resources, so they are
 # found in a wheel, an sdist install or a checkout alike).
@@ -137,6 +139,9 @@ class TrainConfig:
     # auto (on for CUDA where the algorithm allows) | on | off (YAML reads on/off as booleans)
     cuda_graphs: str | bool = "auto"
     precision: str = "fp32"  # CUDA convolutions and matmuls: fp32 | tf32 (TensorFloat-32)
+    # a time budget for each piece of training ("2h30m"): pause with a checkpoint before it
+    # ends (status "paused"); `--resume` continues bit-identically. None: no budget
+    max_time: str | None = None
 
 
 @dataclass
@@ -232,7 +237,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value (e.g. train.iterations=100), got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     out: dict[str, Any] = {}
@@ -301,7 +306,14 @@ def load_config(
     elif source is not None:
         path = resolve_preset(str(source))
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            with path.open(encoding="utf-8") as fh:
+                text = fh.read(MAX_YAML_BYTES + 1)  # never more than a config's worth
+            if len(text) > MAX_YAML_BYTES:
+                raise ConfigError(
+                    f"{path}: more than {MAX_YAML_BYTES} characters, far more than a "
+                    "config holds; is it the right file?"
+                )
+            data = load_yaml(text, str(path)) or {}
         except (UnicodeDecodeError, OSError) as exc:
             why = "not a text file" if isinstance(exc, UnicodeDecodeError) else exc.strerror
             raise ConfigError(f"{path}: cannot be read ({why}); restore or fix it") from None
@@ -413,10 +425,15 @@ def validate(c: Config) -> None:
         "model.kwargs",
         "only used with model.target; set model.target='package.module:ClassName'",
     )
+    check_plain_data(c.model.kwargs, "model.kwargs")
     _require(
         c.model.init in ("torch", "trunc_normal"), "model.init", "must be 'torch' or 'trunc_normal'"
     )
     _require(c.train.threads >= 0, "train.threads", f"must be >= 0, got {c.train.threads}")
+    if c.train.max_time is not None:
+        from mamlkit.budget import parse_duration
+
+        parse_duration(c.train.max_time, "train.max_time")
     if c.model.name == "conv4" and c.model.pooling == "max":
         _require(
             c.task.image_size >= 16,
@@ -543,6 +560,11 @@ _CEILINGS = [
     ("task.image_size", 1024, "Conv4 is made for small images (Omniglot 28, MiniImagenet 84)"),
     ("model.filters", 4096, "the paper's nets use 32 or 64"),
     ("eval.chunk", 10000, "tasks evaluated at once; more only needs more memory"),
+    # mamlkit.limits: the same ceilings as eval's --tasks, --steps and --samples
+    ("eval.tasks", MAX_EVAL_TASKS, "the papers use 600; more only narrows the interval"),
+    ("train.val_tasks", MAX_EVAL_TASKS, "validation tasks; the presets use 100-600"),
+    ("eval.steps", MAX_STEPS, "test-time adaptation steps; the papers use 10"),
+    ("task.eval_samples", MAX_EVAL_SAMPLES, "environment steps per task and test step"),
 ]
 _SEEDS = ("train.seed", "eval.seed", "task.split_seed")
 _INT64 = 2**63 - 1
@@ -604,6 +626,18 @@ def validate_resources(c: Config) -> None:
     for key, ceiling, reason in _CEILINGS:
         value = _get(c, key)
         _require(value <= ceiling, key, f"{value} is more than {ceiling} ({reason})")
+    from mamlkit.tasks.registry import task_spec
+
+    try:
+        check_eval_work(
+            c,
+            c.eval.tasks,
+            c.eval.steps,
+            {"tasks": "eval.tasks", "steps": "eval.steps", "samples": "task.eval_samples"},
+            rl=task_spec(c.task.name).rl,
+        )
+    except UserError as exc:
+        raise ConfigError(f"config keys {exc}") from None
     needed, keys = largest_tensor_bytes(c)
     memory = _memory_bytes()
     if memory and needed > memory:

@@ -54,6 +54,13 @@ class Health:
 def check_capturable(learner: MetaLearner, optimizer: torch.optim.Optimizer) -> None:
     """Raise :class:`CaptureUnsupported` (with the reason) unless a :class:`DeviceStep` can
     run this learner and optimiser."""
+    if type(learner).outer_step is not MetaLearner.outer_step:
+        # derived from the hook, never from a flag a subclass may inherit (Reptile is a MAML
+        # whose update is its own outer_step: a device step would skip it)
+        raise CaptureUnsupported(
+            f"{type(learner).__name__} makes its own outer update (outer_step), which the "
+            "device step does not run"
+        )
     if not getattr(learner, "capturable", False):
         raise CaptureUnsupported(
             f"{type(learner).__name__} reads values back to the host inside its iteration"

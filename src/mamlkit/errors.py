@@ -20,6 +20,12 @@ class DivergenceError(UserError):
     """The loss or the meta-gradient became NaN/Inf; training stopped."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM at an iteration's end, after writing a checkpoint
+    of that iteration; the message says where ``--resume`` continues (the CLI prints it as
+    one line and exits with code 130)."""
+
+
 class LostRank(Exception):
     """A collective of a ``torchrun`` job failed: another process of the job died, hung
     longer than ``MAMLKIT_DIST_TIMEOUT`` or left it.

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +74,36 @@ def _parse(text: str, path: Path, where: str, fix: str = "") -> Any:
         ) from None
 
 
+class UnreadableFile(UserError):
+    """A run file that exists but cannot be read: no permission, or not a regular file
+    (a FIFO would block the reader). Not damage: the message says which."""
+
+
+def _read_text(path: Path) -> str:
+    """The text of ``path``; :class:`UnreadableFile` where it cannot be opened (a missing
+    file keeps its own message)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UnreadableFile(
+                f"{path} is not a regular file (a FIFO, socket or device); replace it with "
+                "the run's file or remove it"
+            )
+        return Path(path).read_text()
+    except PermissionError:
+        raise UnreadableFile(
+            f"{path} cannot be read: permission denied; give your user read permission "
+            f"(chmod u+r {path})"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror}); check it") from None
+
+
 def read_json(path: Path) -> Any:
     """The content of a JSON file, or a :class:`UserError` naming the file."""
     try:
-        text = Path(path).read_text()
+        text = _read_text(path)
     except UnicodeDecodeError:
         text = "\0"  # binary garbage: reported below as invalid JSON
-    except OSError as exc:
-        raise UserError(f"{path} cannot be read ({exc.strerror}); check it") from None
     return _parse(text, path, "")
 
 
@@ -94,13 +117,9 @@ def _repair_hint(path: Path) -> str:
 def _metrics_lines(path: Path) -> tuple[list[str], str]:
     """The complete lines of a metrics.jsonl and its unterminated last part ("" if none)."""
     try:
-        text = Path(path).read_text()
+        text = _read_text(path)
     except UnicodeDecodeError:
-        raise UserError(
-            f"{path} is not a text file (damaged); restore it or remove it"
-        ) from None
-    except OSError as exc:
-        raise UserError(f"{path} cannot be read ({exc.strerror}); check it") from None
+        raise UserError(f"{path} is not a text file (damaged); restore it or remove it") from None
     lines = text.split("\n")
     return lines, lines.pop()
 

@@ -5,6 +5,7 @@ run's lock, are :mod:`mamlkit.rundir`'s."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -73,6 +74,7 @@ def environment_info(device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "device": device,
+        "cpu": _cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "argv": sys.argv,
     }
@@ -83,6 +85,17 @@ def environment_info(device: str) -> dict[str, Any]:
     if checkout is not None:  # an installed mamlkit has no commit of its own to record
         info.update(_git_state(checkout))
     return info
+
+
+def _cpu_model() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def source_checkout(package_dir: str | Path | None = None) -> Path | None:
@@ -138,8 +151,39 @@ def _git_state(root: Path) -> dict[str, Any]:
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
+    """Replace ``status.json`` atomically. On a full disk the replacement (a new file)
+    cannot be written, but the old file's own space can be reused: the status is then
+    written over it in place, so that a run stopped by a full disk says ``crashed`` rather
+    than ``running``. (A write torn there reads as a damaged status.json, never a wrong
+    one: the new text is one JSON object, and the old tail is cut off after it.)"""
     data = {"status": status, "pid": os.getpid(), "updated": time.time(), **extra}
-    atomic_write_text(run_dir / "status.json", records.dumps(data))
+    text = records.dumps(data)
+    try:
+        atomic_write_text(run_dir / "status.json", text)
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not full or not _overwrite_in_place(run_dir / "status.json", text.encode()):
+            raise
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Write ``data`` over the existing file ``path`` (no new file, no new name); False
+    where it does not exist or the write fails too."""
+    try:
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], done)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def run_checkpoints(run_dir: Path) -> dict[int, Path]:
@@ -147,7 +191,7 @@ def run_checkpoints(run_dir: Path) -> dict[int, Path]:
     found = {}
     for path in (run_dir / CHECKPOINT_DIR).glob("step-*.safetensors"):
         step = path.stem.split("-")[1]
-        if step.isdigit():
+        if step.isascii() and step.isdigit():  # "²" is a digit int() refuses
             found[int(step)] = path
     return dict(sorted(found.items()))
 

@@ -32,6 +32,7 @@ TENSORBOARD_DIR = "tensorboard"
 # fixed name (the lock file stays: another process may be waiting on it).
 RUN_FILES = (
     "config.yaml",
+    "data.json",
     "env.json",
     "resumes.jsonl",
     "status.json",

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from mamlkit import records
+from mamlkit.budget import TimeBudget, parse_duration
 from mamlkit.build import build_learner, build_tasks, check_code_trust, check_device, metric_for
 from mamlkit.checkpoint import (
     atomic_write_text,
@@ -20,11 +21,14 @@ from mamlkit.checkpoint import (
     tensors_digest,
 )
 from mamlkit.config import SAVED_BEFORE_THE_KEY, Config, load_config
+from mamlkit.data.cache import forget_recent_entries
 from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
 from mamlkit.eval_files import WeightsSource, eval_file_name
 from mamlkit.evaluation import evaluate
+from mamlkit.limits import check_eval_work, check_flag
 from mamlkit.precision import cuda_precision
+from mamlkit.run_data import RecordData, checked_splits, data_record, use_run_data
 from mamlkit.run_files import prepare_run_dir, run_checkpoints
 from mamlkit.run_identity import check_file_identity, run_id, run_instance
 from mamlkit.run_list import list_runs  # noqa: F401  (where it lived before)
@@ -35,8 +39,14 @@ from mamlkit.rundir import (
     lock_run_dir,
     remove_orphaned_tmp,
 )
+from mamlkit.tasks.datasets import dataset_of, locate
 from mamlkit.tasks.registry import TASKS, task_spec
 from mamlkit.training import Trainer, seed_everything
+
+RESUME_ON_CUDA = (
+    "this run trains on CUDA: resume it on a machine with CUDA (the device cannot change on "
+    "--resume; `mamlkit eval RUN --device cpu` evaluates it here)"
+)
 
 
 def train_run(
@@ -47,12 +57,27 @@ def train_run(
     progress: bool = True,
     update_config: bool = False,
     from_step: int | None = None,
+    max_time: str | None = None,
+    started: float | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Build everything first (bad data or impossible episodes fail before the run directory
-    is created), then train. ``update_config`` (with ``resume``) records the config in the
-    run's config.yaml once the checkpoint is restored, e.g. after ``--set train.iterations=N``;
-    ``from_step`` resumes from that checkpoint instead of the newest."""
-    check_device(config)
+    """Build everything first (bad data or impossible episodes in any split the run uses
+    fail before the run directory is created), then train. ``update_config`` (with
+    ``resume``) records the config in the run's config.yaml once the checkpoint is
+    restored, e.g. after ``--set train.iterations=N``; ``from_step`` resumes from that
+    checkpoint instead of the newest; ``data_dir`` (with ``resume``) is the user's
+    ``--data-dir``, used only if its data is the data the run trained on
+    (:mod:`mamlkit.run_data`; a new run takes it in ``config``). ``max_time`` (else
+    ``train.max_time``) is this piece's time budget, counted from ``started`` (a
+    :func:`mamlkit.budget.monotonic` reading; default now): training pauses before it ends
+    and the summary says ``"paused": true``."""
+    budget = None
+    if (max_time or config.train.max_time) is not None:
+        text = max_time or config.train.max_time
+        option = "--max-time" if max_time else "train.max_time"
+        budget = TimeBudget(parse_duration(text, option), started=started, text=text)
+    # --resume keeps the device it trained on (only RESUME_OVERRIDES may change)
+    check_device(config, RESUME_ON_CUDA if resume else "use --set train.device=cpu")
     if resume:  # every rank reads the run (before taking its own device): each refuses alike
         require_mamlkit_run(run_dir, "--resume")
         check_resume(run_dir, config, from_step, _resume_overrides())
@@ -64,8 +89,23 @@ def train_run(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
+    data, was = None, config.task.data_dir
+    if resume:
+        data = use_run_data(run_dir, config, data_dir, checked_splits(config))
+    elif data_dir is not None:
+        config.task.data_dir = str(data_dir)
+    if dataset_of(config) is not None:
+        if data is None:  # recorded as the absolute folder it was found in
+            config.task.data_dir = str(locate(config))
+        update_config = update_config or config.task.data_dir != was
     train_tasks = build_tasks(config, "train")
     val_tasks = build_tasks(config, "val") if config.train.val_every else None
+    if dataset_of(config) is not None:
+        for split in checked_splits(config)[1 + bool(val_tasks) :]:
+            build_tasks(config, split)  # episodes that do not fit fail now, not at eval
+        if data is None:
+            data = data_record(config, checked_splits(config))
+        forget_recent_entries()  # the splits only checked need not stay in memory
     learner = build_learner(config)
     restarted = False
     main = dist is None or dist.main  # torchrun: rank 0 alone prepares, locks and writes
@@ -90,6 +130,8 @@ def train_run(
             progress=progress,
             description=run_dir.name,
             dist=dist,
+            budget=budget,
+            callbacks=[RecordData(data)] if data is not None else None,
         )
         try:
             summary = trainer.fit(
@@ -127,7 +169,7 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
         raise UserError(f"{run_dir}: no checkpoints in {run_dir / CHECKPOINT_DIR}")
     if checkpoint == "latest":
         return found[max(found)]
-    if not checkpoint.isdigit() or int(checkpoint) not in found:
+    if not (checkpoint.isascii() and checkpoint.isdigit()) or int(checkpoint) not in found:
         steps = ", ".join(str(s) for s in sorted(found))
         raise UserError(
             f"--checkpoint {checkpoint!r}: not a saved step of {run_dir}; "
@@ -180,14 +222,16 @@ def load_run(
     checkpoint: str | None = None,
     trust_code: bool = False,
     task_updates: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> tuple[Config, Any, int | None]:
     """The config, the learner and its training step (None if unknown) of a run directory:
     the final weights, or with ``checkpoint`` (a step or ``latest``) a checkpoint's. A
     ``model.target`` outside mamlkit is imported only with ``trust_code``;
-    ``task_updates`` replace values of the run's ``task`` config (a test protocol's).
-    Weights that carry another run's id are refused."""
+    ``task_updates`` replace values of the run's ``task`` config (a test protocol's);
+    ``device`` (cpu, cuda) replaces the run's ``train.device`` (``--device``). Weights that
+    carry another run's id are refused."""
     config, learner, source = load_run_weights(
-        run_dir, data_dir, checkpoint, trust_code, task_updates
+        run_dir, data_dir, checkpoint, trust_code, task_updates, device
     )
     return config, learner, source.step
 
@@ -198,16 +242,19 @@ def load_run_weights(
     checkpoint: str | None = None,
     trust_code: bool = False,
     task_updates: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> tuple[Config, Any, WeightsSource]:
     """:func:`load_run`, with the :class:`WeightsSource` the weights came from in place of
     the step (what an evaluation record names, and checks before it is written)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
-    updates = data_dir_update(data_dir) or {"task": {}}
+    updates: dict[str, Any] = data_dir_update(data_dir) or {"task": {}}
     updates["task"].update(task_updates or {})
+    if device is not None:
+        updates["train"] = {"device": device}
     config = load_run_config(run_dir, updates=updates)
     check_code_trust(config, run_dir / "config.yaml", trust_code)
-    check_device(config)
+    check_device(config, "use --device cpu (device='cpu' from Python)")
     if checkpoint is not None:
         weights = checkpoint_path(run_dir, checkpoint)
     else:
@@ -257,6 +304,7 @@ def eval_run(
     within_alphabet: bool | None = None,
     inner_lr: Sequence[float] = (),
     samples: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
     (``checkpoint``) into the run directory and returns the same record.
@@ -268,15 +316,25 @@ def eval_run(
     then goes to ``eval-samples-N.json``; ``tasks``/``steps`` other than the config's to
     ``eval-tasks-N.json``/``eval-steps-N.json`` (:func:`mamlkit.eval_files.eval_file_name`).
     The record names the weights it scored (step, file, hash, run id), and is written only
-    if the run still holds them when the evaluation ends."""
+    if the run still holds them when the evaluation ends. ``device`` evaluates on another
+    device than the run's ``train.device`` (the same record: the device does not change what
+    is measured)."""
     inner_lr = list(inner_lr)
     if not all(math.isfinite(a) and a > 0 for a in inner_lr):
         raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
     if samples is not None and samples < 0:
         raise UserError(f"--samples must be >= 0 (0: a number of trajectories), got {samples}")
+    for flag, value, kind in (("--tasks", tasks, "tasks"), ("--steps", steps, "steps")):
+        check_flag(flag, value, kind)  # before anything is loaded
+    check_flag("--samples", samples, "samples")
+    names = {
+        "tasks": "--tasks" if tasks is not None else "eval.tasks",
+        "steps": "--steps" if steps is not None else "eval.steps",
+        "samples": "--samples" if samples is not None else "task.eval_samples",
+    }
     protocol = {"eval_samples": samples} if samples is not None else None
     config, learner, source = load_run_weights(
-        run_dir, data_dir, checkpoint, trust_code, protocol
+        run_dir, None, checkpoint, trust_code, protocol, device=device
     )
     metric = metric_for(config)
     if samples is not None and metric != "return":
@@ -309,6 +367,8 @@ def eval_run(
         raise UserError(f"--steps must be >= 0, got {steps}")
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
+    use_run_data(run_dir, config, data_dir, [split])  # the data it trained on, or an error
+    check_eval_work(config, tasks, steps, names, rl=metric == "return")
     dist = from_environment(config.train.device)  # torchrun: the ranks share the tasks
     if dist is not None:
         config.train.device = dist.device(config.train.device)

@@ -17,11 +17,15 @@ from mamlkit.runner import load_run
 
 
 def from_run(
-    run_dir: str | Path, checkpoint: str | None = None, trust_code: bool = False
+    run_dir: str | Path,
+    checkpoint: str | None = None,
+    trust_code: bool = False,
+    device: str | None = None,
 ) -> MetaLearner:
     """The trained learner of a run directory (final weights, or ``checkpoint``: a step
-    or ``"latest"``), in eval mode, with its :class:`Config` as ``learner.config``.
-    A ``model.target`` outside mamlkit is imported only with ``trust_code=True``.
+    or ``"latest"``), in eval mode, with its :class:`Config` as ``learner.config``, on
+    ``device`` (default: the run's ``train.device``). A ``model.target`` that is not a
+    model class of mamlkit is imported only with ``trust_code=True``.
 
     Example:
         >>> import mamlkit, torch
@@ -29,14 +33,18 @@ def from_run(
         >>> xs = torch.linspace(-4, 4, 5).unsqueeze(1)  # doctest: +SKIP
         >>> learner.predict_task(xs, torch.sin(xs), torch.zeros(1, 1), steps=10)  # doctest: +SKIP
     """
-    config, learner, _step = load_run(Path(run_dir), checkpoint=checkpoint, trust_code=trust_code)
+    config, learner, _step = load_run(
+        Path(run_dir), checkpoint=checkpoint, trust_code=trust_code, device=device
+    )
     learner.config = config
     return learner
 
 
-def from_pretrained(directory: str | Path, trust_code: bool = False) -> MetaLearner:
+def from_pretrained(
+    directory: str | Path, trust_code: bool = False, device: str | None = None
+) -> MetaLearner:
     """A learner saved by :func:`save_pretrained` (or any finished run directory)."""
-    return from_run(directory, trust_code=trust_code)
+    return from_run(directory, trust_code=trust_code, device=device)
 
 
 def save_pretrained(

@@ -17,6 +17,7 @@ import yaml
 
 from mamlkit import records
 from mamlkit.algorithms.base import MetaLearner
+from mamlkit.budget import TimeBudget, monotonic
 from mamlkit.callbacks import Callback, ProgressBar, TensorBoard
 from mamlkit.checkpoint import (
     atomic_write_text,
@@ -30,7 +31,7 @@ from mamlkit.checkpoint import (
 from mamlkit.config import Config
 from mamlkit.device_step import CaptureUnsupported, DeviceStep
 from mamlkit.distributed import Distributed
-from mamlkit.errors import DivergenceError, LostRank, UserError
+from mamlkit.errors import DivergenceError, Interrupted, LostRank, UserError
 from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, evaluate
 from mamlkit.precision import cuda_precision
 from mamlkit.run_files import (
@@ -117,6 +118,7 @@ class Trainer:
         position: int = 0,
         dist: Distributed | None = None,
         callbacks: list[Callback] | None = None,
+        budget: TimeBudget | None = None,
     ):
         self.learner, self.train_tasks, self.val_tasks = learner, train_tasks, val_tasks
         self.dist = dist  # torchrun's data parallelism: each rank runs a share of the tasks
@@ -139,6 +141,14 @@ class Trainer:
         self._rank_rng: dict[str, torch.Tensor] = {}
         self.callbacks = list(callbacks or [])  # the user's; the run's own join in fit()
         self._active: list[Callback] = []
+        # --max-time: this piece of training pauses, with a checkpoint, before it runs out
+        self.budget = budget
+        self._signal: int | None = None  # SIGINT/SIGTERM received: stop at the iteration's end
+        self._last_check: float | None = None  # clock at the last _check_stop
+        self._aside = 0.0  # validation and checkpoint time since then (not the iteration's)
+        self._piece_steps = 0  # iterations run by this fit() call
+        self._piece_started = monotonic()
+        self._seconds_before = 0.0  # training time of the earlier pieces (status.json)
 
     # ---- run directory ------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
@@ -163,7 +173,7 @@ class Trainer:
         save_checkpoint(path, tensors, meta)
         for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
             old.unlink()
-        write_status(self.run_dir, "running", step=self.step, best=self.best)
+        self._write_status("running", step=self.step, best=self.best)
         return path
 
     def restore(self, path: Path) -> None:
@@ -229,6 +239,7 @@ class Trainer:
 
                 check_config_describes(self.config, self.learner)
             if resume:
+                self._seconds_before = _train_seconds(self.run_dir)
                 self.restore(resume_checkpoint(self.run_dir, from_step))
                 if self.step > self.cfg.iterations:
                     raise UserError(
@@ -245,16 +256,22 @@ class Trainer:
                 records.append_line(self.run_dir / "resumes.jsonl", resumed)
             else:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                write_env(self.run_dir, self._environment(), self.config.to_dict())  # first
+                environment = {"time": _utc_now(), **self._environment()}
+                write_env(self.run_dir, environment, self.config.to_dict())  # written first
                 self._write_config()
-            write_status(self.run_dir, "running", step=self.step, best=self.best)
+            self._write_status("running", step=self.step, best=self.best)
         try:
             if self.dist is not None:  # every rank starts from rank 0's weights
                 self.dist.broadcast_(list(self.learner.state_dict().values()))
             self._active = self._side_jobs()
             self._emit("on_start", resume)
-            with _sigterm_as_interrupt():
+            with _stop_on_signals(self):
                 self._loop()
+        except _Stop as stop:
+            if stop.refusal:  # a budget shorter than one iteration: keep nothing of it
+                self._final_status(stop.reason)
+                raise UserError(stop.refusal) from None
+            return self._stop(stop.reason)
         except DivergenceError:
             self._final_status("diverged")
             raise
@@ -272,9 +289,28 @@ class Trainer:
             self._final_status("crashed")
             raise
         finally:
-            self._emit("on_end")
             if "mean_over_ranks" in vars(self.learner):  # the learner's own again
                 del self.learner.mean_over_ranks
+            self._end_side_jobs()
+        try:
+            self._finish()
+        except BaseException:
+            self._final_status("crashed")  # e.g. a full disk at the final weights
+            raise
+        return {"step": self.step, "best": self.best}
+
+    def _end_side_jobs(self) -> None:
+        """Close the callbacks (TensorBoard's writer flushes here: a full disk may show only
+        now, and then the run is marked crashed, not left running)."""
+        try:
+            self._emit("on_end")
+        except BaseException:
+            self._final_status("crashed")
+            raise
+
+    def _finish(self) -> None:
+        """The finished run's files: a checkpoint of the last step, the final weights, the
+        status ``finished``."""
         if self.dist is not None and self.step % self.cfg.checkpoint_every:
             self._rank_rng = self.dist.gather_rng_states()  # for the final checkpoint
         if self.run_dir is not None:
@@ -285,17 +321,77 @@ class Trainer:
                 self.learner.state_dict(),
                 {"step": self.step, "kind": "weights", **save_identity(self.run_dir, {}, True)},
             )
-            write_status(
-                self.run_dir, "finished", step=self.step, best=self.best, engine=self.engine
+            self._write_status("finished", step=self.step, best=self.best, engine=self.engine)
+
+    def _stop(self, reason: str) -> dict[str, Any]:
+        """End this piece of training at the last completed iteration: a checkpoint of it,
+        the status ``paused`` (the time budget) or ``interrupted`` (a signal), and the step a
+        resume continues from."""
+        saved = self.run_dir is not None and self.step in run_checkpoints(self.run_dir)
+        if self.dist is not None and self.step % self.cfg.checkpoint_every:
+            self._rank_rng = self.dist.gather_rng_states()  # a collective: every rank
+        if self.run_dir is not None:
+            if not saved:
+                self.save()
+            used = {}
+            if reason == "paused":  # what this piece had, and what it used
+                seconds = monotonic() - self.budget.started
+                used = {"budget_seconds": self.budget.seconds, "used_seconds": round(seconds, 1)}
+            self._write_status(reason, step=self.step, best=self.best, **used)
+        if reason == "interrupted":
+            where = f"; `mamlkit train --resume {self.run_dir}`" if self.run_dir else ""
+            raise Interrupted(
+                f"interrupted after iteration {self.step} (signal {self._signal}), its "
+                f"checkpoint written{where} continues from step {self.step}"
             )
-        return {"step": self.step, "best": self.best}
+        return {"step": self.step, "best": self.best, "paused": True}
+
+    def _check_stop(self) -> None:
+        """Before an iteration: stop for a signal received, or pause when the iteration and
+        what follows it would not end within the time budget. Under torchrun the ranks
+        decide together (any rank's reason stops all), so that they stop at the same step."""
+        signalled = self._signal is not None
+        pause = too_short = False
+        budget = self.budget
+        if budget is not None:
+            now = monotonic()
+            if self._last_check is not None:  # one iteration since: its time, all of it
+                budget.note("iteration", now - self._last_check - self._aside)
+            self._last_check, self._aside = now, 0.0
+            too_short = self._piece_steps == 1 and now - budget.started > budget.seconds
+            step = self.step + 1
+            val = bool(self.cfg.val_every) and self.val_tasks is not None
+            val = val and (step % self.cfg.val_every == 0 or step == self.cfg.iterations)
+            save = self.run_dir is not None and step % self.cfg.checkpoint_every == 0
+            pause = not budget.fits(now, val, save)
+        if self.dist is not None:
+            flags = torch.tensor([signalled, pause, too_short], dtype=torch.float64)
+            self.dist.mean_([flags])
+            signalled, pause, too_short = (bool(f > 0) for f in flags)
+        if too_short:
+            raise _Stop(
+                "interrupted",
+                f"--max-time {budget.text}: shorter than starting this run and its first "
+                f"iteration ({now - budget.started:.1f} s); nothing of this piece was kept; "
+                "give a longer budget",
+            )
+        if signalled:
+            raise _Stop("interrupted")
+        if pause:
+            raise _Stop("paused")
+
+    def _write_status(self, status: str, **extra: Any) -> None:
+        """status.json, with the training time of all pieces so far (``train_seconds``: the
+        run's wall time, without the gaps between a pause and its resume)."""
+        seconds = self._seconds_before + monotonic() - self._piece_started
+        write_status(self.run_dir, status, **extra, train_seconds=round(seconds, 1))
 
     def _final_status(self, status: str) -> None:
         """Record how training stopped, if the disk still lets us: the error that stopped
         it (perhaps that very disk) is what the user must see."""
         if self.run_dir is not None:
             with contextlib.suppress(OSError):
-                write_status(self.run_dir, status, step=self.step, best=self.best)
+                self._write_status(status, step=self.step, best=self.best)
 
     def _loop(self) -> None:
         with cuda_precision(self.cfg.precision):
@@ -350,6 +446,8 @@ class Trainer:
                 raise UserError(
                     f"train.cuda_graphs=on: {exc}; use train.cuda_graphs=auto or off"
                 ) from None
+            if self.dist is None or self.dist.main:
+                print(f"{self.description}: training eagerly: {exc}", file=sys.stderr)
             self.engine = "eager"
             return None
         self.window = step.window
@@ -372,6 +470,7 @@ class Trainer:
         metric_fn = METRICS.get(self.metric) if self.metric else None
         device_step = self._device_step()
         while self.step < cfg.iterations:
+            self._check_stop()
             self._schedule_lr()
             batch = self.train_tasks.sample(cfg.meta_batch, self.generator)
             if self.dist is not None:  # every rank drew the same batch: keep this rank's tasks
@@ -463,6 +562,7 @@ class Trainer:
         """Log, validate and checkpoint where the step count says so (after the host has
         read the device step's health flag, where there is one)."""
         cfg = self.cfg
+        self._piece_steps += 1
         self._emit("on_step")
         log = self.step % cfg.log_every == 0 or self.step == cfg.iterations
         val = bool(cfg.val_every) and self.val_tasks is not None
@@ -475,10 +575,24 @@ class Trainer:
         if log or val:  # a validation between logging steps is a record of its own
             record = self._window_record() if log else {"step": self.step}
             if val:
-                record.update(self.validate())
+                with self._timed("validation"):
+                    record.update(self.validate())
             self._log(record)
         if save:
-            self.save()
+            with self._timed("checkpoint"):
+                self.save()
+
+    @contextlib.contextmanager
+    def _timed(self, kind: str):
+        """Measure a validation or checkpoint for the time budget's plan."""
+        if self.budget is None:
+            yield
+            return
+        started = monotonic()
+        yield
+        seconds = monotonic() - started
+        self.budget.note(kind, seconds)
+        self._aside += seconds
 
     def _window_record(self) -> dict[str, Any]:
         loss_sum, metric_sum, n = self.window.tolist()
@@ -514,28 +628,55 @@ class Trainer:
         return {f"val_{metric}": value, f"val_{metric}_ci95": result["ci95"]}
 
 
+def _train_seconds(run_dir: Path) -> float:
+    """The training time a run's status.json records (0 where it has none)."""
+    try:
+        seconds = json.loads((run_dir / "status.json").read_text()).get("train_seconds")
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+    return float(seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else 0.0
+
+
 def _utc_now() -> str:
     import datetime
 
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+class _Stop(Exception):
+    """Raised before an iteration to end this piece of training: ``reason`` is the status
+    (``paused`` or ``interrupted``)."""
+
+    def __init__(self, reason: str, refusal: str = ""):
+        super().__init__(reason)
+        self.reason, self.refusal = reason, refusal
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's preemption, `timeout`, `kill`) stops training like Ctrl-C: the run
-    is marked ``interrupted`` and resumes from its last checkpoint. Only the main thread can
-    install signal handlers; elsewhere SIGTERM keeps its default meaning."""
+def _stop_on_signals(trainer: Trainer):
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption, `timeout`, `kill`) stop training
+    at the end of the running iteration, with a checkpoint of it (as Lightning does on
+    preemption); a second signal stops at once (the run resumes from its last checkpoint).
+    Only the main thread can install signal handlers; elsewhere signals keep their meaning."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    def stop(signum, frame):
+        if trainer._signal is not None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        trainer._signal = signum
+        if trainer.dist is None or trainer.dist.main:
+            print(
+                f"{trainer.description}: stopping at the end of this iteration, with a "
+                "checkpoint (signal again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -10,29 +10,37 @@ Two layouts:
 Images may be grey or colour and of any size and format Pillow reads; they are converted to
 ``channels`` (1: grey, 3: RGB) and resized to ``image_size`` squares. Every class is cut to
 the size of the smallest (episodes need a rectangular array), with a warning. The array of
-all classes is cached as ``.npy`` under a key from the file names and sizes, like Omniglot.
+all classes is cached as ``.npy`` under a key from the files' names and *bytes* (two folders
+with equal names and sizes but other pixels never share an entry; see
+:mod:`mamlkit.data.content` for how re-reading an unchanged folder is avoided).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mamlkit.data.cache import default_cache_dir, read_cache_entry, write_cache_entry
+from mamlkit.data.cache import (
+    default_cache_dir,
+    entry_sha256,
+    read_cache_entry,
+    write_cache_entry,
+)
+from mamlkit.data.content import files_content_key
 from mamlkit.data.errors import DataError
 from mamlkit.data.images import decode_image, is_image_name
 
-__all__ = ["PREPROCESS_VERSION", "load_image_folder"]
+__all__ = ["PREPROCESS_VERSION", "ImageFolderData", "load_image_folder", "read_image_folder"]
 
 logger = logging.getLogger(__name__)
 
 #: Bump whenever the pixels produced for the same input change, so stale caches are ignored.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: transparent pixels composited onto white
 SPLITS = ("train", "val", "test")
 _LAYOUT = "expected <class>/<image> folders, or train/ val/ test/ folders of class folders"
 
@@ -83,6 +91,28 @@ def _split_classes(
     return {s: {c: listing[c] for c in sorted(parts[s])} for s in SPLITS}
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: comparing ndarray fields with == is ambiguous
+class ImageFolderData:
+    """An image folder as one array: ``images`` holds the train classes, then val, then
+    test (uint8 ``[C, M, S, S]`` grey or ``[C, M, S, S, 3]`` RGB); ``splits`` the class
+    names of each split in that order; ``sha256`` the content hash of the array."""
+
+    images: np.ndarray
+    splits: dict[str, list[str]]
+    root: Path
+    sha256: str
+
+    def split(self, name: str) -> tuple[np.ndarray, list[str]]:
+        """``(images, class names)`` of split ``name`` (train, val or test)."""
+        start = 0
+        for s in SPLITS:
+            n = len(self.splits[s])
+            if s == name:
+                return self.images[start : start + n], list(self.splits[s])
+            start += n
+        raise KeyError(name)
+
+
 def load_image_folder(
     root: str | os.PathLike[str],
     image_size: int = 28,
@@ -95,6 +125,20 @@ def load_image_folder(
     ``[C, M, S, S]`` (grey) or ``[C, M, S, S, 3]`` (RGB). Raises :class:`DataError` naming
     the folder or file for a missing folder, too few classes or an unreadable image.
     """
+    data = read_image_folder(root, image_size, channels, fractions, seed, cache_dir, _stack=3)
+    return {s: data.split(s) for s in SPLITS}
+
+
+def read_image_folder(
+    root: str | os.PathLike[str],
+    image_size: int = 28,
+    channels: int = 3,
+    fractions: tuple[float, float, float] = (0.64, 0.16, 0.20),
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    _stack: int = 2,
+) -> ImageFolderData:
+    """:func:`load_image_folder` as one :class:`ImageFolderData`, with the content hash."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(
@@ -114,33 +158,27 @@ def load_image_folder(
         raise DataError(f"{root / classes[counts.index(0)]} holds no images; add some or remove it")
     if max(counts) != smallest:
         warnings.warn(
-            f"{root}: classes hold {smallest} to {max(counts)} images; using the first "
+            f"{root}: classes hold {smallest} to {max(counts)} images "
+            f"({classes[counts.index(smallest)]} has {smallest}); using the first "
             f"{smallest} of every class",
-            stacklevel=2,
+            stacklevel=_stack,
         )
     files = [f[:smallest] for f in files]
 
-    h = hashlib.sha256(f"mamlkit-imagefolder\nv{PREPROCESS_VERSION}\n".encode())
-    h.update(f"S={image_size}\nch={channels}\n".encode())
-    for path in (p for class_files in files for p in class_files):
-        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
-    key = h.hexdigest()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "imagefolder"
+    salt = f"mamlkit-imagefolder\nv{PREPROCESS_VERSION}\nS={image_size}\nch={channels}"
+    named = [(p.relative_to(root).as_posix(), p) for class_files in files for p in class_files]
+    key = files_content_key(salt, root, named, cache)
     npy = cache / f"imagefolder-{image_size}px-{channels}ch-{key[:20]}.npy"
     shape = (len(classes), smallest, image_size, image_size) + ((3,) if channels == 3 else ())
     entry = read_cache_entry(npy, key)
     if entry is not None and entry[0].shape == shape and entry[1].get("classes") == classes:
-        images = entry[0]
+        images, digest = entry[0], entry_sha256(npy, entry[1], entry[0])
     else:
         logger.info("preprocessing image folder %s (one-time, cached in %s)", root, cache)
         images = np.empty(shape, dtype=np.uint8)
         for c, class_files in enumerate(files):
             for j, path in enumerate(class_files):
                 images[c, j] = decode_image(path, image_size, channels)
-        write_cache_entry(npy, key, images, {"classes": classes, "root": str(root)})
-    out, start = {}, 0
-    for s in SPLITS:
-        n = len(splits[s])
-        out[s] = (images[start : start + n], list(splits[s]))
-        start += n
-    return out
+        digest = write_cache_entry(npy, key, images, {"classes": classes, "root": str(root)})
+    return ImageFolderData(images, {s: list(splits[s]) for s in SPLITS}, root, digest)

@@ -10,13 +10,12 @@ Images are converted to RGB and resized to ``image_size`` x ``image_size`` with 
 stored as one uint8 array ``[n_classes, n_per_class, S, S, 3]``. Episode samplers want a
 rectangular array, so every class is truncated to the size of the smallest one (in a fixed
 order); a class below ``min_per_class`` is an error, since it could not fill a typical
-episode. The array is cached as ``.npy`` under a key derived from the file listing.
+episode. The array is cached as ``.npy`` under a key derived from the files' names and bytes.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import warnings
@@ -26,7 +25,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mamlkit.data.cache import default_cache_dir, read_cache_entry, write_cache_entry
+from mamlkit.data.cache import (
+    default_cache_dir,
+    entry_sha256,
+    read_cache_entry,
+    write_cache_entry,
+)
+from mamlkit.data.content import files_content_key
 from mamlkit.data.errors import DataError
 
 __all__ = [
@@ -63,10 +68,12 @@ class ImageClassData:
     Attributes:
         images: uint8 ``[n_classes, n_per_class, S, S, 3]`` (RGB).
         classes: class label per row, sorted.
+        sha256: the content hash of ``images`` (``""`` where not known).
     """
 
     images: np.ndarray
     classes: list[str]
+    sha256: str = ""
 
     def __post_init__(self) -> None:
         if self.images.shape[0] != len(self.classes):
@@ -250,31 +257,21 @@ def _decode(path: Path, image_size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _fingerprint(root: Path, files: list[list[Path]]) -> list[tuple[str, int]]:
-    """Relative name + size of every used image (stat only: hashing would cost as much as
-    decoding). A missing file is reported here, before any slow work starts."""
-    out: list[tuple[str, int]] = []
-    for class_files in files:
+def _cache_key(
+    root: Path, classes: list[str], files: list[list[Path]], image_size: int, cache: Path
+) -> str:
+    """The class labels, every used image's relative name and its bytes (hashed once, then
+    memoised by the files' stat; a missing file is reported here, before any slow work)."""
+    named = []
+    for label, class_files in zip(classes, files, strict=True):
         for path in class_files:
-            try:
-                size = path.stat().st_size
-            except OSError as exc:
-                raise DataError(f"cannot read image {path} ({exc.strerror or exc})") from exc
             try:
                 name = path.relative_to(root).as_posix()
             except ValueError:
                 name = path.as_posix()
-            out.append((name, size))
-    return out
-
-
-def _cache_key(fingerprint: list[tuple[str, int]], n_classes: int, image_size: int) -> str:
-    h = hashlib.sha256()
-    h.update(f"mamlkit-miniimagenet\nv{PREPROCESS_VERSION}\nS={image_size}\n".encode())
-    h.update(f"classes={n_classes}\n".encode())
-    for name, size in fingerprint:
-        h.update(f"{name}\0{size}\n".encode())
-    return h.hexdigest()
+            named.append((f"{label}\0{name}", path))
+    salt = f"mamlkit-miniimagenet\nv{PREPROCESS_VERSION}\nS={image_size}\nclasses={len(classes)}"
+    return files_content_key(salt, root, named, cache)
 
 
 def load_miniimagenet(
@@ -288,7 +285,7 @@ def load_miniimagenet(
 
     ``root`` is the data set directory (``None``: use :func:`find_miniimagenet_dir`). The
     result is cached in ``cache_dir`` (default ``default_cache_dir()/"miniimagenet"``) under
-    a key made from the image names, their sizes, ``image_size`` and the preprocessing
+    a key made from the image names, their bytes, ``image_size`` and the preprocessing
     version. Missing files, bad CSVs, unknown splits and undecodable images raise
     :class:`DataError` naming the path.
     """
@@ -306,8 +303,8 @@ def load_miniimagenet(
             raise DataError(f"miniImageNet directory {root_path} does not exist; {_FIX_HINT}")
 
     classes, files = _select(*_list_split(root_path, split), min_per_class)
-    key = _cache_key(_fingerprint(root_path, files), len(classes), image_size)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "miniimagenet"
+    key = _cache_key(root_path, classes, files, image_size, cache)
     npy = cache / f"miniimagenet-{split}-{image_size}px-{key[:20]}.npy"
 
     entry = read_cache_entry(npy, key)
@@ -315,7 +312,7 @@ def load_miniimagenet(
         images, meta = entry
         expected = (len(classes), len(files[0]), image_size, image_size, 3)
         if images.dtype == np.uint8 and images.shape == expected and meta.get("classes") == classes:
-            return ImageClassData(images=images, classes=classes)
+            return ImageClassData(images, classes, entry_sha256(npy, meta, images))
 
     logger.info("preprocessing miniImageNet %s (one-time, cached in %s)", root_path, cache)
     images = np.empty((len(classes), len(files[0]), image_size, image_size, 3), dtype=np.uint8)
@@ -335,5 +332,4 @@ def load_miniimagenet(
         "image_size": image_size,
         "classes": classes,
     }
-    write_cache_entry(npy, key, images, meta)
-    return ImageClassData(images=images, classes=classes)
+    return ImageClassData(images, classes, write_cache_entry(npy, key, images, meta))

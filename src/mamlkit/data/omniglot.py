@@ -16,6 +16,7 @@ sampler, which can rotate on the fly without quadrupling the stored array.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -30,7 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mamlkit.data.cache import default_cache_dir, read_cache_entry, write_cache_entry
+from mamlkit.data.cache import (
+    default_cache_dir,
+    entry_sha256,
+    read_cache_entry,
+    write_cache_entry,
+)
+from mamlkit.data.content import files_content_key
 from mamlkit.data.errors import DataError
 
 __all__ = [
@@ -107,12 +114,15 @@ class OmniglotData:
             evaluation, each sorted, so row indices are stable across machines.
         alphabets: the alphabet of each row.
         background: bool ``[n_characters]``, True for rows from ``images_background``.
+        sha256: the content hash of ``images`` (``""`` where not known), a run's record of
+            the data it trained on.
     """
 
     images: np.ndarray
     characters: list[str]
     alphabets: list[str]
     background: np.ndarray
+    sha256: str = ""
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -229,8 +239,8 @@ class _DirSet:
     def members(self) -> list[tuple[str, int]]:
         """``(relative posix name, file size)`` for every file in the expected 3 levels.
 
-        Sizes stand in for content hashes: hashing 32k files would cost as much as decoding
-        them, and a size change reliably catches truncated copies.
+        Sizes only show truncated copies; the cache key of a folder also hashes the files'
+        bytes (:func:`mamlkit.data.content.files_content_key`, memoised by their stat).
         """
         out: list[tuple[str, int]] = []
         try:
@@ -399,12 +409,24 @@ def _preprocess(listing: _Listing, image_size: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def _cache_key(listing: _Listing, image_size: int) -> str:
-    """Content fingerprint: member names + CRC32 (zip) or size (folder) + preprocessing."""
+def _cache_key(listing: _Listing, image_size: int, cache: Path) -> str:
+    """Content fingerprint: member names + CRC32 (zip) or size (folder) + preprocessing;
+    for extracted folders also the files' bytes (hashed once, then memoised by their stat
+    in ``cache``), so that other drawings with equal names and sizes are never mistaken for
+    cached ones."""
     h = hashlib.sha256()
     h.update(f"mamlkit-omniglot\nv{PREPROCESS_VERSION}\nS={image_size}\n".encode())
     for name, fp in listing.fingerprint:
         h.update(f"{name}\0{fp}\n".encode())
+    folders = sorted({s.root for s in listing.sources if isinstance(s, _DirSet)})
+    for root in folders:
+        named = sorted(
+            (name, root / name)
+            for names, s in zip(listing.files, listing.sources, strict=True)
+            if isinstance(s, _DirSet) and s.root == root
+            for name in names
+        )
+        h.update(files_content_key("mamlkit-omniglot-files", root, named, cache).encode())
     return h.hexdigest()
 
 
@@ -425,13 +447,15 @@ def _read_cache(npy: Path, key: str, image_size: int) -> OmniglotData | None:
         expected_shape = (len(characters), images.shape[1], image_size, image_size)
         if images.dtype != np.uint8 or images.shape != expected_shape:
             return None
-        return OmniglotData(images, characters, alphabets, background)
+        return OmniglotData(
+            images, characters, alphabets, background, entry_sha256(npy, meta, images)
+        )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         logger.warning("ignoring inconsistent Omniglot cache %s (%s); rebuilding", npy, exc)
         return None
 
 
-def _write_cache(npy: Path, key: str, data: OmniglotData) -> None:
+def _write_cache(npy: Path, key: str, data: OmniglotData) -> str:
     meta = {
         "format": "mamlkit-omniglot",
         "preprocess_version": PREPROCESS_VERSION,
@@ -440,7 +464,7 @@ def _write_cache(npy: Path, key: str, data: OmniglotData) -> None:
         "alphabets": data.alphabets,
         "background": data.background.tolist(),
     }
-    write_cache_entry(npy, key, data.images, meta)
+    return write_cache_entry(npy, key, data.images, meta)
 
 
 # --------------------------------------------------------------------------------------
@@ -465,7 +489,7 @@ def _load_omniglot(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "omniglot"
     with _open_sets(directory) as sets:
         listing = _list_images(sets, expected)
-        key = _cache_key(listing, image_size)
+        key = _cache_key(listing, image_size, cache)
         npy = _cache_path(cache, image_size, key)
         cached = _read_cache(npy, key, image_size)
         if cached is not None:
@@ -478,8 +502,7 @@ def _load_omniglot(
         alphabets=listing.alphabets,
         background=np.asarray(listing.background, dtype=bool),
     )
-    _write_cache(npy, key, data)
-    return data
+    return dataclasses.replace(data, sha256=_write_cache(npy, key, data))
 
 
 def load_omniglot(

@@ -6,7 +6,7 @@ refused here, before a run directory is written."""
 
 from __future__ import annotations
 
-import functools
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ import torch
 
 from mamlkit.errors import ConfigError
 from mamlkit.tasks.base import TaskDistribution
+from mamlkit.tasks.datasets import load_split, reads_dataset
 from mamlkit.tasks.episodes import ClassBatches, EpisodeTasks
 from mamlkit.tasks.registry import TASKS, register_task
 from mamlkit.tasks.sine import SineTasks
@@ -31,77 +32,77 @@ def build_sine_tasks(c: Config, split: str) -> TaskDistribution:
     return SineTasks(c.task.k_support, c.task.k_query, query_grid=100)
 
 
-@functools.lru_cache(maxsize=4)
+def _omniglot_split(data_dir: str | None, image_size: int, scheme: str, seed: int, n_val: int):
+    from mamlkit.data import find_omniglot_dir
+    from mamlkit.tasks.datasets import _omniglot_splits, _signature
+
+    location = find_omniglot_dir(data_dir).resolve()
+    return _omniglot_splits(str(location), _signature(location), image_size, scheme, seed, n_val)
+
+
 def _omniglot_split_images(
     data_dir: str | None, image_size: int, scheme: str, seed: int, n_val: int
 ) -> dict[str, np.ndarray]:
-    from mamlkit.data import load_omniglot, omniglot_splits
-
-    data = load_omniglot(data_dir, image_size=image_size)
-    splits = omniglot_splits(data, scheme=scheme, seed=seed, n_val=n_val)
-    return {name: data.images[idx] for name, idx in splits.items()}
+    """The images of every Omniglot split."""
+    splits = _omniglot_split(data_dir, image_size, scheme, seed, n_val)
+    return {name: images for name, (images, *_rest) in splits.items()}
 
 
-@functools.lru_cache(maxsize=4)
 def _omniglot_split_alphabets(
     data_dir: str | None, image_size: int, scheme: str, seed: int, n_val: int
 ) -> dict[str, np.ndarray]:
     """The alphabet (an integer id) of every character of each split."""
-    from mamlkit.data import load_omniglot, omniglot_splits
-
-    data = load_omniglot(data_dir, image_size=image_size)
-    names = sorted(set(data.alphabets))
-    ids = np.array([names.index(a) for a in data.alphabets], dtype=np.int64)
-    splits = omniglot_splits(data, scheme=scheme, seed=seed, n_val=n_val)
-    return {name: ids[idx] for name, idx in splits.items()}
-
-
-@functools.lru_cache(maxsize=4)
-def _image_folder_split_images(
-    data_dir: str, image_size: int, channels: int, fractions: tuple[float, ...], seed: int
-) -> dict[str, np.ndarray]:
-    from mamlkit.data.imagefolder import load_image_folder
-
-    splits = load_image_folder(data_dir, image_size, channels, fractions, seed)
-    return {name: images for name, (images, _classes) in splits.items()}
+    splits = _omniglot_split(data_dir, image_size, scheme, seed, n_val)
+    return {name: ids for name, (_images, _names, ids, _digest) in splits.items()}
 
 
 @register_task(
     "omniglot", metric="accuracy", inputs="image", channels=1, inverted=True, alphabets=True
 )
+@reads_dataset("omniglot")
 def build_omniglot_tasks(c: Config, split: str) -> TaskDistribution:
-    t = c.task
-    key = (t.data_dir, t.image_size, t.split, t.split_seed, t.val_classes)
-    images = _omniglot_split_images(*key)[split]
-
-    def alphabets() -> np.ndarray:
-        return _omniglot_split_alphabets(*key)[split]
-
-    return episodes(c, split, images, default_rotations=True, alphabets=alphabets)
+    data = load_split(c, split)
+    return episodes(c, split, data.images, default_rotations=True, alphabets=data.alphabets)
 
 
 @register_task("miniimagenet", metric="accuracy", inputs="image", channels=3)
+@reads_dataset("miniimagenet")
 def build_miniimagenet_tasks(c: Config, split: str) -> TaskDistribution:
-    from mamlkit.data import find_miniimagenet_dir, load_miniimagenet
-
-    root = find_miniimagenet_dir(c.task.data_dir)
-    images = load_miniimagenet(root, split, image_size=c.task.image_size).images
-    return episodes(c, split, images, default_rotations=False, can_rotate=False)
+    return _validated_episodes(c, split, default_rotations=False, can_rotate=False)
 
 
 @register_task("imagefolder", metric="accuracy", inputs="image", channels=3)
+@reads_dataset("imagefolder")
 def build_image_folder_tasks(c: Config, split: str) -> TaskDistribution:
-    t = c.task
-    channels = TASKS[t.name].image_channels(t)  # also under a name of its own
-    images = _image_folder_split_images(
-        t.data_dir, t.image_size, channels, tuple(t.split_fractions), t.split_seed
-    )[split]
-    if len(images) == 0:
+    return _validated_episodes(c, split, default_rotations=False)
+
+
+def _validated_episodes(
+    c: Config, split: str, *, default_rotations: bool, can_rotate: bool = True
+) -> TaskDistribution:
+    """:func:`episodes` of a data set whose reader may cut every class to the smallest (a
+    warning): the cut is said once the episodes are known to fit, else it is part of the
+    one-line error that they do not."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_split(c, split)
+    notes = [" ".join(str(w.message).split()) for w in caught]
+    if len(data.images) == 0:
         raise ConfigError(
-            f"config key 'task.split_fractions': the {split!r} split of {t.data_dir} has no "
-            "classes; add class folders, change the fractions, or set train.val_every=0"
+            f"config key 'task.split_fractions': the {split!r} split of {data.location} has "
+            "no classes; add class folders, change the fractions, or set train.val_every=0"
         )
-    return episodes(c, split, images, default_rotations=False)
+    try:
+        tasks = episodes(
+            c, split, data.images, default_rotations=default_rotations, can_rotate=can_rotate
+        )
+    except ConfigError as exc:
+        if notes:
+            raise ConfigError(f"{exc}; {'; '.join(notes)}") from None
+        raise
+    for w in caught:
+        warnings.warn(w.message, stacklevel=3)
+    return tasks
 
 
 def episodes(

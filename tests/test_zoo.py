@@ -1,0 +1,129 @@
+"""The zoo (``zoo/``): every reference run loads and rebuilds its model, its checkpoints'
+SHA-256 match, it keeps within the size caps, its eval files are strict JSON, and
+docs/zoo.md is what ``scripts/zoo.py table`` makes of it; ``make zoo`` continues a run and
+evaluates it once finished."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mamlkit.cli import main
+from mamlkit.config import load_config
+from mamlkit.runner import load_run, run_checkpoints, train_run
+
+ROOT = Path(__file__).parents[1]
+
+
+def _zoo_module():
+    spec = importlib.util.spec_from_file_location("zoo_script", ROOT / "scripts" / "zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+zoo = _zoo_module()
+RUNS = sorted(p for p in (ROOT / "zoo").glob("*") if p.is_dir()) if (ROOT / "zoo").is_dir() else []
+
+
+def _strict(text: str):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
+def test_a_zoo_run_loads_and_keeps_within_its_caps(run):
+    assert run.name in {e.name for e in zoo.ZOO}, f"{run.name} is not in scripts/zoo.py's ZOO"
+    names = {p.name for p in run.iterdir()}
+    names.discard(".mamlkit.lock")  # a zoo run training here (git ignores it)
+    extra = {n for n in names - zoo.KEEP if not (n.startswith("eval") and n.endswith(".json"))}
+    assert not extra, f"{run.name} keeps files a zoo run must not: {sorted(extra)}"
+    assert len(run_checkpoints(run)) == 1  # the latest only
+    # config.yaml rebuilds the model; load_checkpoint checks every SHA-256 it reads
+    _, _, step = load_run(run, checkpoint="latest")
+    status = json.loads((run / "status.json").read_text())
+    assert step == status["step"] == max(run_checkpoints(run))
+    if status["status"] == "finished":
+        load_run(run)  # model.safetensors too
+    for record in run.glob("eval*.json"):
+        data = _strict(record.read_text())
+        assert "step" in data or "iteration" in data, f"{record} names no step it evaluated"
+    assert zoo.check(run.parent) == [] or all(run.name not in p for p in zoo.check(run.parent))
+
+
+def test_the_zoo_is_within_its_caps_and_its_table_is_current():
+    assert zoo.check() == []
+    assert (ROOT / "docs" / "zoo.md").read_text() == zoo.table(), (
+        "docs/zoo.md is not what the zoo's files give: run `make zoo-table`"
+    )
+
+
+def test_the_zoo_is_not_in_the_package():
+    import mamlkit
+
+    assert not (Path(mamlkit.__file__).parent / "zoo").exists()
+    assert "zoo" not in (ROOT / "pyproject.toml").read_text().split("[tool.setuptools")[1]
+
+
+def test_the_table_reports_progress_and_evaluations_from_the_files(tmp_path):
+    entry = zoo.Entry("rl_nav2d_oracle", "−2.29 (paper)")
+    text = zoo.table(tmp_path, [entry])
+    assert "| `rl_nav2d_oracle` | not started | – | −2.29 (paper) |" in text
+    run = tmp_path / "rl_nav2d_oracle"
+    train_run(load_config("rl_nav2d_oracle", TINY), run, progress=False)
+    row = [line for line in zoo.table(tmp_path, [entry]).splitlines() if "nav2d" in line][0]
+    assert "| 2 / 2 | finished, not evaluated yet |" in row and "AMD" in row or "@" in row
+
+
+TINY = [
+    "task.horizon=10",
+    "task.rollouts=3",
+    "task.eval_rollouts=3",
+    "model.hidden=[8,8]",
+    "train.meta_batch=2",
+    "train.checkpoint_every=2",
+    "train.tensorboard=false",
+    "train.iterations=2",
+    "train.keep_checkpoints=1",
+    "eval.tasks=3",
+]
+
+
+@pytest.mark.skipif(
+    not (ROOT / ".venv" / ".installed").is_file(), reason="make's venv is not built here"
+)
+def test_make_zoo_continues_a_run_and_evaluates_it(tmp_path, capsys, monkeypatch):
+    """`make zoo ZOO_TIME=2m` on a small paused zoo run: it continues it to its end, trims
+    it, evaluates it with its config's protocol and writes the table."""
+    run = tmp_path / "zoo" / "rl_nav2d_oracle"
+    monkeypatch.setenv("MAMLKIT_TEST_CLOCK", "1")  # pauses it mid-way, deterministically
+    config = [s for s in TINY if not s.startswith("train.iterations")]
+    assert main(["train", "rl_nav2d_oracle", "--out", str(run), "--no-progress",
+                 *[a for s in config for a in ("--set", s)], "--set", "train.iterations=6",
+                 "--max-time", "8s"]) == 0  # fmt: skip
+    monkeypatch.delenv("MAMLKIT_TEST_CLOCK")
+    capsys.readouterr()
+    paused = json.loads((run / "status.json").read_text())
+    assert paused["status"] == "paused" and 0 < paused["step"] < 6
+    table = tmp_path / "zoo.md"
+    done = subprocess.run(
+        ["make", "-C", str(ROOT), "zoo", "ZOO_TIME=2m", f"ZOO_DIR={tmp_path / 'zoo'}",
+         f"ZOO_TABLE={table}", "ZOO_ONLY=rl_nav2d_oracle"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"rl_nav2d_oracle: step {paused['step']} -> 6 of 6 (finished)" in done.stdout
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    record = _strict((run / "eval.json").read_text())
+    assert record["tasks"] == 3 and record["by_step"]
+    assert not (run / "tensorboard").exists() and len(run_checkpoints(run)) == 1
+    assert "| `rl_nav2d_oracle` | 6 / 6 | " in table.read_text()
+    assert "finished, not evaluated" not in table.read_text()
