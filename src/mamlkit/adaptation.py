@@ -22,8 +22,8 @@ from mamlkit.adapt_inputs import (
 )
 from mamlkit.checkpoint import atomic_write_text
 from mamlkit.errors import UserError
-from mamlkit.rundir import mamlkit_folder_above
 from mamlkit.limits import check_flag
+from mamlkit.rundir import mamlkit_folder_above
 from mamlkit.runner import load_run
 from mamlkit.tasks.registry import task_spec
 

@@ -54,6 +54,8 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
             continue
         try:
             status = records.read_json(status_file)
+        except records.UnreadableFile:  # no permission, or not a regular file: not damage
+            status = {"status": "unreadable"}
         except UserError:
             status = None
         if not isinstance(status, dict):

@@ -4,6 +4,7 @@ checkpoint, resume. Every algorithm and task distribution goes through :class:`T
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import sys
