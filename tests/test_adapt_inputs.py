@@ -444,7 +444,7 @@ def test_21_runs_lists_a_fifo_status_as_unreadable_without_reading_it(
 ):
     run = tmp_path / "runs" / "copy"
     run.mkdir(parents=True)
-    for name in ("config.yaml", "metrics.jsonl"):
+    for name in ("config.yaml", "env.json", "metrics.jsonl"):
         (run / name).write_bytes((trained_sine / name).read_bytes())
     with fifo_with_a_writer(run / "status.json"):
         code, out, err = run_cli(capsys, "runs", tmp_path / "runs")
