@@ -126,11 +126,8 @@ def evaluation(run: Path) -> dict | None:
     record = read_json(run / "eval.json")
     if record is None or status(run).get("status") != "finished":
         return None
-    step = record.get("step", record.get("checkpoint_step"))
-    if step is not None and step != status(run).get("step"):
-        return None
-    if (run / "model.safetensors").stat().st_mtime > (run / "eval.json").stat().st_mtime:
-        return None  # weights written after the evaluation (a run extended since)
+    if record.get("step") != status(run).get("step"):
+        return None  # an evaluation of other weights (the run was extended since)
     return record
 
 
