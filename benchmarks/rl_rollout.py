@@ -19,6 +19,13 @@ trajectories counts T·N. Half-cheetah (where MuJoCo is installed, ``--cheetah-t
 environment step): environment steps per second of mamlkit's vectorised environment and of
 one ``gymnasium.make("HalfCheetah-v5")`` environment, and with ``--cheetah-iters N`` seconds
 per half-cheetah velocity meta-iteration (meta-batch ``--cheetah-tasks``, horizon 200).
+
+``--cheetah-split N``: N more half-cheetah meta-iterations, each split into its phases
+(``meta_iteration_split``: pre-update sampling, inner step, post-update sampling, surrogate
+and its gradient, Fisher-vector products with their count, line search with its count of
+evaluations, baseline fits, the rest; :mod:`rl_split`), and the physics floor
+(``physics_floor_env_steps_per_s``: bare ``mujoco.rollout`` of the same simulations with one
+fixed random action, ``--floor-steps`` environment steps, 1 and 2 threads).
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTask
 from mamlkit.rl.envs import TaskStreams  # noqa: E402
 from mamlkit.rl.learner import FISHER  # noqa: E402
 from mamlkit.rl.returns import sample_trajectories  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rl_split import meta_iteration_split, physics_floor  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -71,7 +81,7 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
 
     from mamlkit.rl.cheetah import CheetahVelocityTasks, HalfCheetah
 
-    env = HalfCheetah("vel", horizon=args.cheetah_horizon)
+    env = HalfCheetah("vel", horizon=args.cheetah_horizon, threads=args.cheetah_threads)
     generator = torch.Generator(device=device).manual_seed(0)
     batch = CheetahVelocityTasks().sample(args.cheetah_tasks, generator).to(device)
     goal, n, horizon = batch.task, args.rollouts, args.cheetah_horizon
@@ -102,7 +112,7 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
         "env_steps_per_s": goal.shape[0] * n * horizon / statistics.median(times),
         "single_gymnasium_env_steps_per_s": single_steps / single_s,
     }
-    if args.cheetah_iters:
+    if args.cheetah_iters or args.cheetah_split:
         policy = GaussianMLPPolicy(env.obs_dim, env.act_dim).to(device)
         learner = MAMLTRPO(env, policy, rollouts=n, fisher=args.fisher[0]).to(device)
 
@@ -111,6 +121,16 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
 
         meta = timed(meta_iteration, device, 0, args.cheetah_iters)
         out["s_per_meta_iteration_all"] = meta
+        splits = []
+        for _ in range(args.cheetah_split):
+            batch = CheetahVelocityTasks().sample(goal.shape[0], generator)
+            splits.append(meta_iteration_split(learner, batch))
+        out["meta_iteration_split"] = splits
+    if args.floor_steps:
+        out["physics_floor_env_steps_per_s"] = {
+            threads: physics_floor(goal.shape[0] * n, args.floor_steps, env.frame_skip, threads)
+            for threads in (1, 2)
+        }
     return out
 
 
@@ -126,6 +146,9 @@ def main() -> None:
     p.add_argument("--cheetah-tasks", type=int, default=40, help="0: skip half-cheetah")
     p.add_argument("--cheetah-horizon", type=int, default=200)
     p.add_argument("--cheetah-iters", type=int, default=0, help="timed cheetah meta-iterations")
+    p.add_argument("--cheetah-split", type=int, default=0, help="split cheetah meta-iterations")
+    p.add_argument("--floor-steps", type=int, default=50, help="physics floor steps (0: skip)")
+    p.add_argument("--cheetah-threads", type=int, default=2, help="MuJoCo threads")
     p.add_argument(
         "--fisher",
         nargs="+",

@@ -16,6 +16,7 @@ from mamlkit.rl.fisher import (
     gauss_newton_vector_product,
     hessian_vector_product,
 )
+from mamlkit.rl.gauss_newton import inner_update_gauss_newton
 from mamlkit.rl.policy import GaussianMLPPolicy
 from mamlkit.rl.returns import (
     OldPolicy,
@@ -117,11 +118,19 @@ class MAMLTRPO(MetaLearner):
         return sample_trajectories(self.env, self.policy, detached, task, n, streams)
 
     def adapt_on(
-        self, params: Params, traj: Trajectories, update, steps: int, first_order: bool
+        self,
+        params: Params,
+        traj: Trajectories,
+        update,
+        steps: int,
+        first_order: bool,
+        adv: Tensor | None = None,
     ) -> Params:
         """φ after ``steps`` inner updates on the fixed trajectories ``traj`` (the same
-        trajectories at every step: training takes one step per batch of samples)."""
-        adv = advantages(traj, self.discount, self.gae_lambda)
+        trajectories at every step: training takes one step per batch of samples); ``adv``,
+        where given, are ``traj``'s advantages (they depend on ``traj`` alone)."""
+        if adv is None:
+            adv = advantages(traj, self.discount, self.gae_lambda)
         return inner_loop(
             params, vpg_support_loss(self.policy, traj, adv), update, steps, first_order
         )
@@ -129,15 +138,24 @@ class MAMLTRPO(MetaLearner):
     def _rollout_and_adapt(self, batch: RLTaskBatch, streams: TaskStreams):
         """Support trajectories with θ, the adapted φ(θ) (with its graph), the query
         trajectories of φ and their advantages."""
+        return self._sample_and_adapt(batch, streams)[:4]
+
+    def _sample_and_adapt(self, batch: RLTaskBatch, streams: TaskStreams):
+        """:meth:`_rollout_and_adapt`'s four and the support trajectories' advantages (None
+        without inner steps)."""
         task = batch.task
         theta = stack_params(self.theta(), task.shape[0])
         support = self.sample(theta, task, self.rollouts, streams)
         if self.inner_steps:
-            phi = self.adapt_on(theta, support, self.update, self.inner_steps, self.first_order)
+            adv_s = advantages(support, self.discount, self.gae_lambda)
+            phi = self.adapt_on(
+                theta, support, self.update, self.inner_steps, self.first_order, adv_s
+            )
             query = self.sample(phi, task, self.rollouts, streams)
         else:
-            phi, query = theta, support
-        return support, phi, query, advantages(query, self.discount, self.gae_lambda)
+            phi, query, adv_s = theta, support, None
+        adv = advantages(query, self.discount, self.gae_lambda)
+        return support, phi, query, adv, adv_s
 
     def meta_forward(self, batch: RLTaskBatch, iteration: int = 0) -> MetaOutput:
         """The TRPO surrogate at θ (differentiable, through the inner update) with the
@@ -156,7 +174,8 @@ class MAMLTRPO(MetaLearner):
 
     def outer_step(self, batch: RLTaskBatch, optimizer, iteration: int) -> MetaOutput:
         """One TRPO step on θ (``optimizer`` is not used: TRPO's step is its own)."""
-        support, phi, query, adv = self._rollout_and_adapt(batch, environment_streams(batch))
+        streams = environment_streams(batch)
+        support, phi, query, adv, adv_s = self._sample_and_adapt(batch, streams)
         old = old_policy(self.policy, phi, query)
         loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
         params = list(self.theta().values())
@@ -166,11 +185,11 @@ class MAMLTRPO(MetaLearner):
             theta = stack_params(self.theta(), task_count)
             new_phi = theta
             if self.inner_steps:  # φ(θ) on the same support trajectories; no outer graph
-                new_phi = self.adapt_on(theta, support, self.update, self.inner_steps, True)
+                new_phi = self.adapt_on(theta, support, self.update, self.inner_steps, True, adv_s)
             with torch.no_grad():
                 return surrogate_and_kl(self.policy, new_phi, query, adv, old)
 
-        fisher_vector = self.fisher_vector_product(phi, query, old, kl)
+        fisher_vector = self.fisher_vector_product(phi, query, old, kl, support, adv_s)
         step = trpo_step(
             params,
             loss,
@@ -186,7 +205,13 @@ class MAMLTRPO(MetaLearner):
         return MetaOutput(torch.as_tensor(step.loss_after), query.average_return(), metrics)
 
     def fisher_vector_product(
-        self, phi: Params, query: Trajectories, old: OldPolicy, kl: Tensor
+        self,
+        phi: Params,
+        query: Trajectories,
+        old: OldPolicy,
+        kl: Tensor,
+        support: Trajectories | None = None,
+        support_adv: Tensor | None = None,
     ) -> FisherVector:
         """TRPO's v ↦ F v at θ_old for the mean query KL ``kl`` of the adapted ``phi`` (both
         with their graph to θ).
@@ -196,14 +221,31 @@ class MAMLTRPO(MetaLearner):
         plain TRPO's Fisher). F_z, the KL's Hessian in z, is diagonal (1/σ² for a mean, 2
         for a log-std, times each step's weight in the mean): cheaper than with z = φ,
         whose F_φ takes second derivatives of the policy network. ``"hessian"``: ∇²_θ kl.
+
+        With the ``support`` trajectories (and their advantages ``support_adv`` where there
+        are inner steps), the Gauss-Newton product is built from pieces computed once
+        (:func:`~mamlkit.rl.gauss_newton.inner_update_gauss_newton`: the same matrix in
+        fewer operations per product; ``phi``'s graph is then not used).
         """
         params = list(self.theta().values())
         if self.fisher == "hessian":
             return hessian_vector_product(kl, params)
-        mean, log_std = self.policy.distribution(phi, query.obs)
 
         def kl_of_z(z: dict[str, Tensor]) -> Tensor:
             return mean_kl(old, z["mean"], z["log_std"], query.mask)
+
+        if support is not None and not self.update.per_parameter:
+            steps = self.inner_steps
+            return inner_update_gauss_newton(
+                self.theta(),
+                query.obs.shape[0],
+                vpg_support_loss(self.policy, support, support_adv) if steps else None,
+                [float(self.update.step_size("", s)) for s in range(steps)],
+                self.first_order,
+                lambda p: self.policy.distribution(p, query.obs),
+                kl_of_z,
+            )
+        mean, log_std = self.policy.distribution(phi, query.obs)
 
         return gauss_newton_vector_product(params, {"mean": mean, "log_std": log_std}, kl_of_z)
 
@@ -226,9 +268,7 @@ class MAMLTRPO(MetaLearner):
             }
             out = []
             for s in range(steps + 1):
-                traj = self.sample(
-                    params, task, self.eval_rollouts, streams, self.eval_samples
-                )
+                traj = self.sample(params, task, self.eval_rollouts, streams, self.eval_samples)
                 returns = traj.average_return()
                 out.append(returns if reduce is None else reduce(returns))
                 if s == steps:
