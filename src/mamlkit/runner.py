@@ -14,6 +14,7 @@ import torch
 from mamlkit import records
 from mamlkit.budget import TimeBudget, parse_duration
 from mamlkit.build import build_learner, build_tasks, check_code_trust, check_device, metric_for
+from mamlkit.callbacks import Callback
 from mamlkit.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -60,6 +61,7 @@ def train_run(
     max_time: str | None = None,
     started: float | None = None,
     data_dir: Path | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes in any split the run uses
     fail before the run directory is created), then train. ``update_config`` (with
@@ -70,7 +72,9 @@ def train_run(
     (:mod:`mamlkit.run_data`; a new run takes it in ``config``). ``max_time`` (else
     ``train.max_time``) is this piece's time budget, counted from ``started`` (a
     :func:`mamlkit.budget.monotonic` reading; default now): training pauses before it ends
-    and the summary says ``"paused": true``."""
+    and the summary says ``"paused": true``. ``callbacks`` are the user's own
+    :class:`~mamlkit.callbacks.Callback` objects, called after the run's own (data record,
+    progress bar, TensorBoard), as ``Trainer(callbacks=...)``."""
     budget = None
     if (max_time or config.train.max_time) is not None:
         text = max_time or config.train.max_time
@@ -131,7 +135,7 @@ def train_run(
             description=run_dir.name,
             dist=dist,
             budget=budget,
-            callbacks=[RecordData(data)] if data is not None else None,
+            callbacks=[*([RecordData(data)] if data is not None else []), *callbacks],
         )
         try:
             summary = trainer.fit(
