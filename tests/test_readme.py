@@ -1,4 +1,5 @@
-"""README.md's Python blocks run as written, and a user's callbacks see the training loop.
+"""README.md's Python blocks run as written, and so do the Examples of every docstring that
+has one; a user's callbacks see the training loop.
 
 Every ```python block of the README is run in order, each in a fresh namespace (a reader
 copies one block, not the README), in one Python process started in an empty folder: a
@@ -9,6 +10,8 @@ training loops (each reads it with the README's number as default).
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import os
 import re
@@ -18,14 +21,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from mamlkit import load_config
 from mamlkit.build import build_learner, build_tasks
 from mamlkit.callbacks import Callback
 from mamlkit.runner import train_run
 from mamlkit.training import Trainer
+from tests.test_docs import MODULES as DOCTESTED
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+SRC = README.parent / "src"
 FILE_BLOCK = re.compile(r"#\s*([\w.]+\.py)\s*$")
 
 # Runs in the child process: argv[1] the blocks (JSON), argv[2] where the results go.
@@ -88,7 +94,7 @@ def readme_results(tmp_path_factory) -> dict[str, str | None]:
     """Every block's traceback (None: it ran), from one child process in an empty folder."""
     work = tmp_path_factory.mktemp("readme")
     (work / "blocks.json").write_text(json.dumps(BLOCKS))
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(SRC)
     env = {
         **os.environ,
         "ITERATIONS": "3",
@@ -174,3 +180,26 @@ def test_trainer_calls_a_users_callbacks_without_a_run_directory():
     )
     trainer.fit()
     _check_seen(seen, 4, 2)
+
+
+def modules_with_examples() -> list[str]:
+    """Every mamlkit module whose source holds a docstring example (``>>>``)."""
+    found = []
+    for path in sorted((SRC / "mamlkit").rglob("*.py")):
+        if ">>>" in path.read_text(encoding="utf-8"):
+            parts = path.relative_to(SRC).with_suffix("").parts
+            found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
+@pytest.mark.parametrize(
+    "name", [m for m in modules_with_examples() if m not in DOCTESTED] or ["(none)"]
+)
+def test_docstring_examples_outside_test_docs_run(name, tmp_path, monkeypatch):
+    """tests/test_docs.py runs a fixed list of modules; an Example elsewhere runs here."""
+    if name == "(none)":
+        pytest.skip("tests/test_docs.py covers every module with Examples")
+    monkeypatch.setenv("MAMLKIT_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

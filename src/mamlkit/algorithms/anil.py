@@ -26,8 +26,7 @@ class ANIL(MAML):
     meta-learns the whole network: the body's meta-gradient flows through the adapted
     head. Otherwise the arguments of :class:`MAML`.
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import ANIL, SineTasks
         >>> from mamlkit.models import MLP

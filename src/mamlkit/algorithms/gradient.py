@@ -129,7 +129,7 @@ class GradientLearner(MetaLearner):
         adapted parameters ``{name: tensor}`` shaped like the model's own, ready for
         ``torch.func.functional_call(learner.model, phi, (x,))``.
 
-        Example:
+        Examples:
             >>> import torch, torch.nn.functional as F
             >>> from mamlkit import MAML
             >>> from mamlkit.models import MLP

@@ -29,8 +29,7 @@ class MAML(GradientLearner):
     Variants override one hook: :meth:`make_update` (the inner update rule, e.g. learned
     step sizes) or :meth:`outer_loss` (the meta-objective from the adapted parameters).
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import MAML, SineTasks
         >>> from mamlkit.models import MLP

@@ -58,8 +58,7 @@ class MAMLPlusPlus(MAML):
     (and learn2learn's ``MetaBatchNorm``) accumulates them but calls ``F.batch_norm``
     with ``training=True`` in training and at test alike, so they never change an output.
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import MAMLPlusPlus, SineTasks
         >>> from mamlkit.models import MLP

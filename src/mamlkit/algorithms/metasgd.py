@@ -16,8 +16,7 @@ class MetaSGD(MAML):
     both, so one outer optimiser trains them). Same arguments as :class:`MAML`; only the
     update rule differs (:meth:`make_update`).
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import MetaSGD, SineTasks
         >>> from mamlkit.models import MLP
