@@ -102,9 +102,11 @@ def readme_results(tmp_path_factory) -> dict[str, str | None]:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
         "MPLBACKEND": "Agg",
+        "TMPDIR": str(work / "tmp"),  # the blocks' tempfile folders, kept with the test's
     }
     cwd = work / "cwd"
     cwd.mkdir()
+    (work / "tmp").mkdir()
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, str(work / "blocks.json"), str(work / "results.json")],
         cwd=cwd,
