@@ -603,10 +603,12 @@ def _plot_rl(run_dir) -> None:
     if task["name"] == "nav2d":
         final = (run_dir / "model.safetensors").is_file()
         if final or run_checkpoints(run_dir):
-            _, learner, _ = load_run(
+            run_config, learner, step = load_run(
                 run_dir, checkpoint=None if final else "latest", device="cpu"
             )
-            rl_plots.nav2d_trajectories(learner, run_dir / "trajectories.png")
+            rl_plots.nav2d_trajectories(
+                learner, run_dir / "trajectories.png", steps=run_config.eval.steps, iterations=step
+            )
             click.echo(f"wrote {run_dir / 'trajectories.png'}")
 
 

@@ -151,7 +151,7 @@ def fit_panels(learners: dict, device: str, seed: int, fine_tune: dict[int, floa
         batch = SineTasks(k, k, query_grid=200).sample(1, gen)
         for title, learner, lr in (
             (f"MAML, K={k}", learners[f"maml_k{maml_model_for(k, trained)}"], None),
-            (f"pretrained, K={k}, step={fine_tune[k]}", learners["pretrained"], fine_tune[k]),
+            (f"pretrained, K={k} (step size {fine_tune[k]})", learners["pretrained"], fine_tune[k]),
         ):
             preds = learner.query_predictions(
                 batch.support_x, batch.support_y, batch.query_x, 10, lr=lr
@@ -364,7 +364,9 @@ def reproduce_sine(
         records = evaluate_sine(learners, pre_cfg, device, lrs)
         env = environment_info(device)
         atomic_write_text(out / "results.json", json.dumps(records, indent=1))
-        plots.sine_fits(fit_panels(learners, device, pre_cfg.eval.seed, lrs), out / "sine_fits.png")
-        plots.sine_mse(records, out / "sine_mse.png")
+        note = plots.iterations_note({n: c.train.iterations for n, c in configs.items()})
+        panels = fit_panels(learners, device, pre_cfg.eval.seed, lrs)
+        plots.sine_fits(panels, out / "sine_fits.png", note=note)
+        plots.sine_mse(records, out / "sine_mse.png", note=note)
         atomic_write_text(out / "report.md", report_markdown(records, configs, fine_tune, env))
         return {"records": records, "fine_tune_lr": lrs, "out": str(out)}

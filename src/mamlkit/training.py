@@ -91,7 +91,8 @@ class Trainer:
     """Meta-trains ``learner`` on ``train_tasks`` as ``config.train`` says.
 
     With a ``run_dir`` it writes ``config.yaml``, ``env.json``, ``metrics.jsonl`` (one JSON
-    object per logged step, every ``log_every``, and per validation, every ``val_every``: a
+    object per logged step, every ``log_every`` and the last (and the first, in a run of
+    fewer than 2 ``log_every``), and per validation, every ``val_every``: a
     validation between logged steps is a record of the validation metrics alone),
     TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
     ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end; each
@@ -566,6 +567,8 @@ class Trainer:
         self._piece_steps += 1
         self._emit("on_step")
         log = self.step % cfg.log_every == 0 or self.step == cfg.iterations
+        # a run shorter than two logging intervals logs its first step too: a curve, not a point
+        log = log or (self.step == 1 and cfg.iterations < 2 * cfg.log_every)
         val = bool(cfg.val_every) and self.val_tasks is not None
         val = val and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
         save = self.run_dir is not None and self.step % cfg.checkpoint_every == 0
@@ -601,7 +604,10 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step, "loss": loss_sum / n}
         if self.metric:
             record[self.metric] = metric_sum / n
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        if type(self.learner).outer_step is MetaLearner.outer_step:
+            # the outer optimiser's rate; a learner with its own outer step (TRPO, Reptile)
+            # does not use that optimiser, so its rate would mean nothing
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
         return record
 
     def validate(self) -> dict[str, float]:
