@@ -256,9 +256,9 @@ def test_05_a_copy_of_the_data_elsewhere_is_accepted(capsys, tmp_path):
     run = tmp_path / "run"
     train(capsys, image_folder_config(tmp_path, data), "--out", run)
     shutil.copytree(data, tmp_path / "copy")
-    code, out, err = run_cli(capsys, "eval", run, "--data-dir", tmp_path / "copy")
+    code, out, err = run_cli(capsys, "eval", run, "--data-dir", tmp_path / "copy", "--json")
     assert code == 0, err
-    code, same, err = run_cli(capsys, "eval", run)
+    code, same, err = run_cli(capsys, "eval", run, "--json")
     assert json.loads(out) == json.loads(same)
     shutil.rmtree(data)  # the recorded folder is gone, and an image folder has no default
     assert_user_error(capsys, "eval", run, match="--data-dir")
@@ -283,7 +283,7 @@ def test_05_a_run_trained_from_mamlkit_data_resumes_on_another_machine(
     train(capsys, config, "--out", run)
     assert recorded_dir(run) == str((first / "miniimagenet").resolve())
     monkeypatch.delenv("MAMLKIT_DATA")
-    code, out, err = run_cli(capsys, "eval", run)  # a shell without the variable
+    code, out, err = run_cli(capsys, "eval", run, "--json")  # a shell without the variable
     assert code == 0, err
     before = json.loads(out)
 
@@ -299,7 +299,7 @@ def test_05_a_run_trained_from_mamlkit_data_resumes_on_another_machine(
     assert (run / "config.yaml").read_bytes() == config_text
 
     monkeypatch.setenv("MAMLKIT_DATA", str(second))
-    code, out, err = run_cli(capsys, "eval", run)
+    code, out, err = run_cli(capsys, "eval", run, "--json")
     assert code == 0, err
     assert json.loads(out) == before
     train(capsys, "--resume", run, "--set", "train.iterations=3")

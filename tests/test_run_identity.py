@@ -266,7 +266,7 @@ def test_a_torn_last_line_after_the_checkpoint_is_dropped_with_a_notice(run, cap
 
 
 def test_eval_records_name_their_weights_and_runs_shows_only_current_ones(run, capsys):
-    code, out, err = run_cli(capsys, "eval", run)
+    code, out, err = run_cli(capsys, "eval", run, "--json")
     assert code == 0, err
     record = json.loads((run / "eval.json").read_text())
     env = json.loads((run / "env.json").read_text())
@@ -285,7 +285,7 @@ def test_an_eval_with_other_settings_keeps_the_protocols_file(run, capsys):
     assert main(["eval", str(run)]) == 0
     protocol = (run / "eval.json").read_bytes()
     capsys.readouterr()
-    code, out, err = run_cli(capsys, "eval", run, "--tasks", "2", "--steps", "1")
+    code, out, err = run_cli(capsys, "eval", run, "--tasks", "2", "--steps", "1", "--json")
     assert code == 0, err
     assert (run / "eval.json").read_bytes() == protocol
     assert json.loads((run / "eval-tasks-2-steps-1.json").read_text()) == json.loads(out)
