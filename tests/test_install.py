@@ -145,7 +145,7 @@ def test_installed_wheel_runs_from_an_empty_folder(venv, tmp_path):
         assert env["mamlkit"] == version and "git_commit" not in env
     assert json.loads((out / "results.json").read_text())
 
-    listed = _run([venv / "bin" / "mamlkit", "runs"], cwd=work).stdout.splitlines()
+    listed = _run([venv / "bin" / "mamlkit", "runs"], cwd=work).stdout.splitlines()[1:]
     assert sorted(line.split()[:2] for line in listed) == [
         [str(Path("runs") / "sine" / run), "finished"]
         for run in ("maml_k10", "maml_k5", "pretrained")

@@ -18,6 +18,7 @@ import yaml
 from mamlkit.checkpoint import load_checkpoint, save_checkpoint
 from mamlkit.cli import main
 from mamlkit.eval_files import EVAL_FILE, eval_file_name
+from mamlkit.progress import is_progress_line
 
 from .test_cli_bad_input import assert_user_error, run_cli
 from .test_rundir import snapshot
@@ -364,7 +365,7 @@ def test_resume_without_checkpoints_restarts_saying_so_and_keeps_the_old_log(run
     shutil.rmtree(run / "checkpoints")
     code, out, err = resume(capsys, run)
     assert code == 0 and json.loads(out)["restarted"] is True
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not is_progress_line(line)]
     assert len(lines) == 1 and "step 0" in lines[0] and "metrics.before-restart-1.jsonl" in lines[0]
     assert (run / "metrics.before-restart-1.jsonl").read_bytes() == old
     assert (run / "model.before-restart-1.safetensors").read_bytes() == old_model
