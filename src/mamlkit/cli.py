@@ -521,8 +521,25 @@ def eval_cmd(
 )
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+@click.option(
+    "--transductive",
+    is_flag=True,
+    help="Classify all queries in one batch, as the paper's evaluation does (a model with "
+    "batch-statistics BatchNorm then scores each query depending on the others); default: "
+    "each query beside the support set alone.",
+)
 def adapt(
-    run_dir, more_queries, support, queries, steps, out, force, checkpoint, device, trust_code
+    run_dir,
+    more_queries,
+    support,
+    queries,
+    steps,
+    out,
+    force,
+    checkpoint,
+    device,
+    trust_code,
+    transductive,
 ) -> None:
     """Adapt the trained model of RUN_DIR to a new task (--support) and predict --query."""
     from mamlkit.adaptation import adapt_run
@@ -539,6 +556,7 @@ def adapt(
         trust_code=trust_code,
         checkpoint=checkpoint,
         device=device,
+        transductive=transductive,
     )
     for row in result["predictions"]:
         if "class" in row:
