@@ -116,8 +116,8 @@ def test_make_zoo_continues_a_run_and_evaluates_it(tmp_path, capsys, monkeypatch
     assert paused["status"] == "paused" and 0 < paused["step"] < 6
     table = tmp_path / "zoo.md"
     done = subprocess.run(
-        ["make", "-C", str(ROOT), "-o", ".venv/.installed", "zoo", "ZOO_TIME=2m", f"ZOO_DIR={tmp_path / 'zoo'}",
-         f"ZOO_TABLE={table}", "ZOO_ONLY=rl_nav2d_oracle"],
+        ["make", "-C", str(ROOT), "-o", ".venv/.installed", "zoo", "ZOO_TIME=2m",
+         f"ZOO_DIR={tmp_path / 'zoo'}", f"ZOO_TABLE={table}", "ZOO_ONLY=rl_nav2d_oracle"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
