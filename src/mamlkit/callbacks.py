@@ -57,6 +57,37 @@ class ProgressBar(Callback):
             self.bar.close()
 
 
+class LogLines(Callback):
+    """Without a terminal (a job log) or with ``--no-progress``: a plain line per logged
+    record (every ``train.log_every`` steps and at each validation) with the step, the
+    metrics and the ETA, through :data:`mamlkit.progress.LOGGER`."""
+
+    def __init__(self, description: str):
+        self.description, self.started, self.first = description, 0.0, 0
+
+    def on_start(self, trainer, resumed):
+        import time
+
+        self.started, self.first = time.monotonic(), trainer.step
+
+    def on_log(self, trainer, record):
+        import time
+
+        from mamlkit.progress import LOGGER, log_line
+
+        numbers = {k: v for k, v in record.items() if k != "step" and not k.endswith("_ci95")}
+        elapsed = time.monotonic() - self.started
+        line = log_line(
+            self.description,
+            record["step"],
+            trainer.cfg.iterations,
+            elapsed,
+            since=self.first,
+            **numbers,
+        )
+        LOGGER.info(line)
+
+
 class TensorBoard(Callback):
     """Every numeric field of every logged record as a TensorBoard scalar in ``folder``; a
     resumed run first drops the events written after its checkpoint (``purge_step``).

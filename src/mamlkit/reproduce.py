@@ -9,7 +9,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import ConfigError
 from mamlkit.evaluation import mean_ci95, per_task_metric_by_step
+from mamlkit.progress import Progress, bars
 from mamlkit.run_files import prepare_run_dir
 from mamlkit.rundir import clear_run_dir, lock_run_dir
 from mamlkit.tasks import SineTasks
@@ -70,9 +71,12 @@ def sine_configs(
     return configs
 
 
-def choose_fine_tune_lr(learner, config: Config, k: int, device: str) -> tuple[float, dict]:
+def choose_fine_tune_lr(
+    learner, config: Config, k: int, device: str, tick: Callable[[], None] = lambda: None
+) -> tuple[float, dict]:
     """The pretrained model's test-time step size for K-shot tasks, chosen on validation
-    tasks (a seed the test tasks never use) by mean MSE over 1..10 steps."""
+    tasks (a seed the test tasks never use) by mean MSE over 1..10 steps (``tick``: after
+    each step size tried)."""
     gen = torch.Generator(device=device).manual_seed(config.eval.seed + 1000 + k)
     batch = SineTasks(k, k, query_grid=100).sample(200, gen)
     scores = {}
@@ -80,6 +84,7 @@ def choose_fine_tune_lr(learner, config: Config, k: int, device: str) -> tuple[f
         mse = per_task_metric_by_step(learner, batch, config.eval.steps, "mse", lr=lr)
         mse = mse[1:].mean().item()
         scores[str(lr)] = mse if math.isfinite(mse) else float("inf")
+        tick()
     best = min(scores, key=scores.get)
     return float(best), scores
 
@@ -117,9 +122,14 @@ def mse_by_step(learner, batch, config: Config, lr: float | None = None) -> list
 
 
 def evaluate_sine(
-    learners: dict, config: Config, device: str, fine_tune: dict[int, float]
+    learners: dict,
+    config: Config,
+    device: str,
+    fine_tune: dict[int, float],
+    tick: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
-    """MSE after 0..10 steps for K = 5, 10, 20 on the same test tasks for every method."""
+    """MSE after 0..10 steps for K = 5, 10, 20 on the same test tasks for every method
+    (``tick``: after each method and K)."""
     trained = tuple(
         sorted(int(name[len("maml_k") :]) for name in learners if name.startswith("maml_k"))
     )
@@ -139,6 +149,7 @@ def evaluate_sine(
                 else:
                     record["fine_tune_lr"] = fine_tune[k]
                 records.append(record)
+            tick()
     return records
 
 
@@ -151,7 +162,7 @@ def fit_panels(learners: dict, device: str, seed: int, fine_tune: dict[int, floa
         batch = SineTasks(k, k, query_grid=200).sample(1, gen)
         for title, learner, lr in (
             (f"MAML, K={k}", learners[f"maml_k{maml_model_for(k, trained)}"], None),
-            (f"pretrained, K={k}, step={fine_tune[k]}", learners["pretrained"], fine_tune[k]),
+            (f"pretrained, K={k} (step size {fine_tune[k]})", learners["pretrained"], fine_tune[k]),
         ):
             preds = learner.query_predictions(
                 batch.support_x, batch.support_y, batch.query_x, 10, lr=lr
@@ -304,8 +315,16 @@ def train_models(
     # the models are independent and single-threaded: train them side by side
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        for future in [pool.submit(train_one, *args) for args in todo]:
+        for future in [pool.submit(_train_in_worker, *args) for args in todo]:
             future.result()
+
+
+def _train_in_worker(*args: Any) -> None:
+    """:func:`train_one` in a worker process: its progress lines go to stderr too."""
+    from mamlkit.progress import log_to_stderr
+
+    with log_to_stderr():
+        train_one(*args)
 
 
 def load_learners(configs: dict[str, Config], out: Path, device: str) -> dict[str, Any]:
@@ -357,14 +376,21 @@ def reproduce_sine(
         learners = load_learners(configs, out, device)
         pre_cfg = configs["pretrained"]
         fine_tune = {}
-        for k in K_SHOTS:
-            chosen, scores = choose_fine_tune_lr(learners["pretrained"], pre_cfg, k, device)
-            fine_tune[k] = {"chosen": chosen, "scores": scores}
-        lrs = {k: v["chosen"] for k, v in fine_tune.items()}
-        records = evaluate_sine(learners, pre_cfg, device, lrs)
+        # the evaluation takes far longer than training at the paper's length: show it
+        work = len(K_SHOTS) * (len(FINE_TUNE_GRID) + 2)
+        with bars(progress), Progress(work, "sine: evaluation", unit="part") as bar:
+            for k in K_SHOTS:
+                chosen, scores = choose_fine_tune_lr(
+                    learners["pretrained"], pre_cfg, k, device, bar.update
+                )
+                fine_tune[k] = {"chosen": chosen, "scores": scores}
+            lrs = {k: v["chosen"] for k, v in fine_tune.items()}
+            records = evaluate_sine(learners, pre_cfg, device, lrs, bar.update)
         env = environment_info(device)
         atomic_write_text(out / "results.json", json.dumps(records, indent=1))
-        plots.sine_fits(fit_panels(learners, device, pre_cfg.eval.seed, lrs), out / "sine_fits.png")
-        plots.sine_mse(records, out / "sine_mse.png")
+        note = plots.iterations_note({n: c.train.iterations for n, c in configs.items()})
+        panels = fit_panels(learners, device, pre_cfg.eval.seed, lrs)
+        plots.sine_fits(panels, out / "sine_fits.png", note=note)
+        plots.sine_mse(records, out / "sine_mse.png", note=note)
         atomic_write_text(out / "report.md", report_markdown(records, configs, fine_tune, env))
         return {"records": records, "fine_tune_lr": lrs, "out": str(out)}

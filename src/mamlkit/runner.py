@@ -309,6 +309,7 @@ def eval_run(
     inner_lr: Sequence[float] = (),
     samples: int | None = None,
     device: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
     (``checkpoint``) into the run directory and returns the same record.
@@ -322,7 +323,8 @@ def eval_run(
     The record names the weights it scored (step, file, hash, run id), and is written only
     if the run still holds them when the evaluation ends. ``device`` evaluates on another
     device than the run's ``train.device`` (the same record: the device does not change what
-    is measured)."""
+    is measured). ``details``, a dict, receives what the record leaves out: ``by_step``
+    (the metric after every step), ``config`` and ``path`` (the file written)."""
     inner_lr = list(inner_lr)
     if not all(math.isfinite(a) and a > 0 for a in inner_lr):
         raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
@@ -389,6 +391,7 @@ def eval_run(
             chunk=config.eval.chunk,
             dist=dist,
             lr=(inner_lr if metric == "return" else inner_lr[0]) if inner_lr else None,
+            progress=f"eval {Path(run_dir).name}",
         )
     result = by_step[-1]
     out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
@@ -422,6 +425,8 @@ def eval_run(
         inner_lr=inner_lr,
     )
     out = records.finite_record(out)  # a diverged model: null and "not_finite", never NaN
+    if details is not None:
+        details.update(by_step=by_step, config=config, path=Path(run_dir) / name)
     if dist is None or dist.main:
         atomic_write_text(
             run_dir / name, records.dumps(out, indent=1), before_replace=source.check_unchanged

@@ -19,7 +19,7 @@ import yaml
 from mamlkit import records
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.budget import TimeBudget, monotonic
-from mamlkit.callbacks import Callback, ProgressBar, TensorBoard
+from mamlkit.callbacks import Callback, LogLines, ProgressBar, TensorBoard
 from mamlkit.checkpoint import (
     atomic_write_text,
     optimizer_from_tensors,
@@ -35,6 +35,7 @@ from mamlkit.distributed import Distributed
 from mamlkit.errors import DivergenceError, Interrupted, LostRank, UserError
 from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, evaluate
 from mamlkit.precision import cuda_precision
+from mamlkit.progress import bars, show_bars
 from mamlkit.run_files import (
     environment_info,
     load_training_checkpoint,
@@ -91,7 +92,8 @@ class Trainer:
     """Meta-trains ``learner`` on ``train_tasks`` as ``config.train`` says.
 
     With a ``run_dir`` it writes ``config.yaml``, ``env.json``, ``metrics.jsonl`` (one JSON
-    object per logged step, every ``log_every``, and per validation, every ``val_every``: a
+    object per logged step, every ``log_every`` and the last (and the first, in a run of
+    fewer than 2 ``log_every``), and per validation, every ``val_every``: a
     validation between logged steps is a record of the validation metrics alone),
     TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
     ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end; each
@@ -101,6 +103,8 @@ class Trainer:
     A ``run_dir`` needs a ``config`` that rebuilds ``learner`` (for a model of your own:
     ``model.target``/``model.kwargs``), so that ``mamlkit eval`` can load the run; ``fit``
     refuses another one before writing anything.
+    ``progress``: a bar on a terminal; without one, or ``False``, a log line per logged
+    record (:mod:`mamlkit.progress`, shown by the CLI); ``None``: neither.
     """
 
     #: tests run the CUDA-graph step's code on the CPU (uncaptured) with this set
@@ -114,7 +118,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         metric: str | None = None,
         val_tasks: TaskDistribution | None = None,
-        progress: bool = True,
+        progress: bool | None = True,
         description: str = "meta-train",
         position: int = 0,
         dist: Distributed | None = None,
@@ -218,8 +222,10 @@ class Trainer:
         """The run's own callbacks (a progress bar; TensorBoard beside a run directory) and
         the user's. Distributed, only rank 0 has any: it alone writes and shows progress."""
         jobs: list[Callback] = []
-        if self.progress:
+        if self.progress and show_bars():
             jobs.append(ProgressBar(self.description, self.position))
+        elif self.progress is not None:  # no terminal, or --no-progress: a line per log
+            jobs.append(LogLines(self.description))
         if self.run_dir is not None and self.cfg.tensorboard:
             jobs.append(TensorBoard(self.run_dir / "tensorboard"))
         main = self.dist is None or self.dist.main
@@ -566,6 +572,8 @@ class Trainer:
         self._piece_steps += 1
         self._emit("on_step")
         log = self.step % cfg.log_every == 0 or self.step == cfg.iterations
+        # a run shorter than two logging intervals logs its first step too: a curve, not a point
+        log = log or (self.step == 1 and cfg.iterations < 2 * cfg.log_every)
         val = bool(cfg.val_every) and self.val_tasks is not None
         val = val and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
         save = self.run_dir is not None and self.step % cfg.checkpoint_every == 0
@@ -601,7 +609,10 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step, "loss": loss_sum / n}
         if self.metric:
             record[self.metric] = metric_sum / n
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        if type(self.learner).outer_step is MetaLearner.outer_step:
+            # the outer optimiser's rate; a learner with its own outer step (TRPO, Reptile)
+            # does not use that optimiser, so its rate would mean nothing
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
         return record
 
     def validate(self) -> dict[str, float]:
@@ -609,17 +620,19 @@ class Trainer:
         metric = self.metric or "mse"
         self.learner.eval()  # e.g. ProtoNets' BatchNorm: running statistics at test time
         try:
-            result = evaluate(
-                self.learner,
-                self.val_tasks,
-                self.cfg.val_tasks,
-                steps=self.config.eval.steps,
-                metric=metric,
-                seed=self.config.eval.seed + 1,
-                device=self.device,
-                chunk=self.config.eval.chunk,
-                dist=self.dist,
-            )[-1]
+            with bars(bool(self.progress)):  # --no-progress: no validation bar either
+                result = evaluate(
+                    self.learner,
+                    self.val_tasks,
+                    self.cfg.val_tasks,
+                    steps=self.config.eval.steps,
+                    metric=metric,
+                    seed=self.config.eval.seed + 1,
+                    device=self.device,
+                    chunk=self.config.eval.chunk,
+                    dist=self.dist,
+                    progress="validation" if self.progress is not None else None,
+                )[-1]
         finally:
             self.learner.train()
         value = result[metric]

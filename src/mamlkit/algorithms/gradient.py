@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaLearner, check_task_batch
+from mamlkit.errors import ConfigError
 from mamlkit.functional import (
     FixedStepSize,
     InnerUpdate,
@@ -16,12 +17,24 @@ from mamlkit.functional import (
     Params,
     Selection,
     adaptable_params,
+    impl_problem,
     inner_loop,
     select,
     stack_params,
     supervised_support_loss,
     task_forward,
 )
+
+
+def check_impl(model: nn.Module, impl: str) -> nn.Module:
+    """``model``, after refusing an ``algorithm.impl`` that cannot run it as a config error
+    (``batched`` for a model without its own kernel, ``vmap`` for one vmap cannot batch),
+    judged as the learner will run it: normalising with batch statistics."""
+    _use_batch_statistics(model)
+    problem = impl_problem(model, impl)
+    if problem is not None:
+        raise ConfigError(f"config key 'algorithm.impl': {problem}")
+    return model
 
 
 class GradientLearner(MetaLearner):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaOutput, register
-from mamlkit.algorithms.gradient import GradientLearner
+from mamlkit.algorithms.gradient import GradientLearner, check_impl
 from mamlkit.functional import (
     LossFn,
     Params,
@@ -53,7 +53,8 @@ class MAML(GradientLearner):
             **cls.config_kwargs(a),
         )
         kwargs.update(overrides)
-        return cls(build_model(), loss_fn, a.inner_lr, a.inner_steps, **kwargs)
+        model = check_impl(build_model(), kwargs["impl"])
+        return cls(model, loss_fn, a.inner_lr, a.inner_steps, **kwargs)
 
     @classmethod
     def config_kwargs(cls, algorithm) -> dict:
