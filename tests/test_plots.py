@@ -20,8 +20,9 @@ from mamlkit import plots
 from mamlkit.build import build_learner
 from mamlkit.cli import main
 from mamlkit.config import load_config
+from mamlkit.experiments import sine_plots
+from mamlkit.experiments.sine import evaluate_sine, fit_panels, sine_configs
 from mamlkit.records import read_metrics
-from mamlkit.reproduce import evaluate_sine, fit_panels, sine_configs
 from mamlkit.rl import plots as rl_plots
 from mamlkit.runner import eval_run, load_run, train_run
 
@@ -240,13 +241,13 @@ def sine_report():
     return {
         "panels": fit_panels(learners, "cpu", pre.eval.seed, lrs),
         "records": evaluate_sine(learners, pre, "cpu", lrs),
-        "note": plots.iterations_note({n: c.train.iterations for n, c in configs.items()}),
+        "note": sine_plots.iterations_note({n: c.train.iterations for n, c in configs.items()}),
     }
 
 
 def test_sine_fits_have_axis_labels_one_legend_and_the_iterations(sine_report, tmp_path):
     assert sine_report["note"] == "trained 2 iterations"
-    fig = plots.sine_fits(sine_report["panels"], tmp_path / "f.png", note=sine_report["note"])
+    fig = sine_plots.sine_fits(sine_report["panels"], tmp_path / "f.png", note=sine_report["note"])
     legends = check_figure(fig)
     assert len(legends) == 1 and "ground truth" in legend_texts(legends)
     assert "trained 2 iterations" in fig.get_suptitle()
@@ -255,7 +256,7 @@ def test_sine_fits_have_axis_labels_one_legend_and_the_iterations(sine_report, t
 
 
 def test_sine_mse_legend_covers_no_curve(sine_report, tmp_path):
-    fig = plots.sine_mse(sine_report["records"], tmp_path / "m.png", note=sine_report["note"])
+    fig = sine_plots.sine_mse(sine_report["records"], tmp_path / "m.png", note=sine_report["note"])
     legends = check_figure(fig)  # e.g. the pretrained curve of the k=20 panel
     assert {"maml (mean, 95% CI)", "pretrained (mean, 95% CI)"} <= set(legend_texts(legends))
     assert len(_data_axes(fig)) == 3 and "trained 2 iterations" in fig.get_suptitle()

@@ -20,6 +20,7 @@ from mamlkit.errors import (
     UserError,
     is_write_failure,
 )
+from mamlkit.run_resume import RESUME_OVERRIDES  # the keys `train --resume --set` accepts
 
 PATH = click.Path(path_type=Path)
 # Where runs go when no --out is given (train: runs/<preset>, reproduce: runs/sine), and so
@@ -93,7 +94,7 @@ def reproduce_sine_cmd(
 ) -> None:
     """Sine regression (MAML §5.1): train MAML and the pretrained baseline, evaluate both,
     write results.json, sine_fits.png, sine_mse.png and report.md into --out."""
-    from mamlkit.reproduce import reproduce_sine
+    from mamlkit.experiments.sine import reproduce_sine
 
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
@@ -186,8 +187,8 @@ def reproduce_sine_seeds_cmd(
     """Sine regression's Table 2 across seeds: MAML at each --inner-lrs α and Meta-SGD, 5-shot,
     one model per seed; writes results.json and report.md (mean and spread over seeds,
     diverged tasks, Meta-SGD's learned step sizes) into --out."""
+    from mamlkit.experiments.sine_seeds import holds_study, reproduce_sine_seeds
     from mamlkit.limits import check_flag
-    from mamlkit.sine_seeds import holds_study, reproduce_sine_seeds
 
     check_flag("--seeds", seeds, "seeds")
     check_flag("--tasks", tasks, "tasks")
@@ -365,19 +366,6 @@ def train(
             f"{summary['run_dir']}" + (f" --max-time {max_time}" if max_time else ""),
             err=True,
         )
-
-
-# Settings a resumed run may change: how long it trains and how it runs, not what it learns.
-RESUME_OVERRIDES = frozenset(
-    {
-        "train.iterations",
-        "train.threads",
-        "train.checkpoint_every",
-        "train.keep_checkpoints",
-        "train.cuda_graphs",
-        "train.max_time",
-    }
-)
 
 
 TRUST_HELP = (

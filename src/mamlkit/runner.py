@@ -33,7 +33,12 @@ from mamlkit.run_data import RecordData, checked_splits, data_record, use_run_da
 from mamlkit.run_files import prepare_run_dir, run_checkpoints
 from mamlkit.run_identity import check_file_identity, run_id, run_instance
 from mamlkit.run_list import list_runs  # noqa: F401  (where it lived before)
-from mamlkit.run_resume import check_resume, require_mamlkit_run, restart_without_checkpoint
+from mamlkit.run_resume import (
+    RESUME_OVERRIDES,
+    check_resume,
+    require_mamlkit_run,
+    restart_without_checkpoint,
+)
 from mamlkit.rundir import (
     CHECKPOINT_DIR,
     check_no_links,
@@ -84,7 +89,7 @@ def train_run(
     check_device(config, RESUME_ON_CUDA if resume else "use --set train.device=cpu")
     if resume:  # every rank reads the run (before taking its own device): each refuses alike
         require_mamlkit_run(run_dir, "--resume")
-        check_resume(run_dir, config, from_step, _resume_overrides())
+        check_resume(run_dir, config, from_step, RESUME_OVERRIDES)
     dist = from_environment(config.train.device)
     if dist is not None:  # torchrun: this process's share of a data-parallel job
         config.train.device = dist.device(config.train.device)
@@ -152,13 +157,6 @@ def train_run(
                 f"`mamlkit train --resume {run_dir}`"
             ) from None
     return {"run_dir": str(run_dir), **summary, **({"restarted": True} if restarted else {})}
-
-
-def _resume_overrides() -> frozenset[str]:
-    """The config keys ``train --resume --set`` may change (the CLI's list)."""
-    from mamlkit.cli import RESUME_OVERRIDES  # the CLI owns the list; imported when used
-
-    return RESUME_OVERRIDES
 
 
 def data_dir_update(data_dir: Path | None) -> dict[str, Any] | None:

@@ -1,5 +1,7 @@
 """`mamlkit reproduce sine`: the paper's sine-regression experiment end to end
-(MAML and the pretrained baseline, Table 2 and Figures 2–3)."""
+(MAML and the pretrained baseline, Table 2 and Figures 2–3). Its report is written by
+:mod:`mamlkit.experiments.sine_report`, its figures drawn by
+:mod:`mamlkit.experiments.sine_plots`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import json
 import math
 import multiprocessing
 import os
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -180,93 +181,6 @@ def fit_panels(learners: dict, device: str, seed: int, fine_tune: dict[int, floa
     return panels
 
 
-def report_markdown(records, configs: dict[str, Config], fine_tune: dict, env: dict) -> str:
-    def rows(method, k):
-        return {r["steps"]: r for r in records if r["method"] == method and r["k_shot"] == k}
-
-    def cell(r):
-        return f"{r['mse']:.3f} ± {r['ci95']:.3f}"
-
-    tasks = next(iter(configs.values())).eval.tasks
-    iters = {name: c.train.iterations for name, c in configs.items()}
-    maml5, pre5 = rows("maml", 5), rows("pretrained", 5)
-    lines = [
-        "# Sine regression: Table 2 reproduction",
-        "",
-        *environment_lines(env),
-        "",
-        f"5-shot MSE after 1 / 5 / 10 gradient steps: mean ± 95% CI over the same {tasks} test "
-        "tasks for both methods; MSE on 100 evenly spaced points over [−5, 5].",
-        "",
-        "| method | 1 step | 5 steps | 10 steps |",
-        "|---|---|---|---|",
-        f"| MAML (ours, trained with K={maml5[0]['trained_k']}, "
-        f"{iters['maml_k' + str(maml5[0]['trained_k'])]} iterations) | "
-        + " | ".join(cell(maml5[s]) for s in (1, 5, 10))
-        + " |",
-        "| MAML (paper) | "
-        + " | ".join(f"{PAPER_TABLE2['maml'][s]:.2f}" for s in (1, 5, 10))
-        + " |",
-        f"| pretrained on all tasks (ours, {iters['pretrained']} iterations, fine-tuning step "
-        f"{fine_tune[5]['chosen']}) | " + " | ".join(cell(pre5[s]) for s in (1, 5, 10)) + " |",
-        "| pretrained (paper) | "
-        + " | ".join(f"{PAPER_TABLE2['pretrained'][s]:.2f}" for s in (1, 5, 10))
-        + " |",
-        "",
-        "Tasks whose error exceeds 1000 (fixed-size steps overshooting) after 1 / 5 / 10 "
-        "steps: MAML "
-        + " / ".join(str(maml5[s]["diverged_tasks"]) for s in (1, 5, 10))
-        + ", pretrained "
-        + " / ".join(str(pre5[s]["diverged_tasks"]) for s in (1, 5, 10))
-        + f" of {tasks}.",
-        "",
-        "Medians over tasks (the mean is sensitive to the few tasks on which 10 fixed-size "
-        "steps overshoot): MAML "
-        + " / ".join(f"{maml5[s]['median']:.3f}" for s in (1, 5, 10))
-        + ", pretrained "
-        + " / ".join(f"{pre5[s]['median']:.3f}" for s in (1, 5, 10))
-        + ".",
-        "",
-        "## All K",
-        "",
-        "| method | K | trained K / fine-tune step | 0 steps | 1 step | 5 steps | 10 steps |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method in ("maml", "pretrained"):
-        for k in K_SHOTS:
-            r = rows(method, k)
-            how = r[0].get("trained_k", r[0].get("fine_tune_lr"))
-            lines.append(
-                f"| {method} | {k} | {how} | "
-                + " | ".join(cell(r[s]) for s in (0, 1, 5, 10))
-                + " |"
-            )
-    lines += [
-        "",
-        "Pretrained fine-tuning step sizes, chosen per K on 200 validation tasks "
-        "(mean MSE over 1–10 steps per candidate):",
-        "",
-    ]
-    for k, choice in fine_tune.items():
-        lines.append(
-            f"- K={k}: {choice['chosen']} ("
-            + ", ".join(f"{a}: {v:.3f}" for a, v in choice["scores"].items())
-            + ")"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def environment_lines(env: dict) -> list[str]:
-    """A report's first lines: the command, the date and what it ran on."""
-    return [
-        f"Command: `{' '.join(env.get('argv', []))}`  ",
-        f"Date {time.strftime('%Y-%m-%d')}; mamlkit {env.get('mamlkit')}"
-        + (f" (commit {env['git_commit']})" if env.get("git_commit") else "")
-        + f"; torch {env.get('torch')}; device {env.get('device')}; "
-        f"{env.get('cpu_threads')} threads; {env.get('platform')}",
-    ]
-
-
 def train_one(
     name: str, config: Config, run: Path, resume: bool, progress: bool, position: int = 0
 ) -> None:
@@ -369,7 +283,8 @@ def reproduce_sine(
     folder's lock throughout (a second command on it exits with one line)."""
     configs = sine_configs(iterations, seed, device, overrides)  # before anything is created
     with reproduce_dir(out, force, resume) as out:
-        from mamlkit import plots
+        from mamlkit.experiments import sine_plots as plots
+        from mamlkit.experiments.sine_report import report_markdown
         from mamlkit.run_files import environment_info
 
         train_models(configs, out, resume, progress, jobs, device)
