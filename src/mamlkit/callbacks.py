@@ -38,7 +38,7 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
-            total=trainer.cfg.iterations,
+            total=trainer.config.train.iterations,
             initial=trainer.step,
             desc=self.description,
             mininterval=0.5,
@@ -80,7 +80,7 @@ class LogLines(Callback):
         line = log_line(
             self.description,
             record["step"],
-            trainer.cfg.iterations,
+            trainer.config.train.iterations,
             elapsed,
             since=self.first,
             **numbers,

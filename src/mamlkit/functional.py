@@ -315,9 +315,10 @@ class PerParameterStepSize(InnerUpdate):
         return self.alpha[_key(name)]
 
 
-class PerLayerPerStepStepSize(InnerUpdate):
-    """MAML++'s LSLR (Antoniou et al. 2019): one learned step size per parameter tensor and
-    inner step, initialised to ``init``; steps past ``steps`` use the last one."""
+class PerLayerStepSchedule(InnerUpdate):
+    """MAML++'s LSLR (Antoniou et al. 2019): a learned schedule of step sizes for each
+    parameter tensor ("layer"), one per inner step, initialised to ``init``; steps past
+    ``steps`` use the last one. (Its old name ``PerLayerPerStepStepSize`` is an alias.)"""
 
     def __init__(self, params: Mapping[str, Tensor], steps: int, init: float):
         super().__init__()
@@ -330,6 +331,10 @@ class PerLayerPerStepStepSize(InnerUpdate):
     def step_size(self, name: str, step: int) -> Tensor:
         alpha = self.alpha[_key(name)]
         return alpha[min(step, alpha.shape[0] - 1)]
+
+
+#: The old name of :class:`PerLayerStepSchedule`, kept so that code using it still runs.
+PerLayerPerStepStepSize = PerLayerStepSchedule
 
 
 class PerStepParameters(InnerUpdate):

@@ -48,10 +48,11 @@ class ANIL(MAML):
         head: str | Sequence[str] | None = None,
         **kwargs,
     ):
-        if "adapt" in kwargs:
-            raise TypeError("ANIL chooses what it adapts with head=, not adapt=")
+        for name in ("adapt_only", "adapt"):
+            if name in kwargs:
+                raise TypeError(f"ANIL chooses what it adapts with head=, not {name}=")
         super().__init__(
-            model, loss_fn, inner_lr, inner_steps, adapt=head or last_linear(model), **kwargs
+            model, loss_fn, inner_lr, inner_steps, adapt_only=head or last_linear(model), **kwargs
         )
 
     @classmethod
