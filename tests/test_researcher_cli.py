@@ -114,12 +114,17 @@ def test_presets_show_prints_only_the_keys_the_components_read(capsys):
     assert code == 0, err
     keys = {line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  ")}
     assert {"k_support", "hidden", "inner_lr", "iterations"} <= keys
-    assert not keys & {"ways", "filters", "horizon", "meta_step_size", "msl_epochs"}
+    assert not keys & {"ways", "filters", "horizon", "meta_step_size", "msl_epochs",
+                       "dropblock"}  # fmt: skip
     seed = [line for line in out.splitlines() if line.strip().startswith("seed:")][0]
     assert "7" in seed and "#" in seed  # the --set value, with its meaning
     code, out, _ = run_cli(capsys, "presets", "show", "omniglot_reptile_5w1s")
     keys = {line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  ")}
     assert {"ways", "filters", "meta_step_size"} <= keys and "k_support" not in keys
+    assert not keys & {"dropblock", "dropblock_size"}  # resnet12's
+    code, out, _ = run_cli(capsys, "presets", "show", "omniglot_protonet_resnet12_20w1s")
+    keys = {line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  ")}
+    assert {"dropblock", "dropblock_size"} <= keys and not keys & {"filters", "pooling"}
     assert_user_error(capsys, "presets", "show", "no_such_preset", match="no_such_preset")
 
 
