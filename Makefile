@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean zoo zoo-table
+.PHONY: demo test lint bench clean zoo zoo-table docs
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: $(STAMP)
 # the suite on every core (pytest-xdist): tests are independent, each in its own tmp_path
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n auto
+
+# the API reference site (mkdocs.yml) in build/site/; any warning fails it
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/meta_iteration.py --workload sine

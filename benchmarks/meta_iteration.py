@@ -2,14 +2,20 @@
 Adam step) after warm-up. Prints one JSON line.
 
     python benchmarks/meta_iteration.py \
-        --workload sine|omniglot-5w1s|omniglot-20w1s|miniimagenet-5w1s \
+        --workload sine|omniglot-5w1s|omniglot-20w1s|miniimagenet-5w1s|omniglot-5w1s-resnet12 \
         [--impl auto|batched|vmap|loop|learn2learn-loop] [--iters N] [--threads N] [--first-order]
         [--algorithm maml|metasgd|anil|mamlpp|reptile]
-    python benchmarks/meta_iteration.py --workload protonet-omniglot-60w1s [--no-channels-last]
+    python benchmarks/meta_iteration.py --workload protonet-omniglot-60w1s[-resnet12] \
+        [--no-channels-last]
 
 ``protonet-omniglot-60w1s`` times a Prototypical Networks training iteration instead (one
 60-way episode, 1 shot + 5 queries per class, Conv4 with max-pooling, as the ProtoNets
 5-way 1-shot preset trains).
+
+The ``*-resnet12`` workloads run ResNet-12 (``mamlkit.models.ResNet12``, channels
+64-160-320-640 unless ``--channels`` gives four others, e.g. ``--channels 8,8,8,8`` for a
+smoke run) instead of Conv4 on the same episodes; ``omniglot-5w1s-resnet12`` takes 8 tasks
+per meta-batch, not 32 (a full-width ResNet-12 is ~100× Conv4's work per image).
 
 ``--paired-unfolded`` (Conv4 workloads) times the same learner with Conv4's BatchNorm
 folding (the default) and without (``fold_batch_norm=False``), alternating iteration by
@@ -49,7 +55,7 @@ from mamlkit import MAML  # noqa: E402
 from mamlkit.algorithms import ALGORITHMS  # noqa: E402
 from mamlkit.algorithms.protonet import PrototypicalNetwork  # noqa: E402
 from mamlkit.device_step import DeviceStep  # noqa: E402
-from mamlkit.models import MLP, Conv4  # noqa: E402
+from mamlkit.models import MLP, Conv4, ResNet12  # noqa: E402
 from mamlkit.precision import cuda_precision  # noqa: E402
 from mamlkit.system import tune_allocator  # noqa: E402
 from mamlkit.tasks.base import TaskBatch  # noqa: E402
@@ -63,13 +69,35 @@ WORKLOADS = {
     # filters, max-pooling, 84×84 colour images
     "miniimagenet-5w1s": dict(tasks=4, ways=5, shots=1, queries=15, steps=5, lr=0.01),
     "protonet-omniglot-60w1s": dict(tasks=1, ways=60, shots=1, queries=5),
+    "omniglot-5w1s-resnet12": dict(tasks=8, ways=5, shots=1, queries=1, steps=1, lr=0.4),
+    "protonet-omniglot-60w1s-resnet12": dict(tasks=1, ways=60, shots=1, queries=5),
 }
+RESNET12_CHANNELS = (64, 160, 320, 640)
 
 
-def make_protonet(workload: str, channels_last: bool, device: str):
+def image_model(workload: str, out_features: int, channels, size: int, resnet_channels):
+    """The workload's network: ResNet-12 for ``*-resnet12``, else Conv4 (max-pooling for
+    MiniImagenet and ProtoNets, stride-2 convolutions for MAML's Omniglot)."""
+    if workload.endswith("-resnet12"):
+        return ResNet12(
+            out_features,
+            channels,
+            resnet_channels,
+            bn_running_stats=workload.startswith("protonet"),
+        )
+    if workload.startswith("miniimagenet"):
+        return Conv4(out_features, channels, filters=32, image_size=size, pooling="max")
+    if workload.startswith("protonet"):
+        return Conv4(out_features, filters=64, pooling="max", bn_running_stats=True)
+    return Conv4(out_features, filters=64, image_size=size, pooling="stride")
+
+
+def make_protonet(
+    workload: str, channels_last: bool, device: str, resnet_channels=RESNET12_CHANNELS
+):
     w = WORKLOADS[workload]
     gen = torch.Generator(device=device).manual_seed(0)
-    model = Conv4(out_features=0, filters=64, pooling="max", bn_running_stats=True)
+    model = image_model(workload, 0, 1, 28, resnet_channels)
     learner = PrototypicalNetwork(model.to(device), channels_last=channels_last)
     xs = torch.rand(1, w["ways"] * w["shots"], 1, 28, 28, generator=gen, device=device)
     xq = torch.rand(1, w["ways"] * w["queries"], 1, 28, 28, generator=gen, device=device)
@@ -92,6 +120,7 @@ def make(
     device: str,
     cuda_graphs: bool = False,
     algorithm: str = "maml",
+    resnet_channels=RESNET12_CHANNELS,
 ):
     w = WORKLOADS[workload]
     gen = torch.Generator(device=device).manual_seed(0)
@@ -102,12 +131,8 @@ def make(
         ys, yq = torch.sin(xs), torch.sin(xq)
         loss = F.mse_loss
     else:
-        if workload.startswith("miniimagenet"):
-            channels, size = 3, 84
-            model = Conv4(w["ways"], channels, filters=32, image_size=size, pooling="max")
-        else:
-            channels, size = 1, 28
-            model = Conv4(w["ways"], filters=64, image_size=size, pooling="stride")
+        channels, size = (3, 84) if workload.startswith("miniimagenet") else (1, 28)
+        model = image_model(workload, w["ways"], channels, size, resnet_channels)
         n_s, n_q = w["ways"] * w["shots"], w["ways"] * w["queries"]
         xs = torch.rand(w["tasks"], n_s, channels, size, size, generator=gen, device=device)
         xq = torch.rand(w["tasks"], n_q, channels, size, size, generator=gen, device=device)
@@ -229,6 +254,12 @@ def main() -> None:
         help="Conv4 workloads: alternate with Conv4(fold_batch_norm=False), report both",
     )
     p.add_argument(
+        "--channels",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=RESNET12_CHANNELS,
+        help="*-resnet12 workloads: the four blocks' channels (default 64,160,320,640)",
+    )
+    p.add_argument(
         "--no-tune-allocator",
         action="store_true",
         help="leave glibc's malloc thresholds at their defaults",
@@ -240,10 +271,14 @@ def main() -> None:
     iters = args.iters or (2000 if args.workload == "sine" else 30)
     warmup = args.warmup if args.warmup is not None else max(5, iters // 10)
     protonet = args.workload.startswith("protonet")
+    if len(args.channels) != 4 or min(args.channels) < 1:
+        p.error(f"--channels needs four positive channel counts, got {args.channels}")
     if args.cuda_graphs and (protonet or not args.device.startswith("cuda")):
         p.error("--cuda-graphs needs --device cuda and a MAML workload")
     if protonet:
-        learner, step = make_protonet(args.workload, not args.no_channels_last, args.device)
+        learner, step = make_protonet(
+            args.workload, not args.no_channels_last, args.device, args.channels
+        )
     else:
         learner, step = make(
             args.workload,
@@ -252,6 +287,7 @@ def main() -> None:
             args.device,
             args.cuda_graphs,
             args.algorithm,
+            args.channels,
         )
     with cuda_precision(args.precision):
         times, paired = _time(args, p, learner, step, warmup, iters)
@@ -269,6 +305,10 @@ def main() -> None:
                 "cuda_graphs": args.cuda_graphs,
                 "precision": args.precision,
                 "channels_last": protonet and not args.no_channels_last,
+                "model": type(learner.model).__name__,
+                "resnet12_channels": list(args.channels)
+                if args.workload.endswith("-resnet12")
+                else None,
                 "ms_per_iter_median": round(statistics.median(times) * 1e3, 3),
                 "ms_per_iter_p10": round(sorted(times)[len(times) // 10] * 1e3, 3),
                 "iters": iters,

@@ -395,3 +395,40 @@ def test_other_adapt_mistakes(capsys, tmp_path, maml_run):
         query,
         match="config.yaml",
     )
+
+
+# ---- transductive or not (issue 26, item 9) --------------------------------------------------
+
+
+def _scores(capsys, tmp_path, run, queries, *flags):
+    out = tmp_path / f"preds-{len(queries)}{''.join(flags)}.json"
+    code, _, err = run_cli(capsys, "adapt", run, "--support", tmp_path / "support",
+                           "--query", *queries, "--out", out, *flags)  # fmt: skip
+    assert code == 0, err
+    record = json.loads(out.read_text())
+    return record, {p["query"]: p["probabilities"] for p in record["predictions"]}, err
+
+
+def test_a_query_scores_the_same_alone_or_among_others_unless_transductive(capsys, tmp_path):
+    """MAML's BatchNorm uses batch statistics: by default each query is classified beside the
+    support set alone (its scores do not depend on the other queries); --transductive
+    classifies them together, as the paper's evaluation does, and warns for a lone query."""
+    run = saved(tmp_path, "maml5", "omniglot_maml_5w1s", "model.filters=4")
+    _support(tmp_path)
+    queries = []
+    for label in range(4):
+        path = tmp_path / f"q{label}.png"
+        class_image(label, 50 + label).save(path)
+        queries.append(str(path))
+    record, together, _ = _scores(capsys, tmp_path, run, queries)
+    assert record["transductive"] is False
+    _, alone, err = _scores(capsys, tmp_path, run, queries[:1])
+    assert "warning" not in err
+    for name, p in alone[queries[0]].items():
+        assert p == pytest.approx(together[queries[0]][name], abs=2e-6)
+    record, together_t, _ = _scores(capsys, tmp_path, run, queries, "--transductive")
+    assert record["transductive"] is True
+    _, alone_t, err = _scores(capsys, tmp_path, run, queries[:1], "--transductive")
+    assert "mamlkit: warning: --transductive with one query" in err
+    first_alone, first_together = alone_t[queries[0]], together_t[queries[0]]
+    assert max(abs(first_alone[c] - first_together[c]) for c in first_alone) > 1e-3

@@ -435,7 +435,7 @@ def test_23_runs_lists_an_unreadable_status_as_unreadable(capsys, monkeypatch, t
     with unreadable(monkeypatch, trained_sine / "status.json"):
         code, out, err = run_cli(capsys, "runs", trained_sine.parent)
     assert code == 0, err
-    (row,) = out.splitlines()
+    (row,) = out.splitlines()[1:]  # under the header row
     assert row.split()[1] == "unreadable", row
 
 
@@ -449,5 +449,5 @@ def test_21_runs_lists_a_fifo_status_as_unreadable_without_reading_it(
     with fifo_with_a_writer(run / "status.json"):
         code, out, err = run_cli(capsys, "runs", tmp_path / "runs")
     assert code == 0, err
-    (row,) = out.splitlines()
+    (row,) = out.splitlines()[1:]  # under the header row
     assert row.split()[1] == "unreadable", row

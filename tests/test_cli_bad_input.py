@@ -372,7 +372,7 @@ def test_28_eval_inner_lr(capsys, tmp_path):
     assert_user_error(capsys, "eval", run, "--samples", "-5", match="--samples")
     assert not list(run.glob("eval*.json"))
     # one step size is a supervised run's eval_inner_lr: the same numbers as a config saying so
-    code, out, _ = run_cli(capsys, "eval", run, "--inner-lr", "0.003", "--tasks", "20")
+    code, out, _ = run_cli(capsys, "eval", run, "--inner-lr", "0.003", "--tasks", "20", "--json")
     assert code == 0
     record = json.loads(out)
     assert record["inner_lr"] == [0.003]

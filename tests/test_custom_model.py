@@ -44,7 +44,7 @@ def test_cli_run_with_a_target_records_it_and_eval_needs_trust_code(capsys, tmp_
     assert not (run / "eval.json").exists()
     assert_user_error(capsys, "train", "--resume", run, match="--trust-code")
 
-    code, out, err = run_cli(capsys, "eval", run, "--trust-code")
+    code, out, err = run_cli(capsys, "eval", run, "--trust-code", "--json")
     assert code == 0, err
     assert json.loads(out)["tasks"] == 4 and (run / "eval.json").is_file()
 

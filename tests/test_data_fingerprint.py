@@ -25,6 +25,7 @@ from mamlkit.data import content, load_miniimagenet
 from mamlkit.data.imagefolder import load_image_folder
 from mamlkit.data.images import decode_image
 from mamlkit.data.omniglot import _Counts, _load_omniglot
+from mamlkit.progress import is_progress_line
 
 from .conftest import data_root
 from .test_cli_bad_input import assert_user_error, run_cli
@@ -256,9 +257,9 @@ def test_05_a_copy_of_the_data_elsewhere_is_accepted(capsys, tmp_path):
     run = tmp_path / "run"
     train(capsys, image_folder_config(tmp_path, data), "--out", run)
     shutil.copytree(data, tmp_path / "copy")
-    code, out, err = run_cli(capsys, "eval", run, "--data-dir", tmp_path / "copy")
+    code, out, err = run_cli(capsys, "eval", run, "--data-dir", tmp_path / "copy", "--json")
     assert code == 0, err
-    code, same, err = run_cli(capsys, "eval", run)
+    code, same, err = run_cli(capsys, "eval", run, "--json")
     assert json.loads(out) == json.loads(same)
     shutil.rmtree(data)  # the recorded folder is gone, and an image folder has no default
     assert_user_error(capsys, "eval", run, match="--data-dir")
@@ -283,7 +284,7 @@ def test_05_a_run_trained_from_mamlkit_data_resumes_on_another_machine(
     train(capsys, config, "--out", run)
     assert recorded_dir(run) == str((first / "miniimagenet").resolve())
     monkeypatch.delenv("MAMLKIT_DATA")
-    code, out, err = run_cli(capsys, "eval", run)  # a shell without the variable
+    code, out, err = run_cli(capsys, "eval", run, "--json")  # a shell without the variable
     assert code == 0, err
     before = json.loads(out)
 
@@ -299,7 +300,7 @@ def test_05_a_run_trained_from_mamlkit_data_resumes_on_another_machine(
     assert (run / "config.yaml").read_bytes() == config_text
 
     monkeypatch.setenv("MAMLKIT_DATA", str(second))
-    code, out, err = run_cli(capsys, "eval", run)
+    code, out, err = run_cli(capsys, "eval", run, "--json")
     assert code == 0, err
     assert json.loads(out) == before
     train(capsys, "--resume", run, "--set", "train.iterations=3")
@@ -370,7 +371,8 @@ def test_26_a_small_class_is_one_line_before_an_error_and_as_a_warning(capsys, t
     config = image_folder_config(tmp_path, data, queries=1)  # fits: the cut is a warning
     code, _, err = run_cli(capsys, "train", config, "--out", run, "--no-progress")
     assert code == 0, err
-    lines = err.strip().splitlines()  # once, though train, test and the record read it
+    # once, though train, test and the record read it (besides the progress lines)
+    lines = [line for line in err.strip().splitlines() if not is_progress_line(line)]
     assert len(lines) == 1 and lines[0].startswith("mamlkit: warning:"), err
     assert "class_01 has 2" in lines[0]
 

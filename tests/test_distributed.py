@@ -355,7 +355,7 @@ def test_torchrun_sine_training_equals_one_process(tmp_path):
     _, err = job.communicate(timeout=300)
     assert job.returncode == 0, err.decode()[-8000:]
     shared = json.loads((tmp_path / "two" / "eval-tasks-50.json").read_text())
-    alone = single("eval", str(tmp_path / "two"), "--tasks", "50")
+    alone = single("eval", str(tmp_path / "two"), "--tasks", "50", "--json")
     assert alone.returncode == 0
     assert shared["mse"] == pytest.approx(json.loads(alone.stdout)["mse"], rel=1e-5)
 
@@ -404,7 +404,7 @@ def test_torchrun_rl_training_and_evaluation_equal_one_process(tmp_path):
     _, err = job.communicate(timeout=300)
     assert job.returncode == 0, err.decode()[-8000:]
     shared = json.loads((tmp_path / "one" / "eval.json").read_text())
-    alone = single("eval", str(tmp_path / "one"))
+    alone = single("eval", str(tmp_path / "one"), "--json")
     assert alone.returncode == 0, alone.stderr
     by_step = json.loads(alone.stdout)["by_step"]
     assert len(shared["by_step"]) == len(by_step) == 4  # returns after 0..3 steps

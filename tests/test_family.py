@@ -16,7 +16,7 @@ from mamlkit import ANIL, MAML, MetaSGD
 from mamlkit.algorithms.anil import last_linear
 from mamlkit.functional import (
     InnerUpdate,
-    PerLayerPerStepStepSize,
+    PerLayerStepSchedule,
     adaptable_params,
     batch_norm_params,
 )
@@ -31,8 +31,8 @@ class LayerStepMAML(MAML):
     overriding one hook, as a user would."""
 
     def make_update(self) -> InnerUpdate:
-        return PerLayerPerStepStepSize(
-            adaptable_params(self.model, self.adapted), self.inner_steps, self.inner_lr
+        return PerLayerStepSchedule(
+            adaptable_params(self.model, self.adapt_only), self.inner_steps, self.inner_lr
         )
 
 
@@ -158,15 +158,15 @@ def test_first_order_meta_sgd_still_learns_its_step_sizes(float64):
 def test_selection_errors_and_frozen_parameters():
     model = MLP((1, 8, 8, 1))
     with pytest.raises(ValueError, match="selects no trainable parameter"):
-        MAML(model, F.mse_loss, 0.1, adapt="nothing")
+        MAML(model, F.mse_loss, 0.1, adapt_only="nothing")
     with pytest.raises(ValueError, match="one number"):
         MetaSGD(model, F.mse_loss, [0.1, 0.05], inner_steps=2)
     with pytest.raises(TypeError, match="head="):
         ANIL(model, F.mse_loss, 0.1, adapt="net.0")
     # a frozen head is neither adapted nor meta-learned
     model.net[0].weight.requires_grad_(False)
-    learner = MAML(model, F.mse_loss, 0.1, adapt=["net.0", "net.2"])
-    assert set(adaptable_params(model, learner.adapted)) == {
+    learner = MAML(model, F.mse_loss, 0.1, adapt_only=["net.0", "net.2"])
+    assert set(adaptable_params(model, learner.adapt_only)) == {
         "net.0.bias",
         "net.2.weight",
         "net.2.bias",
@@ -238,7 +238,7 @@ def test_a_registered_algorithm_is_buildable_from_a_config():
         config = load_config("sine_maml", ["algorithm.name=layer-step-maml"])
         learner = build_learner(config)
         assert type(learner) is LayerStepMAML
-        assert isinstance(learner.update, PerLayerPerStepStepSize)
+        assert isinstance(learner.update, PerLayerStepSchedule)
     finally:
         del ALGORITHMS["layer-step-maml"]
     with pytest.raises(Exception, match="unknown algorithm 'layer-step-maml'"):

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from mamlkit.algorithms import ALGORITHMS
 from mamlkit.cli import main
 from mamlkit.config import load_config
+from mamlkit.progress import is_progress_line
 
 from .conftest import data_root
 
@@ -179,8 +180,13 @@ def limited_cli(limit: int, *argv) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def error_lines(text: str) -> list[str]:
+    """stderr without the progress lines (``--no-progress`` logs a line per logged step)."""
+    return [line for line in text.strip().splitlines() if not is_progress_line(line)]
+
+
 def assert_one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    lines = proc.stderr.strip().splitlines()
+    lines = error_lines(proc.stderr)
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert all(n in lines[0] for n in needles), lines[0]
@@ -257,7 +263,7 @@ def test_a_tensorboard_write_failure_is_one_line_and_the_run_resumes(tmp_path, c
     monkeypatch.setattr(SummaryWriter, "add_scalar", failing)
     capsys.readouterr()
     assert main(train_argv("sine_maml", run, sets)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "tensorboard" in err[0] and "--resume" in err[0], err
     monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0

@@ -111,7 +111,7 @@ def test_cli_trains_and_evaluates_an_image_folder(capsys, tmp_path, cache):
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "train", config_file, "--out", run, "--no-progress")
     assert code == 0, err
-    code, out, err = run_cli(capsys, "eval", run)
+    code, out, err = run_cli(capsys, "eval", run, "--json")
     assert code == 0, err
     assert json.loads(out)["ways"] == 3
 

@@ -197,7 +197,7 @@ def test_16_runs_lists_every_readable_run_beside_damaged_ones(pristine, tmp_path
     (tmp_path / "c" / "status.json").write_text('["not", "a", "mapping"]')
     capsys.readouterr()
     assert main(["runs", str(tmp_path)]) == 0
-    out = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out.splitlines()[1:]  # under the header row
     rows = {Path(line.split()[0]).name: line for line in out}
     assert set(rows) == {"a", "b", "c"}
     assert "damaged" in rows["a"] and "eval.json" in rows["b"] and "damaged" in rows["c"]

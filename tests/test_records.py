@@ -34,7 +34,7 @@ def test_eval_of_a_diverged_model_is_strict_json(tmp_path, capsys):
     weights = {k: torch.full_like(v, float("nan")) for k, v in weights.items()}
     save_checkpoint(run / "model.safetensors", weights, meta)  # as a diverged run leaves it
     capsys.readouterr()
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", str(run), "--json"]) == 0
     record = strict((run / "eval.json").read_text())
     assert record["mse"] is None and "mse" in record["not_finite"]
     assert strict(capsys.readouterr().out)["not_finite"] == record["not_finite"]

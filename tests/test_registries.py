@@ -96,7 +96,8 @@ def test_a_registered_task_trains_and_evaluates(linear, tmp_path):
 def test_a_model_serves_the_tasks_whose_inputs_it_takes(registries):
     register_task("tiny_images", metric="accuracy", inputs="image", channels=1)(build_linear_tasks)
     config = load_config({"task": {"name": "tiny_images"}, "model": {"name": "mlp"}})
-    with pytest.raises(ConfigError, match=r"'model\.name'.*needs model\.name=conv4$") as exc:
+    match = r"'model\.name'.*needs model\.name=conv4 or resnet12$"
+    with pytest.raises(ConfigError, match=match) as exc:
         build_model(config)
     assert "\n" not in str(exc.value)
     config = load_config({"task": {"name": "sine"}, "model": {"name": "conv4"}})
@@ -158,7 +159,7 @@ def test_the_builtin_registrations():
     assert list(TASKS) == [
         "sine", "omniglot", "miniimagenet", "imagefolder", "nav2d", "cheetah_vel", "cheetah_dir"
     ]  # fmt: skip
-    assert list(MODELS) == ["mlp", "conv4"]
+    assert list(MODELS) == ["mlp", "conv4", "resnet12"]
     assert {n: s.metric for n, s in TASKS.items() if not s.rl} == {
         "sine": "mse",
         "omniglot": "accuracy",

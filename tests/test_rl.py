@@ -435,8 +435,8 @@ def test_resume_is_bit_identical(tmp_path):
 def test_eval_inner_lr_replaces_the_test_step_sizes(tmp_path):
     run = tmp_path / "run"
     train_run(load_config("rl_nav2d_maml", [*TINY, "train.iterations=1"]), run)
-    record = eval_run(run)  # the preset's 0.5, then 0.25
-    assert eval_run(run, inner_lr=[0.5, 0.25])["by_step"] == record["by_step"]
+    record = eval_run(run)  # the preset's 0.5, then 0.1 (chosen on validation tasks)
+    assert eval_run(run, inner_lr=[0.5, 0.1])["by_step"] == record["by_step"]
     other = eval_run(run, inner_lr=[0.1, 0.05])
     assert other["by_step"][0] == record["by_step"][0]  # before adapting: the same
     assert other["by_step"][1]["return"] != record["by_step"][1]["return"]

@@ -18,6 +18,7 @@ import yaml
 from mamlkit.checkpoint import load_checkpoint, save_checkpoint
 from mamlkit.cli import main
 from mamlkit.eval_files import EVAL_FILE, eval_file_name
+from mamlkit.progress import is_progress_line
 
 from .test_cli_bad_input import assert_user_error, run_cli
 from .test_rundir import snapshot
@@ -266,7 +267,7 @@ def test_a_torn_last_line_after_the_checkpoint_is_dropped_with_a_notice(run, cap
 
 
 def test_eval_records_name_their_weights_and_runs_shows_only_current_ones(run, capsys):
-    code, out, err = run_cli(capsys, "eval", run)
+    code, out, err = run_cli(capsys, "eval", run, "--json")
     assert code == 0, err
     record = json.loads((run / "eval.json").read_text())
     env = json.loads((run / "env.json").read_text())
@@ -285,7 +286,7 @@ def test_an_eval_with_other_settings_keeps_the_protocols_file(run, capsys):
     assert main(["eval", str(run)]) == 0
     protocol = (run / "eval.json").read_bytes()
     capsys.readouterr()
-    code, out, err = run_cli(capsys, "eval", run, "--tasks", "2", "--steps", "1")
+    code, out, err = run_cli(capsys, "eval", run, "--tasks", "2", "--steps", "1", "--json")
     assert code == 0, err
     assert (run / "eval.json").read_bytes() == protocol
     assert json.loads((run / "eval-tasks-2-steps-1.json").read_text()) == json.loads(out)
@@ -364,7 +365,7 @@ def test_resume_without_checkpoints_restarts_saying_so_and_keeps_the_old_log(run
     shutil.rmtree(run / "checkpoints")
     code, out, err = resume(capsys, run)
     assert code == 0 and json.loads(out)["restarted"] is True
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not is_progress_line(line)]
     assert len(lines) == 1 and "step 0" in lines[0] and "metrics.before-restart-1.jsonl" in lines[0]
     assert (run / "metrics.before-restart-1.jsonl").read_bytes() == old
     assert (run / "model.before-restart-1.safetensors").read_bytes() == old_model

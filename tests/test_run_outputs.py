@@ -40,13 +40,13 @@ def test_runs_without_argument_lists_the_default_out_folder_or_cwd(tmp_path, mon
     train("here")  # no runs/ folder yet: the current directory is listed
     capsys.readouterr()
     assert main(["runs"]) == 0
-    out = capsys.readouterr().out.split()
+    out = capsys.readouterr().out.splitlines()[1].split()  # under the header row
     assert out[:2] == ["here", "finished"]
 
     assert main(["train", "sine_maml", "--no-progress", "--set", "train.iterations=3"]) == 0
     capsys.readouterr()
     assert main(["runs"]) == 0  # runs/, where runs go without --out
-    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:]]
     assert rows == [[str(Path("runs") / "sine_maml"), "finished"]]
 
 

@@ -196,7 +196,7 @@ def test_models_trained_side_by_side_give_the_same_numbers(done, tmp_path):
 
 
 def test_a_diverged_seed_makes_the_mean_infinite_and_leaves_the_median():
-    from mamlkit.sine_seeds import summarize
+    from mamlkit.experiments.sine_seeds import summarize
 
     def record(seed, steps, mse):
         diverged = int(mse == float("inf"))

@@ -102,7 +102,8 @@ TINY = [
 )
 def test_make_zoo_continues_a_run_and_evaluates_it(tmp_path, capsys, monkeypatch):
     """`make zoo ZOO_TIME=2m` on a small paused zoo run: it continues it to its end, trims
-    it, evaluates it with its config's protocol and writes the table."""
+    it, evaluates it with its config's protocol and writes the table. (`-o`: the venv that
+    runs this test is the one make would build; never reinstall it under a running suite.)"""
     run = tmp_path / "zoo" / "rl_nav2d_oracle"
     monkeypatch.setenv("MAMLKIT_TEST_CLOCK", "1")  # pauses it mid-way, deterministically
     config = [s for s in TINY if not s.startswith("train.iterations")]
@@ -115,8 +116,8 @@ def test_make_zoo_continues_a_run_and_evaluates_it(tmp_path, capsys, monkeypatch
     assert paused["status"] == "paused" and 0 < paused["step"] < 6
     table = tmp_path / "zoo.md"
     done = subprocess.run(
-        ["make", "-C", str(ROOT), "zoo", "ZOO_TIME=2m", f"ZOO_DIR={tmp_path / 'zoo'}",
-         f"ZOO_TABLE={table}", "ZOO_ONLY=rl_nav2d_oracle"],
+        ["make", "-C", str(ROOT), "-o", ".venv/.installed", "zoo", "ZOO_TIME=2m",
+         f"ZOO_DIR={tmp_path / 'zoo'}", f"ZOO_TABLE={table}", "ZOO_ONLY=rl_nav2d_oracle"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -1,11 +1,12 @@
 """mamlkit: model-agnostic meta-learning on torch.func — exact meta-gradients, fast.
 
->>> import torch, torch.nn.functional as F
->>> from mamlkit import MAML, SineTasks
->>> from mamlkit.models import MLP
->>> learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, inner_lr=0.01)
->>> batch = SineTasks().sample(25, torch.Generator().manual_seed(0))
->>> learner.meta_loss(*batch).backward()
+Examples:
+    >>> import torch, torch.nn.functional as F
+    >>> from mamlkit import MAML, SineTasks
+    >>> from mamlkit.models import MLP
+    >>> learner = MAML(MLP((1, 40, 40, 1)), F.mse_loss, inner_lr=0.01)
+    >>> batch = SineTasks().sample(25, torch.Generator().manual_seed(0))
+    >>> learner.meta_loss(*batch).backward()
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class ImagePreprocessing:
     """How the run's training images were made: size, channels, Omniglot's inversion.
     Calling it on an image file gives the uint8 array the run's data set would hold.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from PIL import Image
         >>> from mamlkit import load_config

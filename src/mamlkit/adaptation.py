@@ -6,6 +6,7 @@ mistake is one line naming the input and the fix."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from mamlkit.tasks.registry import task_spec
 __all__ = [
     "ImagePreprocessing",
     "adapt_run",
+    "batch_dependent",
     "check_output_width",
     "output_width",
     "read_images",
@@ -40,6 +42,39 @@ __all__ = [
 def _predict(learner, xs, ys, xq, steps, run_dir: Path) -> Tensor:
     try:
         return learner.predict_task(xs, ys, xq, steps=steps)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise UserError(
+            f"{run_dir}: the model cannot run on these inputs ({reason}); give inputs shaped "
+            "like the training data"
+        ) from None
+
+
+def batch_dependent(learner: Any) -> bool:
+    """Whether ``learner``'s predictions for one query depend on the other inputs of its
+    batch: BatchNorm normalising with the batch's statistics (MAML's Conv4 keeps no running
+    statistics, as in the paper)."""
+    return any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and (m.training or not m.track_running_stats)
+        for m in learner.modules()
+    )
+
+
+def _predict_each_query(learner, xs, ys, xq, steps, run_dir: Path) -> Tensor:
+    """Each query predicted with the support set beside it in the batch and no other query
+    (the non-transductive protocol of Nichol et al. 2018): BatchNorm's statistics come
+    from the support set and that one query, so a query's answer does not depend on which
+    queries come with it. One task per query, all adapted at once on the same support."""
+    if not hasattr(learner, "query_predictions"):  # no batch to share: nothing to separate
+        return _predict(learner, xs, ys, xq, steps, run_dir)
+    m = xq.shape[0]
+    support_x = xs.unsqueeze(0).expand(m, *xs.shape).clone()
+    support_y = ys.unsqueeze(0).expand(m, *ys.shape).clone()
+    query_x = torch.cat([support_x, xq.unsqueeze(1)], dim=1)
+    try:
+        with torch.inference_mode(False):
+            return learner.query_predictions(support_x, support_y, query_x, steps)[-1][:, -1]
     except (RuntimeError, ValueError, IndexError) as exc:
         reason = " ".join(str(exc).split())[:300]
         raise UserError(
@@ -105,11 +140,17 @@ def adapt_run(
     trust_code: bool = False,
     checkpoint: str | None = None,
     device: str | None = None,
+    transductive: bool = False,
 ) -> dict[str, Any]:
     """Adapt the run in ``run_dir`` on ``support`` and predict ``queries``; returns (and with
     ``out`` writes as JSON) the predictions. Nothing is written if anything is wrong.
     ``checkpoint`` (a step or ``latest``) adapts a training checkpoint instead of the final
-    weights (an unfinished run); ``device`` replaces the run's ``train.device``."""
+    weights (an unfinished run); ``device`` replaces the run's ``train.device``.
+
+    A model whose BatchNorm normalises with batch statistics (MAML's) classifies each
+    query with the support set and no other query by default, so that its answer does not
+    depend on the other queries; ``transductive`` classifies all queries in one batch, as
+    the paper's evaluation does (then a lone query is normalised by itself: a warning)."""
     if steps is not None and steps < 0:
         raise UserError(f"--steps must be >= 0, got {steps}")
     check_flag("--steps", steps, "steps")
@@ -173,7 +214,19 @@ def adapt_run(
     xq = read_images(paths, prepare)
     xs, ys, xq = xs.to(device, dtype), ys.to(device), xq.to(device, dtype)
     check_output_width(learner, xs, ys, classes, run_dir, f"--support {support}")
-    logits = _predict(learner, xs, ys, xq, steps, run_dir).cpu()
+    dependent = batch_dependent(learner)
+    record["transductive"] = bool(transductive and dependent)
+    if transductive and dependent and len(paths) == 1:
+        warnings.warn(
+            f"--transductive with one query: {run_dir}'s BatchNorm normalises that image by "
+            "itself, so its scores are unlike those among other queries; drop --transductive "
+            "to classify it beside the support set",
+            stacklevel=1,
+        )
+    if transductive or not dependent:
+        logits = _predict(learner, xs, ys, xq, steps, run_dir).cpu()
+    else:
+        logits = _predict_each_query(learner, xs, ys, xq, steps, run_dir).cpu()
     _check_finite(logits, support, run_dir)
     probabilities = torch.softmax(logits.double(), -1)
     record["classes"] = classes

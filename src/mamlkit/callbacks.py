@@ -38,7 +38,7 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
-            total=trainer.cfg.iterations,
+            total=trainer.config.train.iterations,
             initial=trainer.step,
             desc=self.description,
             mininterval=0.5,
@@ -55,6 +55,37 @@ class ProgressBar(Callback):
     def on_end(self, trainer):
         if self.bar is not None:
             self.bar.close()
+
+
+class LogLines(Callback):
+    """Without a terminal (a job log) or with ``--no-progress``: a plain line per logged
+    record (every ``train.log_every`` steps and at each validation) with the step, the
+    metrics and the ETA, through :data:`mamlkit.progress.LOGGER`."""
+
+    def __init__(self, description: str):
+        self.description, self.started, self.first = description, 0.0, 0
+
+    def on_start(self, trainer, resumed):
+        import time
+
+        self.started, self.first = time.monotonic(), trainer.step
+
+    def on_log(self, trainer, record):
+        import time
+
+        from mamlkit.progress import LOGGER, log_line
+
+        numbers = {k: v for k, v in record.items() if k != "step" and not k.endswith("_ci95")}
+        elapsed = time.monotonic() - self.started
+        line = log_line(
+            self.description,
+            record["step"],
+            trainer.config.train.iterations,
+            elapsed,
+            since=self.first,
+            **numbers,
+        )
+        LOGGER.info(line)
 
 
 class TensorBoard(Callback):

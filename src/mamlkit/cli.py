@@ -20,6 +20,7 @@ from mamlkit.errors import (
     UserError,
     is_write_failure,
 )
+from mamlkit.run_resume import RESUME_OVERRIDES  # the keys `train --resume --set` accepts
 
 PATH = click.Path(path_type=Path)
 # Where runs go when no --out is given (train: runs/<preset>, reproduce: runs/sine), and so
@@ -93,7 +94,7 @@ def reproduce_sine_cmd(
 ) -> None:
     """Sine regression (MAML §5.1): train MAML and the pretrained baseline, evaluate both,
     write results.json, sine_fits.png, sine_mse.png and report.md into --out."""
-    from mamlkit.reproduce import reproduce_sine
+    from mamlkit.experiments.sine import reproduce_sine
 
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
@@ -186,8 +187,8 @@ def reproduce_sine_seeds_cmd(
     """Sine regression's Table 2 across seeds: MAML at each --inner-lrs α and Meta-SGD, 5-shot,
     one model per seed; writes results.json and report.md (mean and spread over seeds,
     diverged tasks, Meta-SGD's learned step sizes) into --out."""
+    from mamlkit.experiments.sine_seeds import holds_study, reproduce_sine_seeds
     from mamlkit.limits import check_flag
-    from mamlkit.sine_seeds import holds_study, reproduce_sine_seeds
 
     check_flag("--seeds", seeds, "seeds")
     check_flag("--tasks", tasks, "tasks")
@@ -271,8 +272,28 @@ def reproduce_sine_seeds_cmd(
     "else none): training pauses before it ends, with a checkpoint of its last iteration, "
     "and `--resume` continues it exactly.",
 )
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="train.seed (default 0).")
+@click.option("--device", default=None, help="cpu or cuda: train.device (default: the config's).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Build everything, print the config, the data and its split sizes and an estimate "
+    "of the training time (from timing 2 iterations); write nothing.",
+)
 def train(
-    config, overrides, out, data_dir, resume, from_step, force, progress, trust_code, max_time
+    config,
+    overrides,
+    out,
+    data_dir,
+    resume,
+    from_step,
+    force,
+    progress,
+    trust_code,
+    max_time,
+    seed,
+    device,
+    dry_run,
 ) -> None:
     """Meta-train from a preset name or a YAML CONFIG, writing a run directory."""
     from mamlkit.budget import monotonic, parse_duration
@@ -290,6 +311,12 @@ def train(
                 "--resume continues a run with its own config and directory; drop "
                 "CONFIG/--out/--force"
             )
+        for flag, given in (("--seed", seed), ("--device", device), ("--dry-run", dry_run)):
+            if given not in (None, False):
+                raise UserError(
+                    f"{flag} cannot change on --resume (the run keeps its seed and device, "
+                    f"and continues for real); drop {flag}"
+                )
         for text in overrides:
             key = text.split("=", 1)[0].strip()
             if key not in RESUME_OVERRIDES:
@@ -316,8 +343,17 @@ def train(
             raise UserError("--checkpoint STEP chooses where --resume continues; add --resume")
         if config is None:
             raise UserError("missing CONFIG: give a preset name (`mamlkit presets`) or a YAML file")
-        cfg = load_config(config, list(overrides), updates=data_dir_update(data_dir))
+        flags = [f"train.seed={seed}"] if seed is not None else []
+        if device is not None:
+            flags.append(f"train.device={_check_device(device)}")
+        cfg = load_config(config, [*overrides, *flags], updates=data_dir_update(data_dir))
         run_dir = out if out is not None else RUNS_DIR / Path(config).stem
+        if dry_run:
+            from mamlkit.dry_run import dry_run as dry
+
+            for line in dry(cfg, run_dir, force=force):
+                click.echo(line)
+            return
         summary = train_run(
             cfg, run_dir, force=force, progress=progress, max_time=max_time, started=started
         )
@@ -330,19 +366,6 @@ def train(
             f"{summary['run_dir']}" + (f" --max-time {max_time}" if max_time else ""),
             err=True,
         )
-
-
-# Settings a resumed run may change: how long it trains and how it runs, not what it learns.
-RESUME_OVERRIDES = frozenset(
-    {
-        "train.iterations",
-        "train.threads",
-        "train.checkpoint_every",
-        "train.keep_checkpoints",
-        "train.cuda_graphs",
-        "train.max_time",
-    }
-)
 
 
 TRUST_HELP = (
@@ -405,6 +428,11 @@ DEVICE_HELP = "cpu or cuda (default: the run's train.device)."
     "the run's trajectories (maml_rl's batch_size; 0: the trajectories alone). Writes "
     "eval-samples-N.json.",
 )
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the record as JSON (as in the file) instead "
+    "of the summary."
+)
 def eval_cmd(
     run_dir,
     tasks,
@@ -417,27 +445,39 @@ def eval_cmd(
     within_alphabet,
     inner_lr,
     samples,
+    progress,
+    as_json,
 ) -> None:
     """Evaluate a finished run on held-out tasks; writes RUN_DIR/eval.json (the run's own
-    protocol), or a file named after the settings that differ from it."""
+    protocol), or a file named after the settings that differ from it, and prints a
+    summary (the metric ± its 95% interval after each step; --json: the record)."""
+    from mamlkit.cli_info import eval_summary
+    from mamlkit.progress import bars
     from mamlkit.runner import eval_run
 
     if device is not None:
         _check_device(device)
-    result = eval_run(
-        run_dir,
-        tasks=tasks,
-        split=split,
-        steps=steps,
-        data_dir=data_dir,
-        checkpoint=checkpoint,
-        trust_code=trust_code,
-        within_alphabet=within_alphabet,
-        inner_lr=inner_lr,
-        samples=samples,
-        device=device,
-    )
-    click.echo(json.dumps(result))
+    details: dict = {}
+    with bars(progress):
+        result = eval_run(
+            run_dir,
+            tasks=tasks,
+            split=split,
+            steps=steps,
+            data_dir=data_dir,
+            checkpoint=checkpoint,
+            trust_code=trust_code,
+            within_alphabet=within_alphabet,
+            inner_lr=inner_lr,
+            samples=samples,
+            device=device,
+            details=details,
+        )
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for line in eval_summary(result, details["by_step"], details["config"], details["path"]):
+        click.echo(line)
 
 
 @app.command()
@@ -469,8 +509,25 @@ def eval_cmd(
 )
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+@click.option(
+    "--transductive",
+    is_flag=True,
+    help="Classify all queries in one batch, as the paper's evaluation does (a model with "
+    "batch-statistics BatchNorm then scores each query depending on the others); default: "
+    "each query beside the support set alone.",
+)
 def adapt(
-    run_dir, more_queries, support, queries, steps, out, force, checkpoint, device, trust_code
+    run_dir,
+    more_queries,
+    support,
+    queries,
+    steps,
+    out,
+    force,
+    checkpoint,
+    device,
+    trust_code,
+    transductive,
 ) -> None:
     """Adapt the trained model of RUN_DIR to a new task (--support) and predict --query."""
     from mamlkit.adaptation import adapt_run
@@ -487,6 +544,7 @@ def adapt(
         trust_code=trust_code,
         checkpoint=checkpoint,
         device=device,
+        transductive=transductive,
     )
     for row in result["predictions"]:
         if "class" in row:
@@ -498,14 +556,34 @@ def adapt(
         click.echo(f"wrote {out}")
 
 
-@app.command()
-def presets() -> None:
-    """List the shipped config presets."""
-    from mamlkit.config import shipped_presets
+@app.group(invoke_without_command=True)
+@click.pass_context
+def presets(ctx) -> None:
+    """List the shipped config presets (`presets show NAME`: one in full)."""
+    from mamlkit.cli_info import preset_lines
 
-    for name, resource in shipped_presets().items():
-        lines = resource.read_text().splitlines()
-        click.echo(f"{name:<28} {lines[0].lstrip('# ') if lines else ''}")
+    if ctx.invoked_subcommand is None:
+        for line in preset_lines():
+            click.echo(line)
+
+
+@presets.command("show")
+@click.argument("name")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, as train's --set (repeatable).",
+)
+def presets_show(name, overrides) -> None:
+    """The resolved config of preset (or YAML file) NAME: the keys its task, model and
+    algorithm read, each with its meaning."""
+    from mamlkit.config import load_config
+    from mamlkit.config_help import config_lines
+
+    for line in config_lines(load_config(name, list(overrides))):
+        click.echo(line)
 
 
 @app.command()
@@ -539,10 +617,13 @@ def runs(root, repair) -> None:
         return
     if root is None:
         root = RUNS_DIR if RUNS_DIR.is_dir() else Path(".")
+    from mamlkit.cli_info import run_table
+
     rows = list_runs(root)
-    for row in rows:
-        click.echo(f"{row['run']:<40} {row['status']:<9} step {row['step']:<8} {row['best']}")
-    if not rows:
+    if rows:
+        for line in run_table(rows):
+            click.echo(line)
+    else:
         click.echo(f"no mamlkit runs under {root}", err=True)
 
 
@@ -603,10 +684,12 @@ def _plot_rl(run_dir) -> None:
     if task["name"] == "nav2d":
         final = (run_dir / "model.safetensors").is_file()
         if final or run_checkpoints(run_dir):
-            _, learner, _ = load_run(
+            run_config, learner, step = load_run(
                 run_dir, checkpoint=None if final else "latest", device="cpu"
             )
-            rl_plots.nav2d_trajectories(learner, run_dir / "trajectories.png")
+            rl_plots.nav2d_trajectories(
+                learner, run_dir / "trajectories.png", steps=run_config.eval.steps, iterations=step
+            )
             click.echo(f"wrote {run_dir / 'trajectories.png'}")
 
 
@@ -651,6 +734,7 @@ def says_user_errors() -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     from mamlkit.data.errors import DataError
+    from mamlkit.progress import log_to_stderr
     from mamlkit.system import tune_allocator
 
     tune_allocator()
@@ -659,7 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     _WARNED.clear()
     try:
-        app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
+        with log_to_stderr():  # progress lines without a terminal (mamlkit.progress)
+            app.main(args=argv, prog_name="mamlkit", standalone_mode=False)
         finished = True
     except (UserError, DataError) as exc:
         if says_user_errors():

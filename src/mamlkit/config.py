@@ -71,13 +71,18 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # a registered model (mamlkit.models.register_model): mlp, conv4
+    name: str = "mlp"  # a registered model (mamlkit.models.register_model): mlp, conv4, resnet12
     hidden: list[int] = field(default_factory=lambda: [40, 40])
     filters: int = 64
     pooling: str = "stride"  # conv4: stride | max
     init: str = "torch"  # mlp: torch (PyTorch default) | trunc_normal (cbfinn/maml: std 0.01)
     global_pool: bool = False  # conv4: average the last feature map before the head (cbfinn)
-    bn_running_stats: bool = False  # conv4 for protonet: track running stats, use them in eval
+    # conv4, resnet12 for protonet: track running stats, use them in eval
+    bn_running_stats: bool = False
+    # resnet12: the channels of its four residual blocks (TADAM/MetaOptNet: 64-160-320-640)
+    channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])
+    dropblock: float = 0.0  # resnet12: DropBlock's drop probability in blocks 3-4 (0: off)
+    dropblock_size: int = 5  # resnet12: DropBlock's square side (cut to the feature map)
     # any importable nn.Module ("package.module:ClassName" built with kwargs); replaces name
     target: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -418,7 +423,9 @@ def validate(c: Config) -> None:
         "task.split_fractions",
         f"needs three fractions (train, val, test), train and test > 0; got {fractions}",
     )
-    model_spec(c.model.name)  # refuses an unknown name, listing the registered ones
+    model = model_spec(c.model.name)  # refuses an unknown name, listing the registered ones
+    if c.model.target is None:
+        model.check_config(c)  # the keys only that model reads
     _require(c.model.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
     _require(
         c.model.target is not None or not c.model.kwargs,
@@ -608,6 +615,15 @@ def largest_tensor_bytes(c: Config) -> tuple[int, str]:
         return 4 * max(activations, weights * tr.meta_batch), keys
     per_task = (t.train_ways or t.ways) * (t.shots + (t.train_queries or t.queries))
     images = t.batch_size if c.algorithm.name == "pretrained" else tr.meta_batch * per_task
+    if m.name == "resnet12" and m.target is None:
+        # the first block convolves at full size; the largest weight is a 3×3 conv of the
+        # widest block (per task: the inner loop copies it)
+        ins = [1, *m.channels]  # a block's first conv reads the previous block's channels
+        convs = [a * b for a, b in zip(ins, m.channels)] + [n * n for n in m.channels]
+        activations = images * max(m.channels[:1] or [1]) * t.image_size**2
+        weights = 9 * max(convs or [1]) * tr.meta_batch
+        keys = "train.meta_batch, task.ways/shots/queries, task.image_size, model.channels"
+        return 4 * max(activations, weights), keys
     side = t.image_size if m.pooling == "max" else (t.image_size + 1) // 2
     activations = images * m.filters * side**2
     weights = 9 * m.filters**2 * tr.meta_batch

@@ -90,8 +90,7 @@ class DeviceStep:
         fallback: if the capture fails, run eagerly from then on (and say why in
             ``capture_error``) instead of raising.
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import MAML, SineTasks
         >>> from mamlkit.models import MLP

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -53,11 +54,12 @@ def per_task_metric_by_step(
     metric: str,
     chunk: int = 100,
     lr: float | Sequence[float] | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> Tensor:
     """``[steps + 1, T]``: the metric of every task after 0..steps adaptation steps
     (a single row for learners that do not adapt by steps) with test-time step size ``lr``
     (default: the learner's; RL learners take one per step, the last repeating). Tasks run
-    in chunks."""
+    in chunks; ``tick`` is called after each step of each chunk (progress)."""
     fn = METRICS[metric]
     rows: list[Tensor] = []
     for start in range(0, batch.num_tasks, chunk):
@@ -68,7 +70,10 @@ def per_task_metric_by_step(
         table = torch.empty(steps + 1, part.num_tasks, dtype=torch.float64, device=device)
 
         def reduce(pred: Tensor, slots=iter(table), y: Tensor | None = part.targets) -> Tensor:
-            return next(slots).copy_(fn(pred.detach(), y))
+            out = next(slots).copy_(fn(pred.detach(), y))
+            if tick is not None:
+                tick()
+            return out
 
         per_step = learner.predictions_by_step(part, steps, lr=lr, reduce=reduce)
         rows.append(table[: len(per_step)])
@@ -86,21 +91,34 @@ def evaluate(
     chunk: int = 100,
     dist: Distributed | None = None,
     lr: float | Sequence[float] | None = None,
+    progress: str | None = None,
 ) -> list[dict[str, float]]:
     """Draw ``num_tasks`` tasks with a fixed seed (the same tasks for every method) and
     return ``[{"steps": s, metric: mean, "ci95": c}]`` for s = 0..steps, adapting with
     test-time step size ``lr`` (default: the learner's). Distributed,
     every rank draws the same tasks, scores its share and gathers all the per-task values
-    (the same numbers as one process)."""
+    (the same numbers as one process). ``progress`` names the work for a progress bar or
+    log lines (:class:`mamlkit.progress.Progress`, counting adaptation steps of task chunks;
+    distributed, rank 0's); None: none."""
+    from mamlkit.progress import Progress
+
     generator = torch.Generator(device=device).manual_seed(seed)
     parts = []
-    for i in range(0, num_tasks, chunk):
-        batch = tasks.sample(min(chunk, num_tasks - i), generator)
-        if dist is None or batch.num_tasks < dist.world:  # too few to share: all score all
-            parts.append(per_task_metric_by_step(learner, batch, steps, metric, chunk, lr))
-        else:
-            mine = per_task_metric_by_step(learner, dist.shard(batch), steps, metric, chunk, lr)
-            parts.append(dist.gather_tasks(mine))
+    chunks = -(-num_tasks // chunk)
+    shown = progress is not None and (dist is None or dist.main)
+    bar = Progress(chunks * (steps + 1), progress) if shown else None
+    tick = bar.update if bar is not None else None
+    with bar if bar is not None else contextlib.nullcontext():
+        for i in range(0, num_tasks, chunk):
+            batch = tasks.sample(min(chunk, num_tasks - i), generator)
+            if dist is None or batch.num_tasks < dist.world:  # too few to share: all score all
+                part = per_task_metric_by_step(learner, batch, steps, metric, chunk, lr, tick)
+            else:
+                part = per_task_metric_by_step(
+                    learner, dist.shard(batch), steps, metric, chunk, lr, tick
+                )
+                part = dist.gather_tasks(part)
+            parts.append(part)
     values = torch.cat(parts, dim=1)
     out = []
     for s, row in enumerate(values):

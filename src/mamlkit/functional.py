@@ -120,18 +120,29 @@ def task_forward(
             logger.info("impl='auto' runs %s as a loop: %s", type(model).__name__, obstacle)
         else:
             impl, fallback = "vmap", True
+    problem = impl_problem(model, impl)
+    if problem is not None:
+        raise ValueError(problem)
+    return PerTaskForward(model, impl, adapt, fallback), impl
+
+
+def impl_problem(model: nn.Module, impl: str) -> str | None:
+    """Why ``impl`` cannot run ``model`` (None where it can; ``auto`` and ``loop`` always
+    can): ``batched`` needs the model's own kernel, ``vmap`` a model it can batch."""
+    name = type(model).__name__
     if impl == "batched":
         if not hasattr(model, "batched_forward"):
-            raise ValueError(f"{type(model).__name__} has no batched_forward; use vmap or loop")
+            return f"{name} has no batched_forward; use impl auto, vmap or loop"
         if not has_batched_forward(model):
-            raise ValueError(
-                f"{type(model).__name__} overrides forward but inherits batched_forward from "
-                "its parent, which computes the parent's network; use impl='vmap' or 'loop', "
-                "or define batched_forward for it"
+            return (
+                f"{name} overrides forward but inherits batched_forward from its parent, "
+                "which computes the parent's network; use impl='vmap' or 'loop', or define "
+                "batched_forward for it"
             )
-    if impl == "vmap" and obstacle is not None:
-        raise ValueError(f"impl='vmap' cannot run {type(model).__name__}: {obstacle}")
-    return PerTaskForward(model, impl, adapt, fallback), impl
+    obstacle = _vmap_unsupported(model) if impl == "vmap" else None
+    if obstacle is not None:
+        return f"impl='vmap' cannot run {name}: {obstacle}; use impl auto or loop"
+    return None
 
 
 class PerTaskForward:
@@ -304,9 +315,10 @@ class PerParameterStepSize(InnerUpdate):
         return self.alpha[_key(name)]
 
 
-class PerLayerPerStepStepSize(InnerUpdate):
-    """MAML++'s LSLR (Antoniou et al. 2019): one learned step size per parameter tensor and
-    inner step, initialised to ``init``; steps past ``steps`` use the last one."""
+class PerLayerStepSchedule(InnerUpdate):
+    """MAML++'s LSLR (Antoniou et al. 2019): a learned schedule of step sizes for each
+    parameter tensor ("layer"), one per inner step, initialised to ``init``; steps past
+    ``steps`` use the last one. (Its old name ``PerLayerPerStepStepSize`` is an alias.)"""
 
     def __init__(self, params: Mapping[str, Tensor], steps: int, init: float):
         super().__init__()
@@ -319,6 +331,10 @@ class PerLayerPerStepStepSize(InnerUpdate):
     def step_size(self, name: str, step: int) -> Tensor:
         alpha = self.alpha[_key(name)]
         return alpha[min(step, alpha.shape[0] - 1)]
+
+
+#: The old name of :class:`PerLayerStepSchedule`, kept so that code using it still runs.
+PerLayerPerStepStepSize = PerLayerStepSchedule
 
 
 class PerStepParameters(InnerUpdate):

@@ -74,7 +74,7 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
                 except (UserError, AttributeError):
                     iteration = "?"
                 parts.append(_eval_text(step_evals[-1], f"@{iteration}"))
-            best_text = "; ".join(parts) or "-"
+            best_text = "; ".join(parts) or _results_text(run) or "-"
         rows.append(
             {
                 "run": str(run),
@@ -84,6 +84,40 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _results_text(run: Path) -> str:
+    """A run of ``mamlkit reproduce sine`` (``maml_kK``, ``pretrained``) has no eval.json:
+    its folder's results.json holds its MSE; this is the row of the run's own K (the
+    pretrained model's: the smallest K) after the most steps."""
+    path = run.parent / "results.json"
+    if not path.is_file():
+        return ""
+    try:
+        rows = records.read_json(path)
+    except UserError:
+        return ""
+    if not isinstance(rows, list):
+        return ""
+    method, _, k = run.name.partition("_k")
+    trained = int(k) if k.isdigit() else None
+    mine = [
+        r
+        for r in rows
+        if isinstance(r, dict)
+        and r.get("method") == method
+        and r.get("trained_k") == trained
+        and isinstance(r.get("k_shot"), int)
+        and isinstance(r.get("steps"), int)
+    ]
+    if not mine:
+        return ""
+    shot = trained if any(r["k_shot"] == trained for r in mine) else min(r["k_shot"] for r in mine)
+    row = max((r for r in mine if r["k_shot"] == shot), key=lambda r: r["steps"])
+    value, ci = row.get("mse"), row.get("ci95")
+    if not isinstance(value, (int, float)) or not isinstance(ci, (int, float)):
+        return f"results.json mse not finite (K={shot}, {row['steps']} steps)"
+    return f"results.json mse {value:.4g} ± {ci:.2g} (K={shot}, {row['steps']} steps)"
 
 
 def _current(path: Path) -> bool:

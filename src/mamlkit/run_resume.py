@@ -18,11 +18,25 @@ from mamlkit.run_identity import check_file_identity, check_resume_config
 from mamlkit.rundir import check_no_links, clear_run_dir, is_mamlkit_run, lock_run_dir
 
 __all__ = [
+    "RESUME_OVERRIDES",
     "check_resume",
     "require_mamlkit_run",
     "repair_run",
     "restart_without_checkpoint",
 ]
+
+#: Settings a resumed run may change (`train --resume --set`): how long it trains and how it
+#: runs, not what it learns.
+RESUME_OVERRIDES = frozenset(
+    {
+        "train.iterations",
+        "train.threads",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.cuda_graphs",
+        "train.max_time",
+    }
+)
 
 # what a resume may change besides the keys `train --resume --set` accepts
 RESUME_MAY_ALSO_CHANGE = frozenset({"task.data_dir"})

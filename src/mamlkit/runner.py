@@ -14,6 +14,7 @@ import torch
 from mamlkit import records
 from mamlkit.budget import TimeBudget, parse_duration
 from mamlkit.build import build_learner, build_tasks, check_code_trust, check_device, metric_for
+from mamlkit.callbacks import Callback
 from mamlkit.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -32,7 +33,12 @@ from mamlkit.run_data import RecordData, checked_splits, data_record, use_run_da
 from mamlkit.run_files import prepare_run_dir, run_checkpoints
 from mamlkit.run_identity import check_file_identity, run_id, run_instance
 from mamlkit.run_list import list_runs  # noqa: F401  (where it lived before)
-from mamlkit.run_resume import check_resume, require_mamlkit_run, restart_without_checkpoint
+from mamlkit.run_resume import (
+    RESUME_OVERRIDES,
+    check_resume,
+    require_mamlkit_run,
+    restart_without_checkpoint,
+)
 from mamlkit.rundir import (
     CHECKPOINT_DIR,
     check_no_links,
@@ -60,6 +66,7 @@ def train_run(
     max_time: str | None = None,
     started: float | None = None,
     data_dir: Path | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Build everything first (bad data or impossible episodes in any split the run uses
     fail before the run directory is created), then train. ``update_config`` (with
@@ -70,7 +77,9 @@ def train_run(
     (:mod:`mamlkit.run_data`; a new run takes it in ``config``). ``max_time`` (else
     ``train.max_time``) is this piece's time budget, counted from ``started`` (a
     :func:`mamlkit.budget.monotonic` reading; default now): training pauses before it ends
-    and the summary says ``"paused": true``."""
+    and the summary says ``"paused": true``. ``callbacks`` are the user's own
+    :class:`~mamlkit.callbacks.Callback` objects, called after the run's own (data record,
+    progress bar, TensorBoard), as ``Trainer(callbacks=...)``."""
     budget = None
     if (max_time or config.train.max_time) is not None:
         text = max_time or config.train.max_time
@@ -80,7 +89,7 @@ def train_run(
     check_device(config, RESUME_ON_CUDA if resume else "use --set train.device=cpu")
     if resume:  # every rank reads the run (before taking its own device): each refuses alike
         require_mamlkit_run(run_dir, "--resume")
-        check_resume(run_dir, config, from_step, _resume_overrides())
+        check_resume(run_dir, config, from_step, RESUME_OVERRIDES)
     dist = from_environment(config.train.device)
     if dist is not None:  # torchrun: this process's share of a data-parallel job
         config.train.device = dist.device(config.train.device)
@@ -131,7 +140,7 @@ def train_run(
             description=run_dir.name,
             dist=dist,
             budget=budget,
-            callbacks=[RecordData(data)] if data is not None else None,
+            callbacks=[*([RecordData(data)] if data is not None else []), *callbacks],
         )
         try:
             summary = trainer.fit(
@@ -148,13 +157,6 @@ def train_run(
                 f"`mamlkit train --resume {run_dir}`"
             ) from None
     return {"run_dir": str(run_dir), **summary, **({"restarted": True} if restarted else {})}
-
-
-def _resume_overrides() -> frozenset[str]:
-    """The config keys ``train --resume --set`` may change (the CLI's list)."""
-    from mamlkit.cli import RESUME_OVERRIDES  # the CLI owns the list; imported when used
-
-    return RESUME_OVERRIDES
 
 
 def data_dir_update(data_dir: Path | None) -> dict[str, Any] | None:
@@ -305,6 +307,7 @@ def eval_run(
     inner_lr: Sequence[float] = (),
     samples: int | None = None,
     device: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run; writes ``eval.json`` (final weights) or ``eval-step-N.json``
     (``checkpoint``) into the run directory and returns the same record.
@@ -318,7 +321,8 @@ def eval_run(
     The record names the weights it scored (step, file, hash, run id), and is written only
     if the run still holds them when the evaluation ends. ``device`` evaluates on another
     device than the run's ``train.device`` (the same record: the device does not change what
-    is measured)."""
+    is measured). ``details``, a dict, receives what the record leaves out: ``by_step``
+    (the metric after every step), ``config`` and ``path`` (the file written)."""
     inner_lr = list(inner_lr)
     if not all(math.isfinite(a) and a > 0 for a in inner_lr):
         raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
@@ -385,6 +389,7 @@ def eval_run(
             chunk=config.eval.chunk,
             dist=dist,
             lr=(inner_lr if metric == "return" else inner_lr[0]) if inner_lr else None,
+            progress=f"eval {Path(run_dir).name}",
         )
     result = by_step[-1]
     out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
@@ -418,6 +423,8 @@ def eval_run(
         inner_lr=inner_lr,
     )
     out = records.finite_record(out)  # a diverged model: null and "not_finite", never NaN
+    if details is not None:
+        details.update(by_step=by_step, config=config, path=Path(run_dir) / name)
     if dist is None or dist.main:
         atomic_write_text(
             run_dir / name, records.dumps(out, indent=1), before_replace=source.check_unchanged

@@ -27,7 +27,7 @@ def from_run(
     ``device`` (default: the run's ``train.device``). A ``model.target`` that is not a
     model class of mamlkit is imported only with ``trust_code=True``.
 
-    Example:
+    Examples:
         >>> import mamlkit, torch
         >>> learner = mamlkit.from_run("runs/sine/maml")  # doctest: +SKIP
         >>> xs = torch.linspace(-4, 4, 5).unsqueeze(1)  # doctest: +SKIP
@@ -56,7 +56,7 @@ def save_pretrained(
     learner; for a model of your own, name it with ``model.target`` / ``model.kwargs``.
     An existing run directory is never overwritten.
 
-    Example:
+    Examples:
         >>> import tempfile, torch.nn.functional as F, mamlkit
         >>> from mamlkit.build import build_learner
         >>> config = mamlkit.load_config("sine_maml")

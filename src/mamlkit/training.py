@@ -19,7 +19,7 @@ import yaml
 from mamlkit import records
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.budget import TimeBudget, monotonic
-from mamlkit.callbacks import Callback, ProgressBar, TensorBoard
+from mamlkit.callbacks import Callback, LogLines, ProgressBar, TensorBoard
 from mamlkit.checkpoint import (
     atomic_write_text,
     optimizer_from_tensors,
@@ -35,6 +35,7 @@ from mamlkit.distributed import Distributed
 from mamlkit.errors import DivergenceError, Interrupted, LostRank, UserError
 from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, evaluate
 from mamlkit.precision import cuda_precision
+from mamlkit.progress import bars, show_bars
 from mamlkit.run_files import (
     environment_info,
     load_training_checkpoint,
@@ -91,7 +92,8 @@ class Trainer:
     """Meta-trains ``learner`` on ``train_tasks`` as ``config.train`` says.
 
     With a ``run_dir`` it writes ``config.yaml``, ``env.json``, ``metrics.jsonl`` (one JSON
-    object per logged step, every ``log_every``, and per validation, every ``val_every``: a
+    object per logged step, every ``log_every`` and the last (and the first, in a run of
+    fewer than 2 ``log_every``), and per validation, every ``val_every``: a
     validation between logged steps is a record of the validation metrics alone),
     TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
     ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end; each
@@ -101,6 +103,8 @@ class Trainer:
     A ``run_dir`` needs a ``config`` that rebuilds ``learner`` (for a model of your own:
     ``model.target``/``model.kwargs``), so that ``mamlkit eval`` can load the run; ``fit``
     refuses another one before writing anything.
+    ``progress``: a bar on a terminal; without one, or ``False``, a log line per logged
+    record (:mod:`mamlkit.progress`, shown by the CLI); ``None``: neither.
     """
 
     #: tests run the CUDA-graph step's code on the CPU (uncaptured) with this set
@@ -114,7 +118,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         metric: str | None = None,
         val_tasks: TaskDistribution | None = None,
-        progress: bool = True,
+        progress: bool | None = True,
         description: str = "meta-train",
         position: int = 0,
         dist: Distributed | None = None,
@@ -123,17 +127,17 @@ class Trainer:
     ):
         self.learner, self.train_tasks, self.val_tasks = learner, train_tasks, val_tasks
         self.dist = dist  # torchrun's data parallelism: each rank runs a share of the tasks
-        self.config, self.cfg = config, config.train
+        self.config = config  # its train section: self.config.train
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.metric, self.progress, self.description = metric, progress, description
         self.position = position  # progress-bar line, when several runs train side by side
-        self.device = torch.device(self.cfg.device)
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        self.device = torch.device(self.config.train.device)
+        if self.config.train.threads:
+            torch.set_num_threads(self.config.train.threads)
         self.learner.to(self.device)
-        self.optimizer = make_optimizer(self.learner.parameters(), self.cfg)
-        self.scheduler = make_scheduler(self.optimizer, self.cfg)
-        self.generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        self.optimizer = make_optimizer(self.learner.parameters(), self.config.train)
+        self.scheduler = make_scheduler(self.optimizer, self.config.train)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.train.seed)
         self.step = 0
         self.best: dict[str, Any] | None = None
         # running sums over the current logging window (checkpointed, for exact resume)
@@ -150,6 +154,14 @@ class Trainer:
         self._piece_steps = 0  # iterations run by this fit() call
         self._piece_started = monotonic()
         self._seconds_before = 0.0  # training time of the earlier pieces (status.json)
+
+    @property
+    def cfg(self) -> Any:
+        """Deprecated: the old second name of ``config.train`` (read that instead)."""
+        warnings.warn(
+            "Trainer.cfg is deprecated; use trainer.config.train", DeprecationWarning, stacklevel=2
+        )
+        return self.config.train
 
     # ---- run directory ------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
@@ -172,7 +184,7 @@ class Trainer:
         meta.update(save_identity(self.run_dir, self.config.to_dict()))  # run id, config
         path = self.run_dir / CHECKPOINT_DIR / f"step-{self.step:08d}.safetensors"
         save_checkpoint(path, tensors, meta)
-        for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
+        for old in self._checkpoints()[: -self.config.train.keep_checkpoints]:
             old.unlink()
         self._write_status("running", step=self.step, best=self.best)
         return path
@@ -218,9 +230,11 @@ class Trainer:
         """The run's own callbacks (a progress bar; TensorBoard beside a run directory) and
         the user's. Distributed, only rank 0 has any: it alone writes and shows progress."""
         jobs: list[Callback] = []
-        if self.progress:
+        if self.progress and show_bars():
             jobs.append(ProgressBar(self.description, self.position))
-        if self.run_dir is not None and self.cfg.tensorboard:
+        elif self.progress is not None:  # no terminal, or --no-progress: a line per log
+            jobs.append(LogLines(self.description))
+        if self.run_dir is not None and self.config.train.tensorboard:
             jobs.append(TensorBoard(self.run_dir / "tensorboard"))
         main = self.dist is None or self.dist.main
         return jobs + self.callbacks if main else []
@@ -242,9 +256,10 @@ class Trainer:
             if resume:
                 self._seconds_before = _train_seconds(self.run_dir)
                 self.restore(resume_checkpoint(self.run_dir, from_step))
-                if self.step > self.cfg.iterations:
+                if self.step > self.config.train.iterations:
                     raise UserError(
-                        f"--set train.iterations={self.cfg.iterations}: {self.run_dir} is "
+                        f"--set train.iterations={self.config.train.iterations}: "
+                        f"{self.run_dir} is "
                         f"already at step {self.step} and training cannot go back; ask for "
                         f"{self.step} or more (or evaluate an earlier step with --checkpoint)"
                     )
@@ -312,10 +327,10 @@ class Trainer:
     def _finish(self) -> None:
         """The finished run's files: a checkpoint of the last step, the final weights, the
         status ``finished``."""
-        if self.dist is not None and self.step % self.cfg.checkpoint_every:
+        if self.dist is not None and self.step % self.config.train.checkpoint_every:
             self._rank_rng = self.dist.gather_rng_states()  # for the final checkpoint
         if self.run_dir is not None:
-            if self.step % self.cfg.checkpoint_every:
+            if self.step % self.config.train.checkpoint_every:
                 self.save()
             save_checkpoint(
                 self.run_dir / "model.safetensors",
@@ -329,7 +344,7 @@ class Trainer:
         the status ``paused`` (the time budget) or ``interrupted`` (a signal), and the step a
         resume continues from."""
         saved = self.run_dir is not None and self.step in run_checkpoints(self.run_dir)
-        if self.dist is not None and self.step % self.cfg.checkpoint_every:
+        if self.dist is not None and self.step % self.config.train.checkpoint_every:
             self._rank_rng = self.dist.gather_rng_states()  # a collective: every rank
         if self.run_dir is not None:
             if not saved:
@@ -361,9 +376,10 @@ class Trainer:
             self._last_check, self._aside = now, 0.0
             too_short = self._piece_steps == 1 and now - budget.started > budget.seconds
             step = self.step + 1
-            val = bool(self.cfg.val_every) and self.val_tasks is not None
-            val = val and (step % self.cfg.val_every == 0 or step == self.cfg.iterations)
-            save = self.run_dir is not None and step % self.cfg.checkpoint_every == 0
+            cfg = self.config.train
+            val = bool(cfg.val_every) and self.val_tasks is not None
+            val = val and (step % cfg.val_every == 0 or step == cfg.iterations)
+            save = self.run_dir is not None and step % cfg.checkpoint_every == 0
             pause = not budget.fits(now, val, save)
         if self.dist is not None:
             flags = torch.tensor([signalled, pause, too_short], dtype=torch.float64)
@@ -395,11 +411,11 @@ class Trainer:
                 self._write_status(status, step=self.step, best=self.best)
 
     def _loop(self) -> None:
-        with cuda_precision(self.cfg.precision):
+        with cuda_precision(self.config.train.precision):
             self._train()
 
     def _environment(self) -> dict[str, Any]:
-        info = environment_info(self.cfg.device)
+        info = environment_info(self.config.train.device)
         if self.dist is not None:
             info.update(world_size=self.dist.world, backend=self.dist.backend)
         return info
@@ -407,7 +423,7 @@ class Trainer:
     def _join_job(self, resume: bool, from_step: int | None) -> None:
         """Distributed: every rank starts from the same state and only rank 0 writes (the
         other ranks read the checkpoint they resume from, then hold no run directory)."""
-        self.dist.check_meta_batch(self.cfg.meta_batch)
+        self.dist.check_meta_batch(self.config.train.meta_batch)
         own_step = type(self.learner).outer_step is not MetaLearner.outer_step
         if own_step and not self.learner.outer_step_distributes:
             raise UserError(
@@ -425,7 +441,7 @@ class Trainer:
     def _device_step(self) -> DeviceStep | None:
         """The captured (CUDA graph) step that ``train.cuda_graphs`` asks for, or None for the
         eager loop. ``auto`` uses graphs on CUDA wherever the learner allows it."""
-        mode = self.cfg.cuda_graphs
+        mode = self.config.train.cuda_graphs
         on_device = self.device.type == "cuda" or self._device_step_on_cpu
         if mode == "off" or not on_device or self.dist is not None:
             self.engine = "eager"
@@ -436,7 +452,7 @@ class Trainer:
                 self.learner,
                 self.optimizer,
                 metric_fn,
-                grad_clip=self.cfg.grad_clip,
+                grad_clip=self.config.train.grad_clip,
                 capture=self.device.type == "cuda",
                 start=self.step,
                 window=self.window.to(self.device),
@@ -466,7 +482,7 @@ class Trainer:
             )
 
     def _train(self) -> None:
-        cfg = self.cfg
+        cfg = self.config.train
         params = [p for p in self.learner.parameters() if p.requires_grad]
         metric_fn = METRICS.get(self.metric) if self.metric else None
         device_step = self._device_step()
@@ -562,10 +578,12 @@ class Trainer:
     def _after_step(self, device_step: DeviceStep | None) -> None:
         """Log, validate and checkpoint where the step count says so (after the host has
         read the device step's health flag, where there is one)."""
-        cfg = self.cfg
+        cfg = self.config.train
         self._piece_steps += 1
         self._emit("on_step")
         log = self.step % cfg.log_every == 0 or self.step == cfg.iterations
+        # a run shorter than two logging intervals logs its first step too: a curve, not a point
+        log = log or (self.step == 1 and cfg.iterations < 2 * cfg.log_every)
         val = bool(cfg.val_every) and self.val_tasks is not None
         val = val and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
         save = self.run_dir is not None and self.step % cfg.checkpoint_every == 0
@@ -601,7 +619,10 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step, "loss": loss_sum / n}
         if self.metric:
             record[self.metric] = metric_sum / n
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        if type(self.learner).outer_step is MetaLearner.outer_step:
+            # the outer optimiser's rate; a learner with its own outer step (TRPO, Reptile)
+            # does not use that optimiser, so its rate would mean nothing
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
         return record
 
     def validate(self) -> dict[str, float]:
@@ -609,17 +630,19 @@ class Trainer:
         metric = self.metric or "mse"
         self.learner.eval()  # e.g. ProtoNets' BatchNorm: running statistics at test time
         try:
-            result = evaluate(
-                self.learner,
-                self.val_tasks,
-                self.cfg.val_tasks,
-                steps=self.config.eval.steps,
-                metric=metric,
-                seed=self.config.eval.seed + 1,
-                device=self.device,
-                chunk=self.config.eval.chunk,
-                dist=self.dist,
-            )[-1]
+            with bars(bool(self.progress)):  # --no-progress: no validation bar either
+                result = evaluate(
+                    self.learner,
+                    self.val_tasks,
+                    self.config.train.val_tasks,
+                    steps=self.config.eval.steps,
+                    metric=metric,
+                    seed=self.config.eval.seed + 1,
+                    device=self.device,
+                    chunk=self.config.eval.chunk,
+                    dist=self.dist,
+                    progress="validation" if self.progress is not None else None,
+                )[-1]
         finally:
             self.learner.train()
         value = result[metric]

@@ -26,8 +26,7 @@ class ANIL(MAML):
     meta-learns the whole network: the body's meta-gradient flows through the adapted
     head. Otherwise the arguments of :class:`MAML`.
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import ANIL, SineTasks
         >>> from mamlkit.models import MLP
@@ -49,10 +48,11 @@ class ANIL(MAML):
         head: str | Sequence[str] | None = None,
         **kwargs,
     ):
-        if "adapt" in kwargs:
-            raise TypeError("ANIL chooses what it adapts with head=, not adapt=")
+        for name in ("adapt_only", "adapt"):
+            if name in kwargs:
+                raise TypeError(f"ANIL chooses what it adapts with head=, not {name}=")
         super().__init__(
-            model, loss_fn, inner_lr, inner_steps, adapt=head or last_linear(model), **kwargs
+            model, loss_fn, inner_lr, inner_steps, adapt_only=head or last_linear(model), **kwargs
         )
 
     @classmethod

@@ -167,7 +167,7 @@ class MetaLearner(nn.Module):
         the output for ``query_x [M, ...]`` as ``[M, ...]`` (logits for classifiers). Works
         under ``torch.no_grad()`` and ``torch.inference_mode()``.
 
-        Example:
+        Examples:
             >>> import torch, torch.nn.functional as F
             >>> from mamlkit import MAML
             >>> from mamlkit.models import MLP

@@ -3,12 +3,16 @@ family, the pretrained baselines): adaptation, prediction and test-time predicti
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaLearner, check_task_batch
+from mamlkit.errors import ConfigError
 from mamlkit.functional import (
     FixedStepSize,
     InnerUpdate,
@@ -16,12 +20,24 @@ from mamlkit.functional import (
     Params,
     Selection,
     adaptable_params,
+    impl_problem,
     inner_loop,
     select,
     stack_params,
     supervised_support_loss,
     task_forward,
 )
+
+
+def check_impl(model: nn.Module, impl: str) -> nn.Module:
+    """``model``, after refusing an ``algorithm.impl`` that cannot run it as a config error
+    (``batched`` for a model without its own kernel, ``vmap`` for one vmap cannot batch),
+    judged as the learner will run it: normalising with batch statistics."""
+    _use_batch_statistics(model)
+    problem = impl_problem(model, impl)
+    if problem is not None:
+        raise ConfigError(f"config key 'algorithm.impl': {problem}")
+    return model
 
 
 class GradientLearner(MetaLearner):
@@ -40,9 +56,10 @@ class GradientLearner(MetaLearner):
         impl: how tasks run through the model: ``auto``, ``batched``, ``vmap`` or ``loop``
             (all compute the same numbers; tests pin them to a float64 reference).
         eval_inner_lr: α at test time (default: the training rule, learned ones included).
-        adapt: which parameters adaptation changes: a name prefix, a list of prefixes or a
-            predicate on parameter names (default: all). The others are still meta-learned
-            unless frozen (``requires_grad=False``).
+        adapt_only: which parameters adaptation changes: a name prefix, a list of prefixes
+            or a predicate on parameter names (default: all). The others are still
+            meta-learned unless frozen (``requires_grad=False``). Its old name ``adapt=``
+            still works, with a ``DeprecationWarning``.
     """
 
     def __init__(
@@ -54,9 +71,11 @@ class GradientLearner(MetaLearner):
         first_order: bool = False,
         impl: str = "auto",
         eval_inner_lr: float | None = None,
-        adapt: str | Sequence[str] | Selection | None = None,
+        adapt_only: str | Sequence[str] | Selection | None = None,
+        **deprecated: str | Sequence[str] | Selection | None,
     ):
         super().__init__()
+        adapt_only = _renamed_adapt(adapt_only, deprecated)
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
         _use_batch_statistics(model)
@@ -66,11 +85,24 @@ class GradientLearner(MetaLearner):
         self.inner_steps = inner_steps
         self.first_order = first_order
         self.eval_inner_lr = eval_inner_lr
-        self.adapted = select(adapt)
-        if not adaptable_params(model, self.adapted):
-            raise ValueError(f"adapt={adapt!r} selects no trainable parameter of the model")
-        self._forward, self._impl = task_forward(model, impl, self.adapted)
+        #: the selection of parameters adaptation changes (a predicate on their names)
+        self.adapt_only: Selection = select(adapt_only)
+        if not adaptable_params(model, self.adapt_only):
+            raise ValueError(
+                f"adapt_only={adapt_only!r} selects no trainable parameter of the model"
+            )
+        self._forward, self._impl = task_forward(model, impl, self.adapt_only)
         self.update = self.make_update()
+
+    @property
+    def adapted(self) -> Selection:
+        """Deprecated: the old name of :attr:`adapt_only`."""
+        warnings.warn(
+            "GradientLearner.adapted is deprecated; use .adapt_only",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.adapt_only
 
     @property
     def impl(self) -> str:
@@ -104,7 +136,7 @@ class GradientLearner(MetaLearner):
         """
         check_task_batch(support_x, support_y, "adapt")
         steps = self.inner_steps if steps is None else steps
-        theta = adaptable_params(self.model, self.adapted) if params is None else params
+        theta = adaptable_params(self.model, self.adapt_only) if params is None else params
         update = self.update if lr is None else self.update.with_step_sizes(lr)
         first_order = self.first_order if first_order is None else first_order
 
@@ -129,7 +161,7 @@ class GradientLearner(MetaLearner):
         adapted parameters ``{name: tensor}`` shaped like the model's own, ready for
         ``torch.func.functional_call(learner.model, phi, (x,))``.
 
-        Example:
+        Examples:
             >>> import torch, torch.nn.functional as F
             >>> from mamlkit import MAML
             >>> from mamlkit.models import MLP
@@ -151,7 +183,7 @@ class GradientLearner(MetaLearner):
         # Test time: the same update rule on detached θ, without the second-order graph.
         theta = {
             n: p.detach().requires_grad_()
-            for n, p in adaptable_params(self.model, self.adapted).items()
+            for n, p in adaptable_params(self.model, self.adapt_only).items()
         }
         preds: list[Tensor] = []
 
@@ -172,6 +204,31 @@ class GradientLearner(MetaLearner):
                 keep_graph=False,
             )
         return preds
+
+
+def _renamed_adapt(
+    adapt_only: str | Sequence[str] | Selection | None,
+    deprecated: dict[str, str | Sequence[str] | Selection | None],
+) -> str | Sequence[str] | Selection | None:
+    """``adapt_only``, or the value of its old name ``adapt=`` (with a DeprecationWarning);
+    any other unknown keyword is a TypeError as Python raises it."""
+    unknown = sorted(set(deprecated) - {"adapt"})
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    if "adapt" not in deprecated:
+        return adapt_only
+    if adapt_only is not None:
+        raise TypeError("pass adapt_only= only (adapt= is its deprecated old name)")
+    # point the warning at the first caller outside mamlkit's algorithms (the user's line)
+    frame, level = sys._getframe(0), 1
+    while frame is not None and Path(frame.f_code.co_filename).parent == Path(__file__).parent:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        "the keyword adapt= is deprecated; use adapt_only= (the same selection)",
+        DeprecationWarning,
+        stacklevel=level,
+    )
+    return deprecated["adapt"]
 
 
 def _use_batch_statistics(model: nn.Module) -> None:

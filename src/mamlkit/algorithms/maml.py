@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaOutput, register
-from mamlkit.algorithms.gradient import GradientLearner
+from mamlkit.algorithms.gradient import GradientLearner, check_impl
 from mamlkit.functional import (
     LossFn,
     Params,
@@ -29,8 +29,7 @@ class MAML(GradientLearner):
     Variants override one hook: :meth:`make_update` (the inner update rule, e.g. learned
     step sizes) or :meth:`outer_loss` (the meta-objective from the adapted parameters).
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import MAML, SineTasks
         >>> from mamlkit.models import MLP
@@ -54,7 +53,8 @@ class MAML(GradientLearner):
             **cls.config_kwargs(a),
         )
         kwargs.update(overrides)
-        return cls(build_model(), loss_fn, a.inner_lr, a.inner_steps, **kwargs)
+        model = check_impl(build_model(), kwargs["impl"])
+        return cls(model, loss_fn, a.inner_lr, a.inner_steps, **kwargs)
 
     @classmethod
     def config_kwargs(cls, algorithm) -> dict:

@@ -13,7 +13,7 @@ from mamlkit.functional import (
     InnerUpdate,
     LossFn,
     Params,
-    PerLayerPerStepStepSize,
+    PerLayerStepSchedule,
     PerStepParameters,
     adaptable_params,
     batch_norm_params,
@@ -58,8 +58,7 @@ class MAMLPlusPlus(MAML):
     (and learn2learn's ``MetaBatchNorm``) accumulates them but calls ``F.batch_norm``
     with ``training=True`` in training and at test alike, so they never change an output.
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import MAMLPlusPlus, SineTasks
         >>> from mamlkit.models import MLP
@@ -106,7 +105,7 @@ class MAMLPlusPlus(MAML):
         }
 
     def make_update(self) -> InnerUpdate:
-        adapted = adaptable_params(self.model, self.adapted)
+        adapted = adaptable_params(self.model, self.adapt_only)
         per_step = {}
         if self.per_step_bn:
             per_step = {n: p for n, p in batch_norm_params(self.model).items() if n in adapted}
@@ -116,7 +115,7 @@ class MAMLPlusPlus(MAML):
             raise ValueError("learned step sizes start from one inner_lr; give one number")
         else:
             by_gradient = {n: p for n, p in adapted.items() if n not in per_step}
-            rule = PerLayerPerStepStepSize(by_gradient, self.inner_steps, self.inner_lr)
+            rule = PerLayerStepSchedule(by_gradient, self.inner_steps, self.inner_lr)
         return PerStepParameters(rule, per_step, self.inner_steps) if per_step else rule
 
     def _epoch(self, iteration: int) -> int:

@@ -16,8 +16,7 @@ class MetaSGD(MAML):
     both, so one outer optimiser trains them). Same arguments as :class:`MAML`; only the
     update rule differs (:meth:`make_update`).
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import MetaSGD, SineTasks
         >>> from mamlkit.models import MLP
@@ -31,12 +30,12 @@ class MetaSGD(MAML):
     def make_update(self) -> InnerUpdate:
         if not isinstance(self.inner_lr, (int, float)):
             raise ValueError("Meta-SGD learns its step sizes: give inner_lr as one number")
-        return PerParameterStepSize(adaptable_params(self.model, self.adapted), self.inner_lr)
+        return PerParameterStepSize(adaptable_params(self.model, self.adapt_only), self.inner_lr)
 
     @property
     def inner_lrs(self) -> dict[str, Tensor]:
         """The learned step sizes α by parameter name (each of its parameter's shape)."""
         return {
             name: self.update.step_size(name, 0)
-            for name in adaptable_params(self.model, self.adapted)
+            for name in adaptable_params(self.model, self.adapt_only)
         }

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamlkit.algorithms.base import MetaLearner, MetaOutput, register
-from mamlkit.algorithms.gradient import GradientLearner
+from mamlkit.algorithms.gradient import GradientLearner, check_impl
 from mamlkit.functional import (
     FixedStepSize,
     adaptable_params,
@@ -66,10 +66,13 @@ class PretrainedClassifier(MetaLearner):
         a = config.algorithm
         if loss_fn is not F.cross_entropy:  # regression: one network fit to all tasks' points
             return PretrainedRegression(
-                build_model(), loss_fn, a.eval_inner_lr or a.inner_lr, impl=a.impl
+                check_impl(build_model(), a.impl),
+                loss_fn,
+                a.eval_inner_lr or a.inner_lr,
+                impl=a.impl,
             )
         return cls(
-            build_model(out_features=train_classes()),
+            check_impl(build_model(out_features=train_classes()), a.impl),
             eval_inner_lr=a.eval_inner_lr or a.inner_lr,
             impl=a.impl,
         )

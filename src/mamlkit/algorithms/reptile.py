@@ -24,8 +24,7 @@ class Reptile(MAML):
     with β₁ = 0 on minibatches of 10; a one-line :class:`~mamlkit.functional.InnerUpdate`
     change would not express Adam's state, so mamlkit's Reptile is the SGD variant).
 
-    Example::
-
+    Examples:
         >>> import torch, torch.nn.functional as F
         >>> from mamlkit import Reptile, SineTasks
         >>> from mamlkit.models import MLP

@@ -175,10 +175,14 @@ def read_image_folder(
     if entry is not None and entry[0].shape == shape and entry[1].get("classes") == classes:
         images, digest = entry[0], entry_sha256(npy, entry[1], entry[0])
     else:
+        from mamlkit.progress import Progress
+
         logger.info("preprocessing image folder %s (one-time, cached in %s)", root, cache)
         images = np.empty(shape, dtype=np.uint8)
-        for c, class_files in enumerate(files):
-            for j, path in enumerate(class_files):
-                images[c, j] = decode_image(path, image_size, channels)
+        with Progress(len(files), f"{root.name}: preprocessing", unit="class") as bar:
+            for c, class_files in enumerate(files):
+                for j, path in enumerate(class_files):
+                    images[c, j] = decode_image(path, image_size, channels)
+                bar.update()
         digest = write_cache_entry(npy, key, images, {"classes": classes, "root": str(root)})
     return ImageFolderData(images, {s: list(splits[s]) for s in SPLITS}, root, digest)

@@ -316,15 +316,19 @@ def load_miniimagenet(
 
     logger.info("preprocessing miniImageNet %s (one-time, cached in %s)", root_path, cache)
     images = np.empty((len(classes), len(files[0]), image_size, image_size, 3), dtype=np.uint8)
-    for c, class_files in enumerate(files):
-        for j, path in enumerate(class_files):
-            try:
-                images[c, j] = _decode(path, image_size)
-            except _DECODE_ERRORS as exc:
-                raise DataError(
-                    f"cannot decode image {path} ({exc}); replace the file or drop it from "
-                    "the split"
-                ) from exc
+    from mamlkit.progress import Progress
+
+    with Progress(len(files), f"miniimagenet {split}: preprocessing", unit="class") as bar:
+        for c, class_files in enumerate(files):
+            for j, path in enumerate(class_files):
+                try:
+                    images[c, j] = _decode(path, image_size)
+                except _DECODE_ERRORS as exc:
+                    raise DataError(
+                        f"cannot decode image {path} ({exc}); replace the file or drop it "
+                        "from the split"
+                    ) from exc
+            bar.update()
     meta = {
         "format": "mamlkit-miniimagenet",
         "preprocess_version": PREPROCESS_VERSION,

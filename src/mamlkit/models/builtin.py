@@ -1,4 +1,4 @@
-"""mamlkit's own models, registered by name: the sine MLP and the few-shot Conv4."""
+"""mamlkit's own models, registered by name: the sine MLP, the few-shot Conv4 and ResNet-12."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from torch import nn
 from mamlkit.models.conv import Conv4
 from mamlkit.models.mlp import MLP
 from mamlkit.models.registry import register_model
+from mamlkit.models.resnet import ResNet12, check_config
 from mamlkit.tasks.registry import task_spec
 
 if TYPE_CHECKING:
@@ -29,5 +30,17 @@ def build_conv4(c: Config, out_features: int | None) -> nn.Module:
         image_size=c.task.image_size,
         pooling=c.model.pooling,
         global_pool=c.model.global_pool,
+        bn_running_stats=c.model.bn_running_stats,
+    )
+
+
+@register_model("resnet12", inputs="image", check=check_config)
+def build_resnet12(c: Config, out_features: int | None) -> nn.Module:
+    return ResNet12(
+        out_features=c.task.ways if out_features is None else out_features,
+        in_channels=task_spec(c.task.name).image_channels(c.task),
+        channels=c.model.channels,
+        dropblock=c.model.dropblock,
+        dropblock_size=c.model.dropblock_size,
         bn_running_stats=c.model.bn_running_stats,
     )

@@ -32,20 +32,36 @@ class ModelSpec:
     builder: Callable[[Config, int | None], nn.Module] | str
     inputs: str
 
+    #: ``(config) -> None``, raising ConfigError for the keys only this model reads
+    check: Callable[[Config], None] | None = None
+
     def build(self, config: Config, out_features: int | None = None) -> nn.Module:
         return resolve_builder(self.builder)(config, out_features)
+
+    def check_config(self, config: Config) -> None:
+        """Refuse the values of ``config`` this model cannot be built with (its own keys)."""
+        if self.check is not None:
+            self.check(config)
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "model.name")
 
 
-def register_model(name: str, *, inputs: str, builder: str | None = None) -> Any:
+def register_model(
+    name: str,
+    *,
+    inputs: str,
+    builder: str | None = None,
+    check: Callable[[Config], None] | None = None,
+) -> Any:
     """Decorator: make ``model.name: NAME`` build the decorated ``(config, out_features) ->
     nn.Module`` for the tasks with ``inputs``. With ``builder="package.module:function"``
-    the model is registered at once and that module imported when it is built."""
+    the model is registered at once and that module imported when it is built. ``check``,
+    ``(config) -> None``, validates the keys only this model reads when a config is loaded
+    (raise :class:`mamlkit.errors.ConfigError` naming the key)."""
 
     def add(fn: Callable[[Config, int | None], nn.Module] | str) -> Any:
-        MODELS.add(ModelSpec(name, fn, inputs))
+        MODELS.add(ModelSpec(name, fn, inputs, check))
         return fn
 
     return add(builder) if builder is not None else add

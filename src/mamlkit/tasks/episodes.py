@@ -14,7 +14,9 @@ class EpisodeTasks:
     Args:
         images: uint8 ``[C, M, H, W]`` (grey) or ``[C, M, H, W, 3]`` (RGB): M images of
             each of C classes; moved to ``device`` once.
-        ways, shots, queries: N classes per episode, K support and Q query images per class.
+        ways: N, the classes per episode.
+        shots: K, the support images per class.
+        queries: Q, the query images per class.
         rotations: also use every class rotated by 90°, 180° and 270° as a new class (4·C
             classes; Omniglot meta-training).
         groups: a group id per class ``[C]`` (an Omniglot alphabet); with it every episode

@@ -13,17 +13,17 @@ from typing import Any, NamedTuple
 
 from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
-from mamlkit.reproduce import (
+from mamlkit.experiments.sine import (
     DIVERGED_MSE,
     PAPER_TABLE2,
     check_reproduce_iterations,
-    environment_lines,
     load_learners,
     mse_by_step,
     reproduce_dir,
     sine_test_tasks,
     train_models,
 )
+from mamlkit.experiments.sine_report import environment_lines
 
 K = 5  # the K of Table 2's sine rows: K support (and K query) points per task
 PAPER = PAPER_TABLE2["maml"]

@@ -1,5 +1,7 @@
 """`mamlkit reproduce sine`: the paper's sine-regression experiment end to end
-(MAML and the pretrained baseline, Table 2 and Figures 2–3)."""
+(MAML and the pretrained baseline, Table 2 and Figures 2–3). Its report is written by
+:mod:`mamlkit.experiments.sine_report`, its figures drawn by
+:mod:`mamlkit.experiments.sine_plots`."""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ import json
 import math
 import multiprocessing
 import os
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import ConfigError
 from mamlkit.evaluation import mean_ci95, per_task_metric_by_step
+from mamlkit.progress import Progress, bars
 from mamlkit.run_files import prepare_run_dir
 from mamlkit.rundir import clear_run_dir, lock_run_dir
 from mamlkit.tasks import SineTasks
@@ -70,9 +72,12 @@ def sine_configs(
     return configs
 
 
-def choose_fine_tune_lr(learner, config: Config, k: int, device: str) -> tuple[float, dict]:
+def choose_fine_tune_lr(
+    learner, config: Config, k: int, device: str, tick: Callable[[], None] = lambda: None
+) -> tuple[float, dict]:
     """The pretrained model's test-time step size for K-shot tasks, chosen on validation
-    tasks (a seed the test tasks never use) by mean MSE over 1..10 steps."""
+    tasks (a seed the test tasks never use) by mean MSE over 1..10 steps (``tick``: after
+    each step size tried)."""
     gen = torch.Generator(device=device).manual_seed(config.eval.seed + 1000 + k)
     batch = SineTasks(k, k, query_grid=100).sample(200, gen)
     scores = {}
@@ -80,6 +85,7 @@ def choose_fine_tune_lr(learner, config: Config, k: int, device: str) -> tuple[f
         mse = per_task_metric_by_step(learner, batch, config.eval.steps, "mse", lr=lr)
         mse = mse[1:].mean().item()
         scores[str(lr)] = mse if math.isfinite(mse) else float("inf")
+        tick()
     best = min(scores, key=scores.get)
     return float(best), scores
 
@@ -117,9 +123,14 @@ def mse_by_step(learner, batch, config: Config, lr: float | None = None) -> list
 
 
 def evaluate_sine(
-    learners: dict, config: Config, device: str, fine_tune: dict[int, float]
+    learners: dict,
+    config: Config,
+    device: str,
+    fine_tune: dict[int, float],
+    tick: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
-    """MSE after 0..10 steps for K = 5, 10, 20 on the same test tasks for every method."""
+    """MSE after 0..10 steps for K = 5, 10, 20 on the same test tasks for every method
+    (``tick``: after each method and K)."""
     trained = tuple(
         sorted(int(name[len("maml_k") :]) for name in learners if name.startswith("maml_k"))
     )
@@ -139,6 +150,7 @@ def evaluate_sine(
                 else:
                     record["fine_tune_lr"] = fine_tune[k]
                 records.append(record)
+            tick()
     return records
 
 
@@ -151,7 +163,7 @@ def fit_panels(learners: dict, device: str, seed: int, fine_tune: dict[int, floa
         batch = SineTasks(k, k, query_grid=200).sample(1, gen)
         for title, learner, lr in (
             (f"MAML, K={k}", learners[f"maml_k{maml_model_for(k, trained)}"], None),
-            (f"pretrained, K={k}, step={fine_tune[k]}", learners["pretrained"], fine_tune[k]),
+            (f"pretrained, K={k} (step size {fine_tune[k]})", learners["pretrained"], fine_tune[k]),
         ):
             preds = learner.query_predictions(
                 batch.support_x, batch.support_y, batch.query_x, 10, lr=lr
@@ -167,93 +179,6 @@ def fit_panels(learners: dict, device: str, seed: int, fine_tune: dict[int, floa
                 }
             )
     return panels
-
-
-def report_markdown(records, configs: dict[str, Config], fine_tune: dict, env: dict) -> str:
-    def rows(method, k):
-        return {r["steps"]: r for r in records if r["method"] == method and r["k_shot"] == k}
-
-    def cell(r):
-        return f"{r['mse']:.3f} ± {r['ci95']:.3f}"
-
-    tasks = next(iter(configs.values())).eval.tasks
-    iters = {name: c.train.iterations for name, c in configs.items()}
-    maml5, pre5 = rows("maml", 5), rows("pretrained", 5)
-    lines = [
-        "# Sine regression: Table 2 reproduction",
-        "",
-        *environment_lines(env),
-        "",
-        f"5-shot MSE after 1 / 5 / 10 gradient steps: mean ± 95% CI over the same {tasks} test "
-        "tasks for both methods; MSE on 100 evenly spaced points over [−5, 5].",
-        "",
-        "| method | 1 step | 5 steps | 10 steps |",
-        "|---|---|---|---|",
-        f"| MAML (ours, trained with K={maml5[0]['trained_k']}, "
-        f"{iters['maml_k' + str(maml5[0]['trained_k'])]} iterations) | "
-        + " | ".join(cell(maml5[s]) for s in (1, 5, 10))
-        + " |",
-        "| MAML (paper) | "
-        + " | ".join(f"{PAPER_TABLE2['maml'][s]:.2f}" for s in (1, 5, 10))
-        + " |",
-        f"| pretrained on all tasks (ours, {iters['pretrained']} iterations, fine-tuning step "
-        f"{fine_tune[5]['chosen']}) | " + " | ".join(cell(pre5[s]) for s in (1, 5, 10)) + " |",
-        "| pretrained (paper) | "
-        + " | ".join(f"{PAPER_TABLE2['pretrained'][s]:.2f}" for s in (1, 5, 10))
-        + " |",
-        "",
-        "Tasks whose error exceeds 1000 (fixed-size steps overshooting) after 1 / 5 / 10 "
-        "steps: MAML "
-        + " / ".join(str(maml5[s]["diverged_tasks"]) for s in (1, 5, 10))
-        + ", pretrained "
-        + " / ".join(str(pre5[s]["diverged_tasks"]) for s in (1, 5, 10))
-        + f" of {tasks}.",
-        "",
-        "Medians over tasks (the mean is sensitive to the few tasks on which 10 fixed-size "
-        "steps overshoot): MAML "
-        + " / ".join(f"{maml5[s]['median']:.3f}" for s in (1, 5, 10))
-        + ", pretrained "
-        + " / ".join(f"{pre5[s]['median']:.3f}" for s in (1, 5, 10))
-        + ".",
-        "",
-        "## All K",
-        "",
-        "| method | K | trained K / fine-tune step | 0 steps | 1 step | 5 steps | 10 steps |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method in ("maml", "pretrained"):
-        for k in K_SHOTS:
-            r = rows(method, k)
-            how = r[0].get("trained_k", r[0].get("fine_tune_lr"))
-            lines.append(
-                f"| {method} | {k} | {how} | "
-                + " | ".join(cell(r[s]) for s in (0, 1, 5, 10))
-                + " |"
-            )
-    lines += [
-        "",
-        "Pretrained fine-tuning step sizes, chosen per K on 200 validation tasks "
-        "(mean MSE over 1–10 steps per candidate):",
-        "",
-    ]
-    for k, choice in fine_tune.items():
-        lines.append(
-            f"- K={k}: {choice['chosen']} ("
-            + ", ".join(f"{a}: {v:.3f}" for a, v in choice["scores"].items())
-            + ")"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def environment_lines(env: dict) -> list[str]:
-    """A report's first lines: the command, the date and what it ran on."""
-    return [
-        f"Command: `{' '.join(env.get('argv', []))}`  ",
-        f"Date {time.strftime('%Y-%m-%d')}; mamlkit {env.get('mamlkit')}"
-        + (f" (commit {env['git_commit']})" if env.get("git_commit") else "")
-        + f"; torch {env.get('torch')}; device {env.get('device')}; "
-        f"{env.get('cpu_threads')} threads; {env.get('platform')}",
-    ]
 
 
 def train_one(
@@ -304,8 +229,16 @@ def train_models(
     # the models are independent and single-threaded: train them side by side
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        for future in [pool.submit(train_one, *args) for args in todo]:
+        for future in [pool.submit(_train_in_worker, *args) for args in todo]:
             future.result()
+
+
+def _train_in_worker(*args: Any) -> None:
+    """:func:`train_one` in a worker process: its progress lines go to stderr too."""
+    from mamlkit.progress import log_to_stderr
+
+    with log_to_stderr():
+        train_one(*args)
 
 
 def load_learners(configs: dict[str, Config], out: Path, device: str) -> dict[str, Any]:
@@ -350,21 +283,29 @@ def reproduce_sine(
     folder's lock throughout (a second command on it exits with one line)."""
     configs = sine_configs(iterations, seed, device, overrides)  # before anything is created
     with reproduce_dir(out, force, resume) as out:
-        from mamlkit import plots
+        from mamlkit.experiments import sine_plots as plots
+        from mamlkit.experiments.sine_report import report_markdown
         from mamlkit.run_files import environment_info
 
         train_models(configs, out, resume, progress, jobs, device)
         learners = load_learners(configs, out, device)
         pre_cfg = configs["pretrained"]
         fine_tune = {}
-        for k in K_SHOTS:
-            chosen, scores = choose_fine_tune_lr(learners["pretrained"], pre_cfg, k, device)
-            fine_tune[k] = {"chosen": chosen, "scores": scores}
-        lrs = {k: v["chosen"] for k, v in fine_tune.items()}
-        records = evaluate_sine(learners, pre_cfg, device, lrs)
+        # the evaluation takes far longer than training at the paper's length: show it
+        work = len(K_SHOTS) * (len(FINE_TUNE_GRID) + 2)
+        with bars(progress), Progress(work, "sine: evaluation", unit="part") as bar:
+            for k in K_SHOTS:
+                chosen, scores = choose_fine_tune_lr(
+                    learners["pretrained"], pre_cfg, k, device, bar.update
+                )
+                fine_tune[k] = {"chosen": chosen, "scores": scores}
+            lrs = {k: v["chosen"] for k, v in fine_tune.items()}
+            records = evaluate_sine(learners, pre_cfg, device, lrs, bar.update)
         env = environment_info(device)
         atomic_write_text(out / "results.json", json.dumps(records, indent=1))
-        plots.sine_fits(fit_panels(learners, device, pre_cfg.eval.seed, lrs), out / "sine_fits.png")
-        plots.sine_mse(records, out / "sine_mse.png")
+        note = plots.iterations_note({n: c.train.iterations for n, c in configs.items()})
+        panels = fit_panels(learners, device, pre_cfg.eval.seed, lrs)
+        plots.sine_fits(panels, out / "sine_fits.png", note=note)
+        plots.sine_mse(records, out / "sine_mse.png", note=note)
         atomic_write_text(out / "report.md", report_markdown(records, configs, fine_tune, env))
         return {"records": records, "fine_tune_lr": lrs, "out": str(out)}
