@@ -119,6 +119,12 @@ def test_durations_and_the_plan():
     assert not budget.fits(50.0, validation=True, checkpoint=False)  # 20 iterations' val
     budget.note("validation", 10.0)
     assert budget.fits(70.0, validation=True, checkpoint=False)
+    # a long iteration (RL) does not make an unmeasured checkpoint as long: its size does
+    slow = TimeBudget(1000.0, started=0.0)
+    slow.note("iteration", 300.0)
+    assert not slow.fits(100.0, validation=False, checkpoint=True)  # 375 + 2 × 450
+    slow.checkpoint_guess = TimeBudget.checkpoint_seconds(2_000_000)  # 2.1 s
+    assert slow.fits(600.0, validation=False, checkpoint=True)  # 375 + 2 × 3.15
 
 
 RL_TINY = [

@@ -91,11 +91,28 @@ class TimeBudget:
     False
     """
 
+    #: seconds a checkpoint write is taken to cost before one is measured: a fixed cost plus
+    #: its bytes at a slow disk's speed (a guess on the safe side; the first write replaces it)
+    CHECKPOINT_FIXED = 2.0
+    DISK_BYTES_PER_SECOND = 20e6
+
+    @classmethod
+    def checkpoint_seconds(cls, nbytes: int) -> float:
+        """The guess for a checkpoint of ``nbytes`` bytes.
+
+        >>> TimeBudget.checkpoint_seconds(40_000_000)
+        4.0
+        """
+        return cls.CHECKPOINT_FIXED + nbytes / cls.DISK_BYTES_PER_SECOND
+
     #: margins on the measured times (a busy machine slows some iterations down)
     ITERATION_MARGIN = 1.25
     OTHER_MARGIN = 1.5
 
     def __init__(self, seconds: float, started: float | None = None, text: str | None = None):
+        #: what a checkpoint is taken to cost until one is measured (the trainer sets it
+        #: from the size of what it saves; without it, one iteration's time)
+        self.checkpoint_guess: float | None = None
         self.seconds = float(seconds)
         self.text = text or format_duration(self.seconds)
         self.started = monotonic() if started is None else started
@@ -126,7 +143,8 @@ class TimeBudget:
         iteration = self.iteration
         if iteration is None:
             return True
-        save = (self._checkpoint or iteration) * self.OTHER_MARGIN
+        unmeasured = self.checkpoint_guess if self.checkpoint_guess is not None else iteration
+        save = (self._checkpoint or unmeasured) * self.OTHER_MARGIN
         need = iteration * self.ITERATION_MARGIN + save * (2 if checkpoint else 1)
         if validation:
             # unmeasured: as long as 20 iterations (100 tasks x 10 steps vs 25 tasks x 1-5)

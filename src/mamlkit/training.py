@@ -276,6 +276,8 @@ class Trainer:
                 write_env(self.run_dir, environment, self.config.to_dict())  # written first
                 self._write_config()
             self._write_status("running", step=self.step, best=self.best)
+        if self.budget is not None:  # until a checkpoint is timed: a guess from its size
+            self.budget.checkpoint_guess = TimeBudget.checkpoint_seconds(self._state_bytes())
         try:
             if self.dist is not None:  # every rank starts from rank 0's weights
                 self.dist.broadcast_(list(self.learner.state_dict().values()))
@@ -396,6 +398,16 @@ class Trainer:
             raise _Stop("interrupted")
         if pause:
             raise _Stop("paused")
+
+    def _state_bytes(self) -> int:
+        """About what a checkpoint holds: the learner's state and the optimiser's moments
+        (before the first step, Adam's two moments per parameter, not yet created)."""
+        learner = sum(t.numel() * t.element_size() for t in self.learner.state_dict().values())
+        moments = [v for st in self.optimizer.state.values() for v in st.values()]
+        optimizer = sum(t.numel() * t.element_size() for t in moments if torch.is_tensor(t))
+        if not optimizer:
+            optimizer = 2 * sum(p.numel() * p.element_size() for p in self.learner.parameters())
+        return learner + optimizer
 
     def _write_status(self, status: str, **extra: Any) -> None:
         """status.json, with the training time of all pieces so far (``train_seconds``: the
