@@ -19,6 +19,8 @@ from mamlkit.config import load_config
 from mamlkit.errors import UserError
 from mamlkit.runner import train_run
 
+from .test_rl import TINY
+
 SINE = [
     "train.iterations=120",
     "train.checkpoint_every=50",
@@ -127,17 +129,7 @@ def test_durations_and_the_plan():
     assert slow.fits(600.0, validation=False, checkpoint=True)  # 375 + 2 × 3.15
 
 
-RL_TINY = [
-    "task.horizon=10",
-    "task.rollouts=3",
-    "task.eval_rollouts=3",
-    "model.hidden=[8,8]",
-    "train.meta_batch=2",
-    "train.checkpoint_every=4",
-    "train.tensorboard=false",
-    "train.iterations=8",
-    "eval.tasks=3",
-]
+RL_TINY = [*TINY, "train.checkpoint_every=4", "train.iterations=8"]  # the RL tests' tiny run
 
 
 def test_an_rl_run_pauses_and_resumes_bit_identically(tmp_path, monkeypatch):

@@ -26,17 +26,8 @@ from mamlkit.records import read_metrics
 from mamlkit.rl import plots as rl_plots
 from mamlkit.runner import eval_run, load_run, train_run
 
-# the RL test's tiny settings (tests/test_rl.py)
-TINY_RL = [
-    "task.horizon=10",
-    "task.rollouts=3",
-    "task.eval_rollouts=3",
-    "model.hidden=[8,8]",
-    "train.meta_batch=2",
-    "train.checkpoint_every=2",
-    "train.tensorboard=false",
-    "eval.tasks=3",
-]
+from .test_rl import TINY as TINY_RL  # the RL tests' tiny settings
+
 # fewer iterations than log_every (the issue's 300 with log_every 500), validated twice
 TINY_SINE = [
     "train.iterations=6",

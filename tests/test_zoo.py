@@ -17,6 +17,8 @@ from mamlkit.cli import main
 from mamlkit.config import load_config
 from mamlkit.runner import load_run, run_checkpoints, train_run
 
+from .test_rl import TINY as RL_TINY  # the RL tests' tiny settings
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -83,18 +85,7 @@ def test_the_table_reports_progress_and_evaluations_from_the_files(tmp_path):
     assert "| 2 / 2 | finished, not evaluated yet |" in row and "AMD" in row or "@" in row
 
 
-TINY = [
-    "task.horizon=10",
-    "task.rollouts=3",
-    "task.eval_rollouts=3",
-    "model.hidden=[8,8]",
-    "train.meta_batch=2",
-    "train.checkpoint_every=2",
-    "train.tensorboard=false",
-    "train.iterations=2",
-    "train.keep_checkpoints=1",
-    "eval.tasks=3",
-]
+TINY = [*RL_TINY, "train.iterations=2", "train.keep_checkpoints=1"]
 
 
 @pytest.mark.skipif(

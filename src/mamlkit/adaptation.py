@@ -39,15 +39,19 @@ __all__ = [
 ]
 
 
+def _cannot_run(run_dir: Path, exc: Exception) -> UserError:
+    reason = " ".join(str(exc).split())[:300]
+    return UserError(
+        f"{run_dir}: the model cannot run on these inputs ({reason}); give inputs shaped "
+        "like the training data"
+    )
+
+
 def _predict(learner, xs, ys, xq, steps, run_dir: Path) -> Tensor:
     try:
         return learner.predict_task(xs, ys, xq, steps=steps)
     except (RuntimeError, ValueError, IndexError) as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise UserError(
-            f"{run_dir}: the model cannot run on these inputs ({reason}); give inputs shaped "
-            "like the training data"
-        ) from None
+        raise _cannot_run(run_dir, exc) from None
 
 
 def batch_dependent(learner: Any) -> bool:
@@ -76,11 +80,7 @@ def _predict_each_query(learner, xs, ys, xq, steps, run_dir: Path) -> Tensor:
         with torch.inference_mode(False):
             return learner.query_predictions(support_x, support_y, query_x, steps)[-1][:, -1]
     except (RuntimeError, ValueError, IndexError) as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise UserError(
-            f"{run_dir}: the model cannot run on these inputs ({reason}); give inputs shaped "
-            "like the training data"
-        ) from None
+        raise _cannot_run(run_dir, exc) from None
 
 
 def output_width(learner: Any, support_x: Tensor, support_y: Tensor, run_dir: Path) -> int:
