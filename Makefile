@@ -21,7 +21,7 @@ lint: $(STAMP)
 
 # the suite on every core (pytest-xdist): tests are independent, each in its own tmp_path
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 # the API reference site (mkdocs.yml) in build/site/; any warning fails it
 docs: $(STAMP)
