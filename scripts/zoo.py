@@ -144,6 +144,13 @@ def trim(run: Path) -> None:
     checkpoints = sorted((run / "checkpoints").glob("step-*.safetensors"))
     for old in checkpoints[:-1]:
         old.unlink()
+    # a finished run is evaluated from model.safetensors; its last checkpoint only serves to
+    # train it further. Where both break the cap (Meta-SGD: step sizes and their Adam
+    # moments), the checkpoint goes: the weights are what the zoo keeps.
+    finished = status(run).get("status") == "finished" and (run / "model.safetensors").is_file()
+    if finished and sizes(run.parent)[0].get(run.name, 0) > RUN_CAP:
+        for path in checkpoints[-1:]:
+            path.unlink()
 
 
 def mamlkit(*args: str) -> list[str]:

@@ -48,13 +48,17 @@ def test_a_zoo_run_loads_and_keeps_within_its_caps(run):
     names.discard(".mamlkit.lock")  # a zoo run training here (git ignores it)
     extra = {n for n in names - zoo.KEEP if not (n.startswith("eval") and n.endswith(".json"))}
     assert not extra, f"{run.name} keeps files a zoo run must not: {sorted(extra)}"
-    assert len(run_checkpoints(run)) == 1  # the latest only
-    # config.yaml rebuilds the model; load_checkpoint checks every SHA-256 it reads
-    _, _, step = load_run(run, checkpoint="latest")
     status = json.loads((run / "status.json").read_text())
-    assert step == status["step"] == max(run_checkpoints(run))
-    if status["status"] == "finished":
-        load_run(run)  # model.safetensors too
+    finished = status["status"] == "finished"
+    # the latest checkpoint only (a finished run over the cap keeps its weights alone)
+    assert len(run_checkpoints(run)) == 1 or (finished and not run_checkpoints(run))
+    # config.yaml rebuilds the model; load_checkpoint checks every SHA-256 it reads
+    if run_checkpoints(run):
+        _, _, step = load_run(run, checkpoint="latest")
+        assert step == status["step"] == max(run_checkpoints(run))
+    if finished:
+        _, _, step = load_run(run)  # model.safetensors
+        assert step == status["step"]
     for record in run.glob("eval*.json"):
         data = _strict(record.read_text())
         assert "step" in data or "iteration" in data, f"{record} names no step it evaluated"
@@ -119,3 +123,24 @@ def test_make_zoo_continues_a_run_and_evaluates_it(tmp_path, capsys, monkeypatch
     assert not (run / "tensorboard").exists() and len(run_checkpoints(run)) == 1
     assert "| `rl_nav2d_oracle` | 6 / 6 | " in table.read_text()
     assert "finished, not evaluated" not in table.read_text()
+
+
+def test_trim_keeps_what_resuming_and_evaluating_need(tmp_path):
+    run = tmp_path / "zoo" / "omniglot_metasgd_5w1s"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "tensorboard").mkdir()
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "eval.json", "notes.png"):
+        (run / name).write_text("{}")
+    for step in (1000, 2000):
+        (run / "checkpoints" / f"step-{step:08d}.safetensors").write_bytes(b"0" * 2**20)
+    (run / "status.json").write_text(json.dumps({"status": "paused", "step": 2000}))
+    zoo.trim(run)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints", "config.yaml", "env.json", "eval.json", "metrics.jsonl", "status.json"
+    ]  # fmt: skip
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00002000.safetensors"]
+    # finished, with weights and checkpoint over the cap: the weights stay, the checkpoint goes
+    (run / "status.json").write_text(json.dumps({"status": "finished", "step": 2000}))
+    (run / "model.safetensors").write_bytes(b"0" * (zoo.RUN_CAP - 2**19))
+    zoo.trim(run)
+    assert (run / "model.safetensors").is_file() and not run_checkpoints(run)
