@@ -57,46 +57,59 @@ def margin(budget: float) -> float:
 
 @dataclass(frozen=True)
 class Entry:
-    """A zoo run: its preset, and the published numbers it is compared with."""
+    """A zoo run: its preset (the published number it is compared with is
+    :data:`mamlkit.published.PUBLISHED`'s, or :data:`NO_NUMBER`'s note)."""
 
     preset: str
-    paper: str = ""  # the published number(s), with their source
 
     @property
     def name(self) -> str:
         return self.preset
 
+    @property
+    def paper(self) -> str:
+        from mamlkit.published import PUBLISHED
 
-_RL = "Finn et al. 2017, returns after 0/1/2/3 steps"
-_T1 = "Finn et al. 2017, Table 1"
-_PN = "Snell et al. 2017, Table 1"
+        if self.preset in NO_NUMBER:
+            return NO_NUMBER[self.preset]
+        published = PUBLISHED.get(self.preset)
+        if published is None:
+            return ""
+        return f"{' / '.join(published.by_step.values())} ({published.source})"
+
+
+#: zoo runs whose paper reports no number for their cell
+NO_NUMBER = {
+    "omniglot_anil_5w1s": "none: Raghu et al. 2020 report no Omniglot 5-way 1-shot",
+    "omniglot_lake_protonet_20w1s": "none quoted here (Lake et al.'s protocol)",
+}
 #: the zoo, in its priority order (issue "Reference runs that outlive a machine")
 ZOO: list[Entry] = [
-    Entry("rl_cheetah_vel_maml", f"−129.53 / −78.57 / −66.62 / −60.78 ({_RL})"),
-    Entry("rl_cheetah_dir_maml", f"−50.69 / 293.19 / 313.48 / 315.65 ({_RL})"),
-    Entry("omniglot_anil_5w1s", "none: Raghu et al. 2020 report no Omniglot 5-way 1-shot"),
-    Entry("omniglot_metasgd_5w1s", "99.53 (Li et al. 2017, as summarised, secondary)"),
-    Entry("omniglot_mamlpp_5w1s", "99.47 (Antoniou et al. 2019)"),
-    Entry(
+    Entry(name)
+    for name in (
+        "rl_cheetah_vel_maml",
+        "rl_cheetah_dir_maml",
+        "omniglot_anil_5w1s",
+        "omniglot_metasgd_5w1s",
+        "omniglot_mamlpp_5w1s",
         "omniglot_reptile_5w1s",
-        "95.39 non-transductive, 97.68 transductive (Nichol et al. 2018, Table 1)",
-    ),
-    Entry("omniglot_fomaml_5w1s", "98.3 (first-order MAML, Nichol et al. 2018)"),
-    Entry("rl_cheetah_vel_pretrained", f"−158.00 / −135.39 / −128.47 / −133.61 ({_RL})"),
-    Entry("rl_cheetah_vel_oracle", "−54.47 (Finn et al. 2017, oracle)"),
-    Entry("rl_cheetah_dir_pretrained", f"−43.03 / −24.75 / −12.85 / 19.57 ({_RL})"),
-    Entry("rl_cheetah_dir_oracle", "442.69 (Finn et al. 2017, oracle)"),
-    Entry("rl_nav2d_maml", f"−40.41 / −11.68 / −3.33 / −3.23 ({_RL})"),
-    Entry("rl_nav2d_pretrained", f"−40.81 / −19.73 / −11.72 / −8.48 ({_RL})"),
-    Entry("rl_nav2d_oracle", "−2.29 (Finn et al. 2017, oracle)"),
-    Entry("omniglot_lake_protonet_20w1s", ""),
-    Entry("omniglot_protonet_5w1s", f"98.8 ({_PN})"),
-    Entry("omniglot_protonet_5w5s", f"99.7 ({_PN})"),
-    Entry("omniglot_protonet_20w1s", f"96.0 ({_PN})"),
-    Entry("omniglot_protonet_20w5s", f"98.9 ({_PN})"),
-    Entry("omniglot_maml_5w5s", f"99.9 ± 0.1 ({_T1})"),
-    Entry("omniglot_maml_20w1s", f"95.8 ± 0.3 ({_T1})"),
-    Entry("omniglot_maml_20w5s", f"98.9 ± 0.2 ({_T1})"),
+        "omniglot_fomaml_5w1s",
+        "rl_cheetah_vel_pretrained",
+        "rl_cheetah_vel_oracle",
+        "rl_cheetah_dir_pretrained",
+        "rl_cheetah_dir_oracle",
+        "rl_nav2d_maml",
+        "rl_nav2d_pretrained",
+        "rl_nav2d_oracle",
+        "omniglot_lake_protonet_20w1s",
+        "omniglot_protonet_5w1s",
+        "omniglot_protonet_5w5s",
+        "omniglot_protonet_20w1s",
+        "omniglot_protonet_20w5s",
+        "omniglot_maml_5w5s",
+        "omniglot_maml_20w1s",
+        "omniglot_maml_20w5s",
+    )
 ]
 
 
@@ -357,7 +370,10 @@ def table(zoo: Path = ZOO_DIR, entries: list[Entry] | None = None) -> str:
         elif state.get("status") == "finished":
             ours = "finished, not evaluated yet"
         else:
-            ours = f"not measured ({state.get('status', 'unknown')})"
+            ours = f"not evaluated yet ({state.get('status', 'unknown')})"
+        best = state.get("best")
+        if record is None and isinstance(best, dict) and isinstance(best.get("value"), float):
+            ours += f"; best validation {best['value']:.4g} at step {best.get('step')}"
         lines.append(
             f"| `{entry.name}` | {done} / {total} | {ours} | {entry.paper or '–'} | "
             f"{_machines(_pieces(run))} | {_duration(state.get('train_seconds'))} |"

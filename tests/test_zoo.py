@@ -80,9 +80,9 @@ def test_the_zoo_is_not_in_the_package():
 
 
 def test_the_table_reports_progress_and_evaluations_from_the_files(tmp_path):
-    entry = zoo.Entry("rl_nav2d_oracle", "−2.29 (paper)")
+    entry = zoo.Entry("rl_nav2d_oracle")
     text = zoo.table(tmp_path, [entry])
-    assert "| `rl_nav2d_oracle` | not started | – | −2.29 (paper) |" in text
+    assert "| `rl_nav2d_oracle` | not started | – | −2.29 (Finn et al. 2017, Fig. 5) |" in text
     run = tmp_path / "rl_nav2d_oracle"
     train_run(load_config("rl_nav2d_oracle", TINY), run, progress=False)
     row = [line for line in zoo.table(tmp_path, [entry]).splitlines() if "nav2d" in line][0]

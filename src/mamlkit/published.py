@@ -39,6 +39,11 @@ PUBLISHED: dict[str, Published] = {
     "omniglot_maml_20w1s": _final("95.8 ± 0.3", _T1),
     "omniglot_maml_20w5s": _final("98.9 ± 0.2", _T1),
     "omniglot_fomaml_5w1s": _final("98.3", "Nichol et al. 2018"),
+    "omniglot_metasgd_5w1s": _final("99.53", "Li et al. 2017, as summarised (secondary)"),
+    "omniglot_mamlpp_5w1s": _final("99.47", "Antoniou et al. 2019"),
+    "omniglot_reptile_5w1s": _final(
+        "95.39 ± 0.09", "Nichol et al. 2018, Table 1, non-transductive (transductive: 97.68)"
+    ),
     "omniglot_protonet_5w1s": _final("98.8", _PN),
     "omniglot_protonet_5w5s": _final("99.7", _PN),
     "omniglot_protonet_20w1s": _final("96.0", _PN),
@@ -55,6 +60,9 @@ PUBLISHED: dict[str, Published] = {
     "rl_cheetah_vel_pretrained": _steps("−158.00 / −135.39 / −128.47 / −133.61", _RL),
     "rl_cheetah_dir_maml": _steps("−50.69 / 293.19 / 313.48 / 315.65", _RL),
     "rl_cheetah_dir_pretrained": _steps("−43.03 / −24.75 / −12.85 / 19.57", _RL),
+    "rl_nav2d_oracle": _final("−2.29", _RL),
+    "rl_cheetah_vel_oracle": _final("−54.47", _RL),
+    "rl_cheetah_dir_oracle": _final("442.69", _RL),
 }
 
 
