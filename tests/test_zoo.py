@@ -112,7 +112,8 @@ def test_make_zoo_continues_a_run_and_evaluates_it(tmp_path, capsys, monkeypatch
     table = tmp_path / "zoo.md"
     done = subprocess.run(
         ["make", "-C", str(ROOT), "-o", ".venv/.installed", "zoo", "ZOO_TIME=2m",
-         f"ZOO_DIR={tmp_path / 'zoo'}", f"ZOO_TABLE={table}", "ZOO_ONLY=rl_nav2d_oracle"],
+         f"ZOO_DIR={tmp_path / 'zoo'}", f"ZOO_TABLE={table}", "ZOO_ONLY=rl_nav2d_oracle",
+         "ZOO_NICE=0"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
