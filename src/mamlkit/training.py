@@ -16,11 +16,11 @@ from typing import Any
 import torch
 import yaml
 
-from mamlkit import records
+from mamlkit.rundir import records
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.budget import TimeBudget, monotonic
 from mamlkit.callbacks import Callback, LogLines, ProgressBar, TensorBoard
-from mamlkit.checkpoint import (
+from mamlkit.rundir.checkpoint import (
     atomic_write_text,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -36,7 +36,7 @@ from mamlkit.errors import DivergenceError, Interrupted, LostRank, UserError
 from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, evaluate
 from mamlkit.precision import cuda_precision
 from mamlkit.progress import bars, show_bars
-from mamlkit.run_files import (
+from mamlkit.rundir.files import (
     environment_info,
     load_training_checkpoint,
     resume_checkpoint,
@@ -46,7 +46,7 @@ from mamlkit.run_files import (
     write_env,
     write_status,
 )
-from mamlkit.rundir import CHECKPOINT_DIR
+from mamlkit.rundir.ownership import CHECKPOINT_DIR
 from mamlkit.tasks.base import TaskDistribution
 
 
