@@ -16,10 +16,17 @@ from typing import Any
 import torch
 import yaml
 
-from mamlkit.rundir import records
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.budget import TimeBudget, monotonic
 from mamlkit.callbacks import Callback, LogLines, ProgressBar, TensorBoard
+from mamlkit.config import Config
+from mamlkit.device_step import CaptureUnsupported, DeviceStep
+from mamlkit.distributed import Distributed
+from mamlkit.errors import DivergenceError, Interrupted, LostRank, UserError
+from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, evaluate
+from mamlkit.precision import cuda_precision
+from mamlkit.progress import bars, show_bars
+from mamlkit.rundir import records
 from mamlkit.rundir.checkpoint import (
     atomic_write_text,
     optimizer_from_tensors,
@@ -29,13 +36,6 @@ from mamlkit.rundir.checkpoint import (
     save_checkpoint,
     state_mismatch,
 )
-from mamlkit.config import Config
-from mamlkit.device_step import CaptureUnsupported, DeviceStep
-from mamlkit.distributed import Distributed
-from mamlkit.errors import DivergenceError, Interrupted, LostRank, UserError
-from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, evaluate
-from mamlkit.precision import cuda_precision
-from mamlkit.progress import bars, show_bars
 from mamlkit.rundir.files import (
     environment_info,
     load_training_checkpoint,

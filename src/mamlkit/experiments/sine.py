@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from mamlkit.build import build_learner, build_tasks
-from mamlkit.rundir.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import ConfigError
 from mamlkit.evaluation import mean_ci95, per_task_metric_by_step
 from mamlkit.progress import Progress, bars
+from mamlkit.rundir.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.rundir.files import prepare_run_dir
 from mamlkit.rundir.ownership import clear_run_dir, lock_run_dir
 from mamlkit.tasks import SineTasks

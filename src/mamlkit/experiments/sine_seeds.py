@@ -11,7 +11,6 @@ import statistics
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mamlkit.rundir.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.experiments.sine import (
     DIVERGED_MSE,
@@ -24,6 +23,7 @@ from mamlkit.experiments.sine import (
     train_models,
 )
 from mamlkit.experiments.sine_report import environment_lines
+from mamlkit.rundir.checkpoint import atomic_write_text, load_checkpoint
 
 K = 5  # the K of Table 2's sine rows: K support (and K query) points per task
 PAPER = PAPER_TABLE2["maml"]

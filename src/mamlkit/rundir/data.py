@@ -24,12 +24,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mamlkit.rundir import records
 from mamlkit.callbacks import Callback
-from mamlkit.rundir.checkpoint import atomic_write_text
 from mamlkit.config import Config
 from mamlkit.data.errors import DataError
 from mamlkit.errors import UserError
+from mamlkit.rundir import records
+from mamlkit.rundir.checkpoint import atomic_write_text
 from mamlkit.tasks.datasets import (
     dataset_of,
     fingerprint,

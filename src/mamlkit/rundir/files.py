@@ -18,12 +18,12 @@ from typing import Any
 import torch
 
 from mamlkit import __version__
+from mamlkit.errors import UserError
 from mamlkit.rundir import records
 from mamlkit.rundir.checkpoint import (
     atomic_write_text,
     load_checkpoint,
 )
-from mamlkit.errors import UserError
 from mamlkit.rundir.identity import checkpoint_identity, new_run_env, weights_identity
 from mamlkit.rundir.ownership import (
     CHECKPOINT_DIR,

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mamlkit.rundir import records
 from mamlkit.errors import UserError
 from mamlkit.eval_files import is_current
+from mamlkit.rundir import records
 from mamlkit.rundir.ownership import is_mamlkit_run
 
 __all__ = ["list_runs"]

@@ -9,10 +9,10 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from mamlkit.rundir import records
-from mamlkit.rundir.checkpoint import atomic_write_bytes, read_metadata
 from mamlkit.config import Config
 from mamlkit.errors import UserError
+from mamlkit.rundir import records
+from mamlkit.rundir.checkpoint import atomic_write_bytes, read_metadata
 from mamlkit.rundir.files import run_checkpoints
 from mamlkit.rundir.identity import check_file_identity, check_resume_config
 from mamlkit.rundir.ownership import check_no_links, clear_run_dir, is_mamlkit_run, lock_run_dir
