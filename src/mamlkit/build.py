@@ -30,7 +30,8 @@ def check_device(c: Config, fix: str = "use --set train.device=cpu") -> None:
     ``fix`` is what the command at hand offers instead."""
     if c.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"config key 'train.device': {c.train.device!r} but CUDA is not available here; {fix}"
+            f"config key 'train.device': {c.train.device!r} but CUDA is not available here; "
+            f"{fix}"
         )
 
 
@@ -96,7 +97,9 @@ def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearne
             return num_train_classes
         return build_tasks(c, "train").num_classes
 
-    return cls.from_config(c, functools.partial(build_model, c), loss, train_classes, **overrides)
+    return cls.from_config(
+        c, functools.partial(build_model, c), loss, train_classes, **overrides
+    )
 
 
 def check_config_describes(c: Config, learner: MetaLearner) -> None:

@@ -166,7 +166,9 @@ def _comma_list(option: str, text: str, kind: type) -> list:
     default=None,
     help="Meta-training iterations per model (default: the presets' 70000).",
 )
-@click.option("--tasks", type=int, default=None, help="Test tasks (default: the presets' 600).")
+@click.option(
+    "--tasks", type=int, default=None, help="Test tasks (default: the presets' 600)."
+)
 @click.option(
     "--jobs", type=int, default=None, help="Models trained in parallel (default: one per CPU core)."
 )
@@ -179,17 +181,7 @@ def _comma_list(option: str, text: str, kind: type) -> list:
 )
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def reproduce_sine_seeds_cmd(
-    out,
-    seeds,
-    seed_list,
-    inner_lrs,
-    metasgd,
-    iterations,
-    tasks,
-    jobs,
-    device,
-    force,
-    resume,
+    out, seeds, seed_list, inner_lrs, metasgd, iterations, tasks, jobs, device, force, resume,
     progress,
 ) -> None:
     """Sine regression's Table 2 across seeds: MAML at each --inner-lrs α and Meta-SGD, 5-shot,
@@ -231,7 +223,9 @@ def reproduce_sine_seeds_cmd(
         jobs=jobs,
     )
     for method, summary in result["summary"].items():
-        cells = "  ".join(f"{s} steps {summary['steps'][str(s)]['mean']:.3f}" for s in (1, 5, 10))
+        cells = "  ".join(
+            f"{s} steps {summary['steps'][str(s)]['mean']:.3f}" for s in (1, 5, 10)
+        )
         click.echo(f"{method:>12} 5-shot MSE, mean over seeds: {cells}")
     click.echo(result["conclusion"])
     click.echo(f"wrote {out}/results.json, report.md")
@@ -436,10 +430,8 @@ DEVICE_HELP = "cpu or cuda (default: the run's train.device)."
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print the record as JSON (as in the file) instead of the summary.",
+    "--json", "as_json", is_flag=True, help="Print the record as JSON (as in the file) instead "
+    "of the summary."
 )
 def eval_cmd(
     run_dir,

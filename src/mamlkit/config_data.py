@@ -117,7 +117,6 @@ def _check_expanded_size(root: yaml.Node, what: str) -> None:
         stack.append((node, True))
         stack.extend((child, False) for child in _children(node) if id(child) not in done)
 
-
 #: the types a value of ``model.kwargs`` may have, at any depth (dict keys: str)
 PLAIN_TYPES = (str, int, float, bool, type(None), list, dict)
 

@@ -105,9 +105,8 @@ _USED_WHEN: dict[str, Callable[[Config], bool]] = {
     "model.filters": lambda c: c.model.name == "conv4" and c.model.target is None,
     "model.pooling": lambda c: c.model.name == "conv4" and c.model.target is None,
     "model.global_pool": lambda c: c.model.name == "conv4" and c.model.target is None,
-    "model.bn_running_stats": lambda c: (
-        c.model.name in ("conv4", "resnet12") and c.model.target is None
-    ),
+    "model.bn_running_stats": lambda c: c.model.name in ("conv4", "resnet12")
+    and c.model.target is None,
     "model.channels": lambda c: c.model.name == "resnet12" and c.model.target is None,
     "model.dropblock": lambda c: c.model.name == "resnet12" and c.model.target is None,
     "model.dropblock_size": lambda c: c.model.name == "resnet12" and c.model.target is None,

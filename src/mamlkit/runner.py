@@ -413,7 +413,9 @@ def eval_run(
     # the run's protocol on its final weights is eval.json; every other setting has a file
     name = eval_file_name(
         step=source.step if checkpoint is not None else None,
-        alphabet=(("within" if within_alphabet else "any") if protocol_changed else None),
+        alphabet=(
+            ("within" if within_alphabet else "any") if protocol_changed else None
+        ),
         split=split if split != own["split"] else None,
         tasks=tasks if tasks != own["tasks"] else None,
         steps=steps if steps != own["steps"] else None,
