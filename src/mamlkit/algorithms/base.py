@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,9 +72,13 @@ class MetaLearner(nn.Module):
     """
 
     model: nn.Module
-    #: True where ``meta_forward`` never reads a value back to the host, so a whole
-    #: training iteration can be captured as a CUDA graph (see mamlkit.device_step)
-    capturable: bool = False
+    # What the trainer may do with a learner (capture its iteration as a CUDA graph, run
+    # its own outer step under torchrun) is read from its hooks, never from flags that a
+    # subclass would inherit while it replaces the hook: see mamlkit.algorithms.capabilities
+    # (``@capturable`` on ``meta_forward``, ``@averages_over_ranks`` on ``outer_step``).
+
+    #: the job's all-reduce mean, for the length of :meth:`averaging_over_ranks`
+    _rank_mean: Callable[[list[Tensor]], None] | None = None
 
     @classmethod
     def from_config(
@@ -110,23 +115,30 @@ class MetaLearner(nn.Module):
         leaves the usual step (health check, clipping, optimiser) to the trainer."""
         return None
 
-    #: True where :meth:`outer_step` averages each mean over tasks that its update is made
-    #: of through :meth:`mean_over_ranks`, so that it runs under ``torchrun`` (the trainer
-    #: refuses an own outer step that does not say so: its ranks would drift apart)
-    outer_step_distributes: bool = False
-
     def mean_over_ranks(self, tensors: list[Tensor]) -> None:
         """Average ``tensors`` in place over the processes that each hold an equal share of
         the meta-batch's tasks. In one process there is nothing to do; under ``torchrun``
-        the trainer replaces this with the job's all-reduce for the length of ``fit``. An
-        own :meth:`outer_step` calls it on its per-task means (Reptile's mean adapted
-        weights; TRPO's gradient, Fisher-vector products and line-search losses), so that
-        every rank sees the whole batch's values and makes the same update."""
+        the trainer hands the learner the job's all-reduce for the length of ``fit``
+        (:meth:`averaging_over_ranks`). An own :meth:`outer_step` calls it on its per-task
+        means (Reptile's mean adapted weights; TRPO's gradient, Fisher-vector products and
+        line-search losses), so that every rank sees the whole batch's values and makes the
+        same update; it says so by marking itself
+        :func:`~mamlkit.algorithms.capabilities.averages_over_ranks`."""
+        if self._rank_mean is not None:
+            self._rank_mean(tensors)
 
-    def capture_key(self, iteration: int) -> Hashable:
-        """What of ``iteration`` a CUDA-graph capture of :meth:`meta_forward` depends on:
-        the step is captured again whenever this changes (None: never)."""
-        return None
+    @contextlib.contextmanager
+    def averaging_over_ranks(
+        self, mean: Callable[[list[Tensor]], None] | None
+    ) -> Iterator[MetaLearner]:
+        """For the length of the block, :meth:`mean_over_ranks` is ``mean`` (a distributed
+        job's in-place all-reduce mean; None: one process, nothing to average)."""
+        before = self._rank_mean
+        self._rank_mean = mean
+        try:
+            yield self
+        finally:
+            self._rank_mean = before
 
     def query_predictions(
         self,

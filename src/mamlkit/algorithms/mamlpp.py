@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaOutput, register
+from mamlkit.algorithms.capabilities import capturable
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import (
     FixedStepSize,
@@ -125,6 +126,7 @@ class MAMLPlusPlus(MAML):
         # the loss weights and the derivative order change only from epoch to epoch
         return min(self._epoch(iteration), max(self.msl_epochs, self.first_order_epochs))
 
+    @capturable(key="capture_key")
     def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
         epoch = self._epoch(iteration)
         weights = multi_step_loss_weights(self.inner_steps, epoch, self.msl_epochs)

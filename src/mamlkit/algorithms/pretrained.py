@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamlkit.algorithms.base import MetaLearner, MetaOutput, register
+from mamlkit.algorithms.capabilities import capturable
 from mamlkit.algorithms.gradient import GradientLearner, check_impl
 from mamlkit.functional import (
     FixedStepSize,
@@ -29,11 +30,10 @@ class PretrainedRegression(GradientLearner):
     test-time step size only (the paper tuned it separately); adaptation takes no step
     unless asked (``steps``)."""
 
-    capturable = True
-
     def __init__(self, model, loss_fn, inner_lr, impl: str = "auto", **kwargs):
         super().__init__(model, loss_fn, inner_lr, inner_steps=0, impl=impl, **kwargs)
 
+    @capturable
     def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
         support_x, support_y, query_x, query_y = batch
         theta = stack_params(adaptable_params(self.model), support_x.shape[0])
@@ -49,8 +49,6 @@ class PretrainedClassifier(MetaLearner):
     output per class; trained on :class:`~mamlkit.tasks.ClassBatches`), then, per test
     episode, a new zero-initialised N-way head and ``steps`` SGD steps on the support set
     over all parameters (``eval_inner_lr``, the name MAML uses for its test-time step)."""
-
-    capturable = True
 
     def __init__(self, model: nn.Module, eval_inner_lr: float = 0.1, impl: str = "auto"):
         super().__init__()
@@ -77,6 +75,7 @@ class PretrainedClassifier(MetaLearner):
             impl=a.impl,
         )
 
+    @capturable
     def meta_forward(self, batch: ExampleBatch, iteration: int = 0) -> MetaOutput:
         # minibatches with global class labels (ClassBatches), not episodes
         theta = stack_params(adaptable_params(self.model), batch.num_tasks)

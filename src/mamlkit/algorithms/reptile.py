@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mamlkit.algorithms.base import MetaOutput, register
+from mamlkit.algorithms.capabilities import averages_over_ranks
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import LossFn, adaptable_params
 from mamlkit.tasks.base import TaskBatch
@@ -35,8 +36,6 @@ class Reptile(MAML):
         >>> bool((learner.model.net[0].weight != before).any())
         True
     """
-
-    outer_step_distributes = True
 
     def __init__(
         self,
@@ -74,6 +73,7 @@ class Reptile(MAML):
         frac = min(iteration / self.anneal_iterations, 1.0)
         return (1 - frac) * self.meta_step_size + frac * self.meta_step_size_final
 
+    @averages_over_ranks
     def outer_step(self, batch: TaskBatch, optimizer, iteration: int) -> MetaOutput:
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)

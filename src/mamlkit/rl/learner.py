@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mamlkit.algorithms.base import MetaLearner, MetaOutput
+from mamlkit.algorithms.capabilities import averages_over_ranks
 from mamlkit.functional import FixedStepSize, Params, inner_loop, stack_params
 from mamlkit.rl.envs import RLTaskBatch, TaskStreams, environment_streams
 from mamlkit.rl.fisher import (
@@ -55,8 +56,6 @@ class MAMLTRPO(MetaLearner):
     share of the tasks, sample the trajectories one process would (:meth:`outer_step`
     averages over the ranks).
     """
-
-    outer_step_distributes = True
 
     def __init__(
         self,
@@ -172,6 +171,7 @@ class MAMLTRPO(MetaLearner):
             "kl": torch.as_tensor(float(torch.as_tensor(kl).detach())),
         }
 
+    @averages_over_ranks
     def outer_step(self, batch: RLTaskBatch, optimizer, iteration: int) -> MetaOutput:
         """One TRPO step on θ (``optimizer`` is not used: TRPO's step is its own)."""
         streams = environment_streams(batch)

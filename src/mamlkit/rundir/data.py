@@ -29,7 +29,6 @@ from mamlkit.config import Config
 from mamlkit.data.errors import DataError
 from mamlkit.errors import UserError
 from mamlkit.rundir import records
-from mamlkit.rundir.checkpoint import atomic_write_text
 from mamlkit.tasks.datasets import (
     dataset_of,
     fingerprint,
@@ -101,7 +100,7 @@ class RecordData(Callback):
         self.record = record
 
     def on_start(self, trainer: Any, resumed: bool) -> None:
-        atomic_write_text(trainer.run_dir / DATA_FILE, json.dumps(self.record, indent=1) + "\n")
+        trainer.directory.write_text(DATA_FILE, json.dumps(self.record, indent=1) + "\n")
 
 
 def _difference(recorded: dict[str, Any], found: dict[str, Any]) -> str | None:
