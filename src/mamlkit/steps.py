@@ -25,9 +25,10 @@ import torch
 from torch import Tensor
 
 from mamlkit.algorithms.base import MetaLearner, MetaOutput
-from mamlkit.algorithms.capabilities import owns_outer_step
+from mamlkit.algorithms.capabilities import outer_step_distributes, owns_outer_step
 from mamlkit.device_step import CaptureUnsupported, DeviceStep
 from mamlkit.errors import UserError
+from mamlkit.evaluation import METRICS
 from mamlkit.iteration import (
     Health,
     MeanFn,
@@ -37,7 +38,14 @@ from mamlkit.iteration import (
     meta_gradient,
 )
 
-__all__ = ["EagerStep", "OwnOuterStep", "Step", "make_step"]
+__all__ = [
+    "EagerStep",
+    "OwnOuterStep",
+    "Step",
+    "capture_failed",
+    "make_step",
+    "refuse_undistributed",
+]
 
 
 class Step(Protocol):
@@ -146,7 +154,6 @@ def make_step(
     optimizer: torch.optim.Optimizer,
     train: Any,
     metric: str | None,
-    metric_fn: MetricFn | None,
     window: Tensor,
     start: int,
     mean: MeanFn | None = None,
@@ -160,7 +167,9 @@ def make_step(
     ``capture``; else (and where the learner or optimiser does not allow it, with a line on
     stderr under ``auto``, a refusal under ``on``) the learner's own outer step where its
     class has one, else the eager step. ``window`` and ``start``: the trainer's logging
-    window and the iteration it starts at."""
+    window and the iteration it starts at; ``metric`` (a name in
+    :data:`mamlkit.evaluation.METRICS`) is logged beside the loss."""
+    metric_fn = METRICS.get(metric) if metric else None
     eager = EagerStep(learner, optimizer, metric_fn, window, train.grad_clip, mean)
     fallback: Step = eager
     if owns_outer_step(learner):
@@ -185,3 +194,25 @@ def make_step(
             ) from None
         print(f"{describe}: training eagerly: {exc}", file=sys.stderr)
         return fallback
+
+
+def capture_failed(step: Any, describe: str) -> str:
+    """The line that says a device step's CUDA-graph capture failed and why (training goes
+    on with the same code uncaptured)."""
+    return (
+        f"{describe}: CUDA graph capture failed, training continues eagerly "
+        f"({step.capture_error.splitlines()[0][:200]}); set train.cuda_graphs=off to skip "
+        "the attempt"
+    )
+
+
+def refuse_undistributed(learner: MetaLearner) -> None:
+    """Refuse, in a distributed job, a learner whose own outer step does not average its
+    update over the processes (:func:`~mamlkit.algorithms.capabilities.averages_over_ranks`):
+    its ranks would drift apart."""
+    if owns_outer_step(learner) and not outer_step_distributes(learner):
+        raise UserError(
+            f"{type(learner).__name__} makes its own outer update and does not say that it "
+            "averages it over processes (@averages_over_ranks on its outer_step); train it "
+            "in one process"
+        )

@@ -73,6 +73,11 @@ class Stopper:
         if pause:
             raise Stop("paused")
 
+    def used(self) -> dict[str, float]:
+        """What this piece had of the budget, and what it used (status.json's record)."""
+        seconds = monotonic() - self.budget.started
+        return {"budget_seconds": self.budget.seconds, "used_seconds": round(seconds, 1)}
+
     @contextlib.contextmanager
     def timed(self, kind: str) -> Iterator[None]:
         """Measure a validation or checkpoint for the time budget's plan."""

@@ -10,8 +10,6 @@ stops early (:mod:`mamlkit.stopping`); the outer optimiser and its schedule
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import sys
 import warnings
 from pathlib import Path
@@ -20,22 +18,22 @@ from typing import Any
 import torch
 
 from mamlkit.algorithms.base import MetaLearner
-from mamlkit.algorithms.capabilities import outer_step_distributes, owns_outer_step
-from mamlkit.budget import TimeBudget, monotonic
-from mamlkit.callbacks import Callback, LogLines, ProgressBar, TensorBoard
+from mamlkit.algorithms.capabilities import owns_outer_step
+from mamlkit.budget import TimeBudget
+from mamlkit.callbacks import Callback, run_callbacks
 from mamlkit.config import Config
 from mamlkit.distributed import Distributed
 from mamlkit.errors import DivergenceError, Interrupted, LostRank, UserError
-from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, evaluate
 from mamlkit.optim import make_optimizer, make_scheduler
 from mamlkit.precision import cuda_precision
-from mamlkit.progress import bars, show_bars
+from mamlkit.progress import bars
 from mamlkit.rundir.directory import RunDirectory
-from mamlkit.rundir.files import environment_info, load_training_checkpoint
-from mamlkit.steps import Step, make_step
+from mamlkit.rundir.files import load_training_checkpoint
+from mamlkit.steps import Step, capture_failed, make_step, refuse_undistributed
 from mamlkit.stopping import Stop, Stopper
 from mamlkit.tasks.base import TaskDistribution
 from mamlkit.train_state import restore_state, state_bytes, state_tensors
+from mamlkit.validation import improves, validate
 
 __all__ = ["Trainer", "make_optimizer", "make_scheduler", "seed_everything"]
 
@@ -116,8 +114,6 @@ class Trainer:
         self.budget = budget
         self._stopper = Stopper(budget)
         self._piece_steps = 0  # iterations run by this fit() call
-        self._piece_started = monotonic()
-        self._seconds_before = 0.0  # training time of the earlier pieces (status.json)
 
     @property
     def cfg(self) -> Any:
@@ -135,19 +131,10 @@ class Trainer:
     # ---- the run's state ----------------------------------------------------------------
     def save(self) -> Path:
         """A checkpoint of the current step (and ``status.json`` to say so)."""
-        tensors, meta = state_tensors(
-            self.learner,
-            self.optimizer,
-            self.generator,
-            self.window,
-            self._rank_rng,
-            self.step,
-            self.best,
-        )
-        train = self.config.train
-        path = self.directory.save_checkpoint(
-            self.step, tensors, meta, self.config.to_dict(), train.keep_checkpoints
-        )
+        parts = (self.learner, self.optimizer, self.generator, self.window, self._rank_rng)
+        tensors, meta = state_tensors(*parts, self.step, self.best)
+        keep = self.config.train.keep_checkpoints
+        path = self.directory.save_checkpoint(self.step, tensors, meta, self.config.to_dict(), keep)
         self._write_status("running", step=self.step, best=self.best)
         return path
 
@@ -172,17 +159,14 @@ class Trainer:
             getattr(callback, hook)(self, *args)
 
     def _side_jobs(self) -> list[Callback]:
-        """The run's own callbacks (a progress bar; TensorBoard beside a run directory) and
-        the user's. Distributed, only rank 0 has any: it alone writes and shows progress."""
-        jobs: list[Callback] = []
-        if self.progress and show_bars():
-            jobs.append(ProgressBar(self.description, self.position))
-        elif self.progress is not None:  # no terminal, or --no-progress: a line per log
-            jobs.append(LogLines(self.description))
-        if self.directory is not None and self.config.train.tensorboard:
-            jobs.append(TensorBoard(self.directory.tensorboard_folder()))
-        main = self.dist is None or self.dist.main
-        return jobs + self.callbacks if main else []
+        """The run's own callbacks and the user's (distributed: rank 0's alone)."""
+        if self.dist is not None and not self.dist.main:
+            return []
+        tensorboard = self.directory is not None and self.config.train.tensorboard
+        folder = self.directory.tensorboard_folder() if tensorboard else None
+        return run_callbacks(self.progress, self.description, self.position, folder) + (
+            self.callbacks
+        )
 
     # ---- the loop -----------------------------------------------------------------------
     def fit(
@@ -219,12 +203,9 @@ class Trainer:
                 self._final_status(stop.reason)
                 raise UserError(stop.refusal) from None
             return self._stop(stop.reason)
-        except DivergenceError:
-            self._final_status("diverged")
-            raise
-        except KeyboardInterrupt:
+        except (DivergenceError, KeyboardInterrupt) as exc:
             # Ctrl-C is a decision, not a failure: the run resumes from its last checkpoint
-            self._final_status("interrupted")
+            self._final_status("diverged" if isinstance(exc, DivergenceError) else "interrupted")
             raise
         except LostRank as exc:
             self._final_status("crashed")
@@ -248,7 +229,7 @@ class Trainer:
         """A new run's first files, or a resumed run's state and its record of the resume."""
         run = self.directory
         if resume:
-            self._seconds_before = run.train_seconds()
+            run.continue_clock()
             self.restore(run.resume_checkpoint(from_step))
             if self.step > self.config.train.iterations:
                 raise UserError(
@@ -259,17 +240,12 @@ class Trainer:
             run.truncate_metrics(self.step)
             if config_changed:
                 run.write_config(self.config.to_dict())
-            # env.json is the first start's; each resume records its own environment
-            # (another machine, commit or number of processes may continue a run)
-            run.append_resume({"step": self.step, "time": _utc_now(), **self._environment()})
+            run.append_resume(self.step, self.config.train.device, self._job())
         else:
             from mamlkit.build import check_config_describes
 
             check_config_describes(self.config, self.learner)
-            run.create()
-            environment = {"time": _utc_now(), **self._environment()}
-            run.write_env(environment, self.config.to_dict())  # written first
-            run.write_config(self.config.to_dict())
+            run.create_run(self.config.to_dict(), self.config.train.device, self._job())
         self._write_status("running", step=self.step, best=self.best)
 
     def _end_side_jobs(self) -> None:
@@ -302,10 +278,7 @@ class Trainer:
         if self.directory is not None:
             if not saved:
                 self.save()
-            used = {}
-            if reason == "paused":  # what this piece had, and what it used
-                seconds = monotonic() - self.budget.started
-                used = {"budget_seconds": self.budget.seconds, "used_seconds": round(seconds, 1)}
+            used = self._stopper.used() if reason == "paused" else {}
             self._write_status(reason, step=self.step, best=self.best, **used)
         if reason == "interrupted":
             where = f"; `mamlkit train --resume {self.run_dir}`" if self.run_dir else ""
@@ -316,34 +289,22 @@ class Trainer:
         return {"step": self.step, "best": self.best, "paused": True}
 
     def _write_status(self, status: str, **extra: Any) -> None:
-        """status.json, with the training time of all pieces so far (``train_seconds``: the
-        run's wall time, without the gaps between a pause and its resume)."""
-        seconds = self._seconds_before + monotonic() - self._piece_started
-        self.directory.write_status(status, **extra, train_seconds=round(seconds, 1))
+        self.directory.write_status(status, **extra)
 
     def _final_status(self, status: str) -> None:
-        """Record how training stopped, if the disk still lets us: the error that stopped
-        it (perhaps that very disk) is what the user must see."""
-        if self.directory is not None:
-            with contextlib.suppress(OSError):
-                self._write_status(status, step=self.step, best=self.best)
+        if self.directory is not None:  # if the disk lets us (the error is what matters)
+            self.directory.final_status(status, step=self.step, best=self.best)
 
-    def _environment(self) -> dict[str, Any]:
-        info = environment_info(self.config.train.device)
-        if self.dist is not None:
-            info.update(world_size=self.dist.world, backend=self.dist.backend)
-        return info
+    def _job(self) -> dict[str, Any]:
+        """What env.json and resumes.jsonl record of a distributed job."""
+        dist = self.dist
+        return {} if dist is None else {"world_size": dist.world, "backend": dist.backend}
 
     def _join_job(self, resume: bool, from_step: int | None) -> None:
         """Distributed: every rank starts from the same state and only rank 0 writes (the
         other ranks read the checkpoint they resume from, then hold no run directory)."""
         self.dist.check_meta_batch(self.config.train.meta_batch)
-        if owns_outer_step(self.learner) and not outer_step_distributes(self.learner):
-            raise UserError(
-                f"{type(self.learner).__name__} makes its own outer update and does not "
-                "say that it averages it over processes (@averages_over_ranks on its "
-                "outer_step); train it in one process"
-            )
+        refuse_undistributed(self.learner)
         if not self.dist.main:
             if resume and self.directory is not None and self.directory.checkpoints():
                 self.restore(self.directory.resume_checkpoint(from_step))
@@ -353,20 +314,13 @@ class Trainer:
         """The iteration's engine (:func:`mamlkit.steps.make_step`): the captured (CUDA
         graph) step that ``train.cuda_graphs`` asks for on CUDA (``auto``: wherever the
         learner allows it), else the eager one or the learner's own outer step."""
-        on_device = self.device.type == "cuda" or self._device_step_on_cpu
+        dist, cuda = self.dist, self.device.type == "cuda"
         step = make_step(
-            self.learner,
-            self.optimizer,
-            self.config.train,
-            self.metric,
-            METRICS.get(self.metric) if self.metric else None,
-            self.window,
-            self.step,
-            mean=self.dist.mean_ if self.dist is not None else None,
-            on_device=on_device and self.dist is None,
-            capture=self.device.type == "cuda",
-            describe=self.description,
-        )
+            self.learner, self.optimizer, self.config.train, self.metric, self.window, self.step,
+            mean=dist.mean_ if dist is not None else None,
+            on_device=(cuda or self._device_step_on_cpu) and dist is None,
+            capture=cuda, describe=self.description,
+        )  # fmt: skip
         self.window, self.engine = step.window, step.name
         return step
 
@@ -381,24 +335,26 @@ class Trainer:
                 batch = self.dist.shard(batch)
             # the device step keeps the health check and the logging sums on the device
             step(batch, self.step)
-            if getattr(step, "capture_error", None) and self.engine == "cuda-graph":
+            if step.name != self.engine:  # a CUDA graph's capture failed: uncaptured from now
                 self.engine = step.name
-                print(
-                    f"{self.description}: CUDA graph capture failed, training continues "
-                    f"eagerly ({step.capture_error.splitlines()[0][:200]}); set "
-                    "train.cuda_graphs=off to skip the attempt",
-                    file=sys.stderr,
-                )
+                print(capture_failed(step, self.description), file=sys.stderr)
             self.step += 1
             self._after_step(step)
 
     def _check_stop(self) -> None:
         """Before an iteration: stop for a signal, or pause for the time budget."""
-        cfg, step = self.config.train, self.step + 1
+        _, val, save = self._due(self.step + 1)
+        self._stopper.check(self._piece_steps == 1, val, save)
+
+    def _due(self, step: int) -> tuple[bool, bool, bool]:
+        """Whether ``step`` logs, validates and checkpoints. A run shorter than two logging
+        intervals logs its first step too: a curve, not a point."""
+        cfg = self.config.train
+        log = step % cfg.log_every == 0 or step == cfg.iterations
+        log = log or (step == 1 and cfg.iterations < 2 * cfg.log_every)
         val = bool(cfg.val_every) and self.val_tasks is not None
         val = val and (step % cfg.val_every == 0 or step == cfg.iterations)
-        save = self.directory is not None and step % cfg.checkpoint_every == 0
-        self._stopper.check(self._piece_steps == 1, val, save)
+        return log, val, self.directory is not None and step % cfg.checkpoint_every == 0
 
     def _schedule_lr(self) -> None:
         """Set the rate of the coming update: the schedule's at the current step."""
@@ -412,16 +368,10 @@ class Trainer:
     def _after_step(self, step: Step) -> None:
         """Log, validate and checkpoint where the step count says so (after the host has
         read the device step's health flag, where there is one)."""
-        cfg = self.config.train
         self._piece_steps += 1
         self._emit("on_step")
-        log = self.step % cfg.log_every == 0 or self.step == cfg.iterations
-        # a run shorter than two logging intervals logs its first step too: a curve, not a point
-        log = log or (self.step == 1 and cfg.iterations < 2 * cfg.log_every)
-        val = bool(cfg.val_every) and self.val_tasks is not None
-        val = val and (self.step % cfg.val_every == 0 or self.step == cfg.iterations)
-        save = self.directory is not None and self.step % cfg.checkpoint_every == 0
-        if self.dist is not None and self.step % cfg.checkpoint_every == 0:
+        log, val, save = self._due(self.step)
+        if self.dist is not None and self.step % self.config.train.checkpoint_every == 0:
             self._rank_rng = self.dist.gather_rng_states()  # a collective: every rank
         if log or val or save:
             step.check()  # the device step's health flag: one host read
@@ -450,29 +400,11 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Metric on ``val_tasks`` after the test-time number of steps (fixed val tasks)."""
         metric = self.metric or "mse"
-        self.learner.eval()  # e.g. ProtoNets' BatchNorm: running statistics at test time
-        try:
-            with bars(bool(self.progress)):  # --no-progress: no validation bar either
-                result = evaluate(
-                    self.learner,
-                    self.val_tasks,
-                    self.config.train.val_tasks,
-                    steps=self.config.eval.steps,
-                    metric=metric,
-                    seed=self.config.eval.seed + 1,
-                    device=self.device,
-                    chunk=self.config.eval.chunk,
-                    dist=self.dist,
-                    progress="validation" if self.progress is not None else None,
-                )[-1]
-        finally:
-            self.learner.train()
-        value = result[metric]
-        better = self.best is None or (value > self.best["value"]) == (metric in HIGHER_IS_BETTER)
-        if better:
-            self.best = {"metric": f"val_{metric}", "value": value, "step": self.step}
-        return {f"val_{metric}": value, f"val_{metric}_ci95": result["ci95"]}
-
-
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        with bars(bool(self.progress)):  # --no-progress: no validation bar either
+            result = validate(
+                self.learner, self.val_tasks, self.config, metric, self.device, self.dist,
+                self.progress,
+            )  # fmt: skip
+        if improves(self.best, result[metric], metric):
+            self.best = {"metric": f"val_{metric}", "value": result[metric], "step": self.step}
+        return {f"val_{metric}": result[metric], f"val_{metric}_ci95": result["ci95"]}

@@ -11,6 +11,8 @@ modules (:mod:`mamlkit.rundir`).
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,11 @@ from typing import Any
 import torch
 import yaml
 
+from mamlkit.budget import monotonic
 from mamlkit.rundir import records
 from mamlkit.rundir.checkpoint import atomic_write_text, save_checkpoint
 from mamlkit.rundir.files import (
+    environment_info,
     load_training_checkpoint,
     resume_checkpoint,
     run_checkpoints,
@@ -49,6 +53,8 @@ class RunDirectory:
         self.path = Path(path)
         #: every file (and the TensorBoard folder) written so far and still there
         self.written: set[Path] = set()
+        # status.json's train_seconds: this piece's clock, and the earlier pieces' time
+        self._started, self._seconds_before = monotonic(), 0.0
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
@@ -70,6 +76,10 @@ class RunDirectory:
         """A training checkpoint's tensors and (checked) metadata."""
         return load_training_checkpoint(path)
 
+    def continue_clock(self) -> None:
+        """A resume: ``train_seconds`` goes on from what ``status.json`` records."""
+        self._seconds_before = self.train_seconds()
+
     def train_seconds(self) -> float:
         """The training time ``status.json`` records (0 where it has none)."""
         try:
@@ -84,10 +94,15 @@ class RunDirectory:
         """Make the folder (and its parents) where it does not exist yet."""
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def write_env(self, environment: dict[str, Any], config: dict[str, Any]) -> None:
-        """A new run's ``env.json`` (written first: from then on the folder is a run)."""
+    def create_run(self, config: dict[str, Any], device: str, job: dict[str, Any]) -> None:
+        """A new run: the folder, its ``env.json`` (written first: from then on the folder is
+        a run; the environment of ``device`` and a distributed ``job``'s size), its
+        ``config.yaml``."""
+        self.create()
+        environment = {"time": _utc_now(), **environment_info(device), **job}
         write_env(self.path, environment, config)
         self._wrote(self.path / "env.json")
+        self.write_config(config)
 
     def write_config(self, config: dict[str, Any]) -> None:
         """``config.yaml``: the config that rebuilds the run's learner."""
@@ -95,16 +110,28 @@ class RunDirectory:
         atomic_write_text(self._wrote(self.path / "config.yaml"), text)
 
     def write_status(self, status: str, **extra: Any) -> None:
-        """``status.json``: how the run stands (``running``, ``finished``, …) and ``extra``."""
-        write_status(self.path, status, **extra)
+        """``status.json``: how the run stands (``running``, ``finished``, …), ``extra``, and
+        the training time of all pieces so far (``train_seconds``: the run's wall time since
+        this object was made, and before a resume, without the gaps between pieces)."""
+        seconds = self._seconds_before + monotonic() - self._started
+        write_status(self.path, status, **extra, train_seconds=round(seconds, 1))
         self._wrote(self.path / "status.json")
+
+    def final_status(self, status: str, **extra: Any) -> None:
+        """Record how training stopped, if the disk still lets us: the error that stopped
+        it (perhaps that very disk) is what the user must see."""
+        with contextlib.suppress(OSError):
+            self.write_status(status, **extra)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One record appended to ``metrics.jsonl``."""
         records.append_line(self._wrote(self.path / "metrics.jsonl"), record)
 
-    def append_resume(self, record: dict[str, Any]) -> None:
-        """One record appended to ``resumes.jsonl`` (the step and environment of a resume)."""
+    def append_resume(self, step: int, device: str, job: dict[str, Any]) -> None:
+        """One record appended to ``resumes.jsonl``: the step a resume continues from and
+        its own environment (another machine, commit or number of processes may continue a
+        run; ``env.json`` is the first start's)."""
+        record = {"step": step, "time": _utc_now(), **environment_info(device), **job}
         records.append_line(self._wrote(self.path / "resumes.jsonl"), record)
 
     def truncate_metrics(self, step: int) -> None:
@@ -148,3 +175,7 @@ class RunDirectory:
         meta = {"step": step, "kind": "weights", **save_identity(self.path, {}, True)}
         save_checkpoint(self._wrote(path), state, meta)
         return path
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
