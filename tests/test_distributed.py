@@ -216,8 +216,8 @@ def _rank_own_updates(rank: int, world: int, port: int, out: str) -> None:
     dist = _join(rank, world, port)
     states = []
     for learner, batch in _own_update_cases():
-        learner.mean_over_ranks = dist.mean_  # what the trainer installs under torchrun
-        learner.outer_step(dist.shard(batch), None, 0)
+        with learner.averaging_over_ranks(dist.mean_):  # what the trainer does under torchrun
+            learner.outer_step(dist.shard(batch), None, 0)
         states.append({k: v.clone() for k, v in learner.state_dict().items()})
     torch.save(states, f"{out}.rank{rank}")
     shutdown()

@@ -1,12 +1,8 @@
 """The one meta-training loop: sample tasks, step the outer optimiser, log, validate,
-checkpoint, resume. Every algorithm and task distribution goes through :class:`Trainer`.
-
-The loop's parts live beside it: one iteration (:mod:`mamlkit.iteration`) run one of three
-ways (:mod:`mamlkit.steps`, :mod:`mamlkit.device_step`); every file of the run written by a
-:class:`~mamlkit.rundir.RunDirectory` (:mod:`mamlkit.rundir`); when a piece of training
-stops early (:mod:`mamlkit.stopping`); the outer optimiser and its schedule
-(:mod:`mamlkit.optim`).
-"""
+checkpoint, resume. Every algorithm and task distribution goes through :class:`Trainer`;
+its parts live beside it: one iteration body run three ways (:mod:`mamlkit.iteration`,
+:mod:`mamlkit.steps`), every file written by a :class:`~mamlkit.rundir.RunDirectory`,
+early stops (:mod:`mamlkit.stopping`), the optimiser (:mod:`mamlkit.optim`)."""
 
 from __future__ import annotations
 
@@ -135,7 +131,7 @@ class Trainer:
         tensors, meta = state_tensors(*parts, self.step, self.best)
         keep = self.config.train.keep_checkpoints
         path = self.directory.save_checkpoint(self.step, tensors, meta, self.config.to_dict(), keep)
-        self._write_status("running", step=self.step, best=self.best)
+        self._write_status("running")
         return path
 
     def restore(self, path: Path) -> None:
@@ -246,7 +242,7 @@ class Trainer:
 
             check_config_describes(self.config, self.learner)
             run.create_run(self.config.to_dict(), self.config.train.device, self._job())
-        self._write_status("running", step=self.step, best=self.best)
+        self._write_status("running")
 
     def _end_side_jobs(self) -> None:
         """Close the callbacks (TensorBoard's writer flushes here: a full disk may show only
@@ -266,7 +262,7 @@ class Trainer:
             if self.step % self.config.train.checkpoint_every:
                 self.save()
             self.directory.save_weights(self.learner.state_dict(), self.step)
-            self._write_status("finished", step=self.step, best=self.best, engine=self.engine)
+            self._write_status("finished", engine=self.engine)
 
     def _stop(self, reason: str) -> dict[str, Any]:
         """End this piece of training at the last completed iteration: a checkpoint of it,
@@ -279,7 +275,7 @@ class Trainer:
             if not saved:
                 self.save()
             used = self._stopper.used() if reason == "paused" else {}
-            self._write_status(reason, step=self.step, best=self.best, **used)
+            self._write_status(reason, **used)
         if reason == "interrupted":
             where = f"; `mamlkit train --resume {self.run_dir}`" if self.run_dir else ""
             raise Interrupted(
@@ -289,7 +285,8 @@ class Trainer:
         return {"step": self.step, "best": self.best, "paused": True}
 
     def _write_status(self, status: str, **extra: Any) -> None:
-        self.directory.write_status(status, **extra)
+        """status.json: ``status`` at the current step, with the best validation so far."""
+        self.directory.write_status(status, step=self.step, best=self.best, **extra)
 
     def _final_status(self, status: str) -> None:
         if self.directory is not None:  # if the disk lets us (the error is what matters)
