@@ -16,7 +16,7 @@ sampler, which can rotate on the fly without quadrupling the stored array.
 The parts live beside this module: :mod:`~mamlkit.data.omniglot_data` (the array and the
 constants), :mod:`~mamlkit.data.omniglot_archive` (reading and checking the archives or
 folders), :mod:`~mamlkit.data.omniglot_cache` (the ``.npy`` cache) and
-:mod:`~mamlkit.data.omniglot_splits` (train / val / test characters); this module finds,
+:mod:`~mamlkit.data.omniglot_split_schemes` (train / val / test characters); this module finds,
 decodes, loads and downloads, and re-exports the public names of the others.
 """
 
@@ -51,7 +51,7 @@ from mamlkit.data.omniglot_data import (  # the names of the former single modul
     OmniglotData,
     _Counts,
 )
-from mamlkit.data.omniglot_splits import MAML_N_TRAIN, omniglot_splits  # noqa: F401
+from mamlkit.data.omniglot_split_schemes import MAML_N_TRAIN, omniglot_splits  # noqa: F401
 
 __all__ = [
     "OMNIGLOT_URLS",
