@@ -98,7 +98,7 @@ def train_run(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
-    data, was = None, config.task.data_dir
+    data, was = None, getattr(config.task, "data_dir", None)  # None: a task without data
     if resume:
         data = use_run_data(run_dir, config, data_dir, checked_splits(config))
     elif data_dir is not None:
@@ -350,8 +350,8 @@ def eval_run(
             f"--inner-lr: {config.task.name} runs take one test-time step size, got "
             f"{len(inner_lr)}; give one (per-step sizes are for RL runs)"
         )
-    protocol_changed = within_alphabet is not None and within_alphabet != (
-        config.task.within_alphabet
+    protocol_changed = within_alphabet is not None and within_alphabet != getattr(
+        config.task, "within_alphabet", False
     )
     if within_alphabet is not None:
         if not task_spec(config.task.name).alphabets:
@@ -403,7 +403,7 @@ def eval_run(
     else:
         out["k_shot"] = config.task.k_support
     out.update({"steps": result["steps"], "split": split})
-    if config.task.within_alphabet:
+    if getattr(config.task, "within_alphabet", False):
         out["within_alphabet"] = True
     if inner_lr:
         out["inner_lr"] = inner_lr

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mamlkit.settings import AlgorithmSettings
 from mamlkit.tasks.base import TaskBatch
 
 
@@ -71,6 +72,9 @@ class MetaLearner(nn.Module):
     """
 
     model: nn.Module
+    #: the dataclass of its ``algorithm:`` config section (:class:`AlgorithmSettings` or a
+    #: subclass with the learner's own hyperparameters and their validation)
+    settings_class: type[AlgorithmSettings] = AlgorithmSettings
     #: True where ``meta_forward`` never reads a value back to the host, so a whole
     #: training iteration can be captured as a CUDA graph (see mamlkit.device_step)
     capturable: bool = False

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mamlkit.registry import Registry, resolve_builder
 
 if TYPE_CHECKING:
-    from mamlkit.config import Config, TaskConfig
+    from mamlkit.config import Config
     from mamlkit.tasks.base import TaskDistribution
 
 #: what a task's score is; the loss follows from it (mse: MSE, accuracy: cross-entropy)
@@ -41,6 +41,24 @@ class TaskSpec:
     algorithms: tuple[str, ...] | None = None
     inverted: bool = False
     alphabets: bool = False
+    #: its ``task:`` section (a :class:`mamlkit.settings.TaskSettings` subclass), or the
+    #: ``"package.module:Class"`` that holds it (imported when a config names the task)
+    settings: type | str | None = None
+    #: old algorithm names a config may still give (``maml`` on an RL task: ``maml_trpo``)
+    algorithm_aliases: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def settings_class(self) -> type:
+        """The settings class of its ``task:`` section."""
+        if self.settings is None:
+            from mamlkit.settings import TaskSettings
+
+            return TaskSettings
+        return resolve_builder(self.settings)
+
+    def algorithm_name(self, name: str) -> str:
+        """``name``, or the algorithm an alias of this task's stands for."""
+        return dict(self.algorithm_aliases).get(name, name)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -51,7 +69,7 @@ class TaskSpec:
     def build(self, config: Config, split: str) -> TaskDistribution:
         return resolve_builder(self.builder)(config, split)
 
-    def image_channels(self, task: TaskConfig) -> int:
+    def image_channels(self, task: Any) -> int:
         """Channels of its images: ``task.channels`` if set, else this task's default."""
         if task.channels is not None:
             return task.channels
@@ -74,16 +92,24 @@ def register_task(
     inverted: bool = False,
     alphabets: bool = False,
     builder: str | None = None,
+    settings: type | str | None = None,
+    algorithm_aliases: dict[str, str] | None = None,
 ) -> Any:
     """Decorator: make ``task.name: NAME`` build its task distribution with the decorated
     ``(config, split) -> TaskDistribution`` (the fields: :class:`TaskSpec`; an image task
     gives its default ``channels``). With ``builder="package.module:function"`` the task
     is registered at once and that module is only imported when the task is built (a task
-    with an optional dependency)."""
+    with an optional dependency). ``settings``: the dataclass of its ``task:`` section
+    (:class:`mamlkit.settings.TaskSettings` or a subclass; its own keys, validation and
+    memory estimate), or the ``"package.module:Class"`` holding it. ``algorithm_aliases``:
+    old algorithm names a config may give for this task, and the algorithm each means."""
 
     def add(fn: Callable[[Config, str], TaskDistribution] | str) -> Any:
         allowed = tuple(algorithms) if algorithms is not None else None
-        spec = TaskSpec(name, fn, metric, inputs, channels, rl, allowed, inverted, alphabets)
+        aliases = tuple(sorted((algorithm_aliases or {}).items()))
+        spec = TaskSpec(
+            name, fn, metric, inputs, channels, rl, allowed, inverted, alphabets, settings, aliases
+        )
         TASKS.add(spec)
         return fn
 
