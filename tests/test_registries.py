@@ -174,14 +174,17 @@ def test_the_builtin_registrations():
 
 
 def test_rl_tasks_are_registered_without_importing_rl():
-    """The RL builders are named by import path: validating a config, even an RL one,
-    imports neither mamlkit.rl nor MuJoCo; building nav2d's tasks needs no MuJoCo."""
+    """The RL builders are named by import path: validating a supervised config imports
+    no mamlkit.rl; an RL one imports its learners' package (maml_trpo, trpo) but never
+    MuJoCo; building nav2d's tasks needs no MuJoCo."""
     code = (
         "import sys\n"
         "from mamlkit.config import load_config\n"
         "from mamlkit.build import build_tasks\n"
-        "load_config('sine_maml'); load_config('rl_cheetah_vel_maml')\n"
-        "assert 'mamlkit.rl' not in sys.modules and 'mujoco' not in sys.modules\n"
+        "load_config('sine_maml')\n"
+        "assert 'mamlkit.rl' not in sys.modules\n"
+        "load_config('rl_cheetah_vel_maml')\n"
+        "assert 'mujoco' not in sys.modules and 'mamlkit.rl.cheetah' not in sys.modules\n"
         "build_tasks(load_config('rl_nav2d_maml'))\n"
         "assert 'mamlkit.rl.build' in sys.modules and 'mujoco' not in sys.modules\n"
     )

@@ -224,8 +224,11 @@ def load_config(
     """Build and validate a :class:`Config` from a preset name, a YAML path or a dict, then
     ``--set``-style ``overrides`` (values parsed as YAML) and nested ``updates`` (taken as
     they are, e.g. a path from ``--data-dir``; a key the run's component does not have is
-    left out). ``missing`` (nested, like ``updates``) gives values for keys the source does
-    not have (a saved run's :data:`SAVED_BEFORE_THE_KEY`), where its component has them.
+    left out). Where an override names another component than the source
+    (``--set model.name=resnet12`` on a conv4 preset), the source's keys the new one does
+    not have are left out. ``missing`` (nested, like ``updates``) gives values for keys
+    the source does not have (a saved run's :data:`SAVED_BEFORE_THE_KEY`), where its
+    component has them.
 
     A key of ``task``, ``model`` or ``algorithm`` that the named component does not have is
     refused, naming it, unless it came from the source with the value every config had
@@ -235,10 +238,18 @@ def load_config(
     explicit: dict[str, Any] = {}
     for text in overrides:
         explicit = _merge(explicit, parse_override(text))
-    data = _merge(data, explicit)
+    merged = _merge(data, explicit)
     if updates:
-        data = _merge(data, updates)
-    config = _build_config(data, explicit, updates or {}, missing or {})
+        merged = _merge(merged, updates)
+    replaced = {
+        section
+        for section in COMPONENT_SECTIONS
+        if isinstance(merged.get(section), dict)
+        and isinstance(data.get(section), dict)
+        and "name" in data[section]
+        and merged[section].get("name") != data[section]["name"]
+    }
+    config = _build_config(merged, explicit, updates or {}, missing or {}, replaced)
     validate(config)
     return config
 
@@ -308,7 +319,11 @@ def settings_class(section: str, name: str, target: str | None = None) -> type:
 
 
 def _build_config(
-    data: dict[str, Any], explicit: dict[str, Any], updates: dict[str, Any], missing: dict
+    data: dict[str, Any],
+    explicit: dict[str, Any],
+    updates: dict[str, Any],
+    missing: dict[str, Any],
+    replaced: set[str],
 ) -> Config:
     """The :class:`Config` of ``data``: ``train`` and ``eval`` as they are, each component
     section as its component's settings (see :func:`load_config` for the keys it lacks)."""
@@ -345,18 +360,51 @@ def _build_config(
         cls = settings_class(section, name, target if isinstance(target, str) else None)
         kwargs[section] = _build(
             cls,
-            _own_keys(section, name, cls, given, explicit.get(section), updates.get(section)),
+            _own_keys(
+                section,
+                name,
+                cls,
+                given,
+                explicit.get(section),
+                updates.get(section),
+                section in replaced,
+            ),
             f"{section}.",
             missing.get(section),
         )
     return Config(**kwargs)
 
 
+def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
+    """``data``, a saved config's mapping (a checkpoint's), with an old algorithm name its
+    task declares an alias of (``maml`` on ``nav2d``) replaced by the algorithm's name, so
+    that it compares equal with the config it loads as."""
+    task, algorithm = data.get("task"), data.get("algorithm")
+    if not (isinstance(task, dict) and isinstance(algorithm, dict)):
+        return data
+    name, task_name = algorithm.get("name"), task.get("name")
+    if not (isinstance(name, str) and isinstance(task_name, str)):
+        return data
+    from mamlkit.tasks.registry import TASKS
+
+    spec = TASKS.get(task_name)
+    if spec is None:
+        return data
+    return {**data, "algorithm": {**algorithm, "name": spec.algorithm_name(name)}}
+
+
 def _own_keys(
-    section: str, name: str, cls: type, given: dict, explicit: Any, updates: Any
+    section: str,
+    name: str,
+    cls: type,
+    given: dict,
+    explicit: Any,
+    updates: Any,
+    replaced: bool = False,
 ) -> dict[str, Any]:
     """``given`` without the keys ``cls`` lacks that may be left out: a value from
-    ``updates``, or the source's old default of a key all components once had."""
+    ``updates``, the source's keys of a component an override ``replaced``, or the
+    source's old default of a key all components once had."""
     from mamlkit.config_legacy import OLD_DEFAULTS, is_old_default
 
     own = {f.name for f in dataclasses.fields(cls)}
@@ -368,6 +416,8 @@ def _own_keys(
             out[key] = value
         elif key in updates and key not in explicit:
             continue  # e.g. --data-dir for a task without data
+        elif replaced and key not in explicit:
+            continue  # the keys of the component the source named
         elif key in OLD_DEFAULTS[section] and key not in explicit:
             if not is_old_default(section, key, value):
                 raise ConfigError(

@@ -31,7 +31,7 @@ class Conv4Settings(ModelSettings):
         super().validate(config)
         require(self.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
         require_at_least(1, "model", self, "filters")
-        size = config.task.image_size
+        size = getattr(config.task, "image_size", 16)  # (a task without images: refused later)
         require(
             self.pooling != "max" or size >= 16,
             "task.image_size",
@@ -41,7 +41,7 @@ class Conv4Settings(ModelSettings):
     def largest_tensor_bytes(self, config: Config) -> tuple[int, str]:
         """The first block's feature maps, or the inner loop's per-task 3×3 weights."""
         images, _features, keys = config.task.batch_examples(config)
-        size = config.task.image_size
+        size = getattr(config.task, "image_size", 1)
         side = size if self.pooling == "max" else (size + 1) // 2
         activations = images * self.filters * side**2
         weights = 9 * self.filters**2 * config.train.meta_batch

@@ -175,7 +175,8 @@ class ResNet12Settings(ModelSettings):
         images, _features, keys = config.task.batch_examples(config)
         ins = [1, *self.channels]  # a block's first conv reads the previous block's channels
         convs = [a * b for a, b in zip(ins, self.channels)] + [n * n for n in self.channels]
-        activations = images * max(self.channels[:1] or [1]) * config.task.image_size**2
+        size = getattr(config.task, "image_size", 1)
+        activations = images * max(self.channels[:1] or [1]) * size**2
         weights = 9 * max(convs or [1]) * config.train.meta_batch
         return 4 * max(activations, weights), f"{keys}, model.channels"
 
@@ -210,7 +211,7 @@ def check_config(c: Config) -> None:
         f"must be >= 1, got {c.model.dropblock_size}",
     )
     _require(
-        c.task.image_size >= 16,
+        getattr(c.task, "image_size", 16) >= 16,
         "task.image_size",
         f"resnet12 halves the image 4 times; needs >= 16, got {c.task.image_size}",
     )

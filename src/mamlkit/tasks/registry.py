@@ -49,12 +49,20 @@ class TaskSpec:
 
     @property
     def settings_class(self) -> type:
-        """The settings class of its ``task:`` section."""
-        if self.settings is None:
-            from mamlkit.settings import TaskSettings
+        """The settings class of its ``task:`` section. A task registered without one has
+        its kind's: an RL task's (horizon, rollouts, ...), an image task's episodes
+        (ways, shots, ...), a vector task's support and query points (as sine's)."""
+        if self.settings is not None:
+            return resolve_builder(self.settings)
+        if self.rl:
+            return resolve_builder("mamlkit.rl.settings:RLTaskSettings")
+        if self.inputs == "image":
+            return resolve_builder("mamlkit.tasks.episode_settings:EpisodeSettings")
+        if self.inputs == "vector":
+            return resolve_builder("mamlkit.tasks.sine:SineSettings")
+        from mamlkit.settings import TaskSettings
 
-            return TaskSettings
-        return resolve_builder(self.settings)
+        return TaskSettings
 
     def algorithm_name(self, name: str) -> str:
         """``name``, or the algorithm an alias of this task's stands for."""
