@@ -425,14 +425,10 @@ def _own_keys(
                     f"such setting; remove the key (the keys of {name!r}: "
                     f"{', '.join(sorted(own))})"
                 )
-        elif key in OLD_DEFAULTS[section]:
+        else:  # a --set, or a key no component of an older mamlkit had either (a typo)
             raise ConfigError(
                 f"config key '{section}.{key}': {section} {name!r} has no such setting; "
                 f"remove it (the keys of {name!r}: {', '.join(sorted(own))})"
-            )
-        else:
-            raise ConfigError(
-                f"unknown config key '{section}.{key}' (valid: {', '.join(sorted(own))})"
             )
     return out
 
