@@ -89,7 +89,8 @@ def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearne
         from mamlkit.rl.build import build_rl_learner  # MuJoCo: only for RL runs
 
         return build_rl_learner(c)
-    cls, overrides = ALGORITHMS[c.algorithm.name]
+    # the class the algorithm registered for this task's batches (e.g. pretrained's)
+    cls, overrides = ALGORITHMS.lookup(c.algorithm.name).learner(task_spec(c.task.name).batches)
     loss = F.mse_loss if metric_for(c) == "mse" else F.cross_entropy
 
     def train_classes() -> int:

@@ -614,7 +614,10 @@ def largest_tensor_bytes(c: Config) -> tuple[int, str]:
         keys = "train.meta_batch, task.k_support/k_query, model.hidden"
         return 4 * max(activations, weights * tr.meta_batch), keys
     per_task = (t.train_ways or t.ways) * (t.shots + (t.train_queries or t.queries))
-    images = t.batch_size if c.algorithm.name == "pretrained" else tr.meta_batch * per_task
+    from mamlkit.algorithms.registry import learner_class  # it says what it trains on
+
+    examples = learner_class(c).trains_on == "examples"  # class minibatches, not episodes
+    images = t.batch_size if examples else tr.meta_batch * per_task
     if m.name == "resnet12" and m.target is None:
         # the first block convolves at full size; the largest weight is a 3×3 conv of the
         # widest block (per task: the inner loop copies it)

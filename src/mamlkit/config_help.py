@@ -71,6 +71,13 @@ def _rl(c: Config) -> bool:
     return _task(c).rl
 
 
+def _trains_on_examples(c: Config) -> bool:
+    """Whether its learner trains on class minibatches (``task.batch_size``), not tasks."""
+    from mamlkit.algorithms.registry import learner_class
+
+    return learner_class(c).trains_on == "examples"
+
+
 def _adapts(c: Config) -> bool:
     return c.algorithm.name not in ("protonet",)
 
@@ -93,13 +100,13 @@ _USED_WHEN: dict[str, Callable[[Config], bool]] = {
     "task.within_alphabet": lambda c: _task(c).alphabets,
     "task.channels": _image,
     "task.split_fractions": lambda c: c.task.name == "imagefolder",
-    "task.batch_size": lambda c: c.algorithm.name == "pretrained" and not _rl(c),
+    "task.batch_size": lambda c: not _rl(c) and _trains_on_examples(c),
     "task.horizon": _rl,
     "task.rollouts": _rl,
     "task.eval_rollouts": _rl,
     "task.eval_samples": _rl,
     "task.oracle": _rl,
-    "task.normalized_actions": lambda c: c.task.name == "nav2d",
+    "task.normalized_actions": lambda c: "task.normalized_actions" in _task(c).reads,
     "model.hidden": lambda c: c.model.name == "mlp" and c.model.target is None,
     "model.init": lambda c: c.model.name == "mlp" and c.model.target is None,
     "model.filters": lambda c: c.model.name == "conv4" and c.model.target is None,

@@ -105,6 +105,14 @@ def _validated_episodes(
     return tasks
 
 
+def _trains_on_examples(c: Config) -> bool:
+    """Whether the learner ``c`` builds trains on ordinary class minibatches (the
+    pretrained classifier) instead of episodes: the learner class says."""
+    from mamlkit.algorithms.registry import learner_class  # the layer above: asked, not known
+
+    return learner_class(c).trains_on == "examples"
+
+
 def episodes(
     c: Config,
     split: str,
@@ -128,7 +136,7 @@ def episodes(
     rotate = default_rotations if t.rotations is None else t.rotations
     rotations = rotate and can_rotate and split == "train"
     device = c.train.device
-    if split == "train" and c.algorithm.name == "pretrained":
+    if split == "train" and _trains_on_examples(c):
         return ClassBatches(images, t.batch_size, rotations=rotations, device=device)
     ways = (t.train_ways or t.ways) if split == "train" else t.ways
     queries = (t.train_queries or t.queries) if split == "train" else t.queries
@@ -164,13 +172,32 @@ def episodes(
     )
 
 
-# mamlkit.rl's environments: imported when built (the half-cheetahs need MuJoCo)
-for _name in ("nav2d", "cheetah_vel", "cheetah_dir"):
-    register_task(
-        _name,
-        metric="return",
-        inputs="vector",
-        rl=True,
-        algorithms=("maml", "pretrained"),  # MAML-TRPO, and TRPO on all tasks
-        builder="mamlkit.rl.build:build_rl_tasks",
-    )
+# mamlkit.rl's environments, each with its own builders, named by import path: imported when
+# built (the half-cheetahs need MuJoCo). MAML-TRPO, and TRPO on all tasks ("pretrained").
+_RL = {"metric": "return", "inputs": "vector", "batches": "trajectories"}
+_RL_ALGORITHMS = ("maml", "pretrained")
+register_task(
+    "nav2d",
+    **_RL,
+    algorithms=_RL_ALGORITHMS,
+    builder="mamlkit.rl.build:build_nav2d_tasks",
+    env="mamlkit.rl.build:build_nav2d_env",
+    plots="mamlkit.rl.plots:nav2d_run_plots",  # the returns, and trajectories to the goals
+    reads=("task.normalized_actions",),
+)
+register_task(
+    "cheetah_vel",
+    **_RL,
+    algorithms=_RL_ALGORITHMS,
+    builder="mamlkit.rl.build:build_cheetah_vel_tasks",
+    env="mamlkit.rl.build:build_cheetah_vel_env",
+    plots="mamlkit.rl.plots:rl_run_plots",
+)
+register_task(
+    "cheetah_dir",
+    **_RL,
+    algorithms=_RL_ALGORITHMS,
+    builder="mamlkit.rl.build:build_cheetah_dir_tasks",
+    env="mamlkit.rl.build:build_cheetah_dir_env",
+    plots="mamlkit.rl.plots:rl_run_plots",
+)
