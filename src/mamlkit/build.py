@@ -81,9 +81,10 @@ def build_model(c: Config, out_features: int | None = None) -> nn.Module:
 
 
 def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearner:
-    """The learner ``algorithm.name`` names (see :func:`mamlkit.algorithms.register`; an
-    RL task's learners, ``maml_trpo`` and ``trpo``, are :mod:`mamlkit.rl`'s)."""
-    cls, overrides = algorithm_entry(c.algorithm.name)
+    """The learner ``algorithm.name`` names for its task's batches (see
+    :func:`mamlkit.algorithms.register`: ``pretrained`` registers a class per kind of batch;
+    an RL task's learners, ``maml_trpo`` and ``trpo``, are :mod:`mamlkit.rl`'s)."""
+    cls, overrides = algorithm_entry(c.algorithm.name, task_spec(c.task.name).batches)
     loss = F.mse_loss if metric_for(c) == "mse" else F.cross_entropy
 
     def train_classes() -> int:

@@ -288,20 +288,17 @@ def _read_source(source: str | Path | dict | None) -> dict[str, Any]:
 COMPONENT_SECTIONS = ("task", "model", "algorithm")
 
 
-def algorithm_entry(name: str) -> tuple[type, dict[str, Any]]:
-    """The registered learner class of ``algorithm.name`` and its fixed constructor
-    arguments. mamlkit's RL learners register when :mod:`mamlkit.rl` is imported: a name
-    the supervised algorithms do not have imports it (no MuJoCo) before refusing it."""
+def algorithm_entry(name: str, batches: str | None = None) -> tuple[type, dict[str, Any]]:
+    """The registered learner class of ``algorithm.name`` for tasks whose batches are
+    ``batches`` (an algorithm may register a class per kind, as ``pretrained`` does; None:
+    its default class), and its fixed constructor arguments. mamlkit's RL learners
+    register when :mod:`mamlkit.rl` is imported: a name the supervised algorithms do not
+    have imports it (no MuJoCo) before refusing it."""
     from mamlkit.algorithms import ALGORITHMS  # the registry: every algorithm's own file
 
     if name not in ALGORITHMS:
         import mamlkit.rl  # noqa: F401  (registers maml_trpo and trpo)
-    if name not in ALGORITHMS:
-        raise ConfigError(
-            f"config key 'algorithm.name': unknown algorithm {name!r} "
-            f"({', '.join(sorted(ALGORITHMS))})"
-        )
-    return ALGORITHMS[name]
+    return ALGORITHMS.lookup(name).learner(batches)
 
 
 def settings_class(section: str, name: str, target: str | None = None) -> type:

@@ -72,6 +72,13 @@ def _rl(c: Config) -> bool:
     return _task(c).rl
 
 
+def _trains_on_examples(c: Config) -> bool:
+    """Whether its learner trains on class minibatches (``task.batch_size``), not tasks."""
+    from mamlkit.algorithms.registry import learner_class
+
+    return learner_class(c).trains_on == "examples"
+
+
 def _adapts(c: Config) -> bool:
     return c.algorithm.name not in ("protonet",)
 
@@ -83,7 +90,7 @@ _USED_WHEN: dict[str, Callable[[Config], bool]] = {
     "task.train_queries": lambda c: c.algorithm.other_train_episodes,
     "task.split": lambda c: c.task.name == "omniglot",
     "task.within_alphabet": lambda c: _task(c).alphabets,
-    "task.batch_size": lambda c: c.algorithm.name == "pretrained",
+    "task.batch_size": lambda c: not _rl(c) and _trains_on_examples(c),
     "model.target": lambda c: c.model.target is not None,
     "model.kwargs": lambda c: c.model.target is not None,
     "algorithm.inner_lr": _adapts,

@@ -8,11 +8,13 @@ from mamlkit.algorithms.mamlpp import MAMLPlusPlus
 from mamlkit.algorithms.metasgd import MetaSGD
 from mamlkit.algorithms.pretrained import PretrainedClassifier, PretrainedRegression
 from mamlkit.algorithms.protonet import PrototypicalNetwork
+from mamlkit.algorithms.registry import AlgorithmSpec, learner_class
 from mamlkit.algorithms.reptile import Reptile
 
 __all__ = [
     "ALGORITHMS",
     "ANIL",
+    "AlgorithmSpec",
     "FOMAML",
     "GradientLearner",
     "MAML",
@@ -24,5 +26,6 @@ __all__ = [
     "PretrainedRegression",
     "PrototypicalNetwork",
     "Reptile",
+    "learner_class",
     "register",
 ]

@@ -12,11 +12,13 @@ from mamlkit.rl.cheetah import CheetahDirectionTasks, CheetahVelocityTasks
 from mamlkit.rl.envs import HeldOutTasks, NavigationTasks
 from mamlkit.rl.learner import MAMLTRPO
 from mamlkit.rl.policy import GaussianMLPPolicy
+from mamlkit.tasks.registry import task_spec
 
 
 def build_env(c: Config) -> Any:
-    """The environment of the config's RL task."""
-    return c.task.build_env()
+    """The environment of the config's RL task (its registered ``env`` builder, else its
+    settings' own)."""
+    return task_spec(c.task.name).build_env(c)
 
 
 def rl_tasks(tasks: Any, split: str) -> Any:
@@ -68,6 +70,4 @@ def build_rl_learner(c: Config, pretrain: bool = False) -> MAMLTRPO:
 
 def build_rl_tasks(c: Config, split: str = "train") -> Any:
     """The tasks of the config's RL task (its registered builder), kept for older code."""
-    from mamlkit.tasks.registry import task_spec
-
     return task_spec(c.task.name).build(c, split)

@@ -116,6 +116,14 @@ def _validated_episodes(
     return tasks
 
 
+def _trains_on_examples(c: Config) -> bool:
+    """Whether the learner ``c`` builds trains on ordinary class minibatches (the
+    pretrained classifier) instead of episodes: the learner class says."""
+    from mamlkit.algorithms.registry import learner_class  # the layer above: asked, not known
+
+    return learner_class(c).trains_on == "examples"
+
+
 def episodes(
     c: Config,
     split: str,
@@ -139,7 +147,7 @@ def episodes(
     rotate = default_rotations if t.rotations is None else t.rotations
     rotations = rotate and can_rotate and split == "train"
     device = c.train.device
-    if split == "train" and c.algorithm.name == "pretrained":
+    if split == "train" and _trains_on_examples(c):
         return ClassBatches(images, t.batch_size, rotations=rotations, device=device)
     ways = (t.train_ways or t.ways) if split == "train" else t.ways
     queries = (t.train_queries or t.queries) if split == "train" else t.queries
@@ -175,20 +183,22 @@ def episodes(
     )
 
 
-# mamlkit.rl's environments: imported when built (the half-cheetahs need MuJoCo); their
-# learners are MAML-TRPO and TRPO on all tasks, once named maml and pretrained
-for _name, _settings in [
-    ("nav2d", "Nav2DSettings"),
-    ("cheetah_vel", "CheetahSettings"),
-    ("cheetah_dir", "CheetahSettings"),
+# mamlkit.rl's environments, each with its own settings (which build its environment) and
+# builders named by import path: imported when built (the half-cheetahs need MuJoCo). Their
+# learners are MAML-TRPO and TRPO on all tasks, once named maml and pretrained.
+for _name, _settings, _plots in [
+    ("nav2d", "Nav2DSettings", "nav2d_run_plots"),  # the returns, and trajectories to goals
+    ("cheetah_vel", "CheetahSettings", "rl_run_plots"),
+    ("cheetah_dir", "CheetahSettings", "rl_run_plots"),
 ]:
     register_task(
         _name,
         metric="return",
         inputs="vector",
-        rl=True,
+        batches="trajectories",
         algorithms=("maml_trpo", "trpo"),
         builder=f"mamlkit.rl.build:build_{_name}_tasks",
+        plots=f"mamlkit.rl.plots:{_plots}",
         settings=f"mamlkit.rl.settings:{_settings}",
         algorithm_aliases={"maml": "maml_trpo", "pretrained": "trpo"},
     )

@@ -58,8 +58,10 @@ class EpisodeSettings(TaskSettings):
         per_task = (self.train_ways or self.ways) * (
             self.shots + (self.train_queries or self.queries)
         )
-        pretrained = config.algorithm.name == "pretrained"  # ordinary minibatches
-        images = self.batch_size if pretrained else config.train.meta_batch * per_task
+        from mamlkit.algorithms.registry import learner_class  # it says what it trains on
+
+        examples = learner_class(config).trains_on == "examples"  # class minibatches
+        images = self.batch_size if examples else config.train.meta_batch * per_task
         channels = self.channels or 1
         keys = "train.meta_batch, task.ways/shots/queries, task.image_size"
         return images, channels * self.image_size**2, keys
