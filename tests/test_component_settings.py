@@ -133,7 +133,7 @@ def build_point_goals(config: Config, split: str) -> PointGoals:
 def user_components(monkeypatch):
     """The user's registrations, undone after the test."""
     monkeypatch.setattr(TASKS, "_specs", dict(TASKS._specs))
-    saved = dict(ALGORITHMS)
+    monkeypatch.setattr(ALGORITHMS, "_specs", dict(ALGORITHMS._specs))
     register("weighted_maml")(WeightedMAML)
     register_task(
         "point1d",
@@ -144,8 +144,6 @@ def user_components(monkeypatch):
         settings=PointGoalSettings,
     )(build_point_goals)
     yield
-    ALGORITHMS.clear()
-    ALGORITHMS.update(saved)
 
 
 def test_a_user_algorithm_with_its_own_setting_trains_from_a_config_dict(

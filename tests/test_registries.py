@@ -224,8 +224,6 @@ def test_a_user_model_is_a_plain_nn_module(registries):
 
 def test_algorithms_are_a_registry_of_specs_like_tasks_and_models():
     assert isinstance(ALGORITHMS, Registry) and isinstance(ALGORITHMS["maml"], AlgorithmSpec)
-    import mamlkit.rl  # noqa: F401  (registers the RL learners)
-
     assert list(ALGORITHMS) == [
         "fomaml", "maml", "anil", "mamlpp", "metasgd", "pretrained", "protonet", "reptile",
         "maml_trpo", "trpo",

@@ -291,13 +291,9 @@ COMPONENT_SECTIONS = ("task", "model", "algorithm")
 def algorithm_entry(name: str, batches: str | None = None) -> tuple[type, dict[str, Any]]:
     """The registered learner class of ``algorithm.name`` for tasks whose batches are
     ``batches`` (an algorithm may register a class per kind, as ``pretrained`` does; None:
-    its default class), and its fixed constructor arguments. mamlkit's RL learners
-    register when :mod:`mamlkit.rl` is imported: a name the supervised algorithms do not
-    have imports it (no MuJoCo) before refusing it."""
+    its default class), and its fixed constructor arguments."""
     from mamlkit.algorithms import ALGORITHMS  # the registry: every algorithm's own file
 
-    if name not in ALGORITHMS:
-        import mamlkit.rl  # noqa: F401  (registers maml_trpo and trpo)
     return ALGORITHMS.lookup(name).learner(batches)
 
 

@@ -11,6 +11,11 @@ from mamlkit.algorithms.protonet import PrototypicalNetwork
 from mamlkit.algorithms.registry import AlgorithmSpec, learner_class
 from mamlkit.algorithms.reptile import Reptile
 
+# mamlkit.rl's learners by import path (imported when built, so that validating a config
+# imports no mamlkit.rl): MAML-TRPO, and TRPO on all tasks (the pretrained/oracle baseline)
+register("maml_trpo", builder="mamlkit.rl.learner:MAMLTRPO")
+register("trpo", builder="mamlkit.rl.learner:MAMLTRPO", pretrain=True)
+
 __all__ = [
     "ALGORITHMS",
     "ANIL",

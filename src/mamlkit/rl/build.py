@@ -21,7 +21,7 @@ def build_env(c: Config) -> Any:
     return task_spec(c.task.name).build_env(c)
 
 
-def rl_tasks(tasks: Any, split: str) -> Any:
+def rl_split(tasks: Any, split: str) -> Any:
     """Tasks are drawn from continuous (or two-valued) distributions with nothing held
     out: train and test draw from the same one (evaluation's fixed seed gives every method
     the same test tasks), and ``val`` draws other tasks than ``test`` for the same seed."""
@@ -29,15 +29,15 @@ def rl_tasks(tasks: Any, split: str) -> Any:
 
 
 def build_nav2d_tasks(c: Config, split: str = "train") -> Any:
-    return rl_tasks(NavigationTasks(), split)
+    return rl_split(NavigationTasks(), split)
 
 
 def build_cheetah_vel_tasks(c: Config, split: str = "train") -> Any:
-    return rl_tasks(CheetahVelocityTasks(), split)
+    return rl_split(CheetahVelocityTasks(), split)
 
 
 def build_cheetah_dir_tasks(c: Config, split: str = "train") -> Any:
-    return rl_tasks(CheetahDirectionTasks(), split)
+    return rl_split(CheetahDirectionTasks(), split)
 
 
 def build_rl_learner(c: Config, pretrain: bool = False) -> MAMLTRPO:
