@@ -40,8 +40,9 @@ def plot(run_dir) -> None:
 
 
 def _plot_rl(run_dir) -> None:
-    """RL runs: return vs adaptation steps (after `mamlkit eval`) and, for 2D navigation,
-    trajectories before and after adaptation."""
+    """The figures a run's task draws of it (its registered ``plots``; RL: return vs
+    adaptation steps after `mamlkit eval` and, for 2D navigation, trajectories before and
+    after adaptation)."""
     import yaml
 
     from mamlkit.config_data import load_yaml
@@ -56,21 +57,15 @@ def _plot_rl(run_dir) -> None:
     if not isinstance(task, dict):
         return
     spec = TASKS.get(task["name"]) if isinstance(task.get("name"), str) else None
-    if spec is None or not spec.rl:
+    if spec is None or spec.plots is None:
         return
-    from mamlkit.rl import plots as rl_plots
     from mamlkit.runner import load_run, run_checkpoints
 
-    if (run_dir / "eval.json").is_file():
-        rl_plots.return_by_step(run_dir / "eval.json", task["name"], run_dir / "returns.png")
-        click.echo(f"wrote {run_dir / 'returns.png'}")
-    if task["name"] == "nav2d":
+    def load():
         final = (run_dir / "model.safetensors").is_file()
-        if final or run_checkpoints(run_dir):
-            run_config, learner, step = load_run(
-                run_dir, checkpoint=None if final else "latest", device="cpu"
-            )
-            rl_plots.nav2d_trajectories(
-                learner, run_dir / "trajectories.png", steps=run_config.eval.steps, iterations=step
-            )
-            click.echo(f"wrote {run_dir / 'trajectories.png'}")
+        if not (final or run_checkpoints(run_dir)):
+            return None
+        return load_run(run_dir, checkpoint=None if final else "latest", device="cpu")
+
+    for written in spec.write_plots(run_dir, load):
+        click.echo(f"wrote {written}")
