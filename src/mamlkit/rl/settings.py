@@ -22,16 +22,14 @@ class RLTaskSettings(TaskSettings):
     """What every RL task has. A task's own subclass builds its environment
     (:meth:`build_env`), which the TRPO learners act in."""
 
-    # reinforcement learning: episode length, trajectories per task per inner step
-    # in training and at test time, and the oracle baseline's goal in the observation
-    horizon: int = 100
-    rollouts: int = 20
-    eval_rollouts: int = 40
+    horizon: int = 100  # RL: environment steps per trajectory (the episode length)
+    rollouts: int = 20  # RL: trajectories per task for each inner step in training
+    eval_rollouts: int = 40  # RL: trajectories per task for each test-time step
     # test steps of at least this many environment steps per task, in rounds of
     # eval_rollouts trajectories (rllab's batch_size in maml_rl's test scripts); 0: exactly
     # eval_rollouts trajectories
     eval_samples: int = 0
-    oracle: bool = False
+    oracle: bool = False  # RL: the oracle baseline sees the task's goal in its observation
 
     def validate(self, config: Config) -> None:
         require_at_least(1, "task", self, "horizon", "rollouts", "eval_rollouts")
