@@ -10,7 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mamlkit.algorithms.registry import ALGORITHMS, register
+from mamlkit.settings import AlgorithmSettings
 from mamlkit.tasks.base import TaskBatch
+
+__all__ = ["ALGORITHMS", "MetaLearner", "MetaOutput", "check_task_batch", "register"]
 
 
 @dataclass
@@ -40,30 +44,6 @@ def check_task_batch(x: Tensor, y: Tensor, where: str) -> None:
         )
 
 
-#: algorithm name (``algorithm.name`` in a config) -> (class, constructor overrides)
-ALGORITHMS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {}
-
-
-def register(name: str, **overrides: Any):
-    """Class decorator: make the learner buildable from a config as ``algorithm.name:
-    NAME`` (through its :meth:`MetaLearner.from_config`), with ``overrides`` fixed (e.g.
-    ``first_order=True`` for ``fomaml``). Adding an algorithm is this line, its class and
-    a preset."""
-
-    def decorate(cls: type[MetaLearner]) -> type[MetaLearner]:
-        known = ALGORITHMS.get(name)
-        same = known and (known[0].__module__, known[0].__qualname__) == (
-            cls.__module__,
-            cls.__qualname__,
-        )
-        if known and not same:  # a reloaded module may register its class again
-            raise ValueError(f"algorithm {name!r} is already registered to {known[0].__name__}")
-        ALGORITHMS[name] = (cls, overrides)
-        return cls
-
-    return decorate
-
-
 class MetaLearner(nn.Module):
     """Owns the network (``self.model``) and whatever else is meta-learned.
 
@@ -72,13 +52,13 @@ class MetaLearner(nn.Module):
     """
 
     model: nn.Module
-    # What the trainer may do with a learner (capture its iteration as a CUDA graph, run
-    # its own outer step under torchrun) is read from its hooks, never from flags that a
-    # subclass would inherit while it replaces the hook: see mamlkit.algorithms.capabilities
-    # (``@capturable`` on ``meta_forward``, ``@averages_over_ranks`` on ``outer_step``).
-
-    #: the job's all-reduce mean, for the length of :meth:`averaging_over_ranks`
-    _rank_mean: Callable[[list[Tensor]], None] | None = None
+    #: the dataclass of its ``algorithm:`` config section (:class:`AlgorithmSettings` or a
+    #: subclass with the learner's own hyperparameters and their validation)
+    settings_class: type[AlgorithmSettings] = AlgorithmSettings
+    #: what it trains on: ``"tasks"`` (the task's own batches, each task with a support
+    #: and a query set) or ``"examples"`` (ordinary labelled minibatches over all training
+    #: classes, :class:`~mamlkit.tasks.ClassBatches`, which an episode task then draws)
+    trains_on: str = "tasks"
 
     @classmethod
     def from_config(

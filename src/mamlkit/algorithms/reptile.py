@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -9,7 +11,18 @@ from mamlkit.algorithms.base import MetaOutput, register
 from mamlkit.algorithms.capabilities import averages_over_ranks
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import LossFn, adaptable_params
+from mamlkit.settings import AlgorithmSettings
 from mamlkit.tasks.base import TaskBatch
+
+
+@dataclass
+class ReptileSettings(AlgorithmSettings):
+    """``algorithm.name: reptile``."""
+
+    name: str = "reptile"
+    # reptile: the interpolation ε, annealed linearly over train.iterations
+    meta_step_size: float = 1.0
+    meta_step_size_final: float = 0.0
 
 
 @register("reptile")
@@ -55,6 +68,8 @@ class Reptile(MAML):
         super().__init__(model, loss_fn, inner_lr, inner_steps, **kwargs)
         self.meta_step_size, self.meta_step_size_final = meta_step_size, meta_step_size_final
         self.anneal_iterations = anneal_iterations
+
+    settings_class = ReptileSettings
 
     @classmethod
     def config_kwargs(cls, algorithm) -> dict:

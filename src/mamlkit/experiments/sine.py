@@ -137,12 +137,16 @@ def evaluate_sine(
     records = []
     for k in K_SHOTS:
         batch = sine_test_tasks(config, k, device)
+        # method -> (learner, the K it was trained for, its fine-tuning step size)
         chosen = {
-            "maml": (learners[f"maml_k{maml_model_for(k, trained)}"], maml_model_for(k, trained)),
-            "pretrained": (learners["pretrained"], None),
+            "maml": (
+                learners[f"maml_k{maml_model_for(k, trained)}"],
+                maml_model_for(k, trained),
+                None,
+            ),
+            "pretrained": (learners["pretrained"], None, fine_tune[k]),
         }
-        for method, (learner, trained_k) in chosen.items():
-            lr = fine_tune[k] if method == "pretrained" else None
+        for method, (learner, trained_k, lr) in chosen.items():
             for step_record in mse_by_step(learner, batch, config, lr):
                 record = {"method": method, "k_shot": k, **step_record}
                 if trained_k is not None:

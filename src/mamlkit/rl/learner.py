@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mamlkit.algorithms.base import MetaLearner, MetaOutput
+from mamlkit.algorithms.base import MetaLearner, MetaOutput, register
 from mamlkit.algorithms.capabilities import averages_over_ranks
 from mamlkit.functional import FixedStepSize, Params, inner_loop, stack_params
 from mamlkit.rl.envs import RLTaskBatch, TaskStreams, environment_streams
@@ -30,11 +30,14 @@ from mamlkit.rl.returns import (
     surrogate_and_kl,
     vpg_support_loss,
 )
+from mamlkit.rl.settings import TRPOSettings
 from mamlkit.rl.trpo import TRPOStep, trpo_step
 
 FISHER = ("gauss_newton", "hessian")  # the Fisher-vector products outer_step can use
 
 
+@register("maml_trpo")
+@register("trpo", pretrain=True)
 class MAMLTRPO(MetaLearner):
     """Meta-learn a policy initialisation θ from which ``inner_steps`` policy-gradient
     steps on ``rollouts`` trajectories solve a new task.
@@ -56,6 +59,16 @@ class MAMLTRPO(MetaLearner):
     share of the tasks, sample the trajectories one process would (:meth:`outer_step`
     averages over the ranks).
     """
+
+    settings_class = TRPOSettings
+
+    @classmethod
+    def from_config(cls, config, build_model, loss_fn, train_classes, pretrain: bool = False):
+        """MAML-TRPO of an RL task's config (``maml_trpo``); ``pretrain=True`` (``trpo``):
+        TRPO on the task distribution, without inner steps in training."""
+        from mamlkit.rl.build import build_rl_learner
+
+        return build_rl_learner(config, pretrain=pretrain)
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from mamlkit.config import Config
+from mamlkit.config import Config, with_current_names
 from mamlkit.errors import UserError
 from mamlkit.rundir import records
 from mamlkit.rundir.checkpoint import atomic_write_bytes, read_metadata
@@ -70,6 +70,8 @@ def check_resume(
     if meta is None:
         return
     check_file_identity(run_dir, path, meta)
+    if isinstance(meta.get("config"), dict):  # an older mamlkit's names (maml on nav2d)
+        meta = {**meta, "config": with_current_names(meta["config"])}
     allowed = {*may_change, *RESUME_MAY_ALSO_CHANGE}
     check_resume_config(run_dir, config.to_dict(), path, meta, allowed)
 
