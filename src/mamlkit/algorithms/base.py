@@ -59,6 +59,13 @@ class MetaLearner(nn.Module):
     #: and a query set) or ``"examples"`` (ordinary labelled minibatches over all training
     #: classes, :class:`~mamlkit.tasks.ClassBatches`, which an episode task then draws)
     trains_on: str = "tasks"
+    # What the trainer may do with a learner (capture its iteration as a CUDA graph, run
+    # its own outer step under torchrun) is read from its hooks, never from flags that a
+    # subclass would inherit while it replaces the hook: see mamlkit.algorithms.capabilities
+    # (``@capturable`` on ``meta_forward``, ``@averages_over_ranks`` on ``outer_step``).
+
+    #: the job's all-reduce mean, for the length of :meth:`averaging_over_ranks`
+    _rank_mean: Callable[[list[Tensor]], None] | None = None
 
     @classmethod
     def from_config(
