@@ -252,6 +252,11 @@ def load_config(
         and "name" in data[section]
         and merged[section].get("name") != data[section]["name"]
     }
+    # a model.target given by an override replaces the preset's named model too
+    model, source_model = merged.get("model"), data.get("model")
+    if isinstance(model, dict) and isinstance(source_model, dict):
+        if model.get("target") != source_model.get("target"):
+            replaced.add("model")
     config = _build_config(merged, explicit, updates or {}, missing or {}, replaced)
     validate(config)
     return config
