@@ -16,6 +16,7 @@ from mamlkit.rl.fisher import (
     gauss_newton_vector_product,
     hessian_vector_product,
 )
+from mamlkit.rl.fisher_rop import rop_gauss_newton
 from mamlkit.rl.gauss_newton import inner_update_gauss_newton
 from mamlkit.rl.policy import GaussianMLPPolicy
 from mamlkit.rl.returns import (
@@ -31,7 +32,7 @@ from mamlkit.rl.returns import (
 )
 from mamlkit.rl.trpo import TRPOStep, trpo_step
 
-FISHER = ("gauss_newton", "hessian")  # the Fisher-vector products outer_step can use
+FISHER = ("rop", "gauss_newton", "hessian")  # the Fisher-vector products outer_step can use
 
 
 class MAMLTRPO(MetaLearner):
@@ -236,11 +237,19 @@ class MAMLTRPO(MetaLearner):
 
         if support is not None and not self.update.per_parameter:
             steps = self.inner_steps
+            step_sizes = [float(self.update.step_size("", s)) for s in range(steps)]
+            if self.fisher == "rop":
+                product = rop_gauss_newton(
+                    self.policy, self.theta(), support, support_adv, step_sizes,
+                    self.first_order, query, old,
+                )
+                if product is not None:
+                    return product
             return inner_update_gauss_newton(
                 self.theta(),
                 query.obs.shape[0],
                 vpg_support_loss(self.policy, support, support_adv) if steps else None,
-                [float(self.update.step_size("", s)) for s in range(steps)],
+                step_sizes,
                 self.first_order,
                 lambda p: self.policy.distribution(p, query.obs),
                 kl_of_z,
