@@ -118,8 +118,9 @@ class AlgorithmConfig:
     cg_damping: float = 1e-5
     backtrack_ratio: float = 0.8
     max_backtracks: int = 15
-    # TRPO's Fisher-vector products: gauss_newton (Jᵀ F J, no third derivatives) | hessian
-    fisher: str = "gauss_newton"
+    # TRPO's Fisher-vector products: rop (Jᵀ F J by hand-written derivatives, and the step
+    # length from conjugate gradient's products) | gauss_newton (Jᵀ F J by autograd) | hessian
+    fisher: str = "rop"
 
 
 @dataclass
@@ -292,6 +293,8 @@ def resolve_preset(name_or_path: str) -> Any:
 SAVED_BEFORE_THE_KEY: dict[str, dict[str, Any]] = {
     # session 9: 2D navigation's actions became rllab-normalised (maml_rl's environment)
     "task": {"normalized_actions": False},
+    # issue 27: new runs' TRPO products became "rop"; a saved run keeps the autograd ones
+    "algorithm": {"fisher": "gauss_newton"},
 }
 
 
@@ -381,9 +384,9 @@ def validate_rl(c: Config) -> None:
         f"must be in (0, 1), got {c.algorithm.backtrack_ratio}",
     )
     _require(
-        c.algorithm.fisher in ("gauss_newton", "hessian"),
+        c.algorithm.fisher in ("rop", "gauss_newton", "hessian"),
         "algorithm.fisher",
-        f"must be gauss_newton or hessian, got {c.algorithm.fisher!r}",
+        f"must be rop, gauss_newton or hessian, got {c.algorithm.fisher!r}",
     )
     _require(
         all(math.isfinite(a) and a > 0 for a in c.algorithm.eval_inner_lrs),

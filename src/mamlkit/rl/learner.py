@@ -77,7 +77,7 @@ class MAMLTRPO(MetaLearner):
         cg_damping: float = 1e-5,
         backtrack_ratio: float = 0.8,
         max_backtracks: int = 15,
-        fisher: str = "gauss_newton",
+        fisher: str = "rop",
     ):
         super().__init__()
         if inner_steps < 0:
@@ -198,6 +198,7 @@ class MAMLTRPO(MetaLearner):
             evaluate,
             fisher_vector=fisher_vector,
             mean_over_ranks=self.mean_over_ranks,
+            reuse_products=self.fisher == "rop",
             **self.trpo,
         )
         self.last_step = step
@@ -240,8 +241,14 @@ class MAMLTRPO(MetaLearner):
             step_sizes = [float(self.update.step_size("", s)) for s in range(steps)]
             if self.fisher == "rop":
                 product = rop_gauss_newton(
-                    self.policy, self.theta(), support, support_adv, step_sizes,
-                    self.first_order, query, old,
+                    self.policy,
+                    self.theta(),
+                    support,
+                    support_adv,
+                    step_sizes,
+                    self.first_order,
+                    query,
+                    old,
                 )
                 if product is not None:
                     return product
