@@ -63,13 +63,12 @@ def _gram(dz: Tensor, x: Tensor, sum_tasks: bool) -> Tensor:
 @dataclass
 class Forward:
     """One forward pass of T task MLPs: ``layers[l]`` = W̃_l, ``inputs[l]`` = x̃_{l−1}
-    (layer l's input with the column of ones), ``off[l]`` where a hidden ReLU is off,
-    ``d1[l]``/``d2[l]`` = σ'(z_l)/σ''(z_l) of hidden tanh layers, ``out`` = z_L."""
+    (layer l's input with the column of ones), ``d1[l]``/``d2[l]`` = σ'(z_l)/σ''(z_l) of
+    the hidden layers (ReLU: d1 the 0/1 mask of z_l > 0, d2 empty), ``out`` = z_L."""
 
     activation: str
     layers: list[Tensor]
     inputs: list[Tensor]
-    off: list[Tensor]
     d1: list[Tensor]
     d2: list[Tensor]
     out: Tensor
@@ -79,9 +78,8 @@ class Forward:
         return self.layers[layer][..., :-1]
 
     def derivative_(self, layer: int, t: Tensor) -> Tensor:
-        """t ⊙ σ'(z_l), in place."""
-        if self.activation == "relu":
-            return t.masked_fill_(self.off[layer], 0)
+        """t ⊙ σ'(z_l), in place (for ReLU a multiplication by the 0/1 mask, many times
+        faster than ``masked_fill_`` on CPU)."""
         return t.mul_(self.d1[layer])
 
 
@@ -90,7 +88,6 @@ def forward(layers: list[Tensor], x: Tensor, activation: str) -> Forward:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     inputs: list[Tensor] = []
-    off: list[Tensor] = []
     d1: list[Tensor] = []
     d2: list[Tensor] = []
     h = x
@@ -98,9 +95,9 @@ def forward(layers: list[Tensor], x: Tensor, activation: str) -> Forward:
         inputs.append(_with_ones(h))
         z = torch.bmm(inputs[-1], w.transpose(1, 2))
         if layer == len(layers) - 1:
-            return Forward(activation, list(layers), inputs, off, d1, d2, z)
+            return Forward(activation, list(layers), inputs, d1, d2, z)
         if activation == "relu":
-            off.append(z <= 0)
+            d1.append((z > 0).to(z.dtype))
             h = torch.relu(z)
         else:
             h = torch.tanh(z)
