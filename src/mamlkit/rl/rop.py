@@ -90,19 +90,22 @@ def forward(layers: list[Tensor], x: Tensor, activation: str) -> Forward:
     inputs: list[Tensor] = []
     d1: list[Tensor] = []
     d2: list[Tensor] = []
-    h = x
+    h = _with_ones(x)
     for layer, w in enumerate(layers):
-        inputs.append(_with_ones(h))
-        z = torch.bmm(inputs[-1], w.transpose(1, 2))
+        inputs.append(h)
+        z = torch.bmm(h, w.transpose(1, 2))
         if layer == len(layers) - 1:
             return Forward(activation, list(layers), inputs, d1, d2, z)
+        # the next input x̃ = [σ(z), 1], written in place (no concatenation)
+        h = z.new_ones(*z.shape[:-1], z.shape[-1] + 1)
         if activation == "relu":
-            d1.append((z > 0).to(z.dtype))
-            h = torch.relu(z)
+            d1.append(torch.gt(z, 0, out=torch.empty_like(z)))
+            torch.mul(z, d1[-1], out=h[..., :-1])
         else:
-            h = torch.tanh(z)
-            d1.append(1 - h * h)
-            d2.append(-2 * h * d1[-1])
+            x_next = torch.tanh(z)
+            h[..., :-1] = x_next
+            d1.append(1 - x_next * x_next)
+            d2.append(-2 * x_next * d1[-1])
     raise ValueError("an MLP needs at least one layer")
 
 
@@ -190,7 +193,7 @@ class GaussianSurrogateHessian:
                 dx = torch.bmm(dz, fw.weight(layer))
                 if activation == "tanh":
                     self.dx_d2.insert(0, dx * fw.d2[layer - 1])
-                dz = fw.derivative_(layer - 1, dx.clone())
+                dz = fw.derivative_(layer - 1, dx)
         self.grads = (grads, weight.sum(1) - self.q)
 
     def hvp(self, v: list[Tensor], v_s: Tensor) -> tuple[list[Tensor], Tensor]:
