@@ -27,26 +27,18 @@ from mamlkit.rl.rop import GaussianSurrogateHessian, Workspace, forward, jvp, vj
 
 __all__ = ["policy_activation", "rop_gauss_newton"]
 
-_ACTIVATION_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh"}
-
 Direction = tuple[list[Tensor], Tensor]  # ([V_l, c_l] per layer, v_s)
 
 
 def policy_activation(policy: GaussianMLPPolicy) -> str | None:
-    """The mean network's one activation (``relu`` or ``tanh``) where the hand-written
-    derivatives cover the policy (Linear layers with that activation between them), else
-    None."""
-    found = set()
+    """``relu`` where the hand-written derivatives cover the policy's mean network (Linear
+    layers with ReLU between them, what :meth:`~mamlkit.models.mlp.MLP.batched_forward`
+    computes), else None (the products then fall back to autograd). :mod:`mamlkit.rl.rop`
+    also covers tanh networks, which this policy does not build."""
     for module in policy.mean.net:
-        if isinstance(module, nn.Linear):
-            continue
-        kind = _ACTIVATION_MODULES.get(type(module))
-        if kind is None:
+        if not isinstance(module, (nn.Linear, nn.ReLU)):
             return None
-        found.add(kind)
-    if len(found) > 1:
-        return None
-    return found.pop() if found else "relu"
+    return "relu"
 
 
 def _layer_names(policy: GaussianMLPPolicy) -> list[str]:
