@@ -220,3 +220,25 @@ def test_a_run_saved_before_the_rop_default_keeps_the_autograd_products(tmp_path
             saved["algorithm"]["fisher"] = fisher
         (run / "config.yaml").write_text(yaml.safe_dump(saved))
         assert load_run_config(run).algorithm.fisher == (fisher or "gauss_newton")
+
+
+def test_the_fisher_benchmark_prints_both_constructions(monkeypatch, capsys):
+    """benchmarks/rl_fisher.py at a tiny size, in process (its numbers are measured by hand)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_fisher.py"
+    spec = importlib.util.spec_from_file_location("rl_fisher", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["rl_fisher.py", "--env", "nav2d", "--tasks", "2", "--rollouts", "2", "--reps", "2"]
+    monkeypatch.setattr("sys.argv", [*argv, "--products", "1"])
+    threads = torch.get_num_threads()
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["product_cpu_s"]) == {"rop", "gauss_newton"}
+    assert result["max_rel_difference_vs_gauss_newton"]["rop"] < 1e-4
