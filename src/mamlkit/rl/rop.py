@@ -174,7 +174,7 @@ class GaussianSurrogateHessian:
         activation: str,
     ):
         self.fw = fw = forward(layers, obs, activation)
-        self.ws = Workspace(fw)
+        self._ws: Workspace | None = None  # allocated by the first product
         weight = weight.unsqueeze(-1)  # [T, M, 1]
         self.w_inv_var = weight * torch.exp(-2 * log_std).unsqueeze(1)  # [T, M, A]
         diff = fw.out - actions  # μ − a
@@ -199,7 +199,10 @@ class GaussianSurrogateHessian:
     def hvp(self, v: list[Tensor], v_s: Tensor) -> tuple[list[Tensor], Tensor]:
         """∇²L · (Ṽ, v_s), task-stacked; Ṽ_l ``[T, out, in + 1]`` or ``[out, in + 1]``
         (shared), v_s ``[T, A]`` or ``[A]``."""
-        fw, ws = self.fw, self.ws
+        fw = self.fw
+        if self._ws is None:
+            self._ws = Workspace(fw)
+        ws = self._ws
         r_mean = jvp(fw, v, ws)
         vs = v_s.unsqueeze(-2)  # [T, 1, A] or [1, A]
         # R(∂L/∂μ) = c e^{−2s} (Rμ − 2 (μ − a) v_s)
