@@ -44,7 +44,10 @@ class MAMLTRPO(MetaLearner):
     surrogate (second order unless ``first_order``), sample ``rollouts`` query trajectories
     with φᵢ, and take one TRPO step on θ for the mean over tasks of the query surrogate,
     under mean KL(π_φᵢ(θ_old) ‖ π_φᵢ(θ)) ≤ ``max_kl``. The Fisher-vector products
-    (:meth:`fisher_vector_product`) are ``fisher="gauss_newton"``, the Gauss-Newton form
+    (:meth:`fisher_vector_product`) are ``fisher="rop"`` (the default), the Gauss-Newton
+    form of ``"gauss_newton"`` by hand-written derivatives of the policy network
+    (:mod:`~mamlkit.rl.fisher_rop`, equal to float rounding, with TRPO's step length from
+    conjugate gradient's own products), ``"gauss_newton"``, the Gauss-Newton form
     Jᵀ F J through the inner update (exactly the KL's Hessian at θ_old, with no third
     derivative of the support loss), or ``"hessian"``, double backward of the KL through
     the inner update. With ``inner_steps=0`` this is plain TRPO on the task distribution
@@ -227,7 +230,9 @@ class MAMLTRPO(MetaLearner):
         With the ``support`` trajectories (and their advantages ``support_adv`` where there
         are inner steps), the Gauss-Newton product is built from pieces computed once
         (:func:`~mamlkit.rl.gauss_newton.inner_update_gauss_newton`: the same matrix in
-        fewer operations per product; ``phi``'s graph is then not used).
+        fewer operations per product; ``phi``'s graph is then not used); with ``"rop"`` from
+        hand-written derivatives (:func:`~mamlkit.rl.fisher_rop.rop_gauss_newton`; autograd
+        where the policy's network is not covered).
         """
         params = list(self.theta().values())
         if self.fisher == "hessian":

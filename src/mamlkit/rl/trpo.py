@@ -20,7 +20,7 @@ def conjugate_gradient(
     iterations: int = 10,
     tol: float = 1e-10,
     with_product: bool = False,
-):
+) -> Tensor | tuple[Tensor, Tensor]:
     """Approximately solve ``A x = b`` for a symmetric positive definite A given as a
     matrix-vector product (rllab's ``krylov.cg``: ``iterations`` steps from x = 0).
 
