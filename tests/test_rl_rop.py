@@ -59,6 +59,25 @@ def test_rop_products_equal_the_autograd_gauss_newton_ones(float64, inner_steps,
         torch.testing.assert_close(fvp["rop"](v), expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("inner_steps", "first_order"), [(0, False), (1, False), (2, False), (1, True)]
+)
+def test_rop_surrogate_and_gradient_equal_autograd_through_the_inner_update(
+    float64, inner_steps, first_order
+):
+    learner, batch = learner_and_batch(inner_steps, first_order)
+    support, phi, query, adv, adv_s = learner._sample_and_adapt(batch, environment_streams(batch))
+    old = old_policy(learner.policy, phi, query)
+    loss, _ = surrogate_and_kl(learner.policy, phi, query, adv, old)
+    params = list(learner.policy.parameters())
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+    product = learner.fisher_vector_product(phi, query, old, None, support, adv_s)
+    got_loss, got = product.surrogate(adv)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(got_loss, loss.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_rop_is_the_default_and_accepted_by_the_config():
     assert MAMLTRPO(Navigation2D(), GaussianMLPPolicy(2, 2, (4,))).fisher == "rop"
     assert load_config("rl_nav2d_maml").algorithm.fisher == "rop"

@@ -59,7 +59,7 @@ def test_precomputed_gauss_newton_equals_the_product_through_the_graph(
 def test_the_trpo_step_is_the_same_with_the_precomputed_products(float64, monkeypatch):
     # a damping where TRPO's direction is a well-conditioned function of F (as in
     # tests/test_rl_trpo_gn.py): conjugate gradient then does not amplify rounding
-    learner, batch = learner_and_batch(1, cg_damping=0.1)
+    learner, batch = learner_and_batch(1, cg_damping=0.1, fisher="gauss_newton")
     reference = copy.deepcopy(learner)
     through_graph = reference.fisher_vector_product
 

@@ -16,16 +16,17 @@ backwards and Sᵀ (the task sum folded into the last matmuls where no A_s follo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from mamlkit.functional import Params
-from mamlkit.rl.fisher import FisherVector
-from mamlkit.rl.policy import MEAN, GaussianMLPPolicy
-from mamlkit.rl.returns import OldPolicy, Trajectories
+from mamlkit.rl.policy import MEAN, GaussianMLPPolicy, gaussian_log_prob
+from mamlkit.rl.returns import OldPolicy, Trajectories, masked_task_mean
 from mamlkit.rl.rop import GaussianSurrogateHessian, Workspace, forward, jvp, vjp
 
-__all__ = ["policy_activation", "rop_gauss_newton"]
+__all__ = ["RopGaussNewton", "policy_activation", "rop_gauss_newton"]
 
 Direction = tuple[list[Tensor], Tensor]  # ([V_l, c_l] per layer, v_s)
 
@@ -67,7 +68,7 @@ def rop_gauss_newton(
     first_order: bool,
     query: Trajectories,
     old: OldPolicy,
-) -> FisherVector | None:
+) -> RopGaussNewton | None:
     """``v ↦ Jᵀ F_z J v`` over the flat parameters ``theta`` (the policy's, in their order)
     for ``len(step_sizes)`` inner VPG steps on ``support`` (advantages ``support_adv``) and
     the mean KL from ``old`` on ``query``; None where the policy's network is not covered
@@ -115,6 +116,17 @@ def rop_gauss_newton(
     hessian_steps = [] if first_order else list(zip(step_sizes, hessians, strict=True))
     sum_in_vjp = not hessian_steps
 
+    def transpose(f_mean: Tensor, f_s: Tensor) -> Tensor:
+        """Jᵀ (f_mean, f_s): J_qᵀ on the query data, the A_s backwards, Sᵀ; flat."""
+        out: Direction = (vjp(fw, f_mean, ws, sum_tasks=sum_in_vjp), f_s)
+        for alpha, h in reversed(hessian_steps):
+            out = _minus(out, alpha, h.hvp(*out))
+        grads = out[0] if sum_in_vjp else [g.sum(0) for g in out[0]]
+        by_key = {("s", 0): out[1].sum(0)}
+        by_key.update({("w", i): g[..., :-1] for i, g in enumerate(grads)})
+        by_key.update({("b", i): g[..., -1] for i, g in enumerate(grads)})
+        return torch.cat([by_key[key].reshape(-1) for key in order])
+
     def product(v: Tensor) -> Tensor:
         pieces = {key: p.view(shape) for key, p, shape in zip(order, v.split(sizes), shapes)}
         a: Direction = (
@@ -128,14 +140,41 @@ def rop_gauss_newton(
             a = _minus(a, alpha, h.hvp(*a))
         r_mean = jvp(fw, a[0], ws)
         f_mean = f_mm * r_mean + f_ms * a[1].unsqueeze(-2)
-        f_s = (f_ms * r_mean).sum(1) + f_ss * a[1]
-        out: Direction = (vjp(fw, f_mean, ws, sum_tasks=sum_in_vjp), f_s)
-        for alpha, h in reversed(hessian_steps):
-            out = _minus(out, alpha, h.hvp(*out))
-        grads = out[0] if sum_in_vjp else [g.sum(0) for g in out[0]]
-        by_key = {("s", 0): out[1].sum(0)}
-        by_key.update({("w", i): g[..., :-1] for i, g in enumerate(grads)})
-        by_key.update({("b", i): g[..., -1] for i, g in enumerate(grads)})
-        return torch.cat([by_key[key].reshape(-1) for key in order])
+        return transpose(f_mean, (f_ms * r_mean).sum(1) + f_ss * a[1])
 
-    return product
+    def surrogate(adv: Tensor) -> tuple[Tensor, Tensor]:
+        """TRPO's surrogate −mean_i mean_t (π/π_old)·Â at the adapted policies and its
+        gradient in θ (flat) through the inner steps: Jᵀ ∂loss/∂z."""
+        with torch.no_grad():
+            std_log = log_std.unsqueeze(1).expand_as(fw.out)
+            log_prob = gaussian_log_prob(fw.out, std_log, _flat_rows(query.actions))
+            ratio = torch.exp(log_prob - old.log_prob.reshape(tasks, -1))
+            weighted = ratio * adv.reshape(tasks, -1)
+            loss = -masked_task_mean(weighted.view_as(mask), mask).mean()
+            c = -w * weighted.unsqueeze(-1)  # ∂loss/∂log π per step  [T, M, 1]
+            z = (_flat_rows(query.actions) - fw.out) * torch.exp(-std_log)  # (a − μ)/σ
+            g_mean = c * z * torch.exp(-std_log)  # ∂log π/∂μ = (a − μ)/σ²
+            g_s = (c * (z * z - 1)).sum(1)  # ∂log π/∂s = (a − μ)²/σ² − 1
+            return loss, transpose(g_mean, g_s)
+
+    return RopGaussNewton(product, surrogate)
+
+
+class RopGaussNewton:
+    """``v ↦ Jᵀ F_z J v`` (called), and :meth:`surrogate`: TRPO's surrogate loss and its
+    gradient in θ through the inner steps, on the same pieces (no autograd graph)."""
+
+    def __init__(
+        self,
+        product: Callable[[Tensor], Tensor],
+        surrogate: Callable[[Tensor], tuple[Tensor, Tensor]],
+    ):
+        self._product, self._surrogate = product, surrogate
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return self._product(v)
+
+    def surrogate(self, adv: Tensor) -> tuple[Tensor, Tensor]:
+        """The surrogate loss for the query advantages ``adv [T, N, H]`` (those of the
+        ``query`` the products were built on) and its flat gradient in θ."""
+        return self._surrogate(adv)

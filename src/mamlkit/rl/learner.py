@@ -16,7 +16,7 @@ from mamlkit.rl.fisher import (
     gauss_newton_vector_product,
     hessian_vector_product,
 )
-from mamlkit.rl.fisher_rop import rop_gauss_newton
+from mamlkit.rl.fisher_rop import RopGaussNewton, policy_activation, rop_gauss_newton
 from mamlkit.rl.gauss_newton import inner_update_gauss_newton
 from mamlkit.rl.policy import GaussianMLPPolicy
 from mamlkit.rl.returns import (
@@ -144,17 +144,26 @@ class MAMLTRPO(MetaLearner):
         trajectories of φ and their advantages."""
         return self._sample_and_adapt(batch, streams)[:4]
 
-    def _sample_and_adapt(self, batch: RLTaskBatch, streams: TaskStreams):
+    def _rop_covers(self) -> bool:
+        """Whether ``fisher="rop"``'s hand-written derivatives cover this learner (its
+        policy network, a step size shared by all parameters)."""
+        return (
+            self.fisher == "rop"
+            and not self.update.per_parameter
+            and policy_activation(self.policy) is not None
+        )
+
+    def _sample_and_adapt(self, batch: RLTaskBatch, streams: TaskStreams, graph: bool = True):
         """:meth:`_rollout_and_adapt`'s four and the support trajectories' advantages (None
-        without inner steps)."""
+        without inner steps); without ``graph`` φ's values alone (first-order inner steps:
+        the same values, no graph of the gradients)."""
         task = batch.task
         theta = stack_params(self.theta(), task.shape[0])
         support = self.sample(theta, task, self.rollouts, streams)
         if self.inner_steps:
             adv_s = advantages(support, self.discount, self.gae_lambda)
-            phi = self.adapt_on(
-                theta, support, self.update, self.inner_steps, self.first_order, adv_s
-            )
+            first_order = self.first_order or not graph
+            phi = self.adapt_on(theta, support, self.update, self.inner_steps, first_order, adv_s)
             query = self.sample(phi, task, self.rollouts, streams)
         else:
             phi, query, adv_s = theta, support, None
@@ -179,9 +188,9 @@ class MAMLTRPO(MetaLearner):
     def outer_step(self, batch: RLTaskBatch, optimizer, iteration: int) -> MetaOutput:
         """One TRPO step on θ (``optimizer`` is not used: TRPO's step is its own)."""
         streams = environment_streams(batch)
-        support, phi, query, adv, adv_s = self._sample_and_adapt(batch, streams)
+        by_hand = self._rop_covers()  # products, loss and gradient without autograd graphs
+        support, phi, query, adv, adv_s = self._sample_and_adapt(batch, streams, not by_hand)
         old = old_policy(self.policy, phi, query)
-        loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
         params = list(self.theta().values())
         task_count = batch.num_tasks
 
@@ -193,7 +202,15 @@ class MAMLTRPO(MetaLearner):
             with torch.no_grad():
                 return surrogate_and_kl(self.policy, new_phi, query, adv, old)
 
-        fisher_vector = self.fisher_vector_product(phi, query, old, kl, support, adv_s)
+        if by_hand:
+            fisher_vector = self.fisher_vector_product(phi, query, old, None, support, adv_s)
+            if not isinstance(fisher_vector, RopGaussNewton):
+                raise TypeError("fisher='rop' needs fisher_vector_product's RopGaussNewton")
+            loss, gradient = fisher_vector.surrogate(adv)
+        else:
+            loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
+            fisher_vector = self.fisher_vector_product(phi, query, old, kl, support, adv_s)
+            gradient = None
         step = trpo_step(
             params,
             loss,
@@ -202,6 +219,7 @@ class MAMLTRPO(MetaLearner):
             fisher_vector=fisher_vector,
             mean_over_ranks=self.mean_over_ranks,
             reuse_products=self.fisher == "rop",
+            gradient=gradient,
             **self.trpo,
         )
         self.last_step = step

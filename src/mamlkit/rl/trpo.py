@@ -71,6 +71,7 @@ def trpo_step(
     fisher_vector: FisherVector | None = None,
     mean_over_ranks: Callable[[list[Tensor]], None] | None = None,
     reuse_products: bool = False,
+    gradient: Tensor | None = None,
 ) -> TRPOStep:
     """Update ``params`` (leaf tensors, in place) by one TRPO step.
 
@@ -90,13 +91,15 @@ def trpo_step(
 
     ``reuse_products``: the step length's (F + λI)·x from conjugate gradient's own products
     (:func:`conjugate_gradient`'s ``with_product``: ``cg_iterations`` products instead of
-    one more; equal up to float rounding).
+    one more; equal up to float rounding). ``gradient``: the flat gradient of ``loss`` in
+    ``params``, where the caller has it (``loss`` then needs no graph).
     """
     params = list(params)
     if fisher_vector is None and kl is None:
         raise ValueError("trpo_step needs kl or fisher_vector")
     fvp = fisher_vector or hessian_vector_product(kl, params)
-    grads = torch.autograd.grad(loss, params, retain_graph=True)
+    if gradient is None:
+        gradient = flat(torch.autograd.grad(loss, params, retain_graph=True))
 
     def mean(*values: Tensor) -> list[Tensor]:
         values = [v.detach().clone() for v in values]
@@ -107,7 +110,7 @@ def trpo_step(
     def damped(v: Tensor) -> Tensor:
         return mean(fvp(v))[0] + cg_damping * v
 
-    g = mean(flat(grads))[0]
+    g = mean(gradient)[0]
     if reuse_products:
         direction, f_direction = conjugate_gradient(damped, -g, cg_iterations, with_product=True)
     else:
