@@ -147,7 +147,7 @@ def make(
             .expand(w["tasks"], -1)
         )
         loss = F.cross_entropy
-    cls = ALGORITHMS[algorithm][0] if impl != "learn2learn-loop" else MAML
+    cls = ALGORITHMS[algorithm].cls if impl != "learn2learn-loop" else MAML
     learner = cls(
         model.to(device),
         loss,

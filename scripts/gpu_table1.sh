@@ -24,11 +24,23 @@
 # continue), CELLS, MAMLKIT_DATA (default ./shared/data), PYTHON, MAMLKIT_COMMIT (recorded;
 # the device copy has no .git), EVAL_RESERVE (default 90 s), SETS (extra --set for new runs),
 # EVAL_TASKS (new runs' eval.tasks; default: the preset's), DEVICE (default cuda; cpu: a dry run).
+#
+# STOP_AT_STEP (tests: a stop that does not race the wall clock): BUDGET_SECONDS limits
+# nothing; each cell trains until its run has a checkpoint at step STOP_AT_STEP or later and
+# is then stopped by SIGTERM, exactly as the budget stops it (`end`: every cell trains to the
+# end of its run); the evaluation and the tests have no time limit either.
 set -u
 out=${1:?usage: scripts/gpu_table1.sh OUT BUDGET_SECONDS}
 budget=${2:?usage: scripts/gpu_table1.sh OUT BUDGET_SECONDS}
+stop_at=${STOP_AT_STEP:-}
+if [ -n "$stop_at" ] && [ "$stop_at" != end ] && ! [[ "$stop_at" =~ ^[0-9]+$ ]]; then
+    echo "gpu_table1.sh: STOP_AT_STEP=$stop_at: expected a step number or 'end'" >&2
+    exit 2
+fi
 start=$(date +%s)
 deadline=$((start + budget))
+# no clock decides anything under STOP_AT_STEP: a deadline that no run reaches
+[ -n "$stop_at" ] && deadline=$((start + 1000000000))
 py=${PYTHON:-python3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 runs=${RUNS_DIR:-$root/runs/gpu}
@@ -91,6 +103,19 @@ for s in ${SETS:-}; do sets+=(--set "$s"); done
 if [ -n "${EVAL_TASKS:-}" ]; then sets+=(--set "eval.tasks=$EVAL_TASKS"); fi
 step_of() { $py -c "import json,sys; print(json.load(open(sys.argv[1])).get('step', 0))" \
     "$1/status.json" 2>/dev/null || echo 0; }
+# STOP_AT_STEP: SIGTERM to the training (pid $1) once its run ($2) says it saved a checkpoint
+# at step STOP_AT_STEP or later (status.json's step moves at each checkpoint); a run that ends
+# earlier ends the watch
+stop_at_step() {
+    while kill -0 "$1" 2>/dev/null; do
+        if [ "$(step_of "$2")" -ge "$stop_at" ]; then
+            stamp "$(basename "$2"): step $(step_of "$2") >= STOP_AT_STEP=$stop_at, stopping it"
+            pkill -TERM -P "$1" 2>/dev/null # timeout's child, the training itself
+            return
+        fi
+        sleep 0.5
+    done
+}
 pids=()
 for cell in $cells; do
     run=$runs/$cell
@@ -110,6 +135,9 @@ for cell in $cells; do
         timeout -k 30 "$train_for" $py -m mamlkit train "${args[@]}" --no-progress \
             >>"$runs/$cell.train.log" 2>&1 &
         pids+=($!)
+        if [[ "$stop_at" =~ ^[0-9]+$ ]]; then
+            stop_at_step "$!" "$run" &
+        fi
     fi
 done
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"

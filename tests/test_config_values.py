@@ -20,7 +20,8 @@ def test_numbers_yaml_reads_as_strings_are_floats_in_files_and_in_set(tmp_path, 
 
 
 def test_a_number_like_string_stays_a_string_where_a_string_is_expected():
-    assert load_config(None, ["task.data_dir=1e3"]).task.data_dir == "1e3"
+    config = load_config({"task": {"name": "omniglot"}}, ["task.data_dir=1e3"])
+    assert config.task.data_dir == "1e3"
 
 
 ABSURD = [  # (preset, --set, what the one line must name)

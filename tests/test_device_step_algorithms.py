@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import mamlkit.rl  # noqa: F401  (its learners, maml_trpo and trpo, are registered algorithms)
 from mamlkit.algorithms import ALGORITHMS, MetaLearner
 from mamlkit.build import build_learner, build_tasks, metric_for
 from mamlkit.config import load_config
@@ -23,7 +24,12 @@ TINY = ["train.iterations=3", "train.meta_batch=2", "train.log_every=1",
 
 
 def _config(name: str):
-    """A tiny config of ``name``: its sine preset where it has one, else its Omniglot one."""
+    """A tiny config of ``name``: its sine preset where it has one, else its Omniglot one
+    (an RL learner: its 2D-navigation preset)."""
+    rl = {"maml_trpo": "rl_nav2d_maml", "trpo": "rl_nav2d_pretrained"}
+    if name in rl:
+        tiny_rl = ["model.hidden=[8,8]", "task.rollouts=2", "task.horizon=10", "eval.tasks=2"]
+        return load_config(rl[name], [*TINY, *tiny_rl])
     sine = f"sine_{name}" if name in ("maml", "metasgd", "pretrained") else None
     if sine is None and name in ("fomaml", "reptile", "mamlpp", "anil"):
         try:  # a regression task where the algorithm takes one

@@ -210,9 +210,10 @@ def test_a_deep_copy_runs_its_own_model():
 
 
 def test_every_preset_builds_its_learner_from_the_registry():
-    from mamlkit.algorithms import ALGORITHMS
+    from mamlkit.algorithms import learner_class
     from mamlkit.build import build_learner
     from mamlkit.config import load_config, shipped_presets
+    from mamlkit.tasks import task_spec
 
     built = set()
     for name in shipped_presets():
@@ -220,9 +221,9 @@ def test_every_preset_builds_its_learner_from_the_registry():
         if config.task.name.startswith("cheetah"):
             continue  # needs MuJoCo; tests/test_rl*.py build them
         learner = build_learner(config, num_train_classes=10)
-        cls, _ = ALGORITHMS[config.algorithm.name]
-        rl = config.task.name == "nav2d"  # MAML-TRPO, named by the RL task (mamlkit.rl)
-        assert rl or isinstance(learner, cls) or config.algorithm.name == "pretrained", name
+        # MAML-TRPO, named by the RL task (mamlkit.rl); pretrained: its class for the task
+        rl = task_spec(config.task.name).rl and config.algorithm.name == "maml"
+        assert rl or isinstance(learner, learner_class(config)), name
         built.add(config.algorithm.name)
     assert {"maml", "fomaml", "metasgd", "anil", "protonet", "pretrained"} <= built
 

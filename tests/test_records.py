@@ -54,10 +54,10 @@ def test_readers_skip_a_torn_last_line(tmp_path, capsys):
 
 def test_a_non_finite_validation_metric_keeps_status_and_metrics_strict(tmp_path, monkeypatch):
     """A validation metric that is NaN (a diverged model) is written as null everywhere."""
-    from mamlkit import training
+    from mamlkit import validation  # the trainer validates through it
 
     monkeypatch.setattr(
-        training, "evaluate", lambda *a, **k: [{"steps": 1, "mse": float("nan"), "ci95": 0.0}]
+        validation, "evaluate", lambda *a, **k: [{"steps": 1, "mse": float("nan"), "ci95": 0.0}]
     )
     run = tmp_path / "run"
     argv = ["train", "sine_maml", "--out", str(run), "--no-progress"]

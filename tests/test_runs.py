@@ -372,7 +372,7 @@ def test_a_failure_after_the_last_iteration_marks_the_run_crashed(tmp_path, monk
     when the final weights are written: the run says crashed, not running."""
     import errno
 
-    import mamlkit.training as training
+    import mamlkit.rundir.directory as directory
     from mamlkit.callbacks import Callback
 
     class FailsAtEnd(Callback):
@@ -381,14 +381,14 @@ def test_a_failure_after_the_last_iteration_marks_the_run_crashed(tmp_path, monk
 
     callbacks = [FailsAtEnd()] if where == "callback_end" else []
     if where == "final_weights":
-        real = training.save_checkpoint
+        real = directory.save_checkpoint
 
         def save(path, tensors, meta):
             if Path(path).name == "model.safetensors":
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
             return real(path, tensors, meta)
 
-        monkeypatch.setattr(training, "save_checkpoint", save)
+        monkeypatch.setattr(directory, "save_checkpoint", save)
     config = load_config(
         "sine_maml", ["train.iterations=4", "train.checkpoint_every=2", "train.tensorboard=false"]
     )

@@ -88,7 +88,7 @@ ATTACKS = {
         {"source": "open({marker!r}, 'w')"},
     ),
     "os.path.join": ("mamlkit.models.target:os.path.join", {"a": "{marker}"}),
-    "json.loads": ("mamlkit.cli:json.loads", {"s": "1"}),
+    "json.loads": ("mamlkit.cli.train:json.loads", {"s": "1"}),
     "torch's Module": ("mamlkit.models.target:nn.Linear", {"in_features": 1, "out_features": 1}),
     "package __main__": ("mamlkit.__main__:console", {}),
 }

@@ -21,10 +21,10 @@ from mamlkit.adapt_inputs import (
     read_query_values,
     read_support_folder,
 )
-from mamlkit.checkpoint import atomic_write_text
 from mamlkit.errors import UserError
 from mamlkit.limits import check_flag
-from mamlkit.rundir import mamlkit_folder_above
+from mamlkit.rundir.checkpoint import atomic_write_text
+from mamlkit.rundir.ownership import mamlkit_folder_above
 from mamlkit.runner import load_run
 from mamlkit.tasks.registry import task_spec
 

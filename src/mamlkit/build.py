@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamlkit.algorithms import (
-    ALGORITHMS,
     MetaLearner,
     PretrainedClassifier,
 )
-from mamlkit.config import Config
+from mamlkit.config import Config, algorithm_entry
 from mamlkit.errors import ConfigError, UserError
 from mamlkit.models import MODELS, model_spec
 from mamlkit.models.target import build_target_model, untrusted_reason
@@ -30,8 +29,7 @@ def check_device(c: Config, fix: str = "use --set train.device=cpu") -> None:
     ``fix`` is what the command at hand offers instead."""
     if c.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"config key 'train.device': {c.train.device!r} but CUDA is not available here; "
-            f"{fix}"
+            f"config key 'train.device': {c.train.device!r} but CUDA is not available here; {fix}"
         )
 
 
@@ -83,13 +81,10 @@ def build_model(c: Config, out_features: int | None = None) -> nn.Module:
 
 
 def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearner:
-    """The learner ``algorithm.name`` names (see :func:`mamlkit.algorithms.register`); an
-    RL task's learner comes from :mod:`mamlkit.rl` (its algorithm names the variant)."""
-    if task_spec(c.task.name).rl:
-        from mamlkit.rl.build import build_rl_learner  # MuJoCo: only for RL runs
-
-        return build_rl_learner(c)
-    cls, overrides = ALGORITHMS[c.algorithm.name]
+    """The learner ``algorithm.name`` names for its task's batches (see
+    :func:`mamlkit.algorithms.register`: ``pretrained`` registers a class per kind of batch;
+    an RL task's learners, ``maml_trpo`` and ``trpo``, are :mod:`mamlkit.rl`'s)."""
+    cls, overrides = algorithm_entry(c.algorithm.name, task_spec(c.task.name).batches)
     loss = F.mse_loss if metric_for(c) == "mse" else F.cross_entropy
 
     def train_classes() -> int:
@@ -97,9 +92,7 @@ def build_learner(c: Config, num_train_classes: int | None = None) -> MetaLearne
             return num_train_classes
         return build_tasks(c, "train").num_classes
 
-    return cls.from_config(
-        c, functools.partial(build_model, c), loss, train_classes, **overrides
-    )
+    return cls.from_config(c, functools.partial(build_model, c), loss, train_classes, **overrides)
 
 
 def check_config_describes(c: Config, learner: MetaLearner) -> None:

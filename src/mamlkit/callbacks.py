@@ -153,3 +153,21 @@ class TensorBoard(Callback):
         finally:
             if threading.excepthook == self._thread_failed:  # else someone hooked after us
                 threading.excepthook = self._previous_hook
+
+
+def run_callbacks(
+    progress: bool | None, description: str, position: int = 0, tensorboard: Path | None = None
+) -> list[Callback]:
+    """A training run's own callbacks: a progress bar on a terminal (``progress`` true),
+    else a log line per logged record (unless ``progress`` is None); TensorBoard events in
+    the folder ``tensorboard``, where given."""
+    from mamlkit.progress import show_bars
+
+    jobs: list[Callback] = []
+    if progress and show_bars():
+        jobs.append(ProgressBar(description, position))
+    elif progress is not None:  # no terminal, or --no-progress: a line per log
+        jobs.append(LogLines(description))
+    if tensorboard is not None:
+        jobs.append(TensorBoard(tensorboard))
+    return jobs

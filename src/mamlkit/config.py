@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import math
-import os
 import re
 import types
 import typing
@@ -16,111 +14,20 @@ from typing import Any
 
 import yaml
 
-from mamlkit.config_data import MAX_YAML_BYTES, check_plain_data, load_yaml
-from mamlkit.errors import ConfigError, UserError
-from mamlkit.limits import MAX_EVAL_SAMPLES, MAX_EVAL_TASKS, MAX_STEPS, check_eval_work
+from mamlkit.config_checks import (  # largest_tensor_bytes: kept importable from here
+    check_train_eval,
+    largest_tensor_bytes,  # noqa: F401
+    validate_resources,
+)
+from mamlkit.config_data import MAX_YAML_BYTES, load_yaml
+from mamlkit.config_legacy import own_keys, with_current_names  # noqa: F401  (re-exported)
+from mamlkit.errors import ConfigError
+from mamlkit.settings import AlgorithmSettings, ModelSettings, TaskSettings, require
 
 # The shipped presets, package data of mamlkit (read through importlib.resources, so they are
 # found in a wheel, an sdist install or a checkout alike).
 PRESET_DIR = importlib.resources.files("mamlkit") / "configs"
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-@dataclass
-class TaskConfig:
-    # a registered task (mamlkit.tasks.register_task): sine, omniglot, miniimagenet,
-    # imagefolder, and the RL tasks nav2d, cheetah_vel, cheetah_dir
-    name: str = "sine"
-    # sine: K support and K query points per task
-    k_support: int = 10
-    k_query: int = 10
-    # few-shot episodes: N-way, K-shot, Q queries per class
-    ways: int = 5
-    shots: int = 1
-    queries: int = 1
-    train_ways: int | None = None  # ProtoNets train with more ways (e.g. 60)
-    train_queries: int | None = None
-    data_dir: str | None = None
-    split: str = "maml"  # Omniglot: maml (1200/423 random) | lake (background/evaluation)
-    split_seed: int = 0
-    val_classes: int = 0  # taken out of the training classes for validation
-    # 0/90/180/270° as new classes (training only); default: on for Omniglot only
-    rotations: bool | None = None
-    image_size: int = 28
-    # Omniglot: test episodes take their N characters from one alphabet
-    # (Lake et al. 2015's within-alphabet one-shot protocol; train episodes stay any-alphabet)
-    within_alphabet: bool = False
-    channels: int | None = None  # 1 grey, 3 RGB; default: the task's (omniglot 1, others 3)
-    # imagefolder without train/ val/ test/ folders: class proportions of the seeded split
-    split_fractions: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])
-    batch_size: int = 64  # pretrained classifier: images per ordinary minibatch
-    # reinforcement learning: episode length, trajectories per task per inner step
-    # in training and at test time, and the oracle baseline's goal in the observation
-    horizon: int = 100
-    rollouts: int = 20
-    eval_rollouts: int = 40
-    # test steps of at least this many environment steps per task, in rounds of
-    # eval_rollouts trajectories (rllab's batch_size in maml_rl's test scripts); 0: exactly
-    # eval_rollouts trajectories
-    eval_samples: int = 0
-    oracle: bool = False
-    # 2D navigation: the policy acts in [-1, 1] and moves 0.1 x that (rllab's normalize, as
-    # maml_rl); false: the action is the move, clipped to +-0.1 (mamlkit up to session 8)
-    normalized_actions: bool = True
-
-
-@dataclass
-class ModelConfig:
-    name: str = "mlp"  # a registered model (mamlkit.models.register_model): mlp, conv4, resnet12
-    hidden: list[int] = field(default_factory=lambda: [40, 40])
-    filters: int = 64
-    pooling: str = "stride"  # conv4: stride | max
-    init: str = "torch"  # mlp: torch (PyTorch default) | trunc_normal (cbfinn/maml: std 0.01)
-    global_pool: bool = False  # conv4: average the last feature map before the head (cbfinn)
-    # conv4, resnet12 for protonet: track running stats, use them in eval
-    bn_running_stats: bool = False
-    # resnet12: the channels of its four residual blocks (TADAM/MetaOptNet: 64-160-320-640)
-    channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])
-    dropblock: float = 0.0  # resnet12: DropBlock's drop probability in blocks 3-4 (0: off)
-    dropblock_size: int = 5  # resnet12: DropBlock's square side (cut to the feature map)
-    # any importable nn.Module ("package.module:ClassName" built with kwargs); replaces name
-    target: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class AlgorithmConfig:
-    name: str = "maml"  # a registered algorithm: maml, fomaml, metasgd, anil, protonet, ...
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    first_order: bool = False
-    impl: str = "auto"  # auto | batched | vmap | loop
-    eval_inner_lr: float | None = None
-    head: str | None = None  # anil: the parameter-name prefix it adapts (default: last Linear)
-    # mamlpp: LSLR, multi-step loss annealed over msl_epochs, first order for
-    # first_order_epochs, per-step BatchNorm weights; an epoch is iterations_per_epoch
-    # meta-iterations
-    learned_step_sizes: bool = True
-    per_step_bn: bool = True
-    msl_epochs: int = 10
-    first_order_epochs: int = 0
-    iterations_per_epoch: int = 500
-    # reptile: the interpolation ε, annealed linearly over train.iterations
-    meta_step_size: float = 1.0
-    meta_step_size_final: float = 0.0
-    # test-time step sizes, one per step (the last repeats); empty: eval_inner_lr (RL only)
-    eval_inner_lrs: list[float] = field(default_factory=list)
-    # reinforcement learning: returns, advantages and the TRPO outer step
-    discount: float = 0.99
-    gae_lambda: float = 1.0
-    max_kl: float = 0.01
-    cg_iterations: int = 10
-    cg_damping: float = 1e-5
-    backtrack_ratio: float = 0.8
-    max_backtracks: int = 15
-    # TRPO's Fisher-vector products: rop (Jᵀ F J by hand-written derivatives, and the step
-    # length from conjugate gradient's products) | gauss_newton (Jᵀ F J by autograd) | hessian
-    fisher: str = "rop"
 
 
 @dataclass
@@ -159,11 +66,21 @@ class EvalConfig:
     chunk: int = 100  # tasks evaluated at once
 
 
+def _default_settings(section: str) -> Any:
+    """The default component of ``section``: the one its class's default ``name`` names."""
+    base = {"task": TaskSettings, "model": ModelSettings, "algorithm": AlgorithmSettings}[section]
+    return settings_class(section, base.name)()
+
+
 @dataclass
 class Config:
-    task: TaskConfig = field(default_factory=TaskConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """A run's config. ``task``, ``model`` and ``algorithm`` are each the settings of the
+    component they name (:mod:`mamlkit.settings`): a sine task's section has no ``ways``,
+    a MAML section no ``max_kl``."""
+
+    task: TaskSettings = field(default_factory=lambda: _default_settings("task"))
+    model: ModelSettings = field(default_factory=lambda: _default_settings("model"))
+    algorithm: AlgorithmSettings = field(default_factory=lambda: _default_settings("algorithm"))
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -209,9 +126,14 @@ def _name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, missing: Any = None) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix or 'root'}' must be a mapping, got {data!r}")
+    if isinstance(
+        missing, dict
+    ):  # a saved run's values for keys added since, where ``cls`` has them
+        own = {f.name for f in dataclasses.fields(cls)}
+        data = {**{k: v for k, v in missing.items() if k in own}, **data}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -306,40 +228,149 @@ def load_config(
 ) -> Config:
     """Build and validate a :class:`Config` from a preset name, a YAML path or a dict, then
     ``--set``-style ``overrides`` (values parsed as YAML) and nested ``updates`` (taken as
-    they are, e.g. a path from ``--data-dir``). ``missing`` (nested, like ``updates``) gives
-    values for keys the source does not have (a saved run's :data:`SAVED_BEFORE_THE_KEY`)."""
-    data: dict[str, Any] = {}
-    if isinstance(source, dict):
-        data = source
-    elif source is not None:
-        path = resolve_preset(str(source))
-        try:
-            with path.open(encoding="utf-8") as fh:
-                text = fh.read(MAX_YAML_BYTES + 1)  # never more than a config's worth
-            if len(text) > MAX_YAML_BYTES:
-                raise ConfigError(
-                    f"{path}: more than {MAX_YAML_BYTES} characters, far more than a "
-                    "config holds; is it the right file?"
-                )
-            data = load_yaml(text, str(path)) or {}
-        except (UnicodeDecodeError, OSError) as exc:
-            why = "not a text file" if isinstance(exc, UnicodeDecodeError) else exc.strerror
-            raise ConfigError(f"{path}: cannot be read ({why}); restore or fix it") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{where}: not valid YAML; fix the syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config sections")
-    if missing:
-        data = _merge(missing, data)
+    they are, e.g. a path from ``--data-dir``; a key the run's component does not have is
+    left out). Where an override names another component than the source
+    (``--set model.name=resnet12`` on a conv4 preset), the source's keys the new one does
+    not have are left out. ``missing`` (nested, like ``updates``) gives values for keys
+    the source does not have (a saved run's :data:`SAVED_BEFORE_THE_KEY`), where its
+    component has them.
+
+    A key of ``task``, ``model`` or ``algorithm`` that the named component does not have is
+    refused, naming it, unless it came from the source with the value every config had
+    before the components owned their settings (:mod:`mamlkit.config_legacy`): a run
+    saved by an older mamlkit recorded every component's every key."""
+    data = _read_source(source)
+    explicit: dict[str, Any] = {}
     for text in overrides:
-        data = _merge(data, parse_override(text))
+        explicit = _merge(explicit, parse_override(text))
+    merged = _merge(data, explicit)
     if updates:
-        data = _merge(data, updates)
-    config = _build(Config, data, "")
+        merged = _merge(merged, updates)
+    replaced = {
+        section
+        for section in COMPONENT_SECTIONS
+        if isinstance(merged.get(section), dict)
+        and isinstance(data.get(section), dict)
+        and "name" in data[section]
+        and merged[section].get("name") != data[section]["name"]
+    }
+    config = _build_config(merged, explicit, updates or {}, missing or {}, replaced)
     validate(config)
     return config
+
+
+def _read_source(source: str | Path | dict | None) -> dict[str, Any]:
+    """The config mapping of a preset name, a YAML path or a dict."""
+    if isinstance(source, dict):
+        return source
+    if source is None:
+        return {}
+    path = resolve_preset(str(source))
+    try:
+        with path.open(encoding="utf-8") as fh:
+            text = fh.read(MAX_YAML_BYTES + 1)  # never more than a config's worth
+        if len(text) > MAX_YAML_BYTES:
+            raise ConfigError(
+                f"{path}: more than {MAX_YAML_BYTES} characters, far more than a "
+                "config holds; is it the right file?"
+            )
+        data = load_yaml(text, str(path)) or {}
+    except (UnicodeDecodeError, OSError) as exc:
+        why = "not a text file" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise ConfigError(f"{path}: cannot be read ({why}); restore or fix it") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    return data
+
+
+#: the sections a registered component owns, in the order they are resolved
+COMPONENT_SECTIONS = ("task", "model", "algorithm")
+
+
+def algorithm_entry(name: str, batches: str | None = None) -> tuple[type, dict[str, Any]]:
+    """The registered learner class of ``algorithm.name`` for tasks whose batches are
+    ``batches`` (an algorithm may register a class per kind, as ``pretrained`` does; None:
+    its default class), and its fixed constructor arguments."""
+    from mamlkit.algorithms import ALGORITHMS  # the registry: every algorithm's own file
+
+    return ALGORITHMS.lookup(name).learner(batches)
+
+
+def settings_class(section: str, name: str, target: str | None = None) -> type:
+    """The settings class of the component ``section.name`` names (a model with a
+    ``model.target`` has only :class:`ModelSettings`); an unknown name is refused."""
+    if section == "algorithm":
+        return getattr(algorithm_entry(name)[0], "settings_class", AlgorithmSettings)
+    if section == "model" and target is not None:
+        return ModelSettings
+    if section == "model":
+        from mamlkit.models.registry import model_spec
+
+        return model_spec(name).settings_class
+    from mamlkit.tasks.registry import task_spec
+
+    return task_spec(name).settings_class
+
+
+def _build_config(
+    data: dict[str, Any],
+    explicit: dict[str, Any],
+    updates: dict[str, Any],
+    missing: dict[str, Any],
+    replaced: set[str],
+) -> Config:
+    """The :class:`Config` of ``data``: ``train`` and ``eval`` as they are, each component
+    section as its component's settings (see :func:`load_config` for the keys it lacks)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section 'root' must be a mapping, got {data!r}")
+    names = {f.name for f in dataclasses.fields(Config)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{key}' (valid: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for section in ("train", "eval"):
+        if section in data:
+            tp = typing.get_type_hints(Config)[section]
+            kwargs[section] = _build(tp, data[section], f"{section}.")
+    for section in COMPONENT_SECTIONS:
+        given = data.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping, got {given!r}")
+        given = dict(given)
+        base = typing.get_type_hints(Config)[section]
+        name = _coerce(given.get("name", base.name), str, f"{section}.name")
+        if section == "algorithm":
+            from mamlkit.tasks.registry import task_spec
+
+            task = task_spec(kwargs["task"].name)
+            name = task.algorithm_name(name)
+            given["name"] = name
+            require(
+                task.algorithms is None or name in task.algorithms,
+                "algorithm.name",
+                f"task {task.name!r} runs {' or '.join(task.algorithms or ())}, not {name!r}",
+            )
+        target = given.get("target") if section == "model" else None
+        cls = settings_class(section, name, target if isinstance(target, str) else None)
+        kwargs[section] = _build(
+            cls,
+            own_keys(
+                section,
+                name,
+                cls,
+                given,
+                explicit.get(section),
+                updates.get(section),
+                section in replaced,
+            ),
+            f"{section}.",
+            missing.get(section),
+        )
+    return Config(**kwargs)
 
 
 def __getattr__(name: str) -> Any:
@@ -352,315 +383,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def validate_rl(c: Config) -> None:
-    """The keys only reinforcement-learning runs read."""
-    for key, value in [
-        ("task.horizon", c.task.horizon),
-        ("task.rollouts", c.task.rollouts),
-        ("task.eval_rollouts", c.task.eval_rollouts),
-        ("algorithm.cg_iterations", c.algorithm.cg_iterations),
-        ("algorithm.max_backtracks", c.algorithm.max_backtracks),
-    ]:
-        _require(value >= 1, key, f"must be >= 1, got {value}")
-    _require(
-        c.task.eval_samples >= 0,
-        "task.eval_samples",
-        f"must be >= 0 (0: eval_rollouts trajectories), got {c.task.eval_samples}",
-    )
-    _require(c.model.name == "mlp", "model.name", "the policy of an RL task is an mlp")
-    for key, value in [
-        ("algorithm.max_kl", c.algorithm.max_kl),
-        ("algorithm.cg_damping", c.algorithm.cg_damping),
-    ]:
-        _require(math.isfinite(value) and value > 0, key, f"must be > 0, got {value}")
-    for key, value in [
-        ("algorithm.discount", c.algorithm.discount),
-        ("algorithm.gae_lambda", c.algorithm.gae_lambda),
-    ]:
-        _require(0 <= value <= 1, key, f"must be in [0, 1], got {value}")
-    _require(
-        0 < c.algorithm.backtrack_ratio < 1,
-        "algorithm.backtrack_ratio",
-        f"must be in (0, 1), got {c.algorithm.backtrack_ratio}",
-    )
-    _require(
-        c.algorithm.fisher in ("rop", "gauss_newton", "hessian"),
-        "algorithm.fisher",
-        f"must be rop, gauss_newton or hessian, got {c.algorithm.fisher!r}",
-    )
-    _require(
-        all(math.isfinite(a) and a > 0 for a in c.algorithm.eval_inner_lrs),
-        "algorithm.eval_inner_lrs",
-        f"step sizes must be positive numbers, got {c.algorithm.eval_inner_lrs}",
-    )
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': {message}")
-
-
 def validate(c: Config) -> None:
-    """Refuse impossible values before training starts, naming the key."""
-    # the registries: every task's and model's name, and what mamlkit knows about it
-    from mamlkit.models.registry import model_spec
+    """Refuse impossible values before training starts, naming the key: the task's, the
+    model's and the algorithm's own rules (their settings' ``validate``), then the
+    ``train`` and ``eval`` sections and the resources the whole run asks for."""
     from mamlkit.tasks.registry import task_spec
 
     task = task_spec(c.task.name)
-    _require(
+    require(
         task.algorithms is None or c.algorithm.name in task.algorithms,
         "algorithm.name",
         f"task {c.task.name!r} runs {' or '.join(task.algorithms or ())}, not {c.algorithm.name!r}",
     )
-    if task.rl:
-        validate_rl(c)
-    _require(
-        c.task.name != "imagefolder" or bool(c.task.data_dir),
-        "task.data_dir",
-        "task.name=imagefolder needs the folder of class folders (or --data-dir)",
-    )
-    _require(c.task.channels in (None, 1, 3), "task.channels", "must be 1 (grey) or 3 (RGB)")
-    fractions = c.task.split_fractions
-    _require(
-        len(fractions) == 3 and min(fractions) >= 0 and fractions[0] > 0 and fractions[2] > 0,
-        "task.split_fractions",
-        f"needs three fractions (train, val, test), train and test > 0; got {fractions}",
-    )
-    model = model_spec(c.model.name)  # refuses an unknown name, listing the registered ones
-    if c.model.target is None:
-        model.check_config(c)  # the keys only that model reads
-    _require(c.model.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
-    _require(
-        c.model.target is not None or not c.model.kwargs,
-        "model.kwargs",
-        "only used with model.target; set model.target='package.module:ClassName'",
-    )
-    check_plain_data(c.model.kwargs, "model.kwargs")
-    _require(
-        c.model.init in ("torch", "trunc_normal"), "model.init", "must be 'torch' or 'trunc_normal'"
-    )
-    _require(c.train.threads >= 0, "train.threads", f"must be >= 0, got {c.train.threads}")
-    if c.train.max_time is not None:
-        from mamlkit.budget import parse_duration
-
-        parse_duration(c.train.max_time, "train.max_time")
-    if c.model.name == "conv4" and c.model.pooling == "max":
-        _require(
-            c.task.image_size >= 16,
-            "task.image_size",
-            f"conv4 with max-pooling halves the image 4 times; needs >= 16, got "
-            f"{c.task.image_size}",
-        )
-    for key in ("train_ways", "train_queries"):
-        _require(
-            getattr(c.task, key) is None or c.algorithm.name == "protonet",
-            f"task.{key}",
-            f"only Prototypical Networks train with other episodes than they test on; "
-            f"remove it for algorithm {c.algorithm.name!r}",
-        )
-    from mamlkit.algorithms import ALGORITHMS  # the registry: every algorithm's own file
-
-    _require(
-        c.algorithm.name in ALGORITHMS,
-        "algorithm.name",
-        f"unknown algorithm {c.algorithm.name!r} ({', '.join(sorted(ALGORITHMS))})",
-    )
-    _require(
-        c.algorithm.impl in ("auto", "batched", "vmap", "loop"),
-        "algorithm.impl",
-        "must be auto, batched, vmap or loop",
-    )
-    for key, value in [
-        ("task.k_support", c.task.k_support),
-        ("task.k_query", c.task.k_query),
-        ("task.ways", c.task.ways),
-        ("task.shots", c.task.shots),
-        ("task.queries", c.task.queries),
-        ("task.image_size", c.task.image_size),
-        ("task.batch_size", c.task.batch_size),
-        ("train.meta_batch", c.train.meta_batch),
-        ("train.log_every", c.train.log_every),
-        ("train.checkpoint_every", c.train.checkpoint_every),
-        ("train.keep_checkpoints", c.train.keep_checkpoints),
-        ("train.val_tasks", c.train.val_tasks),
-        ("eval.tasks", c.eval.tasks),
-        ("eval.chunk", c.eval.chunk),
-        ("model.filters", c.model.filters),
-    ]:
-        _require(value >= 1, key, f"must be >= 1, got {value}")
-    # 0: a run that holds its initialisation (the "random init" baseline), evaluable as any
-    _require(c.train.iterations >= 0, "train.iterations", f"must be >= 0, got {c.train.iterations}")
-    for key, value in [
-        ("task.train_ways", c.task.train_ways),
-        ("task.train_queries", c.task.train_queries),
-    ]:
-        _require(value is None or value >= 1, key, f"must be >= 1, got {value}")
-    _require(c.task.ways >= 2, "task.ways", f"must be >= 2, got {c.task.ways}")
-    _require(all(h >= 1 for h in c.model.hidden), "model.hidden", "sizes must be >= 1")
-    for key, value in [
-        ("algorithm.inner_steps", c.algorithm.inner_steps),
-        ("eval.steps", c.eval.steps),
-        ("train.val_every", c.train.val_every),
-        ("train.lr_halve_every", c.train.lr_halve_every),
-        ("task.val_classes", c.task.val_classes),
-    ]:
-        _require(value >= 0, key, f"must be >= 0, got {value}")
-    for key, value in [
-        ("algorithm.inner_lr", c.algorithm.inner_lr),
-        ("algorithm.eval_inner_lr", c.algorithm.eval_inner_lr),
-        ("train.outer_lr", c.train.outer_lr),
-        ("train.grad_clip", c.train.grad_clip),
-    ]:
-        _require(
-            value is None or (math.isfinite(value) and value > 0),
-            key,
-            f"must be a positive number, got {value}",
-        )
-    _require(
-        c.train.device == "cpu" or c.train.device.startswith("cuda"),
-        "train.device",
-        f"must be cpu or cuda[:n], got {c.train.device!r}",
-    )
-    _require(c.eval.split in ("train", "val", "test"), "eval.split", "must be train, val or test")
-    if isinstance(c.train.cuda_graphs, bool):
-        c.train.cuda_graphs = "on" if c.train.cuda_graphs else "off"
-    _require(
-        c.train.cuda_graphs in ("auto", "on", "off"), "train.cuda_graphs", "must be auto, on or off"
-    )
-    _require(
-        c.train.cuda_graphs != "on" or c.train.device.startswith("cuda"),
-        "train.cuda_graphs",
-        "on needs train.device=cuda; use auto (graphs wherever CUDA is used) or off",
-    )
-    _require(c.train.precision in ("fp32", "tf32"), "train.precision", "must be fp32 or tf32")
-    _require(c.train.optimizer in ("adam", "sgd"), "train.optimizer", "must be adam or sgd")
-    _require(
-        c.train.lr_schedule in ("constant", "cosine"),
-        "train.lr_schedule",
-        f"must be constant or cosine, got {c.train.lr_schedule!r}",
-    )
-    _require(
-        not (c.train.lr_schedule == "cosine" and c.train.lr_halve_every),
-        "train.lr_schedule",
-        "cosine and train.lr_halve_every are two schedules; set one of them",
-    )
-    _require(
-        math.isfinite(c.train.min_lr) and 0 <= c.train.min_lr <= c.train.outer_lr,
-        "train.min_lr",
-        f"must be between 0 and train.outer_lr, got {c.train.min_lr}",
-    )
-    for key in ("msl_epochs", "first_order_epochs"):
-        value = getattr(c.algorithm, key)
-        _require(value >= 0, f"algorithm.{key}", f"must be >= 0, got {value}")
-    _require(
-        c.algorithm.iterations_per_epoch >= 1,
-        "algorithm.iterations_per_epoch",
-        f"must be >= 1, got {c.algorithm.iterations_per_epoch}",
-    )
+    c.task.validate(c)
+    c.model.validate(c)
+    c.algorithm.validate(c)
+    check_train_eval(c)
     validate_resources(c)
-
-
-# Ceilings far above any sensible run, each with the reason a user reads when refused.
-_CEILINGS = [
-    (
-        "train.threads",
-        1024,
-        "each is an operating-system thread; more than the CPU cores only slows training down",
-    ),
-    ("task.image_size", 1024, "Conv4 is made for small images (Omniglot 28, MiniImagenet 84)"),
-    ("model.filters", 4096, "the paper's nets use 32 or 64"),
-    ("eval.chunk", 10000, "tasks evaluated at once; more only needs more memory"),
-    # mamlkit.limits: the same ceilings as eval's --tasks, --steps and --samples
-    ("eval.tasks", MAX_EVAL_TASKS, "the papers use 600; more only narrows the interval"),
-    ("train.val_tasks", MAX_EVAL_TASKS, "validation tasks; the presets use 100-600"),
-    ("eval.steps", MAX_STEPS, "test-time adaptation steps; the papers use 10"),
-    ("task.eval_samples", MAX_EVAL_SAMPLES, "environment steps per task and test step"),
-]
-_SEEDS = ("train.seed", "eval.seed", "task.split_seed")
-_INT64 = 2**63 - 1
-
-
-def _get(c: Config, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(c, section), name)
-
-
-def _int_fields(c: Config) -> list[tuple[str, int]]:
-    out = []
-    for section in dataclasses.fields(c):
-        for f in dataclasses.fields(getattr(c, section.name)):
-            value = getattr(getattr(c, section.name), f.name)
-            values = value if isinstance(value, list) else [value]
-            out += [(f"{section.name}.{f.name}", v) for v in values if type(v) is int]
-    return out
-
-
-def _memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def largest_tensor_bytes(c: Config) -> tuple[int, str]:
-    """A lower bound on the largest float32 tensor of one meta-training batch, and the keys
-    it grows with: the first layer's activations, or the inner loop's per-task copies of
-    the weights. (Evaluation runs in ``eval.chunk``-sized pieces; lowering that helps.)"""
-    from mamlkit.tasks.registry import task_spec
-
-    t, m, tr = c.task, c.model, c.train
-    if task_spec(t.name).inputs == "vector":
-        width = max([*m.hidden, 1])
-        sizes = [1, *m.hidden, 1]
-        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        activations = tr.meta_batch * (t.k_support + t.k_query) * width
-        keys = "train.meta_batch, task.k_support/k_query, model.hidden"
-        return 4 * max(activations, weights * tr.meta_batch), keys
-    per_task = (t.train_ways or t.ways) * (t.shots + (t.train_queries or t.queries))
-    images = t.batch_size if c.algorithm.name == "pretrained" else tr.meta_batch * per_task
-    if m.name == "resnet12" and m.target is None:
-        # the first block convolves at full size; the largest weight is a 3×3 conv of the
-        # widest block (per task: the inner loop copies it)
-        ins = [1, *m.channels]  # a block's first conv reads the previous block's channels
-        convs = [a * b for a, b in zip(ins, m.channels)] + [n * n for n in m.channels]
-        activations = images * max(m.channels[:1] or [1]) * t.image_size**2
-        weights = 9 * max(convs or [1]) * tr.meta_batch
-        keys = "train.meta_batch, task.ways/shots/queries, task.image_size, model.channels"
-        return 4 * max(activations, weights), keys
-    side = t.image_size if m.pooling == "max" else (t.image_size + 1) // 2
-    activations = images * m.filters * side**2
-    weights = 9 * m.filters**2 * tr.meta_batch
-    keys = "train.meta_batch, task.ways/shots/queries, task.image_size, model.filters"
-    return 4 * max(activations, weights), keys
-
-
-def validate_resources(c: Config) -> None:
-    """Refuse requests no machine can serve (they would crash deep inside torch or the OS):
-    integers beyond 64 bits, absurd sizes, a batch larger than this machine's memory."""
-    for key, value in _int_fields(c):
-        _require(abs(value) <= _INT64, key, f"{value} does not fit in a 64-bit integer")
-    for key in _SEEDS:
-        value = _get(c, key)
-        _require(0 <= value, key, f"seeds are non-negative 63-bit integers, got {value}")
-    for key, ceiling, reason in _CEILINGS:
-        value = _get(c, key)
-        _require(value <= ceiling, key, f"{value} is more than {ceiling} ({reason})")
-    from mamlkit.tasks.registry import task_spec
-
-    try:
-        check_eval_work(
-            c,
-            c.eval.tasks,
-            c.eval.steps,
-            {"tasks": "eval.tasks", "steps": "eval.steps", "samples": "task.eval_samples"},
-            rl=task_spec(c.task.name).rl,
-        )
-    except UserError as exc:
-        raise ConfigError(f"config keys {exc}") from None
-    needed, keys = largest_tensor_bytes(c)
-    memory = _memory_bytes()
-    if memory and needed > memory:
-        raise ConfigError(
-            f"config keys {keys}: one batch needs at least {needed / 2**30:.0f} GiB, more than "
-            f"this machine's {memory / 2**30:.0f} GiB of memory; lower them"
-        )

@@ -2,7 +2,8 @@
 (task, model, algorithm) read, each with a one-line meaning.
 
 The meanings come from the comments beside and above the fields of the config dataclasses
-(:mod:`mamlkit.config`), so that the code and the help say the same; :data:`MEANINGS`
+(:mod:`mamlkit.config`'s ``train`` and ``eval``, and each component's settings class,
+:mod:`mamlkit.settings`), so that the code and the help say the same; :data:`MEANINGS`
 gives those the source leaves uncommented.
 """
 
@@ -71,69 +72,33 @@ def _rl(c: Config) -> bool:
     return _task(c).rl
 
 
+def _trains_on_examples(c: Config) -> bool:
+    """Whether its learner trains on class minibatches (``task.batch_size``), not tasks."""
+    from mamlkit.algorithms.registry import learner_class
+
+    return learner_class(c).trains_on == "examples"
+
+
 def _adapts(c: Config) -> bool:
     return c.algorithm.name not in ("protonet",)
 
 
-#: keys shown only when the config's components read them (others: always)
+#: keys of a component shown only where the config's other components read them (others:
+#: always; a component's section holds only its own keys)
 _USED_WHEN: dict[str, Callable[[Config], bool]] = {
-    "task.k_support": lambda c: _task(c).inputs == "vector" and not _rl(c),
-    "task.k_query": lambda c: _task(c).inputs == "vector" and not _rl(c),
-    "task.ways": _image,
-    "task.shots": _image,
-    "task.queries": _image,
-    "task.train_ways": lambda c: c.algorithm.name == "protonet",
-    "task.train_queries": lambda c: c.algorithm.name == "protonet",
-    "task.data_dir": _image,
+    "task.train_ways": lambda c: c.algorithm.other_train_episodes,
+    "task.train_queries": lambda c: c.algorithm.other_train_episodes,
     "task.split": lambda c: c.task.name == "omniglot",
-    "task.split_seed": _image,
-    "task.val_classes": _image,
-    "task.rotations": _image,
-    "task.image_size": _image,
     "task.within_alphabet": lambda c: _task(c).alphabets,
-    "task.channels": _image,
-    "task.split_fractions": lambda c: c.task.name == "imagefolder",
-    "task.batch_size": lambda c: c.algorithm.name == "pretrained" and not _rl(c),
-    "task.horizon": _rl,
-    "task.rollouts": _rl,
-    "task.eval_rollouts": _rl,
-    "task.eval_samples": _rl,
-    "task.oracle": _rl,
-    "task.normalized_actions": lambda c: c.task.name == "nav2d",
-    "model.hidden": lambda c: c.model.name == "mlp" and c.model.target is None,
-    "model.init": lambda c: c.model.name == "mlp" and c.model.target is None,
-    "model.filters": lambda c: c.model.name == "conv4" and c.model.target is None,
-    "model.pooling": lambda c: c.model.name == "conv4" and c.model.target is None,
-    "model.global_pool": lambda c: c.model.name == "conv4" and c.model.target is None,
-    "model.bn_running_stats": lambda c: c.model.name in ("conv4", "resnet12")
-    and c.model.target is None,
-    "model.channels": lambda c: c.model.name == "resnet12" and c.model.target is None,
-    "model.dropblock": lambda c: c.model.name == "resnet12" and c.model.target is None,
-    "model.dropblock_size": lambda c: c.model.name == "resnet12" and c.model.target is None,
+    "task.batch_size": lambda c: not _rl(c) and _trains_on_examples(c),
     "model.target": lambda c: c.model.target is not None,
     "model.kwargs": lambda c: c.model.target is not None,
     "algorithm.inner_lr": _adapts,
     "algorithm.inner_steps": _adapts,
-    "algorithm.first_order": lambda c: c.algorithm.name in ("maml", "metasgd", "anil"),
+    "algorithm.first_order": lambda c: c.algorithm.name
+    in ("maml", "metasgd", "anil", "maml_trpo"),
     "algorithm.impl": lambda c: c.algorithm.name not in ("protonet", "pretrained") and not _rl(c),
     "algorithm.eval_inner_lr": _adapts,
-    "algorithm.head": lambda c: c.algorithm.name == "anil",
-    "algorithm.learned_step_sizes": lambda c: c.algorithm.name == "mamlpp",
-    "algorithm.per_step_bn": lambda c: c.algorithm.name == "mamlpp",
-    "algorithm.msl_epochs": lambda c: c.algorithm.name == "mamlpp",
-    "algorithm.first_order_epochs": lambda c: c.algorithm.name == "mamlpp",
-    "algorithm.iterations_per_epoch": lambda c: c.algorithm.name == "mamlpp",
-    "algorithm.meta_step_size": lambda c: c.algorithm.name == "reptile",
-    "algorithm.meta_step_size_final": lambda c: c.algorithm.name == "reptile",
-    "algorithm.eval_inner_lrs": _rl,
-    "algorithm.discount": _rl,
-    "algorithm.gae_lambda": _rl,
-    "algorithm.max_kl": _rl,
-    "algorithm.cg_iterations": _rl,
-    "algorithm.cg_damping": _rl,
-    "algorithm.backtrack_ratio": _rl,
-    "algorithm.max_backtracks": _rl,
-    "algorithm.fisher": _rl,
     "train.lr_halve_every": lambda c: c.train.lr_schedule == "constant",
     "train.min_lr": lambda c: c.train.lr_schedule == "cosine",
     "train.val_tasks": lambda c: bool(c.train.val_every),
@@ -150,34 +115,70 @@ def _first_sentence(text: str) -> str:
 
 
 @functools.cache
-def key_meanings() -> dict[str, str]:
-    """``section.key`` -> its one-line meaning: the field's trailing comment, else the
-    comment lines above it, else :data:`MEANINGS` (the dict wins where both exist)."""
+def _class_meanings(cls: type) -> dict[str, str]:
+    """field name -> meaning, from the comments of ``cls``'s own source."""
+    try:
+        source = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):  # no source (a frozen build): the dict alone
+        source = []
     out: dict[str, str] = {}
-    for section in dataclasses.fields(Config):
-        cls = type(getattr(Config(), section.name))
-        try:
-            source = inspect.getsource(cls).splitlines()
-        except (OSError, TypeError):  # no source (a frozen build): the dict alone
-            source = []
-        # a comment block describes the fields below it, up to the next comment or gap
-        above: list[str] = []
-        fields_since = False
-        for line in source[1:]:
-            stripped = line.strip()
-            if stripped.startswith("#"):
-                above = [] if fields_since else above
-                above.append(stripped.lstrip("# "))
-                fields_since = False
-                continue
-            match = _FIELD.match(line)
-            if match:
-                fields_since = True
-                meaning = match.group(2) or " ".join(above)
-                if meaning:
-                    out[f"{section.name}.{match.group(1)}"] = _first_sentence(meaning)
-            elif not stripped:
-                above = []
+    # a comment block describes the fields below it, up to the next comment or gap
+    above: list[str] = []
+    fields_since = False
+    for line in source[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#:"):  # a class attribute's documentation, not a field's
+            continue
+        if stripped.startswith("#"):
+            above = [] if fields_since else above
+            above.append(stripped.lstrip("# "))
+            fields_since = False
+            continue
+        match = _FIELD.match(line)
+        if match:
+            fields_since = True
+            meaning = match.group(2) or " ".join(above)
+            if meaning:
+                out[match.group(1)] = _first_sentence(meaning)
+        elif not stripped:
+            above = []
+    return out
+
+
+def _section_classes() -> dict[str, list[type]]:
+    """Every settings class a config section may hold: its base, each registered
+    component's (mamlkit's RL learners and tasks included)."""
+    import mamlkit.rl  # noqa: F401  (registers the RL learners)
+    from mamlkit.algorithms import ALGORITHMS
+    from mamlkit.config import EvalConfig, TrainConfig
+    from mamlkit.models import MODELS
+    from mamlkit.tasks import TASKS
+
+    return {
+        "task": [spec.settings_class for spec in TASKS.values()],
+        "model": [spec.settings_class for spec in MODELS.values()],
+        "algorithm": [getattr(cls, "settings_class", None) for cls, _ in ALGORITHMS.values()],
+        "train": [TrainConfig],
+        "eval": [EvalConfig],
+    }
+
+
+def key_meanings(config: Config | None = None) -> dict[str, str]:
+    """``section.key`` -> its one-line meaning: the field's trailing comment, else the
+    comment lines above it (in the settings class that declares it), else
+    :data:`MEANINGS` (the dict wins where both exist). With ``config``: the keys of its
+    components; without: of every registered component."""
+    if config is not None:
+        classes = {f.name: [type(getattr(config, f.name))] for f in dataclasses.fields(config)}
+    else:
+        classes = _section_classes()
+    out: dict[str, str] = {}
+    for section, found in classes.items():
+        for cls in found:
+            for base in reversed(getattr(cls, "__mro__", ())):
+                if dataclasses.is_dataclass(base):
+                    for name, meaning in _class_meanings(base).items():
+                        out.setdefault(f"{section}.{name}", meaning)
     out.update(MEANINGS)
     return out
 
@@ -198,7 +199,7 @@ def config_lines(config: Config, width: int = 100) -> list[str]:
     """The config as YAML-like lines, ``key: value  # meaning``, one section per block."""
     import yaml
 
-    meanings = key_meanings()
+    meanings = key_meanings(config)
     keys = used_keys(config)
     lines: list[str] = []
     pad = max(len(k.split(".")[1]) for k in keys) + 2

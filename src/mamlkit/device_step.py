@@ -26,44 +26,35 @@ captured against eager.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from mamlkit.algorithms.base import MetaLearner
+from mamlkit.algorithms.capabilities import capture_key, is_capturable, owns_outer_step
+from mamlkit.iteration import Health, MetricFn, apply_update, divergence_error, meta_gradient
 from mamlkit.tasks.base import ExampleBatch, TaskBatch
 
-MetricFn = Callable[[Tensor, Tensor], Tensor]
+__all__ = ["CaptureUnsupported", "DeviceStep", "Health", "check_capturable"]
 
 
 class CaptureUnsupported(Exception):
     """This learner, optimiser or device cannot run as a captured step."""
 
 
-@dataclass
-class Health:
-    """The first iteration (1-based, counted from the start of training) whose loss or
-    meta-gradient was not finite (0: none so far), and whether the loss itself was."""
-
-    first_nonfinite: int
-    loss_was_nonfinite: bool
-
-
 def check_capturable(learner: MetaLearner, optimizer: torch.optim.Optimizer) -> None:
     """Raise :class:`CaptureUnsupported` (with the reason) unless a :class:`DeviceStep` can
     run this learner and optimiser."""
-    if type(learner).outer_step is not MetaLearner.outer_step:
+    if owns_outer_step(learner):
         # derived from the hook, never from a flag a subclass may inherit (Reptile is a MAML
         # whose update is its own outer_step: a device step would skip it)
         raise CaptureUnsupported(
             f"{type(learner).__name__} makes its own outer update (outer_step), which the "
             "device step does not run"
         )
-    if not getattr(learner, "capturable", False):
+    if not is_capturable(learner):
         raise CaptureUnsupported(
-            f"{type(learner).__name__} reads values back to the host inside its iteration"
+            f"{type(learner).__name__} reads values back to the host inside its iteration "
+            "(its meta_forward is not marked @capturable)"
         )
     if not all(group.get("fused") for group in optimizer.param_groups):
         raise CaptureUnsupported(
@@ -76,8 +67,8 @@ class DeviceStep:
     """Runs meta-training iterations of ``learner`` with ``optimizer`` on device buffers.
 
     Args:
-        learner: a :class:`MetaLearner` whose ``meta_forward`` needs no host sync (it sets
-            ``capturable = True``).
+        learner: a :class:`MetaLearner` whose ``meta_forward`` needs no host sync (it is
+            marked :func:`~mamlkit.algorithms.capabilities.capturable`).
         optimizer: fused ``torch.optim.Adam`` over ``learner``'s parameters.
         metric_fn: ``(predictions, query_y) -> [T]`` per-task metric, or None.
         grad_clip: clip meta-gradient values to ``[-c, c]`` (None: no clipping).
@@ -147,16 +138,12 @@ class DeviceStep:
 
     # ---- the iteration ------------------------------------------------------------------
     def _iteration(self) -> None:
-        """One iteration on ``self.inputs``; everything stays on the device."""
-        batch = self.inputs
-        out = self.learner.meta_forward(batch, self._at)
-        loss, pred = out.loss, out.predictions
-        loss.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
+        """One iteration on ``self.inputs`` (:func:`mamlkit.iteration.meta_gradient`, then
+        the update); everything stays on the device."""
+        value, metric, health = meta_gradient(
+            self.learner, self.inputs, self._at, self.params, self.metric_fn
+        )
         with torch.no_grad():
-            value = loss.detach()
-            # NaN/Inf anywhere in the loss or the meta-gradient makes this sum non-finite
-            health = value + torch.stack(torch._foreach_norm(grads)).sum()
             bad = ~torch.isfinite(health)
             first = self.nonfinite[0] == 0
             # no update from the first non-finite iteration on: the weights stay those of the
@@ -170,12 +157,9 @@ class DeviceStep:
                     self.nonfinite,
                 )
             )
-            metric = value if self.metric_fn is None else self.metric_fn(pred, batch.targets).mean()
             one = torch.ones((), dtype=torch.float64, device=value.device)
             self.window.add_(torch.stack([value.double(), metric.double(), one]))
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_value_(self.params, self.grad_clip)
-        self.optimizer.step()
+        apply_update(self.params, self.optimizer, self.grad_clip)
 
     def _load(self, batch: TaskBatch | ExampleBatch) -> None:
         if self.inputs is None:
@@ -198,7 +182,7 @@ class DeviceStep:
         # learner's objective depends on: capture again when either changes
         key = (
             [group["lr"] for group in self.optimizer.param_groups],
-            self.learner.capture_key(iteration),
+            capture_key(self.learner, iteration),
         )
         if self.graph is not None and key != self._graph_key:
             self.graph = None
@@ -243,3 +227,16 @@ class DeviceStep:
         """Whether any iteration so far was non-finite (one device-to-host copy)."""
         first, loss_bad = self.nonfinite.tolist()
         return Health(int(first), bool(loss_bad))
+
+    def check(self) -> None:
+        """Raise the divergence error if any iteration so far was non-finite (a host read:
+        the trainer calls it only where it logs, validates or checkpoints)."""
+        health = self.health()
+        if health.first_nonfinite:
+            raise divergence_error(health, updates_skipped=True)
+
+    @property
+    def name(self) -> str:
+        """How the iterations run: ``cuda-graph`` (captured and replayed) or
+        ``device-eager`` (the same code uncaptured: no capture asked for, or it failed)."""
+        return "cuda-graph" if self.capture else "device-eager"

@@ -42,8 +42,8 @@ def dry_run(config: Config, run_dir: Path, force: bool = False) -> list[str]:
     without ``force`` is refused as ``train`` refuses it); nothing is written."""
     from mamlkit.build import build_learner, build_tasks, check_device, metric_for
     from mamlkit.config_help import config_lines
-    from mamlkit.run_data import checked_splits, data_record
-    from mamlkit.run_files import prepare_run_dir
+    from mamlkit.rundir.data import checked_splits, data_record
+    from mamlkit.rundir.files import prepare_run_dir
     from mamlkit.tasks.datasets import dataset_of, locate
     from mamlkit.training import seed_everything
 

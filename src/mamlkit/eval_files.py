@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mamlkit.checkpoint import weights_digest
 from mamlkit.errors import UserError
-from mamlkit.run_identity import run_id, run_instance
+from mamlkit.rundir.checkpoint import weights_digest
+from mamlkit.rundir.identity import run_id, run_instance
 
 __all__ = ["EVAL_FILE", "WeightsSource", "eval_file_name", "is_current"]
 

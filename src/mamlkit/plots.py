@@ -39,7 +39,7 @@ def _figure(**kwargs: Any) -> Figure:
 
 def _save(fig: Figure, path: Path, dpi: int) -> None:
     """Render, then write atomically: a full disk never leaves a half-written figure."""
-    from mamlkit.checkpoint import atomic_write_bytes
+    from mamlkit.rundir.checkpoint import atomic_write_bytes
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
@@ -60,7 +60,7 @@ def plain_log_ticks(axis: Any) -> None:
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    from mamlkit.records import read_metrics
+    from mamlkit.rundir.records import read_metrics
 
     return read_metrics(run_dir / "metrics.jsonl")  # a torn last line is skipped
 

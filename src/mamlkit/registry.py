@@ -1,4 +1,4 @@
-"""A name -> spec table for one kind of thing a config names (tasks, models), in
+"""A name -> spec table for one kind of thing a config names (algorithms, tasks, models), in
 registration order. Kept free of torch: config validation reads the names."""
 
 from __future__ import annotations
@@ -50,6 +50,15 @@ class Registry(Mapping[str, S], Generic[S]):
                 f"{self.kind} {spec.name!r} is already registered to {_identity(known.builder)}"
             )
         self._specs[spec.name] = spec
+
+    def replace(self, spec: S) -> None:
+        """Register ``spec`` in place of its name's spec (a registration that extends the
+        one before it and has checked it for conflicts itself)."""
+        self._specs[spec.name] = spec
+
+    def __delitem__(self, name: str) -> None:
+        """Unregister ``name`` (a test undoing its registration)."""
+        del self._specs[name]
 
     def lookup(self, name: str) -> S:
         if name not in self._specs:

@@ -25,7 +25,7 @@ from mamlkit.config import SAVED_BEFORE_THE_KEY, Config, load_config
 from mamlkit.data.cache import forget_recent_entries
 from mamlkit.distributed import from_environment
 from mamlkit.errors import UserError, is_write_failure
-from mamlkit.eval_files import WeightsSource, eval_file_name
+from mamlkit.eval_files import WeightsSource
 from mamlkit.evaluation import evaluate
 from mamlkit.limits import check_eval_work, check_flag
 from mamlkit.precision import cuda_precision
@@ -98,7 +98,7 @@ def train_run(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
-    data, was = None, config.task.data_dir
+    data, was = None, getattr(config.task, "data_dir", None)  # None: a task without data
     if resume:
         data = use_run_data(run_dir, config, data_dir, checked_splits(config))
     elif data_dir is not None:
@@ -317,7 +317,9 @@ def eval_run(
     the record then goes to ``eval-inner-lr-A-B.json``. ``samples`` (RL) makes each test
     step at least that many environment steps per task (``task.eval_samples``); the record
     then goes to ``eval-samples-N.json``; ``tasks``/``steps`` other than the config's to
-    ``eval-tasks-N.json``/``eval-steps-N.json`` (:func:`mamlkit.eval_files.eval_file_name`).
+    ``eval-tasks-N.json``/``eval-steps-N.json`` (the task names them:
+    :meth:`mamlkit.tasks.TaskSpec.eval_file_name`); what a record holds besides the score is
+    the task's too (:meth:`~mamlkit.tasks.TaskSpec.eval_record`).
     The record names the weights it scored (step, file, hash, run id), and is written only
     if the run still holds them when the evaluation ends. ``device`` evaluates on another
     device than the run's ``train.device`` (the same record: the device does not change what
@@ -341,20 +343,13 @@ def eval_run(
         run_dir, None, checkpoint, trust_code, protocol, device=device
     )
     metric = metric_for(config)
-    if samples is not None and metric != "return":
-        raise UserError(
-            f"--samples: {config.task.name} runs have no environment steps; it is for RL runs"
-        )
-    if len(inner_lr) > 1 and metric != "return":
-        raise UserError(
-            f"--inner-lr: {config.task.name} runs take one test-time step size, got "
-            f"{len(inner_lr)}; give one (per-step sizes are for RL runs)"
-        )
-    protocol_changed = within_alphabet is not None and within_alphabet != (
-        config.task.within_alphabet
+    task = task_spec(config.task.name)  # what its records hold and how their files are named
+    task.check_eval_options(samples, inner_lr)
+    protocol_changed = within_alphabet is not None and within_alphabet != getattr(
+        config.task, "within_alphabet", False
     )
     if within_alphabet is not None:
-        if not task_spec(config.task.name).alphabets:
+        if not task.alphabets:
             having = ", ".join(name for name, spec in TASKS.items() if spec.alphabets)
             raise UserError(
                 f"--within-alphabet/--any-alphabet: {config.task.name} runs have no "
@@ -372,7 +367,7 @@ def eval_run(
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, got {split!r}")
     use_run_data(run_dir, config, data_dir, [split])  # the data it trained on, or an error
-    check_eval_work(config, tasks, steps, names, rl=metric == "return")
+    check_eval_work(config, tasks, steps, names, rl=task.rl)
     dist = from_environment(config.train.device)  # torchrun: the ranks share the tasks
     if dist is not None:
         config.train.device = dist.device(config.train.device)
@@ -388,22 +383,14 @@ def eval_run(
             device=config.train.device,
             chunk=config.eval.chunk,
             dist=dist,
-            lr=(inner_lr if metric == "return" else inner_lr[0]) if inner_lr else None,
+            lr=task.eval_lr(inner_lr),
             progress=f"eval {Path(run_dir).name}",
         )
     result = by_step[-1]
     out: dict[str, Any] = {metric: result[metric], "ci95": result["ci95"], "tasks": tasks}
-    if metric == "return":  # RL: the return after every step (the paper's figures)
-        out["by_step"] = by_step
-        out["trajectories_per_step"] = config.task.eval_rollouts
-        if config.task.eval_samples:  # rounds of them until each task has this many steps
-            out["samples_per_step"] = config.task.eval_samples
-    elif task_spec(config.task.name).inputs == "image":
-        out.update({"ways": config.task.ways, "shots": config.task.shots})
-    else:
-        out["k_shot"] = config.task.k_support
+    out.update(task.eval_record(config, by_step))
     out.update({"steps": result["steps"], "split": split})
-    if config.task.within_alphabet:
+    if getattr(config.task, "within_alphabet", False):
         out["within_alphabet"] = True
     if inner_lr:
         out["inner_lr"] = inner_lr
@@ -411,7 +398,7 @@ def eval_run(
         out["iteration"] = int(source.step)
     out.update(source.record())  # which weights of which run it scored
     # the run's protocol on its final weights is eval.json; every other setting has a file
-    name = eval_file_name(
+    name = task.eval_file_name(
         step=source.step if checkpoint is not None else None,
         alphabet=(
             ("within" if within_alphabet else "any") if protocol_changed else None

@@ -10,9 +10,9 @@ import yaml
 
 from mamlkit.algorithms.base import MetaLearner
 from mamlkit.build import check_config_describes
-from mamlkit.checkpoint import atomic_write_text, save_checkpoint
 from mamlkit.config import Config
 from mamlkit.errors import UserError
+from mamlkit.rundir.checkpoint import atomic_write_text, save_checkpoint
 from mamlkit.runner import load_run
 
 

@@ -8,11 +8,18 @@ from mamlkit.algorithms.mamlpp import MAMLPlusPlus
 from mamlkit.algorithms.metasgd import MetaSGD
 from mamlkit.algorithms.pretrained import PretrainedClassifier, PretrainedRegression
 from mamlkit.algorithms.protonet import PrototypicalNetwork
+from mamlkit.algorithms.registry import AlgorithmSpec, learner_class
 from mamlkit.algorithms.reptile import Reptile
+
+# mamlkit.rl's learners by import path (imported when built, so that validating a config
+# imports no mamlkit.rl): MAML-TRPO, and TRPO on all tasks (the pretrained/oracle baseline)
+register("maml_trpo", builder="mamlkit.rl.learner:MAMLTRPO")
+register("trpo", builder="mamlkit.rl.learner:MAMLTRPO", pretrain=True)
 
 __all__ = [
     "ALGORITHMS",
     "ANIL",
+    "AlgorithmSpec",
     "FOMAML",
     "GradientLearner",
     "MAML",
@@ -24,5 +31,6 @@ __all__ = [
     "PretrainedRegression",
     "PrototypicalNetwork",
     "Reptile",
+    "learner_class",
     "register",
 ]

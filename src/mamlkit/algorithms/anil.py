@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
 from mamlkit.algorithms.base import register
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import LossFn
+from mamlkit.settings import AlgorithmSettings
 
 
 def last_linear(model: nn.Module) -> str:
@@ -17,6 +19,14 @@ def last_linear(model: nn.Module) -> str:
     if not names:
         raise ValueError(f"{type(model).__name__} has no nn.Linear head; pass head=")
     return names[-1]
+
+
+@dataclass
+class ANILSettings(AlgorithmSettings):
+    """``algorithm.name: anil``."""
+
+    name: str = "anil"
+    head: str | None = None  # anil: the parameter-name prefix it adapts (default: last Linear)
 
 
 @register("anil")
@@ -54,6 +64,8 @@ class ANIL(MAML):
         super().__init__(
             model, loss_fn, inner_lr, inner_steps, adapt_only=head or last_linear(model), **kwargs
         )
+
+    settings_class = ANILSettings
 
     @classmethod
     def config_kwargs(cls, algorithm) -> dict:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mamlkit.algorithms.registry import ALGORITHMS, register
+from mamlkit.settings import AlgorithmSettings
 from mamlkit.tasks.base import TaskBatch
+
+__all__ = ["ALGORITHMS", "MetaLearner", "MetaOutput", "check_task_batch", "register"]
 
 
 @dataclass
@@ -39,30 +44,6 @@ def check_task_batch(x: Tensor, y: Tensor, where: str) -> None:
         )
 
 
-#: algorithm name (``algorithm.name`` in a config) -> (class, constructor overrides)
-ALGORITHMS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {}
-
-
-def register(name: str, **overrides: Any):
-    """Class decorator: make the learner buildable from a config as ``algorithm.name:
-    NAME`` (through its :meth:`MetaLearner.from_config`), with ``overrides`` fixed (e.g.
-    ``first_order=True`` for ``fomaml``). Adding an algorithm is this line, its class and
-    a preset."""
-
-    def decorate(cls: type[MetaLearner]) -> type[MetaLearner]:
-        known = ALGORITHMS.get(name)
-        same = known and (known[0].__module__, known[0].__qualname__) == (
-            cls.__module__,
-            cls.__qualname__,
-        )
-        if known and not same:  # a reloaded module may register its class again
-            raise ValueError(f"algorithm {name!r} is already registered to {known[0].__name__}")
-        ALGORITHMS[name] = (cls, overrides)
-        return cls
-
-    return decorate
-
-
 class MetaLearner(nn.Module):
     """Owns the network (``self.model``) and whatever else is meta-learned.
 
@@ -71,9 +52,20 @@ class MetaLearner(nn.Module):
     """
 
     model: nn.Module
-    #: True where ``meta_forward`` never reads a value back to the host, so a whole
-    #: training iteration can be captured as a CUDA graph (see mamlkit.device_step)
-    capturable: bool = False
+    #: the dataclass of its ``algorithm:`` config section (:class:`AlgorithmSettings` or a
+    #: subclass with the learner's own hyperparameters and their validation)
+    settings_class: type[AlgorithmSettings] = AlgorithmSettings
+    #: what it trains on: ``"tasks"`` (the task's own batches, each task with a support
+    #: and a query set) or ``"examples"`` (ordinary labelled minibatches over all training
+    #: classes, :class:`~mamlkit.tasks.ClassBatches`, which an episode task then draws)
+    trains_on: str = "tasks"
+    # What the trainer may do with a learner (capture its iteration as a CUDA graph, run
+    # its own outer step under torchrun) is read from its hooks, never from flags that a
+    # subclass would inherit while it replaces the hook: see mamlkit.algorithms.capabilities
+    # (``@capturable`` on ``meta_forward``, ``@averages_over_ranks`` on ``outer_step``).
+
+    #: the job's all-reduce mean, for the length of :meth:`averaging_over_ranks`
+    _rank_mean: Callable[[list[Tensor]], None] | None = None
 
     @classmethod
     def from_config(
@@ -110,23 +102,30 @@ class MetaLearner(nn.Module):
         leaves the usual step (health check, clipping, optimiser) to the trainer."""
         return None
 
-    #: True where :meth:`outer_step` averages each mean over tasks that its update is made
-    #: of through :meth:`mean_over_ranks`, so that it runs under ``torchrun`` (the trainer
-    #: refuses an own outer step that does not say so: its ranks would drift apart)
-    outer_step_distributes: bool = False
-
     def mean_over_ranks(self, tensors: list[Tensor]) -> None:
         """Average ``tensors`` in place over the processes that each hold an equal share of
         the meta-batch's tasks. In one process there is nothing to do; under ``torchrun``
-        the trainer replaces this with the job's all-reduce for the length of ``fit``. An
-        own :meth:`outer_step` calls it on its per-task means (Reptile's mean adapted
-        weights; TRPO's gradient, Fisher-vector products and line-search losses), so that
-        every rank sees the whole batch's values and makes the same update."""
+        the trainer hands the learner the job's all-reduce for the length of ``fit``
+        (:meth:`averaging_over_ranks`). An own :meth:`outer_step` calls it on its per-task
+        means (Reptile's mean adapted weights; TRPO's gradient, Fisher-vector products and
+        line-search losses), so that every rank sees the whole batch's values and makes the
+        same update; it says so by marking itself
+        :func:`~mamlkit.algorithms.capabilities.averages_over_ranks`."""
+        if self._rank_mean is not None:
+            self._rank_mean(tensors)
 
-    def capture_key(self, iteration: int) -> Hashable:
-        """What of ``iteration`` a CUDA-graph capture of :meth:`meta_forward` depends on:
-        the step is captured again whenever this changes (None: never)."""
-        return None
+    @contextlib.contextmanager
+    def averaging_over_ranks(
+        self, mean: Callable[[list[Tensor]], None] | None
+    ) -> Iterator[MetaLearner]:
+        """For the length of the block, :meth:`mean_over_ranks` is ``mean`` (a distributed
+        job's in-place all-reduce mean; None: one process, nothing to average)."""
+        before = self._rank_mean
+        self._rank_mean = mean
+        try:
+            yield self
+        finally:
+            self._rank_mean = before
 
     def query_predictions(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaOutput, register
+from mamlkit.algorithms.capabilities import capturable
 from mamlkit.algorithms.gradient import GradientLearner, check_impl
 from mamlkit.functional import (
     LossFn,
@@ -41,8 +42,6 @@ class MAML(GradientLearner):
         torch.Size([4, 10, 1])
     """
 
-    capturable = True
-
     @classmethod
     def from_config(cls, config, build_model, loss_fn, train_classes, **overrides) -> MAML:
         a = config.algorithm
@@ -66,6 +65,7 @@ class MAML(GradientLearner):
         pred = self.predict(phi, query_x)
         return task_mean_loss(self.loss_fn, pred, query_y), pred
 
+    @capturable
     def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
         phi = self.adapt(batch.support_x, batch.support_y)
         loss, pred = self.outer_loss(phi, batch.query_x, batch.query_y)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaOutput, register
+from mamlkit.algorithms.capabilities import capturable
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import (
     FixedStepSize,
@@ -18,6 +21,7 @@ from mamlkit.functional import (
     adaptable_params,
     batch_norm_params,
 )
+from mamlkit.settings import AlgorithmSettings, require_at_least
 from mamlkit.tasks.base import TaskBatch
 
 
@@ -34,6 +38,26 @@ def multi_step_loss_weights(steps: int, epoch: int, anneal_epochs: int) -> list[
     weights = [max(uniform - epoch * decay, floor) for _ in range(steps - 1)]
     last = min(uniform + epoch * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
     return weights + [last]
+
+
+@dataclass
+class MAMLPlusPlusSettings(AlgorithmSettings):
+    """``algorithm.name: mamlpp``."""
+
+    name: str = "mamlpp"
+    # mamlpp: LSLR, multi-step loss annealed over msl_epochs, first order for
+    # first_order_epochs, per-step BatchNorm weights; an epoch is iterations_per_epoch
+    # meta-iterations
+    learned_step_sizes: bool = True
+    per_step_bn: bool = True
+    msl_epochs: int = 10
+    first_order_epochs: int = 0
+    iterations_per_epoch: int = 500
+
+    def validate(self, config: Any) -> None:
+        super().validate(config)
+        require_at_least(0, "algorithm", self, "msl_epochs", "first_order_epochs")
+        require_at_least(1, "algorithm", self, "iterations_per_epoch")
 
 
 @register("mamlpp")
@@ -104,6 +128,8 @@ class MAMLPlusPlus(MAML):
             "per_step_bn": algorithm.per_step_bn,
         }
 
+    settings_class = MAMLPlusPlusSettings
+
     def make_update(self) -> InnerUpdate:
         adapted = adaptable_params(self.model, self.adapt_only)
         per_step = {}
@@ -125,6 +151,7 @@ class MAMLPlusPlus(MAML):
         # the loss weights and the derivative order change only from epoch to epoch
         return min(self._epoch(iteration), max(self.msl_epochs, self.first_order_epochs))
 
+    @capturable(key="capture_key")
     def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
         epoch = self._epoch(iteration)
         weights = multi_step_loss_weights(self.inner_steps, epoch, self.msl_epochs)

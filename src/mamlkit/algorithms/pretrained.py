@@ -1,5 +1,11 @@
 """The paper's "pretrained" baselines: no meta-learning, one network fit to all tasks jointly,
-then fine-tuned on each test task's support set by the same inner loop MAML uses."""
+then fine-tuned on each test task's support set by the same inner loop MAML uses.
+
+``algorithm.name: pretrained`` is one class per kind of task batch, each registered here
+for its kind: :class:`PretrainedRegression` on regression ``points``,
+:class:`PretrainedClassifier` on few-shot ``episodes`` (it trains on ordinary class
+minibatches instead), and, on RL ``trajectories``, MAML-TRPO without inner steps in
+training (TRPO on the task distribution, fine-tuned by the same test-time steps)."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamlkit.algorithms.base import MetaLearner, MetaOutput, register
+from mamlkit.algorithms.capabilities import capturable
 from mamlkit.algorithms.gradient import GradientLearner, check_impl
 from mamlkit.functional import (
     FixedStepSize,
@@ -23,16 +30,22 @@ from mamlkit.functional import (
 from mamlkit.tasks.base import ExampleBatch, TaskBatch
 
 
+@register("pretrained", batches="points")
 class PretrainedRegression(GradientLearner):
     """Plain regression on samples from all tasks (support and query points alike), then
     fine-tuning with gradient steps at test time, as MAML adapts. ``inner_lr`` is the
     test-time step size only (the paper tuned it separately); adaptation takes no step
     unless asked (``steps``)."""
 
-    capturable = True
-
     def __init__(self, model, loss_fn, inner_lr, impl: str = "auto", **kwargs):
         super().__init__(model, loss_fn, inner_lr, inner_steps=0, impl=impl, **kwargs)
+
+    @classmethod
+    def from_config(cls, config, build_model, loss_fn, train_classes, **overrides):
+        a = config.algorithm
+        return cls(
+            check_impl(build_model(), a.impl), loss_fn, a.eval_inner_lr or a.inner_lr, impl=a.impl
+        )
 
     def meta_forward(self, batch: TaskBatch, iteration: int = 0) -> MetaOutput:
         support_x, support_y, query_x, query_y = batch
@@ -43,14 +56,14 @@ class PretrainedRegression(GradientLearner):
         return MetaOutput(task_mean_loss(self.loss_fn, pred, y), pred[:, support_x.shape[1] :])
 
 
-@register("pretrained")
+@register("pretrained", batches="episodes")
 class PretrainedClassifier(MetaLearner):
     """Ordinary classification over all training classes (``model`` ends in a head with one
     output per class; trained on :class:`~mamlkit.tasks.ClassBatches`), then, per test
     episode, a new zero-initialised N-way head and ``steps`` SGD steps on the support set
     over all parameters (``eval_inner_lr``, the name MAML uses for its test-time step)."""
 
-    capturable = True
+    trains_on = "examples"
 
     def __init__(self, model: nn.Module, eval_inner_lr: float = 0.1, impl: str = "auto"):
         super().__init__()
@@ -64,19 +77,13 @@ class PretrainedClassifier(MetaLearner):
     @classmethod
     def from_config(cls, config, build_model, loss_fn, train_classes, **overrides):
         a = config.algorithm
-        if loss_fn is not F.cross_entropy:  # regression: one network fit to all tasks' points
-            return PretrainedRegression(
-                check_impl(build_model(), a.impl),
-                loss_fn,
-                a.eval_inner_lr or a.inner_lr,
-                impl=a.impl,
-            )
         return cls(
             check_impl(build_model(out_features=train_classes()), a.impl),
             eval_inner_lr=a.eval_inner_lr or a.inner_lr,
             impl=a.impl,
         )
 
+    @capturable
     def meta_forward(self, batch: ExampleBatch, iteration: int = 0) -> MetaOutput:
         # minibatches with global class labels (ClassBatches), not episodes
         theta = stack_params(adaptable_params(self.model), batch.num_tasks)
@@ -129,3 +136,4 @@ class PretrainedClassifier(MetaLearner):
                 keep_graph=False,
             )
         return preds
+

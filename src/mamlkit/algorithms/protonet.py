@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaLearner, MetaOutput, register
 from mamlkit.errors import ConfigError
+from mamlkit.settings import AlgorithmSettings
 from mamlkit.tasks.base import TaskBatch
 
 
@@ -19,6 +23,15 @@ def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: in
     onehot = F.one_hot(support_y, ways).to(support.dtype)  # [T, Ns, N]
     prototypes = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)
     return -torch.cdist(query, prototypes).pow(2)
+
+
+@dataclass
+class ProtoNetSettings(AlgorithmSettings):
+    """``algorithm.name: protonet``: trains on other episodes than it tests on where
+    ``task.train_ways`` / ``task.train_queries`` say so."""
+
+    name: str = "protonet"
+    other_train_episodes: ClassVar[bool] = True
 
 
 @register("protonet")
@@ -35,6 +48,8 @@ class PrototypicalNetwork(MetaLearner):
     values are unchanged), so oneDNN's convolutions run without converting layouts around
     every call: on the CPU a ProtoNets iteration is about a third faster (docs/results.md).
     """
+
+    settings_class = ProtoNetSettings
 
     def __init__(self, model: nn.Module, channels_last: bool = True):
         super().__init__()

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from mamlkit.algorithms.base import MetaOutput, register
+from mamlkit.algorithms.capabilities import averages_over_ranks
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import LossFn, adaptable_params
+from mamlkit.settings import AlgorithmSettings
 from mamlkit.tasks.base import TaskBatch
+
+
+@dataclass
+class ReptileSettings(AlgorithmSettings):
+    """``algorithm.name: reptile``."""
+
+    name: str = "reptile"
+    # reptile: the interpolation ε, annealed linearly over train.iterations
+    meta_step_size: float = 1.0
+    meta_step_size_final: float = 0.0
 
 
 @register("reptile")
@@ -36,8 +50,6 @@ class Reptile(MAML):
         True
     """
 
-    outer_step_distributes = True
-
     def __init__(
         self,
         model: nn.Module,
@@ -57,6 +69,8 @@ class Reptile(MAML):
         self.meta_step_size, self.meta_step_size_final = meta_step_size, meta_step_size_final
         self.anneal_iterations = anneal_iterations
 
+    settings_class = ReptileSettings
+
     @classmethod
     def config_kwargs(cls, algorithm) -> dict:
         return {
@@ -74,6 +88,7 @@ class Reptile(MAML):
         frac = min(iteration / self.anneal_iterations, 1.0)
         return (1 - frac) * self.meta_step_size + frac * self.meta_step_size_final
 
+    @averages_over_ranks
     def outer_step(self, batch: TaskBatch, optimizer, iteration: int) -> MetaOutput:
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)

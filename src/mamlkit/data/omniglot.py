@@ -12,33 +12,46 @@ the first call pays for decoding 32,460 PNGs.
 
 Rotation-based class augmentation is deliberately *not* done here: it belongs to the episode
 sampler, which can rotate on the fly without quadrupling the stored array.
+
+The parts live beside this module: :mod:`~mamlkit.data.omniglot_data` (the array and the
+constants), :mod:`~mamlkit.data.omniglot_archive` (reading and checking the archives or
+folders), :mod:`~mamlkit.data.omniglot_cache` (the ``.npy`` cache) and
+:mod:`~mamlkit.data.omniglot_split_schemes` (train / val / test characters); this module finds,
+decodes, loads and downloads, and re-exports the public names of the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import logging
 import os
-import zipfile
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mamlkit.data.cache import (
-    default_cache_dir,
-    entry_sha256,
-    read_cache_entry,
-    write_cache_entry,
-)
-from mamlkit.data.content import files_content_key
+from mamlkit.data.cache import default_cache_dir
 from mamlkit.data.errors import DataError
+from mamlkit.data.omniglot_archive import (
+    _DECODE_ERRORS,
+    _FIX_HINT,
+    _list_images,
+    _Listing,
+    _open_sets,
+    _qualifies,
+)
+from mamlkit.data.omniglot_cache import _cache_key, _cache_path, _read_cache, _write_cache
+from mamlkit.data.omniglot_data import (  # the names of the former single module, kept
+    BACKGROUND,  # noqa: F401
+    EVALUATION,  # noqa: F401
+    OFFICIAL_COUNTS,
+    PREPROCESS_VERSION,
+    SETS,
+    OmniglotData,
+    _Counts,
+)
+from mamlkit.data.omniglot_split_schemes import MAML_N_TRAIN, omniglot_splits  # noqa: F401
 
 __all__ = [
     "OMNIGLOT_URLS",
@@ -52,110 +65,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Bump whenever the pixels produced for the same input change (resampling, inversion, ...),
-#: so stale caches are ignored instead of silently reused.
-PREPROCESS_VERSION = 1
-
 DATA_ENV_VAR = "MAMLKIT_DATA"
-BACKGROUND = "images_background"
-EVALUATION = "images_evaluation"
-SETS: tuple[str, str] = (BACKGROUND, EVALUATION)
-
-#: Number of characters MAML (Finn et al., 2017) uses for meta-training; the rest is test.
-MAML_N_TRAIN = 1200
 
 OMNIGLOT_URLS: dict[str, str] = {
     f"{name}.zip": f"https://github.com/brendenlake/omniglot/raw/master/python/{name}.zip"
     for name in SETS
 }
-
-_FIX_HINT = "pass --data-dir, set MAMLKIT_DATA, or run `mamlkit data download omniglot`"
-_REPLACE_ARCHIVE = (
-    "the archive is damaged: delete it and run `mamlkit data download omniglot`, or copy it anew"
-)
-_REPLACE_DATA = "replace the data (`mamlkit data download omniglot`, or copy it anew)"
-
-# What Pillow and zipfile raise for damaged input. PIL uses SyntaxError for some malformed
-# PNG chunks, and zlib.error escapes zipfile when the deflate stream itself is damaged.
-_DECODE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    zlib.error,
-    zipfile.BadZipFile,
-    Image.DecompressionBombError,
-)
 # Omniglot drawings are 105x105; a member claiming far more pixels is refused before it is
 # decoded (Pillow only refuses beyond ~179 million, after warning from ~89 million).
 _MAX_PIXELS = 4096 * 4096
 
 
-@dataclass(frozen=True)
-class _Counts:
-    """Expected content of a complete data set (the tests use a smaller synthetic one)."""
-
-    alphabets: int
-    characters: int
-    images_per_character: int
-
-
-OFFICIAL_COUNTS = _Counts(alphabets=50, characters=1623, images_per_character=20)
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: comparing ndarray fields with == is ambiguous
-class OmniglotData:
-    """The preprocessed Omniglot set, one row per character.
-
-    Attributes:
-        images: uint8 ``[n_characters, 20, S, S]``; strokes are HIGH (255 = ink, 0 =
-            background), i.e. inverted with respect to the PNG files.
-        characters: ``"Alphabet/characterNN"`` per row; background set first, then
-            evaluation, each sorted, so row indices are stable across machines.
-        alphabets: the alphabet of each row.
-        background: bool ``[n_characters]``, True for rows from ``images_background``.
-        sha256: the content hash of ``images`` (``""`` where not known), a run's record of
-            the data it trained on.
-    """
-
-    images: np.ndarray
-    characters: list[str]
-    alphabets: list[str]
-    background: np.ndarray
-    sha256: str = ""
-
-    def __post_init__(self) -> None:
-        n = self.images.shape[0]
-        if not (len(self.characters) == len(self.alphabets) == self.background.shape[0] == n):
-            raise ValueError(
-                f"OmniglotData fields disagree: {n} image rows, {len(self.characters)} "
-                f"characters, {len(self.alphabets)} alphabets, {self.background.shape[0]} flags"
-            )
-
-    @property
-    def image_size(self) -> int:
-        """Side length ``S`` of the stored (square) images."""
-        return int(self.images.shape[-1])
-
-    def __repr__(self) -> str:
-        return (
-            f"OmniglotData(images={self.images.dtype}{list(self.images.shape)}, "
-            f"characters={len(self.characters)}, alphabets={len(set(self.alphabets))}, "
-            f"background={int(self.background.sum())})"
-        )
-
-
 # --------------------------------------------------------------------------------------
 # Locating the data
 # --------------------------------------------------------------------------------------
-
-
-def _qualifies(directory: Path) -> bool:
-    """True if ``directory`` holds both archives or both extracted folders."""
-    return all((directory / f"{s}.zip").is_file() for s in SETS) or all(
-        (directory / s).is_dir() for s in SETS
-    )
-
 
 def find_omniglot_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return the directory that holds the Omniglot archives (or their extracted folders).
@@ -189,195 +112,6 @@ def find_omniglot_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
-# --------------------------------------------------------------------------------------
-# Reading archives and folders
-# --------------------------------------------------------------------------------------
-
-
-class _ZipSet:
-    """One of the two image sets, read straight from its zip archive."""
-
-    hint = _REPLACE_ARCHIVE
-
-    def __init__(self, path: Path, set_name: str) -> None:
-        self.path = path
-        self.set_name = set_name
-        try:
-            self._zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise DataError(
-                f"{path} is not a readable zip archive ({exc}); {_REPLACE_ARCHIVE}"
-            ) from exc
-
-    def members(self) -> list[tuple[str, int]]:
-        """``(member name, CRC32)`` for every file; the CRC comes from the zip directory."""
-        return [(i.filename, i.CRC) for i in self._zip.infolist() if not i.is_dir()]
-
-    def read(self, name: str) -> bytes:
-        try:
-            # zipfile verifies the CRC32 once the member is fully read.
-            return self._zip.read(name)
-        except (*_DECODE_ERRORS, RuntimeError, NotImplementedError, KeyError) as exc:
-            raise DataError(
-                f"{self.path}: member {name} is corrupt ({exc}); {_REPLACE_ARCHIVE}"
-            ) from exc
-
-    def close(self) -> None:
-        self._zip.close()
-
-
-class _DirSet:
-    """One of the two image sets, read from its extracted folder."""
-
-    hint = _REPLACE_DATA
-
-    def __init__(self, root: Path, set_name: str) -> None:
-        self.root = root  # the directory that contains ``set_name/``
-        self.path = root / set_name
-        self.set_name = set_name
-
-    def members(self) -> list[tuple[str, int]]:
-        """``(relative posix name, file size)`` for every file in the expected 3 levels.
-
-        Sizes only show truncated copies; the cache key of a folder also hashes the files'
-        bytes (:func:`mamlkit.data.content.files_content_key`, memoised by their stat).
-        """
-        out: list[tuple[str, int]] = []
-        try:
-            for alphabet in os.scandir(self.path):
-                if not alphabet.is_dir():
-                    continue
-                for character in os.scandir(alphabet.path):
-                    if not character.is_dir():
-                        continue
-                    for f in os.scandir(character.path):
-                        if f.is_file():
-                            name = f"{self.set_name}/{alphabet.name}/{character.name}/{f.name}"
-                            out.append((name, f.stat().st_size))
-        except OSError as exc:
-            raise DataError(f"cannot list {self.path} ({exc}); check permissions") from exc
-        return out
-
-    def read(self, name: str) -> bytes:
-        path = self.root / name
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise DataError(f"cannot read {path} ({exc}); {_REPLACE_DATA}") from exc
-
-    def close(self) -> None:
-        pass
-
-
-_Set = _ZipSet | _DirSet
-
-
-@contextmanager
-def _open_sets(directory: Path) -> Iterator[list[_Set]]:
-    """Open both image sets, preferring the archives when both layouts are present.
-
-    The archives win because an extracted folder may be a partial, interrupted extraction.
-    """
-    sets: list[_Set] = []
-    try:
-        if all((directory / f"{s}.zip").is_file() for s in SETS):
-            for s in SETS:
-                sets.append(_ZipSet(directory / f"{s}.zip", s))
-        elif all((directory / s).is_dir() for s in SETS):
-            sets = [_DirSet(directory, s) for s in SETS]
-        else:
-            raise DataError(
-                f"{directory} holds neither both Omniglot archives nor both extracted "
-                f"folders ({SETS[0]}/, {SETS[1]}/); {_FIX_HINT}"
-            )
-        yield sets
-    finally:
-        for s in sets:
-            s.close()
-
-
-def _is_ignored(part: str) -> bool:
-    """Skip OS litter such as ``.DS_Store`` and ``__MACOSX/`` that archivers like to add."""
-    return part.startswith(".") or part == "__MACOSX"
-
-
-@dataclass
-class _Listing:
-    """The validated file listing: one sorted list of member names per character."""
-
-    characters: list[str]
-    alphabets: list[str]
-    background: list[bool]
-    files: list[list[str]]  # per character, sorted member names
-    sources: list[_Set]  # per character, which set to read it from
-    fingerprint: list[tuple[str, int]]  # (name, CRC or size) of every image, sorted
-
-
-def _list_images(sets: list[_Set], expected: _Counts | None) -> _Listing:
-    """Group the image files by character and check the counts against ``expected``."""
-    characters: list[str] = []
-    alphabets: list[str] = []
-    background: list[bool] = []
-    files: list[list[str]] = []
-    sources: list[_Set] = []
-    fingerprint: list[tuple[str, int]] = []
-    owner: dict[str, str] = {}  # alphabet -> set it came from, to catch duplicates
-
-    for source in sets:
-        grouped: dict[tuple[str, str], list[str]] = {}
-        for name, fp in source.members():
-            parts = name.split("/")
-            if len(parts) != 4 or parts[0] != source.set_name or any(map(_is_ignored, parts)):
-                continue
-            if not parts[3].lower().endswith(".png"):
-                continue
-            grouped.setdefault((parts[1], parts[2]), []).append(name)
-            fingerprint.append((name, fp))
-        if not grouped:
-            raise DataError(
-                f"{source.path} holds no images under {source.set_name}/<Alphabet>/"
-                f"<characterNN>/*.png; {source.hint}"
-            )
-        for alphabet, character in sorted(grouped):
-            if owner.setdefault(alphabet, source.set_name) != source.set_name:
-                raise DataError(
-                    f"alphabet {alphabet!r} appears in both {SETS[0]} and {SETS[1]} under "
-                    f"{source.path}; the two sets must be disjoint; {_REPLACE_DATA}"
-                )
-            names = sorted(grouped[alphabet, character])
-            if expected is not None and len(names) != expected.images_per_character:
-                raise DataError(
-                    f"{source.path}: character {alphabet}/{character} has {len(names)} images, "
-                    f"expected {expected.images_per_character}; {source.hint}"
-                )
-            characters.append(f"{alphabet}/{character}")
-            alphabets.append(alphabet)
-            background.append(source.set_name == BACKGROUND)
-            files.append(names)
-            sources.append(source)
-
-    where = " and ".join(str(s.path) for s in sets)
-    n_alpha = len(owner)
-    if expected is not None and n_alpha != expected.alphabets:
-        raise DataError(
-            f"found {n_alpha} alphabets in {where}, expected {expected.alphabets}; "
-            f"the data set is incomplete; {_REPLACE_DATA}"
-        )
-    if expected is not None and len(characters) != expected.characters:
-        raise DataError(
-            f"found {len(characters)} characters in {where}, expected {expected.characters}; "
-            f"the data set is incomplete; {_REPLACE_DATA}"
-        )
-    per_char = {len(f) for f in files}
-    if len(per_char) != 1:
-        raise DataError(
-            f"characters in {where} have different image counts ({sorted(per_char)}); "
-            f"every character needs the same number; {_REPLACE_DATA}"
-        )
-    fingerprint.sort()
-    return _Listing(characters, alphabets, background, files, sources, fingerprint)
-
-
 def _decode(data: bytes, image_size: int) -> np.ndarray:
     """PNG bytes -> inverted uint8 ``[S, S]`` (strokes high), as in the reference MAML code."""
     with Image.open(io.BytesIO(data)) as im:
@@ -390,6 +124,7 @@ def _decode(data: bytes, image_size: int) -> np.ndarray:
 
 
 def _preprocess(listing: _Listing, image_size: int) -> np.ndarray:
+    """Decode every image of ``listing`` into ``[characters, images, S, S]`` uint8."""
     from mamlkit.progress import Progress
 
     n_per = len(listing.files[0])
@@ -407,69 +142,6 @@ def _preprocess(listing: _Listing, image_size: int) -> np.ndarray:
                     ) from exc
             bar.update()
     return images
-
-
-# --------------------------------------------------------------------------------------
-# Cache
-# --------------------------------------------------------------------------------------
-
-
-def _cache_key(listing: _Listing, image_size: int, cache: Path) -> str:
-    """Content fingerprint: member names + CRC32 (zip) or size (folder) + preprocessing;
-    for extracted folders also the files' bytes (hashed once, then memoised by their stat
-    in ``cache``), so that other drawings with equal names and sizes are never mistaken for
-    cached ones."""
-    h = hashlib.sha256()
-    h.update(f"mamlkit-omniglot\nv{PREPROCESS_VERSION}\nS={image_size}\n".encode())
-    for name, fp in listing.fingerprint:
-        h.update(f"{name}\0{fp}\n".encode())
-    folders = sorted({s.root for s in listing.sources if isinstance(s, _DirSet)})
-    for root in folders:
-        named = sorted(
-            (name, root / name)
-            for names, s in zip(listing.files, listing.sources, strict=True)
-            if isinstance(s, _DirSet) and s.root == root
-            for name in names
-        )
-        h.update(files_content_key("mamlkit-omniglot-files", root, named, cache).encode())
-    return h.hexdigest()
-
-
-def _cache_path(cache_dir: Path, image_size: int, key: str) -> Path:
-    return cache_dir / f"omniglot-{image_size}px-{key[:20]}.npy"
-
-
-def _read_cache(npy: Path, key: str, image_size: int) -> OmniglotData | None:
-    """Return the cached data, or None on a miss or an inconsistent entry (then rebuilt)."""
-    entry = read_cache_entry(npy, key)
-    if entry is None:
-        return None
-    images, meta = entry
-    try:
-        characters = [str(c) for c in meta["characters"]]
-        alphabets = [str(a) for a in meta["alphabets"]]
-        background = np.asarray(meta["background"], dtype=bool)
-        expected_shape = (len(characters), images.shape[1], image_size, image_size)
-        if images.dtype != np.uint8 or images.shape != expected_shape:
-            return None
-        return OmniglotData(
-            images, characters, alphabets, background, entry_sha256(npy, meta, images)
-        )
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        logger.warning("ignoring inconsistent Omniglot cache %s (%s); rebuilding", npy, exc)
-        return None
-
-
-def _write_cache(npy: Path, key: str, data: OmniglotData) -> str:
-    meta = {
-        "format": "mamlkit-omniglot",
-        "preprocess_version": PREPROCESS_VERSION,
-        "image_size": data.image_size,
-        "characters": data.characters,
-        "alphabets": data.alphabets,
-        "background": data.background.tolist(),
-    }
-    return write_cache_entry(npy, key, data.images, meta)
 
 
 # --------------------------------------------------------------------------------------
@@ -524,68 +196,6 @@ def load_omniglot(
     archive content and ``image_size``, so later calls only read one ``.npy`` file.
     """
     return _load_omniglot(data_dir, image_size, cache_dir, OFFICIAL_COUNTS)
-
-
-# --------------------------------------------------------------------------------------
-# Splits
-# --------------------------------------------------------------------------------------
-
-
-def _carve_val(pool: np.ndarray, n_val: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Shuffle ``pool`` and move its last ``n_val`` entries to validation."""
-    shuffled = rng.permutation(pool)
-    cut = len(shuffled) - n_val
-    return shuffled[:cut], shuffled[cut:]
-
-
-def omniglot_splits(
-    data: OmniglotData, scheme: str = "maml", seed: int = 0, n_val: int = 0
-) -> dict[str, np.ndarray]:
-    """Split character indices into ``"train"``, ``"val"`` (maybe empty) and ``"test"``.
-
-    Schemes:
-
-    * ``"maml"`` (Finn et al., 2017): shuffle all characters with
-      ``np.random.default_rng(seed)``; the first 1200 are meta-train, the remaining 423 are
-      test. The last ``n_val`` of the 1200 move to ``"val"``.
-    * ``"lake"`` (Lake et al., 2015): train = background characters, test = evaluation
-      characters; ``n_val`` background characters move to ``"val"`` by the same seeded rule.
-
-    Each array is sorted int64, and the three are disjoint and cover every character.
-    """
-    n = len(data.characters)
-    if isinstance(n_val, bool) or not isinstance(n_val, int | np.integer) or n_val < 0:
-        raise DataError(f"n_val must be a non-negative integer, got {n_val!r}")
-    rng = np.random.default_rng(seed)
-    if scheme == "maml":
-        if n <= MAML_N_TRAIN:
-            raise DataError(
-                f"the maml split needs more than {MAML_N_TRAIN} characters, the data has {n}"
-            )
-        perm = rng.permutation(n)
-        pool, test = perm[:MAML_N_TRAIN], perm[MAML_N_TRAIN:]
-        if n_val >= len(pool):
-            raise DataError(
-                f"n_val={n_val} must be below the {len(pool)} meta-train characters of the "
-                "maml split"
-            )
-        cut = len(pool) - n_val
-        train, val = pool[:cut], pool[cut:]
-    elif scheme == "lake":
-        indices = np.arange(n)
-        pool, test = indices[data.background], indices[~data.background]
-        if n_val >= len(pool):
-            raise DataError(
-                f"n_val={n_val} must be below the {len(pool)} background characters of the "
-                "lake split"
-            )
-        train, val = _carve_val(pool, n_val, rng)
-    else:
-        raise DataError(f"unknown Omniglot split scheme {scheme!r}; use 'maml' or 'lake'")
-    return {
-        name: np.sort(np.asarray(part, dtype=np.int64))
-        for name, part in (("train", train), ("val", val), ("test", test))
-    }
 
 
 # --------------------------------------------------------------------------------------

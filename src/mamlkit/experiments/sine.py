@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from mamlkit.build import build_learner, build_tasks
-from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.errors import ConfigError
 from mamlkit.evaluation import mean_ci95, per_task_metric_by_step
 from mamlkit.progress import Progress, bars
-from mamlkit.run_files import prepare_run_dir
-from mamlkit.rundir import clear_run_dir, lock_run_dir
+from mamlkit.rundir.checkpoint import atomic_write_text, load_checkpoint
+from mamlkit.rundir.files import prepare_run_dir
+from mamlkit.rundir.ownership import clear_run_dir, lock_run_dir
 from mamlkit.tasks import SineTasks
 from mamlkit.training import Trainer, seed_everything
 
@@ -137,12 +137,16 @@ def evaluate_sine(
     records = []
     for k in K_SHOTS:
         batch = sine_test_tasks(config, k, device)
+        # method -> (learner, the K it was trained for, its fine-tuning step size)
         chosen = {
-            "maml": (learners[f"maml_k{maml_model_for(k, trained)}"], maml_model_for(k, trained)),
-            "pretrained": (learners["pretrained"], None),
+            "maml": (
+                learners[f"maml_k{maml_model_for(k, trained)}"],
+                maml_model_for(k, trained),
+                None,
+            ),
+            "pretrained": (learners["pretrained"], None, fine_tune[k]),
         }
-        for method, (learner, trained_k) in chosen.items():
-            lr = fine_tune[k] if method == "pretrained" else None
+        for method, (learner, trained_k, lr) in chosen.items():
             for step_record in mse_by_step(learner, batch, config, lr):
                 record = {"method": method, "k_shot": k, **step_record}
                 if trained_k is not None:
@@ -285,7 +289,7 @@ def reproduce_sine(
     with reproduce_dir(out, force, resume) as out:
         from mamlkit.experiments import sine_plots as plots
         from mamlkit.experiments.sine_report import report_markdown
-        from mamlkit.run_files import environment_info
+        from mamlkit.rundir.files import environment_info
 
         train_models(configs, out, resume, progress, jobs, device)
         learners = load_learners(configs, out, device)

@@ -11,7 +11,6 @@ import statistics
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mamlkit.checkpoint import atomic_write_text, load_checkpoint
 from mamlkit.config import Config, load_config
 from mamlkit.experiments.sine import (
     DIVERGED_MSE,
@@ -24,6 +23,7 @@ from mamlkit.experiments.sine import (
     train_models,
 )
 from mamlkit.experiments.sine_report import environment_lines
+from mamlkit.rundir.checkpoint import atomic_write_text, load_checkpoint
 
 K = 5  # the K of Table 2's sine rows: K support (and K query) points per task
 PAPER = PAPER_TABLE2["maml"]
@@ -319,7 +319,7 @@ def reproduce_sine_seeds(
     models = study_models(seeds, list(inner_lrs), metasgd, iterations, device)
     configs = {name: m.config for name, m in models.items()}
     with reproduce_dir(out, force, resume) as out:
-        from mamlkit.run_files import environment_info
+        from mamlkit.rundir.files import environment_info
 
         train_models(configs, out, resume, progress, jobs, device)
         learners = load_learners(configs, out, device)

@@ -6,22 +6,22 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from mamlkit.models.conv import Conv4
-from mamlkit.models.mlp import MLP
+from mamlkit.models.conv import Conv4, Conv4Settings
+from mamlkit.models.mlp import MLP, MLPSettings
 from mamlkit.models.registry import register_model
-from mamlkit.models.resnet import ResNet12, check_config
+from mamlkit.models.resnet import ResNet12, ResNet12Settings
 from mamlkit.tasks.registry import task_spec
 
 if TYPE_CHECKING:
     from mamlkit.config import Config
 
 
-@register_model("mlp", inputs="vector")
+@register_model("mlp", inputs="vector", settings=MLPSettings)
 def build_mlp(c: Config, out_features: int | None) -> nn.Module:
     return MLP((1, *c.model.hidden, 1), init=c.model.init)
 
 
-@register_model("conv4", inputs="image")
+@register_model("conv4", inputs="image", settings=Conv4Settings)
 def build_conv4(c: Config, out_features: int | None) -> nn.Module:
     return Conv4(
         out_features=c.task.ways if out_features is None else out_features,
@@ -34,7 +34,7 @@ def build_conv4(c: Config, out_features: int | None) -> nn.Module:
     )
 
 
-@register_model("resnet12", inputs="image", check=check_config)
+@register_model("resnet12", inputs="image", settings=ResNet12Settings)
 def build_resnet12(c: Config, out_features: int | None) -> nn.Module:
     return ResNet12(
         out_features=c.task.ways if out_features is None else out_features,

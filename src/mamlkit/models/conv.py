@@ -2,11 +2,50 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mamlkit.settings import ModelSettings, require, require_at_least
+
 from . import ops
+
+if TYPE_CHECKING:
+    from mamlkit.config import Config
+
+
+@dataclass
+class Conv4Settings(ModelSettings):
+    """``model.name: conv4``."""
+
+    filters: int = 64
+    pooling: str = "stride"  # conv4: stride | max
+    global_pool: bool = False  # conv4: average the last feature map before the head (cbfinn)
+    # conv4, resnet12 for protonet: track running stats, use them in eval
+    bn_running_stats: bool = False
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        require(self.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
+        require_at_least(1, "model", self, "filters")
+        size = getattr(config.task, "image_size", 16)  # (a task without images: refused later)
+        require(
+            self.pooling != "max" or size >= 16,
+            "task.image_size",
+            f"conv4 with max-pooling halves the image 4 times; needs >= 16, got {size}",
+        )
+
+    def largest_tensor_bytes(self, config: Config) -> tuple[int, str]:
+        """The first block's feature maps, or the inner loop's per-task 3×3 weights."""
+        images, _features, keys = config.task.batch_examples(config)
+        size = getattr(config.task, "image_size", 1)
+        side = size if self.pooling == "max" else (size + 1) // 2
+        activations = images * self.filters * side**2
+        weights = 9 * self.filters**2 * config.train.meta_batch
+        return 4 * max(activations, weights), f"{keys}, model.filters"
 
 
 class Conv4(nn.Module):

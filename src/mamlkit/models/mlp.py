@@ -3,9 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+from mamlkit.settings import ModelSettings, require
+
+if TYPE_CHECKING:
+    from mamlkit.config import Config
+
+
+@dataclass
+class MLPSettings(ModelSettings):
+    """``model.name: mlp``: the sine network, and an RL task's policy."""
+
+    hidden: list[int] = field(default_factory=lambda: [40, 40])
+    init: str = "torch"  # mlp: torch (PyTorch default) | trunc_normal (cbfinn/maml: std 0.01)
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        require(all(h >= 1 for h in self.hidden), "model.hidden", "sizes must be >= 1")
+        require(
+            self.init in ("torch", "trunc_normal"),
+            "model.init",
+            "must be 'torch' or 'trunc_normal'",
+        )
+
+    def largest_tensor_bytes(self, config: Config) -> tuple[int, str]:
+        """The first hidden layer's activations, or the inner loop's per-task weights."""
+        examples, _features, keys = config.task.batch_examples(config)
+        width = max([*self.hidden, 1])
+        sizes = [1, *self.hidden, 1]
+        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        meta_batch = config.train.meta_batch
+        return 4 * max(examples * width, weights * meta_batch), f"{keys}, model.hidden"
 
 
 class MLP(nn.Module):

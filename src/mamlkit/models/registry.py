@@ -34,6 +34,17 @@ class ModelSpec:
 
     #: ``(config) -> None``, raising ConfigError for the keys only this model reads
     check: Callable[[Config], None] | None = None
+    #: its ``model:`` section (a :class:`mamlkit.settings.ModelSettings` subclass)
+    settings: type | None = None
+
+    @property
+    def settings_class(self) -> type:
+        """The settings class of its ``model:`` section."""
+        if self.settings is None:
+            from mamlkit.settings import ModelSettings
+
+            return ModelSettings
+        return self.settings
 
     def build(self, config: Config, out_features: int | None = None) -> nn.Module:
         return resolve_builder(self.builder)(config, out_features)
@@ -53,15 +64,18 @@ def register_model(
     inputs: str,
     builder: str | None = None,
     check: Callable[[Config], None] | None = None,
+    settings: type | None = None,
 ) -> Any:
     """Decorator: make ``model.name: NAME`` build the decorated ``(config, out_features) ->
     nn.Module`` for the tasks with ``inputs``. With ``builder="package.module:function"``
     the model is registered at once and that module imported when it is built. ``check``,
     ``(config) -> None``, validates the keys only this model reads when a config is loaded
-    (raise :class:`mamlkit.errors.ConfigError` naming the key)."""
+    (raise :class:`mamlkit.errors.ConfigError` naming the key). ``settings``: the dataclass
+    of its ``model:`` section (:class:`mamlkit.settings.ModelSettings` or a subclass, with
+    its own keys, ``validate`` and ``largest_tensor_bytes``)."""
 
     def add(fn: Callable[[Config, int | None], nn.Module] | str) -> Any:
-        MODELS.add(ModelSpec(name, fn, inputs, check))
+        MODELS.add(ModelSpec(name, fn, inputs, check, settings))
         return fn
 
     return add(builder) if builder is not None else add

@@ -13,6 +13,7 @@ gradients through its affine BatchNorm, because the engine differentiates outsid
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamlkit.errors import ConfigError
+from mamlkit.settings import ModelSettings
 
 if TYPE_CHECKING:
     from mamlkit.config import Config
@@ -152,6 +154,33 @@ class ResNet12(nn.Module):
         return self.head(h) if self.head is not None else h
 
 
+@dataclass
+class ResNet12Settings(ModelSettings):
+    """``model.name: resnet12``."""
+
+    # resnet12: the channels of its four residual blocks (TADAM/MetaOptNet: 64-160-320-640)
+    channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])
+    dropblock: float = 0.0  # resnet12: DropBlock's drop probability in blocks 3-4 (0: off)
+    dropblock_size: int = 5  # resnet12: DropBlock's square side (cut to the feature map)
+    # conv4, resnet12 for protonet: track running stats, use them in eval
+    bn_running_stats: bool = False
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        check_config(config)
+
+    def largest_tensor_bytes(self, config: Config) -> tuple[int, str]:
+        """The first block convolves at full size; the largest weight is a 3×3 conv of the
+        widest block (per task: the inner loop copies it)."""
+        images, _features, keys = config.task.batch_examples(config)
+        ins = [1, *self.channels]  # a block's first conv reads the previous block's channels
+        convs = [a * b for a, b in zip(ins, self.channels)] + [n * n for n in self.channels]
+        size = getattr(config.task, "image_size", 1)
+        activations = images * max(self.channels[:1] or [1]) * size**2
+        weights = 9 * max(convs or [1]) * config.train.meta_batch
+        return 4 * max(activations, weights), f"{keys}, model.channels"
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}': {message}")
@@ -182,7 +211,7 @@ def check_config(c: Config) -> None:
         f"must be >= 1, got {c.model.dropblock_size}",
     )
     _require(
-        c.task.image_size >= 16,
+        getattr(c.task, "image_size", 16) >= 16,
         "task.image_size",
         f"resnet12 halves the image 4 times; needs >= 16, got {c.task.image_size}",
     )

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mamlkit.algorithms.base import MetaLearner, MetaOutput
+from mamlkit.algorithms.base import MetaLearner, MetaOutput, register
+from mamlkit.algorithms.capabilities import averages_over_ranks
 from mamlkit.functional import FixedStepSize, Params, inner_loop, stack_params
 from mamlkit.rl.envs import RLTaskBatch, TaskStreams, environment_streams
 from mamlkit.rl.fisher import (
@@ -30,11 +31,14 @@ from mamlkit.rl.returns import (
     surrogate_and_kl,
     vpg_support_loss,
 )
+from mamlkit.rl.settings import TRPOSettings
 from mamlkit.rl.trpo import TRPOStep, trpo_step
 
 FISHER = ("rop", "gauss_newton", "hessian")  # the Fisher-vector products outer_step can use
 
 
+@register("maml_trpo")
+@register("trpo", pretrain=True)
 class MAMLTRPO(MetaLearner):
     """Meta-learn a policy initialisation θ from which ``inner_steps`` policy-gradient
     steps on ``rollouts`` trajectories solve a new task.
@@ -60,7 +64,15 @@ class MAMLTRPO(MetaLearner):
     averages over the ranks).
     """
 
-    outer_step_distributes = True
+    settings_class = TRPOSettings
+
+    @classmethod
+    def from_config(cls, config, build_model, loss_fn, train_classes, pretrain: bool = False):
+        """MAML-TRPO of an RL task's config (``maml_trpo``); ``pretrain=True`` (``trpo``):
+        TRPO on the task distribution, without inner steps in training."""
+        from mamlkit.rl.build import build_rl_learner
+
+        return build_rl_learner(config, pretrain=pretrain)
 
     def __init__(
         self,
@@ -185,6 +197,7 @@ class MAMLTRPO(MetaLearner):
             "kl": torch.as_tensor(float(torch.as_tensor(kl).detach())),
         }
 
+    @averages_over_ranks
     def outer_step(self, batch: RLTaskBatch, optimizer, iteration: int) -> MetaOutput:
         """One TRPO step on θ (``optimizer`` is not used: TRPO's step is its own)."""
         streams = environment_streams(batch)

@@ -4,8 +4,9 @@ navigation, trajectories before and after each adaptation step beside the goal."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,7 +18,7 @@ from mamlkit.rl.learner import MAMLTRPO
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["PAPER", "nav2d_trajectories", "return_by_step"]
+__all__ = ["PAPER", "nav2d_run_plots", "nav2d_trajectories", "return_by_step", "rl_run_plots"]
 
 #: paper's MAML returns after 0..3 steps (docs: protocols), drawn for reference
 PAPER = {
@@ -142,3 +143,26 @@ def _step_colours(steps: int) -> list[tuple[float, ...]]:
 
     cmap = colormaps["viridis"]
     return [cmap(0.85 - 0.85 * s / max(steps, 1)) for s in range(steps + 1)]
+
+
+def rl_run_plots(run_dir: Path, task: str, load: Callable[[], Any]) -> list[Path]:
+    """An RL task's figures of a run (its registered ``plots``): the return after every
+    adaptation step of its ``eval.json`` (once `mamlkit eval` wrote one)."""
+    if not (run_dir / "eval.json").is_file():
+        return []
+    return_by_step(run_dir / "eval.json", task, run_dir / "returns.png")
+    return [run_dir / "returns.png"]
+
+
+def nav2d_run_plots(run_dir: Path, task: str, load: Callable[[], Any]) -> list[Path]:
+    """2D navigation's figures of a run: :func:`rl_run_plots`', and the trajectories
+    before and after adaptation of its latest weights (``load()``: the run's config,
+    learner and training step; None where it holds no weights yet)."""
+    written = rl_run_plots(run_dir, task, load)
+    loaded = load()
+    if loaded is not None:
+        config, learner, step = loaded
+        path = run_dir / "trajectories.png"
+        nav2d_trajectories(learner, path, steps=config.eval.steps, iterations=step)
+        written.append(path)
+    return written

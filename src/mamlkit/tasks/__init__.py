@@ -5,10 +5,11 @@ an :class:`ExampleBatch`) on the generator's device. A config names one through
 from mamlkit.tasks import builtin as _builtin  # noqa: F401  (registers mamlkit's own tasks)
 from mamlkit.tasks.base import ExampleBatch, TaskBatch, TaskDistribution
 from mamlkit.tasks.episodes import ClassBatches, EpisodeTasks
-from mamlkit.tasks.registry import TASKS, TaskSpec, register_task, task_spec
+from mamlkit.tasks.registry import BATCHES, TASKS, TaskSpec, register_task, task_spec
 from mamlkit.tasks.sine import SineTasks
 
 __all__ = [
+    "BATCHES",
     "TASKS",
     "ClassBatches",
     "EpisodeTasks",

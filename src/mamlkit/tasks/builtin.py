@@ -16,15 +16,16 @@ import torch
 from mamlkit.errors import ConfigError
 from mamlkit.tasks.base import TaskDistribution
 from mamlkit.tasks.datasets import load_split, reads_dataset
+from mamlkit.tasks.episode_settings import EpisodeSettings, ImageFolderSettings
 from mamlkit.tasks.episodes import ClassBatches, EpisodeTasks
 from mamlkit.tasks.registry import TASKS, register_task
-from mamlkit.tasks.sine import SineTasks
+from mamlkit.tasks.sine import SineSettings, SineTasks
 
 if TYPE_CHECKING:
     from mamlkit.config import Config
 
 
-@register_task("sine", metric="mse", inputs="vector")
+@register_task("sine", metric="mse", inputs="vector", settings=SineSettings)
 def build_sine_tasks(c: Config, split: str) -> TaskDistribution:
     if split == "train":
         return SineTasks(c.task.k_support, c.task.k_query)
@@ -57,7 +58,13 @@ def _omniglot_split_alphabets(
 
 
 @register_task(
-    "omniglot", metric="accuracy", inputs="image", channels=1, inverted=True, alphabets=True
+    "omniglot",
+    metric="accuracy",
+    inputs="image",
+    channels=1,
+    inverted=True,
+    alphabets=True,
+    settings=EpisodeSettings,
 )
 @reads_dataset("omniglot")
 def build_omniglot_tasks(c: Config, split: str) -> TaskDistribution:
@@ -65,13 +72,17 @@ def build_omniglot_tasks(c: Config, split: str) -> TaskDistribution:
     return episodes(c, split, data.images, default_rotations=True, alphabets=data.alphabets)
 
 
-@register_task("miniimagenet", metric="accuracy", inputs="image", channels=3)
+@register_task(
+    "miniimagenet", metric="accuracy", inputs="image", channels=3, settings=EpisodeSettings
+)
 @reads_dataset("miniimagenet")
 def build_miniimagenet_tasks(c: Config, split: str) -> TaskDistribution:
     return _validated_episodes(c, split, default_rotations=False, can_rotate=False)
 
 
-@register_task("imagefolder", metric="accuracy", inputs="image", channels=3)
+@register_task(
+    "imagefolder", metric="accuracy", inputs="image", channels=3, settings=ImageFolderSettings
+)
 @reads_dataset("imagefolder")
 def build_image_folder_tasks(c: Config, split: str) -> TaskDistribution:
     return _validated_episodes(c, split, default_rotations=False)
@@ -105,6 +116,14 @@ def _validated_episodes(
     return tasks
 
 
+def _trains_on_examples(c: Config) -> bool:
+    """Whether the learner ``c`` builds trains on ordinary class minibatches (the
+    pretrained classifier) instead of episodes: the learner class says."""
+    from mamlkit.algorithms.registry import learner_class  # the layer above: asked, not known
+
+    return learner_class(c).trains_on == "examples"
+
+
 def episodes(
     c: Config,
     split: str,
@@ -128,7 +147,7 @@ def episodes(
     rotate = default_rotations if t.rotations is None else t.rotations
     rotations = rotate and can_rotate and split == "train"
     device = c.train.device
-    if split == "train" and c.algorithm.name == "pretrained":
+    if split == "train" and _trains_on_examples(c):
         return ClassBatches(images, t.batch_size, rotations=rotations, device=device)
     ways = (t.train_ways or t.ways) if split == "train" else t.ways
     queries = (t.train_queries or t.queries) if split == "train" else t.queries
@@ -164,13 +183,22 @@ def episodes(
     )
 
 
-# mamlkit.rl's environments: imported when built (the half-cheetahs need MuJoCo)
-for _name in ("nav2d", "cheetah_vel", "cheetah_dir"):
+# mamlkit.rl's environments, each with its own settings (which build its environment) and
+# builders named by import path: imported when built (the half-cheetahs need MuJoCo). Their
+# learners are MAML-TRPO and TRPO on all tasks, once named maml and pretrained.
+for _name, _settings, _plots in [
+    ("nav2d", "Nav2DSettings", "nav2d_run_plots"),  # the returns, and trajectories to goals
+    ("cheetah_vel", "CheetahSettings", "rl_run_plots"),
+    ("cheetah_dir", "CheetahSettings", "rl_run_plots"),
+]:
     register_task(
         _name,
         metric="return",
         inputs="vector",
-        rl=True,
-        algorithms=("maml", "pretrained"),  # MAML-TRPO, and TRPO on all tasks
-        builder="mamlkit.rl.build:build_rl_tasks",
+        batches="trajectories",
+        algorithms=("maml_trpo", "trpo"),
+        builder=f"mamlkit.rl.build:build_{_name}_tasks",
+        plots=f"mamlkit.rl.plots:{_plots}",
+        settings=f"mamlkit.rl.settings:{_settings}",
+        algorithm_aliases={"maml": "maml_trpo", "pretrained": "trpo"},
     )

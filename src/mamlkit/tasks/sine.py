@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from mamlkit.settings import TaskSettings, require_at_least
 from mamlkit.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from mamlkit.config import Config
+
+
+@dataclass
+class SineSettings(TaskSettings):
+    """``task.name: sine``."""
+
+    # sine: K support and K query points per task
+    k_support: int = 10
+    k_query: int = 10
+
+    def validate(self, config: Config) -> None:
+        require_at_least(1, "task", self, "k_support", "k_query")
+
+    def batch_examples(self, config: Config) -> tuple[int, int, str]:
+        examples = config.train.meta_batch * (self.k_support + self.k_query)
+        return examples, 1, "train.meta_batch, task.k_support/k_query"
 
 
 def _uniform(low: float, high: float, shape: tuple[int, ...], generator: torch.Generator):

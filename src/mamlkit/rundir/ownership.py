@@ -2,7 +2,7 @@
 them are mamlkit's, an exclusive lock for the life of a training process, and the checks
 made before a run is written.
 
-A folder is a run only when its ``env.json`` is mamlkit's (:mod:`mamlkit.run_identity`):
+A folder is a run only when its ``env.json`` is mamlkit's (:mod:`mamlkit.rundir.identity`):
 a ``config.yaml`` or ``checkpoints/`` of some other tool never makes one. A run directory
 may hold the user's own files beside mamlkit's (notes, a copied figure): ``--force``
 removes only the files mamlkit writes, by name (:data:`RUN_FILES`, the patterns below and
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mamlkit.errors import UserError
 from mamlkit.eval_files import EVAL_FILE
-from mamlkit.run_identity import is_mamlkit_env, read_env
+from mamlkit.rundir.identity import is_mamlkit_env, read_env
 
 LOCK_FILE = ".mamlkit.lock"
 CHECKPOINT_DIR = "checkpoints"
@@ -171,7 +171,7 @@ def clear_run_dir(path: Path, keep_set_aside: bool = False) -> None:
 
 def _in_use(path: Path) -> bool:
     """Whether a live process holds the temporary file ``path`` (see
-    :func:`mamlkit.checkpoint.atomic_write_bytes`)."""
+    :func:`mamlkit.rundir.checkpoint.atomic_write_bytes`)."""
     try:
         import fcntl
     except ImportError:
