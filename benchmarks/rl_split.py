@@ -69,6 +69,7 @@ def meta_iteration_split(learner, batch) -> dict:
     """Seconds per phase of ``learner.outer_step(batch)`` (one MAMLTRPO meta-iteration)."""
     import mamlkit.rl.learner as learner_module
     import mamlkit.rl.returns as returns_module
+    from mamlkit.rl.fisher_rop import RopGaussNewton
 
     clock = _Clock()
     samplings = [0]
@@ -99,6 +100,11 @@ def meta_iteration_split(learner, batch) -> dict:
             learner_module,
             "surrogate_and_kl",
             clock.wrap(learner_module.surrogate_and_kl, "surrogate_and_gradient"),
+        ),
+        mock.patch.object(  # fisher="rop": the surrogate and its gradient by hand
+            RopGaussNewton,
+            "surrogate",
+            clock.wrap(RopGaussNewton.surrogate, "surrogate_and_gradient"),
         ),
         mock.patch.object(
             returns_module,

@@ -121,9 +121,9 @@ def test_the_trpo_step_is_the_same_with_either_product(float64, inner_steps):
         assert torch.allclose(p, q, rtol=1e-8, atol=1e-12)
 
 
-def test_the_config_chooses_the_product_and_gauss_newton_is_the_default():
+def test_the_config_chooses_the_product_and_rop_is_the_default():
     tiny = ["task.horizon=5", "task.rollouts=2", "model.hidden=[4]"]
-    assert build_learner(load_config("rl_nav2d_maml", tiny)).fisher == "gauss_newton"
+    assert build_learner(load_config("rl_nav2d_maml", tiny)).fisher == "rop"  # issue 27
     config = load_config("rl_nav2d_maml", [*tiny, "algorithm.fisher=hessian"])
     assert build_learner(config).fisher == "hessian"
     with pytest.raises(ValueError, match="fisher"):

@@ -215,6 +215,8 @@ def resolve_preset(name_or_path: str) -> Any:
 SAVED_BEFORE_THE_KEY: dict[str, dict[str, Any]] = {
     # session 9: 2D navigation's actions became rllab-normalised (maml_rl's environment)
     "task": {"normalized_actions": False},
+    # issue 27: new runs' TRPO products became "rop"; a saved run keeps the autograd ones
+    "algorithm": {"fisher": "gauss_newton"},
 }
 
 

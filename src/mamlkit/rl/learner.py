@@ -17,6 +17,7 @@ from mamlkit.rl.fisher import (
     gauss_newton_vector_product,
     hessian_vector_product,
 )
+from mamlkit.rl.fisher_rop import RopGaussNewton, policy_activation, rop_gauss_newton
 from mamlkit.rl.gauss_newton import inner_update_gauss_newton
 from mamlkit.rl.policy import GaussianMLPPolicy
 from mamlkit.rl.returns import (
@@ -33,7 +34,7 @@ from mamlkit.rl.returns import (
 from mamlkit.rl.settings import TRPOSettings
 from mamlkit.rl.trpo import TRPOStep, trpo_step
 
-FISHER = ("gauss_newton", "hessian")  # the Fisher-vector products outer_step can use
+FISHER = ("rop", "gauss_newton", "hessian")  # the Fisher-vector products outer_step can use
 
 
 @register("maml_trpo")
@@ -47,7 +48,10 @@ class MAMLTRPO(MetaLearner):
     surrogate (second order unless ``first_order``), sample ``rollouts`` query trajectories
     with φᵢ, and take one TRPO step on θ for the mean over tasks of the query surrogate,
     under mean KL(π_φᵢ(θ_old) ‖ π_φᵢ(θ)) ≤ ``max_kl``. The Fisher-vector products
-    (:meth:`fisher_vector_product`) are ``fisher="gauss_newton"``, the Gauss-Newton form
+    (:meth:`fisher_vector_product`) are ``fisher="rop"`` (the default), the Gauss-Newton
+    form of ``"gauss_newton"`` by hand-written derivatives of the policy network
+    (:mod:`~mamlkit.rl.fisher_rop`, equal to float rounding, with TRPO's step length from
+    conjugate gradient's own products), ``"gauss_newton"``, the Gauss-Newton form
     Jᵀ F J through the inner update (exactly the KL's Hessian at θ_old, with no third
     derivative of the support loss), or ``"hessian"``, double backward of the KL through
     the inner update. With ``inner_steps=0`` this is plain TRPO on the task distribution
@@ -88,7 +92,7 @@ class MAMLTRPO(MetaLearner):
         cg_damping: float = 1e-5,
         backtrack_ratio: float = 0.8,
         max_backtracks: int = 15,
-        fisher: str = "gauss_newton",
+        fisher: str = "rop",
     ):
         super().__init__()
         if inner_steps < 0:
@@ -152,17 +156,26 @@ class MAMLTRPO(MetaLearner):
         trajectories of φ and their advantages."""
         return self._sample_and_adapt(batch, streams)[:4]
 
-    def _sample_and_adapt(self, batch: RLTaskBatch, streams: TaskStreams):
+    def _rop_covers(self) -> bool:
+        """Whether ``fisher="rop"``'s hand-written derivatives cover this learner (its
+        policy network, a step size shared by all parameters)."""
+        return (
+            self.fisher == "rop"
+            and not self.update.per_parameter
+            and policy_activation(self.policy) is not None
+        )
+
+    def _sample_and_adapt(self, batch: RLTaskBatch, streams: TaskStreams, graph: bool = True):
         """:meth:`_rollout_and_adapt`'s four and the support trajectories' advantages (None
-        without inner steps)."""
+        without inner steps); without ``graph`` φ's values alone (first-order inner steps:
+        the same values, no graph of the gradients)."""
         task = batch.task
         theta = stack_params(self.theta(), task.shape[0])
         support = self.sample(theta, task, self.rollouts, streams)
         if self.inner_steps:
             adv_s = advantages(support, self.discount, self.gae_lambda)
-            phi = self.adapt_on(
-                theta, support, self.update, self.inner_steps, self.first_order, adv_s
-            )
+            first_order = self.first_order or not graph
+            phi = self.adapt_on(theta, support, self.update, self.inner_steps, first_order, adv_s)
             query = self.sample(phi, task, self.rollouts, streams)
         else:
             phi, query, adv_s = theta, support, None
@@ -188,9 +201,9 @@ class MAMLTRPO(MetaLearner):
     def outer_step(self, batch: RLTaskBatch, optimizer, iteration: int) -> MetaOutput:
         """One TRPO step on θ (``optimizer`` is not used: TRPO's step is its own)."""
         streams = environment_streams(batch)
-        support, phi, query, adv, adv_s = self._sample_and_adapt(batch, streams)
+        by_hand = self._rop_covers()  # products, loss and gradient without autograd graphs
+        support, phi, query, adv, adv_s = self._sample_and_adapt(batch, streams, not by_hand)
         old = old_policy(self.policy, phi, query)
-        loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
         params = list(self.theta().values())
         task_count = batch.num_tasks
 
@@ -202,7 +215,15 @@ class MAMLTRPO(MetaLearner):
             with torch.no_grad():
                 return surrogate_and_kl(self.policy, new_phi, query, adv, old)
 
-        fisher_vector = self.fisher_vector_product(phi, query, old, kl, support, adv_s)
+        if by_hand:
+            fisher_vector = self.fisher_vector_product(phi, query, old, None, support, adv_s)
+            if not isinstance(fisher_vector, RopGaussNewton):
+                raise TypeError("fisher='rop' needs fisher_vector_product's RopGaussNewton")
+            loss, gradient = fisher_vector.surrogate(adv)
+        else:
+            loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
+            fisher_vector = self.fisher_vector_product(phi, query, old, kl, support, adv_s)
+            gradient = None
         step = trpo_step(
             params,
             loss,
@@ -210,6 +231,8 @@ class MAMLTRPO(MetaLearner):
             evaluate,
             fisher_vector=fisher_vector,
             mean_over_ranks=self.mean_over_ranks,
+            reuse_products=self.fisher == "rop",
+            gradient=gradient,
             **self.trpo,
         )
         self.last_step = step
@@ -238,7 +261,9 @@ class MAMLTRPO(MetaLearner):
         With the ``support`` trajectories (and their advantages ``support_adv`` where there
         are inner steps), the Gauss-Newton product is built from pieces computed once
         (:func:`~mamlkit.rl.gauss_newton.inner_update_gauss_newton`: the same matrix in
-        fewer operations per product; ``phi``'s graph is then not used).
+        fewer operations per product; ``phi``'s graph is then not used); with ``"rop"`` from
+        hand-written derivatives (:func:`~mamlkit.rl.fisher_rop.rop_gauss_newton`; autograd
+        where the policy's network is not covered).
         """
         params = list(self.theta().values())
         if self.fisher == "hessian":
@@ -249,11 +274,25 @@ class MAMLTRPO(MetaLearner):
 
         if support is not None and not self.update.per_parameter:
             steps = self.inner_steps
+            step_sizes = [float(self.update.step_size("", s)) for s in range(steps)]
+            if self.fisher == "rop":
+                product = rop_gauss_newton(
+                    self.policy,
+                    self.theta(),
+                    support,
+                    support_adv,
+                    step_sizes,
+                    self.first_order,
+                    query,
+                    old,
+                )
+                if product is not None:
+                    return product
             return inner_update_gauss_newton(
                 self.theta(),
                 query.obs.shape[0],
                 vpg_support_loss(self.policy, support, support_adv) if steps else None,
-                [float(self.update.step_size("", s)) for s in range(steps)],
+                step_sizes,
                 self.first_order,
                 lambda p: self.policy.distribution(p, query.obs),
                 kl_of_z,

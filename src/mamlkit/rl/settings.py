@@ -101,8 +101,9 @@ class TRPOSettings(AlgorithmSettings):
     cg_damping: float = 1e-5
     backtrack_ratio: float = 0.8
     max_backtracks: int = 15
-    # TRPO's Fisher-vector products: gauss_newton (Jᵀ F J, no third derivatives) | hessian
-    fisher: str = "gauss_newton"
+    # TRPO's Fisher-vector products: rop (Jᵀ F J by hand-written derivatives, and the step
+    # length from conjugate gradient's products) | gauss_newton (Jᵀ F J by autograd) | hessian
+    fisher: str = "rop"
 
     def validate(self, config: Config) -> None:
         super().validate(config)
@@ -127,9 +128,9 @@ class TRPOSettings(AlgorithmSettings):
             f"must be in (0, 1), got {self.backtrack_ratio}",
         )
         require(
-            self.fisher in ("gauss_newton", "hessian"),
+            self.fisher in ("rop", "gauss_newton", "hessian"),
             "algorithm.fisher",
-            f"must be gauss_newton or hessian, got {self.fisher!r}",
+            f"must be rop, gauss_newton or hessian, got {self.fisher!r}",
         )
         require(
             all(math.isfinite(a) and a > 0 for a in self.eval_inner_lrs),

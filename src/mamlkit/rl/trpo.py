@@ -15,11 +15,20 @@ from mamlkit.rl.fisher import FisherVector, flat, hessian_vector_product
 
 
 def conjugate_gradient(
-    matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10, tol: float = 1e-10
-) -> Tensor:
+    matvec: Callable[[Tensor], Tensor],
+    b: Tensor,
+    iterations: int = 10,
+    tol: float = 1e-10,
+    with_product: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Approximately solve ``A x = b`` for a symmetric positive definite A given as a
-    matrix-vector product (rllab's ``krylov.cg``: ``iterations`` steps from x = 0)."""
+    matrix-vector product (rllab's ``krylov.cg``: ``iterations`` steps from x = 0).
+
+    ``with_product``: return ``(x, A x)``, A x = Σ_k α_k A p_k accumulated from the
+    products conjugate gradient computed anyway (equal to ``matvec(x)`` up to rounding,
+    for a linear ``matvec``, without another product)."""
     x = torch.zeros_like(b)
+    ax = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rr = r @ r
@@ -27,13 +36,14 @@ def conjugate_gradient(
         ap = matvec(p)
         alpha = rr / (p @ ap)
         x = x + alpha * p
+        ax = ax + alpha * ap
         r = r - alpha * ap
         rr_new = r @ r
         if rr_new < tol:
             break
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return (x, ax) if with_product else x
 
 
 @dataclass
@@ -60,6 +70,8 @@ def trpo_step(
     max_backtracks: int = 15,
     fisher_vector: FisherVector | None = None,
     mean_over_ranks: Callable[[list[Tensor]], None] | None = None,
+    reuse_products: bool = False,
+    gradient: Tensor | None = None,
 ) -> TRPOStep:
     """Update ``params`` (leaf tensors, in place) by one TRPO step.
 
@@ -76,12 +88,18 @@ def trpo_step(
     whose mean ``loss`` and KL are): averages tensors in place over the processes. The
     gradient, every Fisher-vector product and every loss and KL are averaged before use,
     so all processes take the same step and the same line-search decisions.
+
+    ``reuse_products``: the step length's (F + λI)·x from conjugate gradient's own products
+    (:func:`conjugate_gradient`'s ``with_product``: ``cg_iterations`` products instead of
+    one more; equal up to float rounding). ``gradient``: the flat gradient of ``loss`` in
+    ``params``, where the caller has it (``loss`` then needs no graph).
     """
     params = list(params)
     if fisher_vector is None and kl is None:
         raise ValueError("trpo_step needs kl or fisher_vector")
     fvp = fisher_vector or hessian_vector_product(kl, params)
-    grads = torch.autograd.grad(loss, params, retain_graph=True)
+    if gradient is None:
+        gradient = flat(torch.autograd.grad(loss, params, retain_graph=True))
 
     def mean(*values: Tensor) -> list[Tensor]:
         values = [v.detach().clone() for v in values]
@@ -92,9 +110,13 @@ def trpo_step(
     def damped(v: Tensor) -> Tensor:
         return mean(fvp(v))[0] + cg_damping * v
 
-    g = mean(flat(grads))[0]
-    direction = conjugate_gradient(damped, -g, cg_iterations)
-    shs = 0.5 * (direction @ damped(direction))
+    g = mean(gradient)[0]
+    if reuse_products:
+        direction, f_direction = conjugate_gradient(damped, -g, cg_iterations, with_product=True)
+    else:
+        direction = conjugate_gradient(damped, -g, cg_iterations)
+        f_direction = damped(direction)
+    shs = 0.5 * (direction @ f_direction)
     full_step = direction * torch.sqrt(max_kl / shs.clamp_min(1e-30))
     expected = float(-(g @ full_step))
     old = [p.detach().clone() for p in params]

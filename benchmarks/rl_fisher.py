@@ -1,0 +1,130 @@
+"""MAML-TRPO's Fisher-vector products, timed in one process on the same sampled data:
+building the product (once per meta-iteration) and one product (conjugate gradient takes 11),
+for each ``--fisher`` construction, alternating (the order reversed every repetition), in
+process CPU time with one thread (a shared machine's other jobs do not count). Prints one
+JSON line: per construction the median and range of the build and of one product, the
+speed-up of each against the last one named, and the largest relative difference between
+the constructions' products.
+
+    python benchmarks/rl_fisher.py --env cheetah [--tasks 40] [--rollouts 20] [--reps 5]
+        [--products 2] [--fisher rop gauss_newton] [--inner-steps 1] [--first-order]
+    python benchmarks/rl_fisher.py --env nav2d --tasks 20 --rollouts 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks  # noqa: E402
+from mamlkit.rl.envs import environment_streams  # noqa: E402
+from mamlkit.rl.learner import FISHER  # noqa: E402
+from mamlkit.rl.returns import old_policy, surrogate_and_kl  # noqa: E402
+
+
+def learner_and_batch(args):
+    """The learner and one task batch of ``args``' environment."""
+    generator = torch.Generator().manual_seed(0)
+    if args.env == "cheetah":
+        from mamlkit.rl.cheetah import CheetahVelocityTasks, HalfCheetah
+
+        env = HalfCheetah("vel", horizon=200, threads=2)
+        batch = CheetahVelocityTasks().sample(args.tasks, generator)
+    else:
+        env = Navigation2D(horizon=100)
+        batch = NavigationTasks().sample(args.tasks, generator)
+    policy = GaussianMLPPolicy(env.obs_dim, env.act_dim)
+    learner = MAMLTRPO(
+        env,
+        policy,
+        rollouts=args.rollouts,
+        inner_steps=args.inner_steps,
+        first_order=args.first_order,
+    )
+    return learner, batch
+
+
+def summary(times: list[float]) -> dict:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", choices=("cheetah", "nav2d"), default="cheetah")
+    p.add_argument("--tasks", type=int, default=40, help="tasks per meta-batch")
+    p.add_argument("--rollouts", type=int, default=20, help="trajectories per task")
+    p.add_argument("--inner-steps", type=int, default=1)
+    p.add_argument("--first-order", action="store_true")
+    p.add_argument("--reps", type=int, default=5, help="alternating repetitions")
+    p.add_argument("--products", type=int, default=2, help="products timed per build")
+    p.add_argument("--fisher", nargs="+", choices=FISHER, default=["rop", "gauss_newton"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    learner, batch = learner_and_batch(args)
+    start = time.perf_counter()
+    support, phi, query, adv, adv_s = learner._sample_and_adapt(batch, environment_streams(batch))
+    sampling_s = time.perf_counter() - start
+    old = old_policy(learner.policy, phi, query)
+    _, kl = surrogate_and_kl(learner.policy, phi, query, adv, old)
+    size = sum(p.numel() for p in learner.policy.parameters())
+    vectors = [torch.randn(size) for _ in range(args.products)]
+    build: dict[str, list[float]] = {f: [] for f in args.fisher}
+    product: dict[str, list[float]] = {f: [] for f in args.fisher}
+    results: dict[str, torch.Tensor] = {}
+    for rep in range(args.reps):
+        order = args.fisher if rep % 2 == 0 else args.fisher[::-1]
+        for fisher in order:
+            learner.fisher = fisher
+            start = time.process_time()
+            fvp = learner.fisher_vector_product(phi, query, old, kl, support, adv_s)
+            build[fisher].append(time.process_time() - start)
+            for v in vectors:
+                start = time.process_time()
+                out = fvp(v)
+                product[fisher].append(time.process_time() - start)
+            results[fisher] = out.detach()
+            del fvp
+    base = args.fisher[-1]
+    ref = results[base]
+    print(
+        json.dumps(
+            {
+                "env": args.env,
+                "tasks": args.tasks,
+                "rollouts": args.rollouts,
+                "steps_per_task": int(query.mask[0].numel()),
+                "inner_steps": args.inner_steps,
+                "first_order": args.first_order,
+                "threads": args.threads,
+                "dtype": str(torch.get_default_dtype()),
+                "reps": args.reps,
+                "sampling_wall_s": sampling_s,
+                "build_cpu_s": {f: summary(t) for f, t in build.items()},
+                "product_cpu_s": {f: summary(t) for f, t in product.items()},
+                "product_speedup_vs_" + base: {
+                    f: statistics.median(product[base]) / statistics.median(t)
+                    for f, t in product.items()
+                },
+                "max_rel_difference_vs_" + base: {
+                    f: float((r - ref).norm() / ref.norm()) for f, r in results.items()
+                },
+                "torch": torch.__version__,
+                "machine": platform.processor() or platform.machine(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""MAML-TRPO's Gauss-Newton Fisher-vector products Jᵀ F_z J by hand-written derivatives of
+the Gaussian MLP policy (:mod:`mamlkit.rl.rop`): the matrix of
+:func:`~mamlkit.rl.gauss_newton.inner_update_gauss_newton` (``algorithm.fisher:
+gauss_newton``), equal to float rounding, with no autograd graph.
+
+J = J_q A_{k−1} ⋯ A₀ S, A_s = I − α_s H_s (:mod:`mamlkit.rl.gauss_newton`). Built once per
+meta-iteration: for every inner step s the support loss's cached forward pass and backward
+signals at φ_s (H_s u is then a forward tangent pass and a tangent backward pass, exact:
+Pearlmutter's R-operator), and at the adapted φ_k the query forward pass with the KL's
+Hessian in the action distribution z = (mean, log-std) as three elementwise factors (for the
+diagonal Gaussian KL: 1/σ² for the mean, 2(σ₀² + (μ − μ₀)²)/σ² for the log-std, the
+cross term −2(μ − μ₀)/σ², each times the step's weight in the mean KL). A product is then
+S v (shared by the tasks: one large matmul per layer), the A_s, J_q v, F_z, J_qᵀ, the A_s
+backwards and Sᵀ (the task sum folded into the last matmuls where no A_s follows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from mamlkit.functional import Params
+from mamlkit.rl.policy import MEAN, GaussianMLPPolicy, gaussian_log_prob
+from mamlkit.rl.returns import OldPolicy, Trajectories, masked_task_mean
+from mamlkit.rl.rop import GaussianSurrogateHessian, Workspace, forward, jvp, vjp
+
+__all__ = ["RopGaussNewton", "policy_activation", "rop_gauss_newton"]
+
+Direction = tuple[list[Tensor], Tensor]  # ([V_l, c_l] per layer, v_s)
+
+
+def policy_activation(policy: GaussianMLPPolicy) -> str | None:
+    """``relu`` where the hand-written derivatives cover the policy's mean network (Linear
+    layers with ReLU between them, what :meth:`~mamlkit.models.mlp.MLP.batched_forward`
+    computes), else None (the products then fall back to autograd). :mod:`mamlkit.rl.rop`
+    also covers tanh networks, which this policy does not build."""
+    for module in policy.mean.net:
+        if not isinstance(module, (nn.Linear, nn.ReLU)):
+            return None
+    return "relu"
+
+
+def _layer_names(policy: GaussianMLPPolicy) -> list[str]:
+    return [f"{MEAN}net.{i}" for i, m in enumerate(policy.mean.net) if isinstance(m, nn.Linear)]
+
+
+def _flat_rows(t: Tensor) -> Tensor:
+    """``[T, N, H, X]`` -> ``[T, N·H, X]``."""
+    return t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+def _minus(a: Direction, alpha: float, h: Direction) -> Direction:
+    """a − α h, piece by piece (a shared or task-stacked, h task-stacked)."""
+    return (
+        [torch.add(x, y, alpha=-alpha) for x, y in zip(a[0], h[0], strict=True)],
+        torch.add(a[1], h[1], alpha=-alpha),
+    )
+
+
+def rop_gauss_newton(
+    policy: GaussianMLPPolicy,
+    theta: Params,
+    support: Trajectories | None,
+    support_adv: Tensor | None,
+    step_sizes: list[float],
+    first_order: bool,
+    query: Trajectories,
+    old: OldPolicy,
+) -> RopGaussNewton | None:
+    """``v ↦ Jᵀ F_z J v`` over the flat parameters ``theta`` (the policy's, in their order)
+    for ``len(step_sizes)`` inner VPG steps on ``support`` (advantages ``support_adv``) and
+    the mean KL from ``old`` on ``query``; None where the policy's network is not covered
+    (:func:`policy_activation`)."""
+    activation = policy_activation(policy)
+    if activation is None:
+        return None
+    names = _layer_names(policy)
+    index = {f"{n}.weight": ("w", i) for i, n in enumerate(names)}
+    index.update({f"{n}.bias": ("b", i) for i, n in enumerate(names)})
+    index["log_std"] = ("s", 0)
+    if set(index) != set(theta):
+        return None
+    tasks = query.obs.shape[0]
+    with torch.no_grad():
+        layers = [
+            torch.cat([theta[f"{n}.weight"], theta[f"{n}.bias"].unsqueeze(-1)], -1)
+            .detach()
+            .expand(tasks, -1, -1)
+            for n in names
+        ]
+        log_std = theta["log_std"].detach().expand(tasks, -1)
+        hessians: list[GaussianSurrogateHessian] = []
+        if step_sizes:
+            obs, actions = _flat_rows(support.obs), _flat_rows(support.actions)
+            mask = support.mask
+            weight = (support_adv * mask / mask.sum((1, 2), keepdim=True)).reshape(tasks, -1)
+        for alpha in step_sizes:
+            h = GaussianSurrogateHessian(layers, log_std, obs, actions, weight, activation)
+            hessians.append(h)
+            grads, g_s = h.grads
+            layers = [torch.add(w, g, alpha=-alpha) for w, g in zip(layers, grads, strict=True)]
+            log_std = torch.add(log_std, g_s, alpha=-alpha)
+        fw = forward(layers, _flat_rows(query.obs), activation)
+        ws = Workspace(fw)
+        mask = query.mask
+        w = (mask / (mask.sum((1, 2), keepdim=True) * tasks)).reshape(tasks, -1, 1)
+        shift = fw.out - _flat_rows(old.mean)
+        f_mm = w * torch.exp(-2 * log_std).unsqueeze(1)  # [T, M, A]
+        f_ms = -2 * f_mm * shift
+        f_ss = (2 * f_mm * (torch.exp(2 * _flat_rows(old.log_std)) + shift * shift)).sum(1)
+    shapes = [p.shape for p in theta.values()]
+    sizes = [p.numel() for p in theta.values()]
+    order = [index[n] for n in theta]
+    hessian_steps = [] if first_order else list(zip(step_sizes, hessians, strict=True))
+    sum_in_vjp = not hessian_steps
+
+    def transpose(f_mean: Tensor, f_s: Tensor) -> Tensor:
+        """Jᵀ (f_mean, f_s): J_qᵀ on the query data, the A_s backwards, Sᵀ; flat."""
+        out: Direction = (vjp(fw, f_mean, ws, sum_tasks=sum_in_vjp), f_s)
+        for alpha, h in reversed(hessian_steps):
+            out = _minus(out, alpha, h.hvp(*out))
+        grads = out[0] if sum_in_vjp else [g.sum(0) for g in out[0]]
+        by_key = {("s", 0): out[1].sum(0)}
+        by_key.update({("w", i): g[..., :-1] for i, g in enumerate(grads)})
+        by_key.update({("b", i): g[..., -1] for i, g in enumerate(grads)})
+        return torch.cat([by_key[key].reshape(-1) for key in order])
+
+    def product(v: Tensor) -> Tensor:
+        pieces = {key: p.view(shape) for key, p, shape in zip(order, v.split(sizes), shapes)}
+        a: Direction = (
+            [
+                torch.cat([pieces[("w", i)], pieces[("b", i)].unsqueeze(-1)], -1)
+                for i in range(len(names))
+            ],
+            pieces[("s", 0)],
+        )
+        for alpha, h in hessian_steps:
+            a = _minus(a, alpha, h.hvp(*a))
+        r_mean = jvp(fw, a[0], ws)
+        f_mean = f_mm * r_mean + f_ms * a[1].unsqueeze(-2)
+        return transpose(f_mean, (f_ms * r_mean).sum(1) + f_ss * a[1])
+
+    def surrogate(adv: Tensor) -> tuple[Tensor, Tensor]:
+        """TRPO's surrogate −mean_i mean_t (π/π_old)·Â at the adapted policies and its
+        gradient in θ (flat) through the inner steps: Jᵀ ∂loss/∂z."""
+        with torch.no_grad():
+            std_log = log_std.unsqueeze(1).expand_as(fw.out)
+            log_prob = gaussian_log_prob(fw.out, std_log, _flat_rows(query.actions))
+            ratio = torch.exp(log_prob - old.log_prob.reshape(tasks, -1))
+            weighted = ratio * adv.reshape(tasks, -1)
+            loss = -masked_task_mean(weighted.view_as(mask), mask).mean()
+            c = -w * weighted.unsqueeze(-1)  # ∂loss/∂log π per step  [T, M, 1]
+            z = (_flat_rows(query.actions) - fw.out) * torch.exp(-std_log)  # (a − μ)/σ
+            g_mean = c * z * torch.exp(-std_log)  # ∂log π/∂μ = (a − μ)/σ²
+            g_s = (c * (z * z - 1)).sum(1)  # ∂log π/∂s = (a − μ)²/σ² − 1
+            return loss, transpose(g_mean, g_s)
+
+    return RopGaussNewton(product, surrogate)
+
+
+class RopGaussNewton:
+    """``v ↦ Jᵀ F_z J v`` (called), and :meth:`surrogate`: TRPO's surrogate loss and its
+    gradient in θ through the inner steps, on the same pieces (no autograd graph)."""
+
+    def __init__(
+        self,
+        product: Callable[[Tensor], Tensor],
+        surrogate: Callable[[Tensor], tuple[Tensor, Tensor]],
+    ):
+        self._product, self._surrogate = product, surrogate
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return self._product(v)
+
+    def surrogate(self, adv: Tensor) -> tuple[Tensor, Tensor]:
+        """The surrogate loss for the query advantages ``adv [T, N, H]`` (those of the
+        ``query`` the products were built on) and its flat gradient in θ."""
+        return self._surrogate(adv)
