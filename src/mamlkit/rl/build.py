@@ -65,6 +65,7 @@ def build_rl_learner(c: Config, pretrain: bool = False) -> MAMLTRPO:
         backtrack_ratio=a.backtrack_ratio,
         max_backtracks=a.max_backtracks,
         fisher=a.fisher,
+        fisher_subsample=a.fisher_subsample,
     )
 
 

@@ -68,11 +68,14 @@ def rop_gauss_newton(
     first_order: bool,
     query: Trajectories,
     old: OldPolicy,
+    fisher_query: tuple[Trajectories, OldPolicy] | None = None,
 ) -> RopGaussNewton | None:
     """``v ↦ Jᵀ F_z J v`` over the flat parameters ``theta`` (the policy's, in their order)
     for ``len(step_sizes)`` inner VPG steps on ``support`` (advantages ``support_adv``) and
     the mean KL from ``old`` on ``query``; None where the policy's network is not covered
-    (:func:`policy_activation`)."""
+    (:func:`policy_activation`). ``fisher_query``: other query trajectories and their old
+    policies for the KL of the products (a subsample of ``query``'s,
+    :mod:`mamlkit.rl.subsample`); the surrogate keeps ``query``."""
     activation = policy_activation(policy)
     if activation is None:
         return None
@@ -102,23 +105,21 @@ def rop_gauss_newton(
             grads, g_s = h.grads
             layers = [torch.add(w, g, alpha=-alpha) for w, g in zip(layers, grads, strict=True)]
             log_std = torch.add(log_std, g_s, alpha=-alpha)
-        fw = forward(layers, _flat_rows(query.obs), activation)
-        ws = Workspace(fw)
-        mask = query.mask
-        w = (mask / (mask.sum((1, 2), keepdim=True) * tasks)).reshape(tasks, -1, 1)
-        shift = fw.out - _flat_rows(old.mean)
-        f_mm = w * torch.exp(-2 * log_std).unsqueeze(1)  # [T, M, A]
-        f_ms = -2 * f_mm * shift
-        f_ss = (2 * f_mm * (torch.exp(2 * _flat_rows(old.log_std)) + shift * shift)).sum(1)
+        pieces = _QueryPieces(layers, log_std, query, old, activation)
+        # the products' pieces: the same (all data), or on a subsample of the trajectories
+        kl_pieces = pieces
+        if fisher_query is not None:
+            kl_pieces = _QueryPieces(layers, log_std, *fisher_query, activation)
+        fw, w = pieces.fw, pieces.w
     shapes = [p.shape for p in theta.values()]
     sizes = [p.numel() for p in theta.values()]
     order = [index[n] for n in theta]
     hessian_steps = [] if first_order else list(zip(step_sizes, hessians, strict=True))
     sum_in_vjp = not hessian_steps
 
-    def transpose(f_mean: Tensor, f_s: Tensor) -> Tensor:
-        """Jᵀ (f_mean, f_s): J_qᵀ on the query data, the A_s backwards, Sᵀ; flat."""
-        out: Direction = (vjp(fw, f_mean, ws, sum_tasks=sum_in_vjp), f_s)
+    def transpose(f_mean: Tensor, f_s: Tensor, q: _QueryPieces) -> Tensor:
+        """Jᵀ (f_mean, f_s): J_qᵀ on the query data ``q``, the A_s backwards, Sᵀ; flat."""
+        out: Direction = (vjp(q.fw, f_mean, q.ws, sum_tasks=sum_in_vjp), f_s)
         for alpha, h in reversed(hessian_steps):
             out = _minus(out, alpha, h.hvp(*out))
         grads = out[0] if sum_in_vjp else [g.sum(0) for g in out[0]]
@@ -138,9 +139,10 @@ def rop_gauss_newton(
         )
         for alpha, h in hessian_steps:
             a = _minus(a, alpha, h.hvp(*a))
-        r_mean = jvp(fw, a[0], ws)
-        f_mean = f_mm * r_mean + f_ms * a[1].unsqueeze(-2)
-        return transpose(f_mean, (f_ms * r_mean).sum(1) + f_ss * a[1])
+        q = kl_pieces
+        r_mean = jvp(q.fw, a[0], q.ws)
+        f_mean = q.f_mm * r_mean + q.f_ms * a[1].unsqueeze(-2)
+        return transpose(f_mean, (q.f_ms * r_mean).sum(1) + q.f_ss * a[1], q)
 
     def surrogate(adv: Tensor) -> tuple[Tensor, Tensor]:
         """TRPO's surrogate −mean_i mean_t (π/π_old)·Â at the adapted policies and its
@@ -150,14 +152,40 @@ def rop_gauss_newton(
             log_prob = gaussian_log_prob(fw.out, std_log, _flat_rows(query.actions))
             ratio = torch.exp(log_prob - old.log_prob.reshape(tasks, -1))
             weighted = ratio * adv.reshape(tasks, -1)
-            loss = -masked_task_mean(weighted.view_as(mask), mask).mean()
+            loss = -masked_task_mean(weighted.view_as(query.mask), query.mask).mean()
             c = -w * weighted.unsqueeze(-1)  # ∂loss/∂log π per step  [T, M, 1]
             z = (_flat_rows(query.actions) - fw.out) * torch.exp(-std_log)  # (a − μ)/σ
             g_mean = c * z * torch.exp(-std_log)  # ∂log π/∂μ = (a − μ)/σ²
             g_s = (c * (z * z - 1)).sum(1)  # ∂log π/∂s = (a − μ)²/σ² − 1
-            return loss, transpose(g_mean, g_s)
+            return loss, transpose(g_mean, g_s, pieces)
 
     return RopGaussNewton(product, surrogate)
+
+
+class _QueryPieces:
+    """The query forward pass at the adapted policies (``layers``, ``log_std``) with its
+    tangent buffers, each step's weight ``w`` in the mean over the tasks' steps, and the
+    KL's Hessian in (mean, log-std) as three elementwise factors (module docstring)."""
+
+    def __init__(
+        self,
+        layers: list[Tensor],
+        log_std: Tensor,
+        query: Trajectories,
+        old: OldPolicy,
+        activation: str,
+    ):
+        tasks = query.obs.shape[0]
+        self.fw = forward(layers, _flat_rows(query.obs), activation)
+        self.ws = Workspace(self.fw)
+        mask = query.mask
+        self.w = (mask / (mask.sum((1, 2), keepdim=True) * tasks)).reshape(tasks, -1, 1)
+        shift = self.fw.out - _flat_rows(old.mean)
+        self.f_mm = self.w * torch.exp(-2 * log_std).unsqueeze(1)  # [T, M, A]
+        self.f_ms = -2 * self.f_mm * shift
+        self.f_ss = (
+            2 * self.f_mm * (torch.exp(2 * _flat_rows(old.log_std)) + shift * shift)
+        ).sum(1)
 
 
 class RopGaussNewton:

@@ -32,6 +32,7 @@ from mamlkit.rl.returns import (
     vpg_support_loss,
 )
 from mamlkit.rl.settings import TRPOSettings
+from mamlkit.rl.subsample import choose_trajectories, select_old, select_trajectories
 from mamlkit.rl.trpo import TRPOStep, trpo_step
 
 FISHER = ("rop", "gauss_newton", "hessian")  # the Fisher-vector products outer_step can use
@@ -54,8 +55,11 @@ class MAMLTRPO(MetaLearner):
     conjugate gradient's own products), ``"gauss_newton"``, the Gauss-Newton form
     Jᵀ F J through the inner update (exactly the KL's Hessian at θ_old, with no third
     derivative of the support loss), or ``"hessian"``, double backward of the KL through
-    the inner update. With ``inner_steps=0`` this is plain TRPO on the task distribution
-    (the "pretrained" baseline).
+    the inner update. ``fisher_subsample`` < 1: the products (and TRPO's step length) on
+    that fraction of each task's query trajectories (:mod:`~mamlkit.rl.subsample`, rllab's
+    ``subsample_factor``; the surrogate, its gradient and the line search on all of them);
+    1, the authors' setting, draws nothing. With ``inner_steps=0`` this is plain TRPO on
+    the task distribution (the "pretrained" baseline).
 
     A batch is an :class:`~mamlkit.rl.envs.RLTaskBatch`: the tasks' parameters and the
     seeds of the environment's randomness, one stream per task
@@ -93,13 +97,16 @@ class MAMLTRPO(MetaLearner):
         backtrack_ratio: float = 0.8,
         max_backtracks: int = 15,
         fisher: str = "rop",
+        fisher_subsample: float = 1.0,
     ):
         super().__init__()
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
         if fisher not in FISHER:
             raise ValueError(f"fisher must be one of {', '.join(FISHER)}, got {fisher!r}")
-        self.fisher = fisher
+        if not 0 < fisher_subsample <= 1:
+            raise ValueError(f"fisher_subsample must be in (0, 1], got {fisher_subsample}")
+        self.fisher, self.fisher_subsample = fisher, fisher_subsample
         self.env, self.model = env, policy
         self.update = FixedStepSize(inner_lr)
         self.eval_update = FixedStepSize(eval_inner_lr)
@@ -206,6 +213,9 @@ class MAMLTRPO(MetaLearner):
         old = old_policy(self.policy, phi, query)
         params = list(self.theta().values())
         task_count = batch.num_tasks
+        subset = None  # all query trajectories in the products: no draw (the authors')
+        if self.fisher_subsample < 1:
+            subset = choose_trajectories(streams, query.obs.shape[1], self.fisher_subsample)
 
         def evaluate() -> tuple[Tensor, Tensor]:
             theta = stack_params(self.theta(), task_count)
@@ -216,13 +226,17 @@ class MAMLTRPO(MetaLearner):
                 return surrogate_and_kl(self.policy, new_phi, query, adv, old)
 
         if by_hand:
-            fisher_vector = self.fisher_vector_product(phi, query, old, None, support, adv_s)
+            fisher_vector = self.fisher_vector_product(
+                phi, query, old, None, support, adv_s, subset
+            )
             if not isinstance(fisher_vector, RopGaussNewton):
                 raise TypeError("fisher='rop' needs fisher_vector_product's RopGaussNewton")
             loss, gradient = fisher_vector.surrogate(adv)
         else:
             loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
-            fisher_vector = self.fisher_vector_product(phi, query, old, kl, support, adv_s)
+            fisher_vector = self.fisher_vector_product(
+                phi, query, old, kl, support, adv_s, subset
+            )
             gradient = None
         step = trpo_step(
             params,
@@ -248,6 +262,7 @@ class MAMLTRPO(MetaLearner):
         kl: Tensor,
         support: Trajectories | None = None,
         support_adv: Tensor | None = None,
+        subset: Tensor | None = None,
     ) -> FisherVector:
         """TRPO's v ↦ F v at θ_old for the mean query KL ``kl`` of the adapted ``phi`` (both
         with their graph to θ).
@@ -264,8 +279,17 @@ class MAMLTRPO(MetaLearner):
         fewer operations per product; ``phi``'s graph is then not used); with ``"rop"`` from
         hand-written derivatives (:func:`~mamlkit.rl.fisher_rop.rop_gauss_newton`; autograd
         where the policy's network is not covered).
+
+        ``subset`` (``[T, k]`` trajectory indices, :mod:`~mamlkit.rl.subsample`): the KL,
+        and so the products, on those query trajectories only (``"rop"``'s surrogate keeps
+        all of ``query``).
         """
         params = list(self.theta().values())
+        full_query, full_old = query, old
+        if subset is not None:
+            query, old = select_trajectories(query, subset), select_old(old, subset)
+            if self.fisher == "hessian":
+                kl = mean_kl(old, *self.policy.distribution(phi, query.obs), query.mask)
         if self.fisher == "hessian":
             return hessian_vector_product(kl, params)
 
@@ -283,8 +307,9 @@ class MAMLTRPO(MetaLearner):
                     support_adv,
                     step_sizes,
                     self.first_order,
-                    query,
-                    old,
+                    full_query,
+                    full_old,
+                    None if subset is None else (query, old),
                 )
                 if product is not None:
                     return product

@@ -104,6 +104,8 @@ class TRPOSettings(AlgorithmSettings):
     # TRPO's Fisher-vector products: rop (Jᵀ F J by hand-written derivatives, and the step
     # length from conjugate gradient's products) | gauss_newton (Jᵀ F J by autograd) | hessian
     fisher: str = "rop"
+    # rllab's subsample_factor: the surrogate, its gradient and the line search keep all data
+    fisher_subsample: float = 1.0  # share of post-update trajectories in Fisher products; 1: all
 
     def validate(self, config: Config) -> None:
         super().validate(config)
@@ -131,6 +133,13 @@ class TRPOSettings(AlgorithmSettings):
             self.fisher in ("rop", "gauss_newton", "hessian"),
             "algorithm.fisher",
             f"must be rop, gauss_newton or hessian, got {self.fisher!r}",
+        )
+        require(
+            isinstance(self.fisher_subsample, (int, float))
+            and not isinstance(self.fisher_subsample, bool)
+            and 0 < self.fisher_subsample <= 1,
+            "algorithm.fisher_subsample",
+            f"must be in (0, 1] (1: all trajectories), got {self.fisher_subsample!r}",
         )
         require(
             all(math.isfinite(a) and a > 0 for a in self.eval_inner_lrs),
