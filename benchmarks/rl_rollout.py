@@ -5,13 +5,18 @@ JSON line.
 
     python benchmarks/rl_rollout.py [--tasks 20] [--rollouts 20] [--horizon 100]
         [--iters 3] [--warmup 1] [--threads N] [--device cpu]
-        [--fisher gauss_newton [hessian]]
+        [--fisher gauss_newton [hessian]] [--fisher-subsample 1 [0.2]] [--cg-iterations 10 [5]]
 
 ``--fisher`` names TRPO's Fisher-vector products to time (``MAMLTRPO(fisher=...)``); with
 several, each gets its own copy of the same initial policy and their meta-iterations
 alternate on the same task batches (the order reversed every round), so a shared machine's
 load falls on all of them alike. ``s_per_meta_iteration_by_fisher`` has every one's
-times; ``s_per_meta_iteration_*`` are the first one's.
+times; ``s_per_meta_iteration_*`` are the first one's. ``--fisher-subsample`` and
+``--cg-iterations`` (``algorithm.fisher_subsample``, ``algorithm.cg_iterations``) add
+variants the same way (every combination, keyed ``FISHER,sub=S,cg=C`` where more than one
+is given, on 2D navigation and half-cheetah), with each one's process CPU seconds
+(``cpu_s_by_variant``: the CPU time of all threads, which a lower-priority job beside it
+does not add to).
 
 An environment step is one step of one trajectory: a tensor step of T tasks × N
 trajectories counts T·N. Half-cheetah (where MuJoCo is installed, ``--cheetah-tasks``
@@ -114,13 +119,19 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
     }
     if args.cheetah_iters or args.cheetah_split:
         policy = GaussianMLPPolicy(env.obs_dim, env.act_dim).to(device)
-        learner = MAMLTRPO(env, policy, rollouts=n, fisher=args.fisher[0]).to(device)
-
-        def meta_iteration() -> None:
-            learner.outer_step(CheetahVelocityTasks().sample(goal.shape[0], generator), None, 0)
-
-        meta = timed(meta_iteration, device, 0, args.cheetah_iters)
-        out["s_per_meta_iteration_all"] = meta
+        learners = variant_learners(args, env, policy, n, device)
+        learner = next(iter(learners.values()))
+        wall, cpu = alternate(
+            learners,
+            lambda: CheetahVelocityTasks().sample(goal.shape[0], generator),
+            device,
+            0,
+            args.cheetah_iters,
+        )
+        out["s_per_meta_iteration_all"] = next(iter(wall.values()))
+        if len(learners) > 1:
+            out["s_per_meta_iteration_by_variant"] = wall
+        out["cpu_s_by_variant"] = cpu
         splits = []
         for _ in range(args.cheetah_split):
             batch = CheetahVelocityTasks().sample(goal.shape[0], generator)
@@ -132,6 +143,45 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
             for threads in (1, 2)
         }
     return out
+
+
+def variant_learners(args, env, policy, n: int, device) -> dict[str, MAMLTRPO]:
+    """A learner per combination of ``--fisher``, ``--fisher-subsample`` and
+    ``--cg-iterations``, each with its own copy of ``policy``."""
+    plain = len(args.fisher_subsample) == 1 and len(args.cg_iterations) == 1
+    out = {}
+    for f in args.fisher:
+        for sub in args.fisher_subsample:
+            for cg in args.cg_iterations:
+                key = f if plain else f"{f},sub={sub:g},cg={cg}"
+                out[key] = MAMLTRPO(
+                    env,
+                    copy.deepcopy(policy),
+                    rollouts=n,
+                    fisher=f,
+                    fisher_subsample=sub,
+                    cg_iterations=cg,
+                ).to(device)
+    return out
+
+
+def alternate(learners: dict, next_batch, device, warmup: int, iters: int):
+    """Meta-iterations of every learner on the same task batches, the order reversed every
+    round: wall and process CPU seconds per learner (after ``warmup`` rounds)."""
+    wall: dict[str, list[float]] = {k: [] for k in learners}
+    cpu: dict[str, list[float]] = {k: [] for k in learners}
+    for i in range(warmup + iters):
+        batch = next_batch()
+        order = list(learners) if i % 2 == 0 else list(reversed(learners))  # neither first
+        for k in order:
+            sync(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            learners[k].outer_step(batch, None, i)
+            sync(device)
+            if i >= warmup:
+                wall[k].append(time.perf_counter() - start)
+                cpu[k].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main() -> None:
@@ -155,6 +205,20 @@ def main() -> None:
         choices=FISHER,
         default=["gauss_newton"],
         help="Fisher-vector products to time, alternating (cheetah: the first)",
+    )
+    p.add_argument(
+        "--fisher-subsample",
+        nargs="+",
+        type=float,
+        default=[1.0],
+        help="algorithm.fisher_subsample values to time, alternating",
+    )
+    p.add_argument(
+        "--cg-iterations",
+        nargs="+",
+        type=int,
+        default=[10],
+        help="algorithm.cg_iterations values to time, alternating",
     )
     args = p.parse_args()
     if args.threads:
@@ -183,22 +247,15 @@ def main() -> None:
     rollout_iters = max(3, args.iters)
     bare_times = timed(bare, device, 1, rollout_iters)
     policy_times = timed(with_policy, device, 1, rollout_iters)
-    learners = {
-        f: MAMLTRPO(env, copy.deepcopy(policy), rollouts=n, fisher=f).to(device)
-        for f in args.fisher
-    }
-    by_fisher: dict[str, list[float]] = {f: [] for f in args.fisher}
-    for i in range(args.warmup + args.iters):
-        batch = NavigationTasks().sample(args.tasks, generator)
-        order = list(learners) if i % 2 == 0 else list(reversed(learners))  # neither first
-        for f in order:
-            sync(device)
-            start = time.perf_counter()
-            learners[f].outer_step(batch, None, i)
-            sync(device)
-            if i >= args.warmup:
-                by_fisher[f].append(time.perf_counter() - start)
-    meta_times = by_fisher[args.fisher[0]]
+    learners = variant_learners(args, env, policy, n, device)
+    by_fisher, cpu = alternate(
+        learners,
+        lambda: NavigationTasks().sample(args.tasks, generator),
+        device,
+        args.warmup,
+        args.iters,
+    )
+    meta_times = next(iter(by_fisher.values()))
     steps_per_rollout = envs * args.horizon
     cheetah = cheetah_throughput(args, device) if args.cheetah_tasks else "skipped"
     print(
@@ -216,6 +273,7 @@ def main() -> None:
                 "s_per_meta_iteration_all": meta_times,
                 "fisher": args.fisher,
                 "s_per_meta_iteration_by_fisher": by_fisher,
+                "cpu_s_by_variant": cpu,
                 "iters": args.iters,
                 "half_cheetah": cheetah,
                 "torch": torch.__version__,
