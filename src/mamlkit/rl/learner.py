@@ -213,9 +213,10 @@ class MAMLTRPO(MetaLearner):
         old = old_policy(self.policy, phi, query)
         params = list(self.theta().values())
         task_count = batch.num_tasks
-        subset = None  # all query trajectories in the products: no draw (the authors')
+        products_on = {}  # all query trajectories in the products: no draw (the authors')
         if self.fisher_subsample < 1:
-            subset = choose_trajectories(streams, query.obs.shape[1], self.fisher_subsample)
+            n = query.obs.shape[1]
+            products_on["subset"] = choose_trajectories(streams, n, self.fisher_subsample)
 
         def evaluate() -> tuple[Tensor, Tensor]:
             theta = stack_params(self.theta(), task_count)
@@ -227,7 +228,7 @@ class MAMLTRPO(MetaLearner):
 
         if by_hand:
             fisher_vector = self.fisher_vector_product(
-                phi, query, old, None, support, adv_s, subset
+                phi, query, old, None, support, adv_s, **products_on
             )
             if not isinstance(fisher_vector, RopGaussNewton):
                 raise TypeError("fisher='rop' needs fisher_vector_product's RopGaussNewton")
@@ -235,7 +236,7 @@ class MAMLTRPO(MetaLearner):
         else:
             loss, kl = surrogate_and_kl(self.policy, phi, query, adv, old)
             fisher_vector = self.fisher_vector_product(
-                phi, query, old, kl, support, adv_s, subset
+                phi, query, old, kl, support, adv_s, **products_on
             )
             gradient = None
         step = trpo_step(
