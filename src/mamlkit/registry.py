@@ -4,7 +4,9 @@ registration order. Kept free of torch: config validation reads the names."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+import pkgutil
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from mamlkit.errors import ConfigError
@@ -75,3 +77,17 @@ class Registry(Mapping[str, S], Generic[S]):
 
     def __len__(self) -> int:
         return len(self._specs)
+
+
+def import_modules(package: str, path: Iterable[str]) -> list[str]:
+    """Import every module of ``package`` (whose ``__path__`` is ``path``) that is not
+    imported yet, so that each registers what it defines: adding an algorithm, a task or a
+    model to mamlkit is its own file (and a preset), with no import to add anywhere. Returns
+    the modules it imported."""
+    imported = []
+    for info in pkgutil.iter_modules(list(path)):
+        name = f"{package}.{info.name}"
+        if name not in sys.modules and not info.name.startswith("_"):
+            importlib.import_module(name)
+            imported.append(name)
+    return imported

@@ -8,6 +8,11 @@ from mamlkit.models.conv import Conv4
 from mamlkit.models.mlp import MLP
 from mamlkit.models.registry import MODELS, ModelSpec, model_spec, register_model
 from mamlkit.models.resnet import ResNet12
+from mamlkit.registry import import_modules
+
+# any other module of this package registers its model when imported: a new model is its
+# own file (and a preset), with no import to add here
+import_modules(__name__, __path__)
 
 __all__ = [
     "MLP",
