@@ -13,26 +13,13 @@ import torch
 from torch import nn
 
 from mamlkit.config import ConfigError, load_config
-from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks
+from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D
 from mamlkit.rl.envs import environment_streams
 from mamlkit.rl.fisher_rop import policy_activation, rop_gauss_newton
 from mamlkit.rl.returns import old_policy, surrogate_and_kl
 from mamlkit.rl.rop import GaussianSurrogateHessian, Workspace, forward, jvp, vjp
 from mamlkit.rl.trpo import conjugate_gradient, trpo_step
-
-
-def learner_and_batch(inner_steps: int, first_order: bool = False, **kwargs):
-    torch.manual_seed(0)
-    learner = MAMLTRPO(
-        Navigation2D(horizon=8),
-        GaussianMLPPolicy(2, 2, (8, 8)),
-        inner_lr=[0.3, 0.2],
-        inner_steps=inner_steps,
-        first_order=first_order,
-        rollouts=4,
-        **kwargs,
-    )
-    return learner, NavigationTasks().sample(3, torch.Generator().manual_seed(2))
+from tests.test_rl_speed import learner_and_batch  # the same tiny MAML-TRPO and tasks
 
 
 def products(learner, batch, fishers):
