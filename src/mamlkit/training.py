@@ -324,6 +324,7 @@ class Trainer:
     def _train(self) -> None:
         cfg = self.config.train
         step = self._make_step()
+        self._float_buffers = [b for b in self.learner.buffers() if b.is_floating_point()]
         while self.step < cfg.iterations:
             self._check_stop()
             self._schedule_lr()
@@ -332,6 +333,8 @@ class Trainer:
                 batch = self.dist.shard(batch)
             # the device step keeps the health check and the logging sums on the device
             step(batch, self.step)
+            if self.dist is not None and self._float_buffers:  # BatchNorm's running stats:
+                self.dist.mean_(self._float_buffers)  # each rank saw its share of the tasks
             if step.name != self.engine:  # a CUDA graph's capture failed: uncaptured from now
                 self.engine = step.name
                 print(capture_failed(step, self.description), file=sys.stderr)
