@@ -104,7 +104,8 @@ def source_checkout(package_dir: str | Path | None = None) -> Path | None:
     the one running) is imported from one: a folder above it holding ``.git`` and a
     ``pyproject.toml`` of the project ``mamlkit``. None for an installed copy, also when the
     environment it is installed in lies inside some other git repository."""
-    package = Path(package_dir or Path(__file__).parent).resolve()
+    # the mamlkit package: this module's package's parent (mamlkit/rundir/files.py)
+    package = Path(package_dir or Path(__file__).resolve().parents[1]).resolve()
     for root in (package.parent, package.parent.parent):  # flat or src/ layout
         pyproject = root / "pyproject.toml"
         if (root / ".git").exists() and pyproject.is_file():
