@@ -318,7 +318,7 @@ def _machines(pieces: list[dict]) -> str:
     seen: dict[str, None] = {}
     for piece in pieces:
         hw = piece.get("gpu") or piece.get("cpu") or "unknown CPU"
-        commit = (piece.get("git_commit") or "no commit")[:7]
+        commit = (piece.get("git_commit") or "")[:7] or "commit not recorded"
         dirty = "+" if piece.get("git_dirty") else ""
         seen[f"{hw} @ {commit}{dirty}"] = None
     return "; ".join(seen)
