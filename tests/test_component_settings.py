@@ -8,7 +8,12 @@ train from outside the package with no edit anywhere else."""
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 import shutil
+import subprocess
+import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,42 @@ from mamlkit.tasks import TASKS, TaskBatch, register_task
 
 from .test_cli_bad_input import assert_user_error, run_cli
 
-OLD_RUNS = Path(__file__).parent / "data" / "old_runs"  # written by mamlkit 6555a70
+#: the last commit before each component owned its settings: its code writes the old runs
+OLD_COMMIT = "6555a70"
+_TINY = ["train.meta_batch=2", "train.keep_checkpoints=2", "train.log_every=1",
+         "train.tensorboard=false", "train.val_every=0", "model.hidden=[8,8]"]  # fmt: skip
+_OLD_RUN_SETS = {
+    "sine_maml": [*_TINY, "train.iterations=4", "train.checkpoint_every=2", "eval.tasks=4"],
+    "rl_nav2d_maml": [*_TINY, "train.iterations=2", "train.checkpoint_every=1", "task.rollouts=2",
+                      "task.horizon=10", "task.eval_rollouts=2", "eval.tasks=2"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def old_runs(tmp_path_factory) -> Path:
+    """Tiny runs written by the code of :data:`OLD_COMMIT` (taken from this checkout's git
+    history, so no weights are kept in the repository): every key of every component in
+    their config.yaml, ``maml`` as the RL algorithm's name."""
+    root = Path(__file__).resolve().parents[1]
+    base = tmp_path_factory.mktemp("old")
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", OLD_COMMIT, "src"],
+            capture_output=True, check=True, timeout=120,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip(f"needs mamlkit's git history (commit {OLD_COMMIT}): not a full clone")
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(base / "code", filter="data")
+    env = {**os.environ, "PYTHONPATH": str(base / "code" / "src")}
+    for name, sets in _OLD_RUN_SETS.items():
+        args = [a for s in sets for a in ("--set", s)]
+        subprocess.run(
+            [sys.executable, "-m", "mamlkit.cli", "train", name, *args, "--no-progress",
+             "--out", str(base / "runs" / name)],
+            env=env, cwd=base, check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+    return base / "runs"
+
 
 TINY_SINE = {
     "task": {"name": "sine", "k_support": 5, "k_query": 5},
@@ -146,9 +186,7 @@ def user_components(monkeypatch):
     yield
 
 
-def test_a_user_algorithm_with_its_own_setting_trains_from_a_config_dict(
-    user_components, tmp_path
-):
+def test_a_user_algorithm_with_its_own_setting_trains_from_a_config_dict(user_components, tmp_path):
     config = load_config({**TINY_SINE, "algorithm": {"name": "weighted_maml", "query_weight": 3}})
     assert isinstance(config.algorithm, WeightedMAMLSettings)
     train_run(config, tmp_path / "run", progress=False)
@@ -209,15 +247,17 @@ def test_a_setting_another_algorithm_has_is_one_line_naming_key_and_algorithm(ca
     assert "maml_trpo or trpo" in line
 
 
-def _old(name: str, tmp_path: Path) -> Path:
+def _old(old_runs: Path, name: str, tmp_path: Path) -> Path:
     run = tmp_path / name
-    shutil.copytree(OLD_RUNS / name, run)
+    shutil.copytree(old_runs / name, run)
     return run
 
 
 @pytest.mark.parametrize("name, algorithm", [("sine_maml", "maml"), ("rl_nav2d_maml", "maml_trpo")])
-def test_an_old_run_evaluates_and_resumes_bit_identically(capsys, tmp_path, name, algorithm):
-    run = _old(name, tmp_path)
+def test_an_old_run_evaluates_and_resumes_bit_identically(
+    capsys, tmp_path, old_runs, name, algorithm
+):
+    run = _old(old_runs, name, tmp_path)
     old = yaml.safe_load((run / "config.yaml").read_text())
     assert len([k for s in ("task", "model", "algorithm") for k in old[s]]) > 50  # every key
     config = load_config(str(run / "config.yaml"))
@@ -228,22 +268,24 @@ def test_an_old_run_evaluates_and_resumes_bit_identically(capsys, tmp_path, name
     code, _, err = run_cli(capsys, "train", "--resume", run, "--checkpoint", first,
                            "--no-progress")  # fmt: skip
     assert code == 0, err
-    then = load_file(OLD_RUNS / name / "model.safetensors")
+    then = load_file(old_runs / name / "model.safetensors")
     now = load_file(run / "model.safetensors")
     assert then.keys() == now.keys()
     assert all(torch.equal(then[k], now[k]) for k in then)
-    assert (run / "config.yaml").read_text() == (OLD_RUNS / name / "config.yaml").read_text()
+    assert (run / "config.yaml").read_text() == (old_runs / name / "config.yaml").read_text()
 
 
-def test_an_old_config_drops_old_defaults_and_refuses_a_value_its_component_never_read():
-    old = yaml.safe_load((OLD_RUNS / "sine_maml" / "config.yaml").read_text())
+def test_an_old_config_drops_old_defaults_and_refuses_a_value_its_component_never_read(
+    old_runs,
+):
+    old = yaml.safe_load((old_runs / "sine_maml" / "config.yaml").read_text())
     for section, defaults in OLD_DEFAULTS.items():  # every key the old flat sections had
         assert set(defaults) | {"name"} >= set(old[section]), section
     assert load_config(old).to_dict()["task"] == {"name": "sine", "k_support": 10, "k_query": 10}
     edited = {**old, "algorithm": {**old["algorithm"], "max_kl": 0.05}}
     with pytest.raises(ConfigError, match=r"^config key 'algorithm\.max_kl': 0\.05, but algo"):
         load_config(edited)
-    rl = yaml.safe_load((OLD_RUNS / "rl_nav2d_maml" / "config.yaml").read_text())
+    rl = yaml.safe_load((old_runs / "rl_nav2d_maml" / "config.yaml").read_text())
     rl["algorithm"]["name"] = "pretrained"
     assert load_config(rl).algorithm.name == "trpo"
 
