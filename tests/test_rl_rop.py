@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mamlkit.config import ConfigError, load_config
-from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D
+from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, fisher_rop
 from mamlkit.rl.envs import environment_streams
 from mamlkit.rl.fisher_rop import policy_activation, rop_gauss_newton
 from mamlkit.rl.returns import old_policy, surrogate_and_kl
@@ -33,10 +33,24 @@ def products(learner, batch, fishers):
     return out
 
 
+# rows a chunk of tasks holds in a product (3 tasks of 32 rows): one task a chunk, chunks of
+# 2 and 1 tasks, all 3 tasks at once (the default at this size)
+CHUNKS = [1, 64, None]
+
+
+@pytest.fixture(params=CHUNKS, ids=["1-task-chunks", "2+1-task-chunks", "one-chunk"])
+def chunk_rows(request, monkeypatch):
+    if request.param is not None:
+        monkeypatch.setattr(fisher_rop, "CHUNK_ROWS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize(
     ("inner_steps", "first_order"), [(0, False), (1, False), (2, False), (1, True)]
 )
-def test_rop_products_equal_the_autograd_gauss_newton_ones(float64, inner_steps, first_order):
+def test_rop_products_equal_the_autograd_gauss_newton_ones(
+    float64, chunk_rows, inner_steps, first_order
+):
     learner, batch = learner_and_batch(inner_steps, first_order)
     fvp = products(learner, batch, ("rop", "gauss_newton"))
     for _ in range(2):
@@ -50,7 +64,7 @@ def test_rop_products_equal_the_autograd_gauss_newton_ones(float64, inner_steps,
     ("inner_steps", "first_order"), [(0, False), (1, False), (2, False), (1, True)]
 )
 def test_rop_surrogate_and_gradient_equal_autograd_through_the_inner_update(
-    float64, inner_steps, first_order
+    float64, chunk_rows, inner_steps, first_order
 ):
     learner, batch = learner_and_batch(inner_steps, first_order)
     support, phi, query, adv, adv_s = learner._sample_and_adapt(batch, environment_streams(batch))

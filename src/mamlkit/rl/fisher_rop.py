@@ -16,7 +16,9 @@ backwards and Sᵀ (the task sum folded into the last matmuls where no A_s follo
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +28,12 @@ from mamlkit.rl.policy import MEAN, GaussianMLPPolicy, gaussian_log_prob
 from mamlkit.rl.returns import OldPolicy, Trajectories, masked_task_mean
 from mamlkit.rl.rop import GaussianSurrogateHessian, Workspace, forward, jvp, vjp
 
-__all__ = ["RopGaussNewton", "policy_activation", "rop_gauss_newton"]
+__all__ = ["CHUNK_ROWS", "RopGaussNewton", "policy_activation", "rop_gauss_newton"]
+
+#: About how many time steps of support or query data one chunk of tasks holds in a
+#: product: the chunk's tangents (rows × hidden units) then stay in the CPU's cache
+#: between the product's passes instead of going to memory and back.
+CHUNK_ROWS = 8192
 
 Direction = tuple[list[Tensor], Tensor]  # ([V_l, c_l] per layer, v_s)
 
@@ -69,13 +76,17 @@ def rop_gauss_newton(
     query: Trajectories,
     old: OldPolicy,
     fisher_query: tuple[Trajectories, OldPolicy] | None = None,
+    chunk_rows: int | None = None,
 ) -> RopGaussNewton | None:
     """``v ↦ Jᵀ F_z J v`` over the flat parameters ``theta`` (the policy's, in their order)
     for ``len(step_sizes)`` inner VPG steps on ``support`` (advantages ``support_adv``) and
     the mean KL from ``old`` on ``query``; None where the policy's network is not covered
     (:func:`policy_activation`). ``fisher_query``: other query trajectories and their old
     policies for the KL of the products (a subsample of ``query``'s,
-    :mod:`mamlkit.rl.subsample`); the surrogate keeps ``query``."""
+    :mod:`mamlkit.rl.subsample`); the surrogate keeps ``query``. ``chunk_rows``: about how
+    many support or query rows (time steps) one chunk of tasks holds, whose product is
+    computed from S v to Sᵀ before the next chunk's (:data:`CHUNK_ROWS` by default; the
+    tasks' whole batch at once where it is larger)."""
     activation = policy_activation(policy)
     if activation is None:
         return None
@@ -114,35 +125,58 @@ def rop_gauss_newton(
     shapes = [p.shape for p in theta.values()]
     sizes = [p.numel() for p in theta.values()]
     order = [index[n] for n in theta]
-    hessian_steps = [] if first_order else list(zip(step_sizes, hessians, strict=True))
-    sum_in_vjp = not hessian_steps
+    steps = [] if first_order else list(zip(step_sizes, hessians, strict=True))
+    chunks = _chunks(tasks, pieces, kl_pieces, steps, chunk_rows)
+    sum_in_vjp = not steps
+    spaces: dict[tuple, Workspace] = {}
 
-    def transpose(f_mean: Tensor, f_s: Tensor, q: _QueryPieces) -> Tensor:
-        """Jᵀ (f_mean, f_s): J_qᵀ on the query data ``q``, the A_s backwards, Sᵀ; flat."""
-        out: Direction = (vjp(q.fw, f_mean, q.ws, sum_tasks=sum_in_vjp), f_s)
+    def space(fw) -> Workspace:
+        """The tangent buffers for a pass of this shape, shared by all chunks (one chunk's
+        product at a time): the same few MB every time, warm in the cache."""
+        key = Workspace.key_of(fw)
+        if key not in spaces:
+            spaces[key] = Workspace(fw)
+        return spaces[key]
+
+    def transpose(
+        f_mean: Tensor, f_s: Tensor, q: _QueryPieces, hessian_steps: list
+    ) -> tuple[list[Tensor], Tensor]:
+        """Jᵀ (f_mean, f_s) of one chunk of tasks, summed over them: J_qᵀ on the query
+        data ``q``, the A_s backwards, Sᵀ."""
+        out: Direction = (vjp(q.fw, f_mean, space(q.fw), sum_tasks=sum_in_vjp), f_s)
         for alpha, h in reversed(hessian_steps):
-            out = _minus(out, alpha, h.hvp(*out))
+            out = _minus(out, alpha, h.hvp(*out, space(h.fw)))
         grads = out[0] if sum_in_vjp else [g.sum(0) for g in out[0]]
-        by_key = {("s", 0): out[1].sum(0)}
+        return grads, out[1].sum(0)
+
+    def flat(total: list[tuple[list[Tensor], Tensor]]) -> Tensor:
+        """The chunks' sums, added (in chunk order), as one flat vector in θ's order."""
+        grads = [torch.stack(g).sum(0) for g in zip(*(t[0] for t in total), strict=True)]
+        by_key = {("s", 0): torch.stack([t[1] for t in total]).sum(0)}
         by_key.update({("w", i): g[..., :-1] for i, g in enumerate(grads)})
         by_key.update({("b", i): g[..., -1] for i, g in enumerate(grads)})
         return torch.cat([by_key[key].reshape(-1) for key in order])
 
     def product(v: Tensor) -> Tensor:
         pieces = {key: p.view(shape) for key, p, shape in zip(order, v.split(sizes), shapes)}
-        a: Direction = (
+        shared: Direction = (
             [
                 torch.cat([pieces[("w", i)], pieces[("b", i)].unsqueeze(-1)], -1)
                 for i in range(len(names))
             ],
             pieces[("s", 0)],
         )
-        for alpha, h in hessian_steps:
-            a = _minus(a, alpha, h.hvp(*a))
-        q = kl_pieces
-        r_mean = jvp(q.fw, a[0], q.ws)
-        f_mean = q.f_mm * r_mean + q.f_ms * a[1].unsqueeze(-2)
-        return transpose(f_mean, (q.f_ms * r_mean).sum(1) + q.f_ss * a[1], q)
+        total = []
+        for chunk in chunks:  # each chunk of tasks from S v to its Sᵀ, then the next
+            a = shared
+            for alpha, h in chunk.steps:
+                a = _minus(a, alpha, h.hvp(*a, space(h.fw)))
+            q = chunk.kl
+            r_mean = jvp(q.fw, a[0], space(q.fw))
+            f_mean = q.f_mm * r_mean + q.f_ms * a[1].unsqueeze(-2)
+            f_s = (q.f_ms * r_mean).sum(1) + q.f_ss * a[1]
+            total.append(transpose(f_mean, f_s, q, chunk.steps))
+        return flat(total)
 
     def surrogate(adv: Tensor) -> tuple[Tensor, Tensor]:
         """TRPO's surrogate −mean_i mean_t (π/π_old)·Â at the adapted policies and its
@@ -157,9 +191,49 @@ def rop_gauss_newton(
             z = (_flat_rows(query.actions) - fw.out) * torch.exp(-std_log)  # (a − μ)/σ
             g_mean = c * z * torch.exp(-std_log)  # ∂log π/∂μ = (a − μ)/σ²
             g_s = (c * (z * z - 1)).sum(1)  # ∂log π/∂s = (a − μ)²/σ² − 1
-            return loss, transpose(g_mean, g_s, pieces)
+            total = [transpose(g_mean[ch.rows], g_s[ch.rows], ch.pieces, ch.steps) for ch in chunks]
+            return loss, flat(total)
 
     return RopGaussNewton(product, surrogate)
+
+
+@dataclass
+class _Chunk:
+    """One chunk of tasks (``rows``): views of the support losses' pieces per inner step
+    (with their step sizes), of the query pieces and of the products' KL pieces."""
+
+    rows: slice
+    steps: list[tuple[float, GaussianSurrogateHessian]]
+    pieces: _QueryPieces
+    kl: _QueryPieces
+
+
+def _chunks(
+    tasks: int,
+    pieces: _QueryPieces,
+    kl_pieces: _QueryPieces,
+    steps: list[tuple[float, GaussianSurrogateHessian]],
+    chunk_rows: int | None,
+) -> list[_Chunk]:
+    """The tasks in chunks of about ``chunk_rows`` rows each (the larger of the support's
+    and the query's rows per task decides), at least one task a chunk."""
+    per_task = max(
+        [pieces.fw.out.shape[1], kl_pieces.fw.out.shape[1]] + [h.fw.out.shape[1] for _, h in steps]
+    )
+    size = max(1, (CHUNK_ROWS if chunk_rows is None else chunk_rows) // per_task)
+    out = []
+    for start in range(0, tasks, size):
+        rows = slice(start, min(start + size, tasks))
+        part = pieces.tasks(rows)
+        out.append(
+            _Chunk(
+                rows,
+                [(alpha, h.tasks(rows)) for alpha, h in steps],
+                part,
+                part if kl_pieces is pieces else kl_pieces.tasks(rows),
+            )
+        )
+    return out
 
 
 class _QueryPieces:
@@ -177,15 +251,26 @@ class _QueryPieces:
     ):
         tasks = query.obs.shape[0]
         self.fw = forward(layers, _flat_rows(query.obs), activation)
-        self.ws = Workspace(self.fw)
         mask = query.mask
         self.w = (mask / (mask.sum((1, 2), keepdim=True) * tasks)).reshape(tasks, -1, 1)
         shift = self.fw.out - _flat_rows(old.mean)
         self.f_mm = self.w * torch.exp(-2 * log_std).unsqueeze(1)  # [T, M, A]
         self.f_ms = -2 * self.f_mm * shift
-        self.f_ss = (
-            2 * self.f_mm * (torch.exp(2 * _flat_rows(old.log_std)) + shift * shift)
-        ).sum(1)
+        self.f_ss = (2 * self.f_mm * (torch.exp(2 * _flat_rows(old.log_std)) + shift * shift)).sum(
+            1
+        )
+
+    def tasks(self, rows: slice) -> _QueryPieces:
+        """The same pieces for the tasks ``rows`` only (views)."""
+        part = copy.copy(self)
+        part.fw = self.fw.tasks(rows)
+        part.w, part.f_mm, part.f_ms, part.f_ss = (
+            self.w[rows],
+            self.f_mm[rows],
+            self.f_ms[rows],
+            self.f_ss[rows],
+        )
+        return part
 
 
 class RopGaussNewton:

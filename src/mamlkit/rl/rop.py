@@ -20,6 +20,7 @@ all tasks ``[out, in + 1]`` (one large matmul over all tasks' rows).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,17 @@ class Forward:
         """W_l, without the bias column."""
         return self.layers[layer][..., :-1]
 
+    def tasks(self, rows: slice) -> Forward:
+        """The same pass for the tasks ``rows`` only (views, no copies)."""
+        return Forward(
+            self.activation,
+            [w[rows] for w in self.layers],
+            [x[rows] for x in self.inputs],
+            [d[rows] for d in self.d1],
+            [d[rows] for d in self.d2],
+            self.out[rows],
+        )
+
     def derivative_(self, layer: int, t: Tensor) -> Tensor:
         """t ⊙ σ'(z_l), in place (for ReLU a multiplication by the 0/1 mask, many times
         faster than ``masked_fill_`` on CPU)."""
@@ -114,12 +126,19 @@ class Workspace:
     ``x(l)``: R x_l, the same buffer for ReLU), reused by every product."""
 
     def __init__(self, fw: Forward):
+        self.key = Workspace.key_of(fw)
         shapes = [inp.shape[:-1] + (w.shape[1],) for inp, w in zip(fw.inputs, fw.layers)][:-1]
         self.z = [fw.out.new_empty(s) for s in shapes]
         self._x = self.z if fw.activation == "relu" else [fw.out.new_empty(s) for s in shapes]
 
     def x(self, layer: int) -> Tensor:
         return self._x[layer]
+
+    @staticmethod
+    def key_of(fw: Forward) -> tuple:
+        """The buffers' shapes, dtype and activation: passes with the same key can share
+        one workspace (used one product at a time)."""
+        return (fw.activation, fw.out.dtype, *(tuple(x.shape) for x in fw.inputs))
 
 
 def jvp(fw: Forward, v: list[Tensor], ws: Workspace) -> Tensor:
@@ -196,13 +215,32 @@ class GaussianSurrogateHessian:
                 dz = fw.derivative_(layer - 1, dx)
         self.grads = (grads, weight.sum(1) - self.q)
 
-    def hvp(self, v: list[Tensor], v_s: Tensor) -> tuple[list[Tensor], Tensor]:
+    def tasks(self, rows: slice) -> GaussianSurrogateHessian:
+        """The same loss for the tasks ``rows`` only (views of the cached pieces)."""
+        part = copy.copy(self)
+        part.fw = self.fw.tasks(rows)
+        part._ws = None
+        part.w_inv_var, part.ce_diff, part.q = (
+            self.w_inv_var[rows],
+            self.ce_diff[rows],
+            self.q[rows],
+        )
+        part.dz = [d[rows] for d in self.dz]
+        part.dx_d2 = [d[rows] for d in self.dx_d2]
+        part.grads = ([g[rows] for g in self.grads[0]], self.grads[1][rows])
+        return part
+
+    def hvp(
+        self, v: list[Tensor], v_s: Tensor, ws: Workspace | None = None
+    ) -> tuple[list[Tensor], Tensor]:
         """∇²L · (Ṽ, v_s), task-stacked; Ṽ_l ``[T, out, in + 1]`` or ``[out, in + 1]``
-        (shared), v_s ``[T, A]`` or ``[A]``."""
+        (shared), v_s ``[T, A]`` or ``[A]``. ``ws``: the tangents' buffers (by default
+        this loss's own, allocated by the first product)."""
         fw = self.fw
-        if self._ws is None:
-            self._ws = Workspace(fw)
-        ws = self._ws
+        if ws is None:
+            if self._ws is None:
+                self._ws = Workspace(fw)
+            ws = self._ws
         r_mean = jvp(fw, v, ws)
         vs = v_s.unsqueeze(-2)  # [T, 1, A] or [1, A]
         # R(∂L/∂μ) = c e^{−2s} (Rμ − 2 (μ − a) v_s)
