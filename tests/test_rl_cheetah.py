@@ -50,6 +50,25 @@ def test_vectorised_cheetah_equals_single_environments_step_for_step(
         assert not done.any()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_kept_thread_pool_gives_mujoco_rollouts_states_bit_for_bit(threads):
+    import mujoco.rollout
+
+    sim = HalfCheetah(threads=threads).sim
+    rng = np.random.default_rng(0)
+    state = np.tile(sim.full_state(sim.init_qpos[None], sim.init_qvel[None]), (6, 1))
+    state[:, 1:10] += rng.uniform(-0.1, 0.1, (6, 9))
+    expected, got = state, state
+    for _ in range(3):
+        control = rng.uniform(-1, 1, (6, 5, 6))
+        want, _ = mujoco.rollout.rollout(sim.model, sim.datas, expected, control, nstep=5)
+        expected, got = want[:, -1], sim.rollout(got, control, 5)[:, -1]
+        np.testing.assert_array_equal(got, expected)
+    pool = sim._pool
+    sim.rollout(got, control, 5)
+    assert sim._pool is pool  # one pool for the simulator's life, not one per call
+
+
 def test_cheetah_task_distributions():
     g = torch.Generator().manual_seed(0)
     vel = CheetahVelocityTasks().sample(200, g).task
