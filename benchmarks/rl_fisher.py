@@ -1,13 +1,15 @@
 """MAML-TRPO's Fisher-vector products, timed in one process on the same sampled data:
 building the product (once per meta-iteration) and one product (conjugate gradient takes 11),
-for each ``--fisher`` construction, alternating (the order reversed every repetition), in
-process CPU time with one thread (a shared machine's other jobs do not count). Prints one
-JSON line: per construction the median and range of the build and of one product, the
-speed-up of each against the last one named, and the largest relative difference between
-the constructions' products.
+for each ``--fisher`` construction (or, with ``--chunk-rows``, each chunk size of the ``rop``
+products), alternating (the order reversed every repetition), in process CPU time (a shared
+machine's other jobs do not count; ``--clock wall`` for elapsed time, where several threads
+work). Prints one JSON line: per variant the median and range of the build and of one
+product, the speed-up of each against the last one named, and the largest relative
+difference between the variants' products.
 
     python benchmarks/rl_fisher.py --env cheetah [--tasks 40] [--rollouts 20] [--reps 5]
         [--products 2] [--fisher rop gauss_newton] [--inner-steps 1] [--first-order]
+        [--chunk-rows 8192 1000000000] [--clock cpu|wall]
     python benchmarks/rl_fisher.py --env nav2d --tasks 20 --rollouts 20
 """
 
@@ -25,7 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mamlkit.rl import MAMLTRPO, GaussianMLPPolicy, Navigation2D, NavigationTasks  # noqa: E402
+from mamlkit.rl import (  # noqa: E402
+    MAMLTRPO,
+    GaussianMLPPolicy,
+    Navigation2D,
+    NavigationTasks,
+    fisher_rop,
+)
 from mamlkit.rl.envs import environment_streams  # noqa: E402
 from mamlkit.rl.learner import FISHER  # noqa: E402
 from mamlkit.rl.returns import old_policy, surrogate_and_kl  # noqa: E402
@@ -68,7 +76,21 @@ def main() -> None:
     p.add_argument("--products", type=int, default=2, help="products timed per build")
     p.add_argument("--fisher", nargs="+", choices=FISHER, default=["rop", "gauss_newton"])
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        nargs="+",
+        help="rop only: compare these chunk sizes (rows of tasks' data per chunk of a "
+        "product; a size above the batch's rows computes all tasks at once)",
+    )
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = p.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    # the variants: (name, --fisher construction, rop chunk rows or None for the default)
+    if args.chunk_rows:
+        variants = [(f"rop@{rows}", "rop", rows) for rows in args.chunk_rows]
+    else:
+        variants = [(f, f, None) for f in args.fisher]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     learner, batch = learner_and_batch(args)
@@ -79,23 +101,26 @@ def main() -> None:
     _, kl = surrogate_and_kl(learner.policy, phi, query, adv, old)
     size = sum(p.numel() for p in learner.policy.parameters())
     vectors = [torch.randn(size) for _ in range(args.products)]
-    build: dict[str, list[float]] = {f: [] for f in args.fisher}
-    product: dict[str, list[float]] = {f: [] for f in args.fisher}
+    names = [name for name, _, _ in variants]
+    build: dict[str, list[float]] = {name: [] for name in names}
+    product: dict[str, list[float]] = {name: [] for name in names}
     results: dict[str, torch.Tensor] = {}
+    default_rows = fisher_rop.CHUNK_ROWS
     for rep in range(args.reps):
-        order = args.fisher if rep % 2 == 0 else args.fisher[::-1]
-        for fisher in order:
+        order = variants if rep % 2 == 0 else variants[::-1]
+        for name, fisher, rows in order:
             learner.fisher = fisher
-            start = time.process_time()
+            fisher_rop.CHUNK_ROWS = default_rows if rows is None else rows
+            start = clock()
             fvp = learner.fisher_vector_product(phi, query, old, kl, support, adv_s)
-            build[fisher].append(time.process_time() - start)
+            build[name].append(clock() - start)
             for v in vectors:
-                start = time.process_time()
+                start = clock()
                 out = fvp(v)
-                product[fisher].append(time.process_time() - start)
-            results[fisher] = out.detach()
+                product[name].append(clock() - start)
+            results[name] = out.detach()
             del fvp
-    base = args.fisher[-1]
+    base = names[-1]
     ref = results[base]
     print(
         json.dumps(
@@ -109,9 +134,10 @@ def main() -> None:
                 "threads": args.threads,
                 "dtype": str(torch.get_default_dtype()),
                 "reps": args.reps,
+                "clock": args.clock,
                 "sampling_wall_s": sampling_s,
-                "build_cpu_s": {f: summary(t) for f, t in build.items()},
-                "product_cpu_s": {f: summary(t) for f, t in product.items()},
+                "build_s": {f: summary(t) for f, t in build.items()},
+                "product_s": {f: summary(t) for f, t in product.items()},
                 "product_speedup_vs_" + base: {
                     f: statistics.median(product[base]) / statistics.median(t)
                     for f, t in product.items()

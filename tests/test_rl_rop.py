@@ -260,5 +260,17 @@ def test_the_fisher_benchmark_prints_both_constructions(monkeypatch, capsys):
     finally:
         torch.set_num_threads(threads)
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result["product_cpu_s"]) == {"rop", "gauss_newton"}
+    assert set(result["product_s"]) == {"rop", "gauss_newton"}
     assert result["max_rel_difference_vs_gauss_newton"]["rop"] < 1e-4
+    # --chunk-rows: the rop products in chunks of one task against all tasks at once
+    monkeypatch.setattr("sys.argv", [*argv, "--chunk-rows", "1", "100000", "--clock", "wall"])
+    default = fisher_rop.CHUNK_ROWS
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)
+        fisher_rop.CHUNK_ROWS = default
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["product_s"]) == {"rop@1", "rop@100000"}
+    assert result["clock"] == "wall"
+    assert 0 < result["max_rel_difference_vs_rop@100000"]["rop@1"] < 1e-4
