@@ -11,7 +11,9 @@ Hessian in the action distribution z = (mean, log-std) as three elementwise fact
 diagonal Gaussian KL: 1/σ² for the mean, 2(σ₀² + (μ − μ₀)²)/σ² for the log-std, the
 cross term −2(μ − μ₀)/σ², each times the step's weight in the mean KL). A product is then
 S v (shared by the tasks: one large matmul per layer), the A_s, J_q v, F_z, J_qᵀ, the A_s
-backwards and Sᵀ (the task sum folded into the last matmuls where no A_s follows).
+backwards and Sᵀ (the task sum folded into the last matmuls where no A_s follows), one chunk
+of tasks after the other (:data:`CHUNK_ROWS`) through one set of tangent buffers, which then
+stay in the CPU's cache, the chunks' sums added at the end.
 """
 
 from __future__ import annotations
@@ -237,9 +239,9 @@ def _chunks(
 
 
 class _QueryPieces:
-    """The query forward pass at the adapted policies (``layers``, ``log_std``) with its
-    tangent buffers, each step's weight ``w`` in the mean over the tasks' steps, and the
-    KL's Hessian in (mean, log-std) as three elementwise factors (module docstring)."""
+    """The query forward pass at the adapted policies (``layers``, ``log_std``), each step's
+    weight ``w`` in the mean over the tasks' steps, and the KL's Hessian in (mean, log-std)
+    as three elementwise factors (module docstring)."""
 
     def __init__(
         self,
@@ -256,9 +258,8 @@ class _QueryPieces:
         shift = self.fw.out - _flat_rows(old.mean)
         self.f_mm = self.w * torch.exp(-2 * log_std).unsqueeze(1)  # [T, M, A]
         self.f_ms = -2 * self.f_mm * shift
-        self.f_ss = (2 * self.f_mm * (torch.exp(2 * _flat_rows(old.log_std)) + shift * shift)).sum(
-            1
-        )
+        f_ss = 2 * self.f_mm * (torch.exp(2 * _flat_rows(old.log_std)) + shift * shift)
+        self.f_ss = f_ss.sum(1)
 
     def tasks(self, rows: slice) -> _QueryPieces:
         """The same pieces for the tasks ``rows`` only (views)."""
