@@ -4,6 +4,9 @@ definitions. Skipped where MuJoCo is not installed (the `rl` extra)."""
 
 from __future__ import annotations
 
+import gc
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -67,6 +70,26 @@ def test_the_kept_thread_pool_gives_mujoco_rollouts_states_bit_for_bit(threads):
     pool = sim._pool
     sim.rollout(got, control, 5)
     assert sim._pool is pool  # one pool for the simulator's life, not one per call
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_steps_on_its_own_pool_and_drops_the_inherited_one():
+    env = HalfCheetah(threads=2)
+    state = np.tile(env.sim.full_state(env.sim.init_qpos[None], env.sim.init_qvel[None]), (4, 1))
+    control = np.zeros((4, 5, 6))
+    expected = env.sim.rollout(state, control, 5)
+    pid = os.fork()
+    if pid == 0:  # the child: a new pool; collecting the simulator closes the inherited one
+        code = 1
+        try:
+            code = 0 if np.array_equal(env.sim.rollout(state, control, 5), expected) else 3
+            del env
+            gc.collect()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    np.testing.assert_array_equal(env.sim.rollout(state, control, 5), expected)
 
 
 def test_cheetah_task_distributions():

@@ -11,6 +11,7 @@ direction tasks dir·vₓ − 0.05‖a‖² (a the applied, clipped action).
 
 from __future__ import annotations
 
+import ctypes
 import importlib.resources
 import os
 import weakref
@@ -44,6 +45,22 @@ def _cheetah_xml() -> str:
             f"{INSTALL}"
         ) from None
     return str(assets / "half_cheetah.xml")
+
+
+# MuJoCo thread pools started by this process. A forked child has none of their threads:
+# destroying one there joins threads that do not exist and aborts the process, so after a
+# fork each inherited pool's C++ object gets one reference that is never released.
+_POOLS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _keep_inherited_pools() -> None:
+    for pool in list(_POOLS):
+        if pool.rollout_ is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(pool.rollout_))
+    _POOLS.clear()
+
+
+os.register_at_fork(after_in_child=_keep_inherited_pools)
 
 
 @dataclass
@@ -83,6 +100,7 @@ class _Simulator:
         if self._pool is None or self._pool[0] != pid:  # (a forked child starts its own)
             threads = len(self.datas) if len(self.datas) > 1 else 0  # as rollout() does
             pool = self.mujoco.rollout.Rollout(nthread=threads)
+            _POOLS.add(pool)
             weakref.finalize(self, pool.close)
             self._pool = (pid, pool)
         out, _ = self._pool[1].rollout(self.model, self.datas, physics, control, nstep=nstep)
