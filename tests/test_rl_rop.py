@@ -274,3 +274,23 @@ def test_the_fisher_benchmark_prints_both_constructions(monkeypatch, capsys):
     assert set(result["product_s"]) == {"rop@1", "rop@100000"}
     assert result["clock"] == "wall"
     assert 0 < result["max_rel_difference_vs_rop@100000"]["rop@1"] < 1e-4
+
+
+def test_products_run_in_chunks_of_tasks_on_the_cpu_and_at_once_elsewhere(monkeypatch):
+    from types import SimpleNamespace
+
+    def pieces(device):
+        out = torch.empty(5, 32, 2, device=device)  # 5 tasks of 32 rows
+        return SimpleNamespace(fw=SimpleNamespace(out=out), tasks=lambda rows: rows)
+
+    monkeypatch.setattr(fisher_rop, "CHUNK_ROWS", 64)
+    cpu, meta = pieces("cpu"), pieces("meta")
+    assert [c.rows for c in fisher_rop._chunks(5, cpu, cpu, [], None)] == [
+        slice(0, 2),
+        slice(2, 4),
+        slice(4, 5),
+    ]
+    assert [c.rows for c in fisher_rop._chunks(5, meta, meta, [], None)] == [slice(0, 5)]
+    assert [c.rows for c in fisher_rop._chunks(5, meta, meta, [], 32)] == [
+        slice(i, i + 1) for i in range(5)
+    ]

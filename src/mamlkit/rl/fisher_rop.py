@@ -33,8 +33,8 @@ from mamlkit.rl.rop import GaussianSurrogateHessian, Workspace, forward, jvp, vj
 __all__ = ["CHUNK_ROWS", "RopGaussNewton", "policy_activation", "rop_gauss_newton"]
 
 #: About how many time steps of support or query data one chunk of tasks holds in a
-#: product: the chunk's tangents (rows × hidden units) then stay in the CPU's cache
-#: between the product's passes instead of going to memory and back.
+#: product on the CPU: the chunk's tangents (rows × hidden units) then stay in the CPU's
+#: cache between the product's passes instead of going to memory and back.
 CHUNK_ROWS = 8192
 
 Direction = tuple[list[Tensor], Tensor]  # ([V_l, c_l] per layer, v_s)
@@ -87,8 +87,8 @@ def rop_gauss_newton(
     policies for the KL of the products (a subsample of ``query``'s,
     :mod:`mamlkit.rl.subsample`); the surrogate keeps ``query``. ``chunk_rows``: about how
     many support or query rows (time steps) one chunk of tasks holds, whose product is
-    computed from S v to Sᵀ before the next chunk's (:data:`CHUNK_ROWS` by default; the
-    tasks' whole batch at once where it is larger)."""
+    computed from S v to Sᵀ before the next chunk's (by default :data:`CHUNK_ROWS` on the
+    CPU and all tasks at once on other devices, whose parallelism wants large operations)."""
     activation = policy_activation(policy)
     if activation is None:
         return None
@@ -218,11 +218,14 @@ def _chunks(
     chunk_rows: int | None,
 ) -> list[_Chunk]:
     """The tasks in chunks of about ``chunk_rows`` rows each (the larger of the support's
-    and the query's rows per task decides), at least one task a chunk."""
+    and the query's rows per task decides), at least one task a chunk; by default
+    :data:`CHUNK_ROWS` on the CPU, all tasks in one chunk elsewhere."""
     per_task = max(
         [pieces.fw.out.shape[1], kl_pieces.fw.out.shape[1]] + [h.fw.out.shape[1] for _, h in steps]
     )
-    size = max(1, (CHUNK_ROWS if chunk_rows is None else chunk_rows) // per_task)
+    if chunk_rows is None:  # a GPU gets all tasks in one launch per operation
+        chunk_rows = CHUNK_ROWS if pieces.fw.out.device.type == "cpu" else tasks * per_task
+    size = max(1, chunk_rows // per_task)
     out = []
     for start in range(0, tasks, size):
         rows = slice(start, min(start + size, tasks))
