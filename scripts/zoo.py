@@ -10,8 +10,9 @@ has cores (one thread each; ``make zoo`` runs it at ``nice 19`` so that other wo
 priority). A run starts with its preset and continues with ``mamlkit train --resume
 --max-time``: it pauses with a checkpoint before the budget ends. Each piece's machine and
 commit are in the run's ``env.json``/``resumes.jsonl``. A run that finished is evaluated with
-its preset's protocol (``mamlkit eval``). After every piece the run directory is trimmed to
-what resuming and evaluating need (:data:`KEEP`).
+its preset's protocol (``mamlkit eval``) as the next job, before another run starts training.
+After every piece the run directory is trimmed to what resuming and evaluating need
+(:data:`KEEP`).
 """
 
 from __future__ import annotations
@@ -206,34 +207,68 @@ def lowest_priority() -> None:
         pass
 
 
+def _needs_evaluation(run: Path) -> bool:
+    return status(run).get("status") == "finished" and evaluation(run) is None
+
+
+def _start(kind: str, entry: Entry, zoo: Path, left: float, env: dict) -> subprocess.Popen:
+    """Start a training piece of ``left`` seconds, or an evaluation, logging to the zoo."""
+    run = zoo / entry.name
+    if kind == "train":
+        command = piece_command(entry, zoo, left)
+        _say(f"{entry.name}: training from step {int(status(run).get('step', 0))} "
+             f"for {int(left)} s")  # fmt: skip
+    else:
+        command = mamlkit("eval", str(run))
+        _say(f"{entry.name}: evaluating with its preset's protocol")
+    log = open(zoo / f".{entry.name}.log", "a")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _log_tail(zoo: Path, name: str) -> str:
+    lines = (zoo / f".{name}.log").read_text(errors="replace").splitlines()
+    return " | ".join(lines[-3:])
+
+
 def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
             entries: list[Entry] | None = None) -> list[dict]:  # fmt: skip
-    """Continue the zoo's unfinished runs for ``budget`` seconds, ``jobs`` at once; then
-    evaluate those that finished. Returns what happened to each run touched."""
+    """Continue the zoo's unfinished runs for ``budget`` seconds, ``jobs`` at once. A run that
+    finishes (in this zoo or an earlier one) is evaluated next, as a job of its own, before
+    the next run starts training; an evaluation the budget cuts short is redone by the next
+    zoo. Returns what happened to each run trained."""
     deadline = time.monotonic() + budget
     keep = margin(budget)
     jobs = jobs or os.cpu_count() or 1
-    queue = [e for e in (entries or ZOO) if piece_command(e, zoo, 1) is not None]
-    running: dict[str, tuple[subprocess.Popen, Entry, int]] = {}
+    entries = entries or ZOO
+    queue = [("eval", e) for e in entries if _needs_evaluation(zoo / e.name)]
+    queue += [("train", e) for e in entries if piece_command(e, zoo, 1) is not None]
+    running: dict[str, tuple[subprocess.Popen, str, Entry, int]] = {}
     report: list[dict] = []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     zoo.mkdir(exist_ok=True)
     while queue or running:
         left = deadline - time.monotonic()
         while queue and len(running) < jobs and left > 2 * keep:
-            entry = queue.pop(0)
-            run = zoo / entry.name
-            before = int(status(run).get("step", 0))
-            command = piece_command(entry, zoo, left - keep)
-            _say(f"{entry.name}: training from step {before} for {int(left - keep)} s")
-            log = open(zoo / f".{entry.name}.log", "a")  # noqa: SIM115
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running[entry.name] = (proc, entry, before)
-        for name, (proc, _entry, before) in list(running.items()):
+            kind, entry = queue.pop(0)
+            before = int(status(zoo / entry.name).get("step", 0))
+            proc = _start(kind, entry, zoo, left - keep, env)
+            running[entry.name] = (proc, kind, entry, before)
+        for name, (proc, kind, entry, before) in list(running.items()):
             if proc.poll() is None:
+                if kind == "eval" and time.monotonic() > deadline - keep / 2:
+                    proc.terminate()  # training pieces stop themselves (--max-time)
+                    proc.wait()
+                    _say(f"{name}: evaluation stopped by the budget; the next zoo redoes it")
+                    del running[name]
                 continue
             del running[name]
             run = zoo / name
+            if kind == "eval":
+                state = "written" if evaluation(run) is not None else "not written"
+                _say(f"{name}: evaluation {state} (exit {proc.returncode})")
+                if proc.returncode != 0:
+                    _say(f"{name}: " + _log_tail(zoo, name))
+                continue
             state = status(run)
             trim(run)
             row = {
@@ -246,31 +281,17 @@ def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
             }
             _say(f"{name}: step {row['from']} -> {row['to']} of {row['of']} ({row['status']}, "
                  f"exit {proc.returncode})")  # fmt: skip
-            if proc.returncode not in (0,):
-                tail = (zoo / f".{name}.log").read_text(errors="replace").splitlines()[-3:]
-                _say(f"{name}: " + " | ".join(tail))
+            if proc.returncode != 0:
+                _say(f"{name}: " + _log_tail(zoo, name))
+            if _needs_evaluation(run):
+                queue.insert(0, ("eval", entry))  # a finished run is evaluated first
             report.append(row)
-        if not queue and not running:
-            break
         if not running and deadline - time.monotonic() <= 2 * keep:
             break
         time.sleep(2)
-    for entry in entries or ZOO:
-        run = zoo / entry.name
-        left = deadline - time.monotonic()
-        if status(run).get("status") != "finished" or evaluation(run) is not None:
-            continue
-        if left < keep:
+    for entry in entries:
+        if _needs_evaluation(zoo / entry.name):
             _say(f"{entry.name}: finished, not evaluated (no time left; the next zoo does it)")
-            continue
-        _say(f"{entry.name}: evaluating with its preset's protocol")
-        try:
-            done = subprocess.run(mamlkit("eval", str(run)), env=env, timeout=left,
-                                  capture_output=True, text=True)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            _say(f"{entry.name}: evaluation stopped by the budget; the next zoo does it")
-            continue
-        _say(f"{entry.name}: eval exit {done.returncode} {done.stderr.strip()[-300:]}")
     for log in zoo.glob(".*.log"):
         log.unlink()
     return report

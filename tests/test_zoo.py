@@ -145,3 +145,34 @@ def test_trim_keeps_what_resuming_and_evaluating_need(tmp_path):
     (run / "model.safetensors").write_bytes(b"0" * (zoo.RUN_CAP - 2**19))
     zoo.trim(run)
     assert (run / "model.safetensors").is_file() and not run_checkpoints(run)
+
+
+def test_a_finished_run_is_evaluated_before_the_next_run_trains(tmp_path, monkeypatch):
+    """One job at a time: the run an earlier zoo finished is evaluated first; a run that
+    finishes in this zoo is evaluated next, before the following run starts training. (The
+    commands are stand-ins that write what `mamlkit train`/`eval` would.)"""
+    fake = tmp_path / "fake.py"
+    fake.write_text(
+        "import json, sys, pathlib\n"
+        "args = sys.argv[1:]\n"
+        "run = pathlib.Path(args[args.index('--resume') + 1] if '--resume' in args else args[1])\n"
+        "with open(run.parent / 'order.txt', 'a') as f: f.write(f'{args[0]} {run.name}\\n')\n"
+        "if args[0] == 'eval':\n"
+        "    step = json.loads((run / 'status.json').read_text())['step']\n"
+        "    (run / 'eval.json').write_text(json.dumps({'step': step}))\n"
+        "else:\n"
+        "    (run / 'status.json').write_text(json.dumps({'status': 'finished', 'step': 4}))\n"
+    )  # fmt: skip
+    monkeypatch.setattr(zoo, "mamlkit", lambda *args: [sys.executable, str(fake), *args])
+    entries = [zoo.Entry(name) for name in ("a", "b", "c")]
+    for name, state in (("a", "paused"), ("b", "finished"), ("c", "paused")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("train: {iterations: 4}\n")
+        (tmp_path / name / "status.json").write_text(json.dumps({"status": state, "step": 2}))
+    report = zoo.run_zoo(3600, tmp_path, jobs=1, entries=entries)
+    order = (tmp_path / "order.txt").read_text().split("\n")[:-1]
+    assert order == ["eval b", "train a", "eval a", "train c", "eval c"]
+    assert [(r["run"], r["from"], r["to"], r["status"]) for r in report] == [
+        ("a", 2, 4, "finished"), ("c", 2, 4, "finished")
+    ]  # fmt: skip
+    assert all(zoo.evaluation(tmp_path / name) for name in "abc")
