@@ -1,6 +1,8 @@
-"""The vectorised half-cheetah (MuJoCo through mujoco.rollout) against gymnasium's
-``HalfCheetah-v5`` stepped one environment at a time, and its rewards against their
-definitions. Skipped where MuJoCo is not installed (the `rl` extra)."""
+"""The vectorised half-cheetah (MuJoCo through mujoco.rollout) against one environment at a
+time: gymnasium's ``HalfCheetah-v5`` for ``env="gymnasium"``, and for ``env="rllab"`` (the
+paper's) a direct transcription of rllab's definitions on MuJoCo's own ``MjData``; the
+batched centre of mass against MuJoCo's. Skipped where MuJoCo is not installed (the `rl`
+extra)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def test_vectorised_cheetah_equals_single_environments_step_for_step(
     float64, task, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)  # gymnasium's build writes MuJoCo's warning log to the cwd
-    env = HalfCheetah(task, horizon=20)
+    env = HalfCheetah(task, horizon=20, env="gymnasium")
     goal = torch.tensor([[1.5], [-1.0]]) if task == "dir" else torch.tensor([[1.5], [0.3]])
     state, obs = env.reset(goal, 2, TaskStreams.seeded(0, 2))
     physics = state[0].copy()
@@ -51,6 +53,86 @@ def test_vectorised_cheetah_equals_single_environments_step_for_step(
             expected = -abs(vx - g_) - cost if task == "vel" else g_ * vx - cost
             assert abs(float(reward[i, j]) - expected) < 1e-9
         assert not done.any()
+
+
+def test_the_batched_centre_of_mass_is_mujocos():
+    import mujoco
+
+    sim = HalfCheetah().sim
+    torso = mujoco.mj_name2id(sim.model, mujoco.mjtObj.mjOBJ_BODY, "torso")
+    rng = np.random.default_rng(0)
+    qpos, qvel = rng.normal(size=(6, sim.nq)), 3 * rng.normal(size=(6, sim.nv))
+    com, velocity = sim.centre_of_mass(sim.full_state(qpos, qvel))
+    data = mujoco.MjData(sim.model)
+    for b in range(6):
+        data.qpos[:], data.qvel[:] = qpos[b], qvel[b]
+        mujoco.mj_forward(sim.model, data)
+        mujoco.mj_subtreeVel(sim.model, data)
+        np.testing.assert_allclose(com[b], data.subtree_com[torso], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(velocity[b], data.subtree_linvel[torso], rtol=0, atol=1e-12)
+    assert np.abs(velocity[:, 0]).max() > 0.5  # moving: the check compares something
+
+
+@pytest.mark.parametrize("task", ["vel", "dir"])
+def test_rllab_cheetah_equals_rllabs_definitions_step_for_step(float64, task):
+    """rllab's ``MujocoEnv`` with maml_rl's ``HalfCheetahEnvRand(Direc)``, written out on one
+    ``MjData`` per simulation: ctrl = action, one ``mj_step`` (no frame skip in rllab's
+    half_cheetah.xml), ``mj_forward``; observation qpos[1:], qvel, the torso subtree's centre
+    of mass; reward with the x velocity of that centre of mass."""
+    import mujoco
+
+    env = HalfCheetah(task, horizon=20, env="rllab")
+    assert env.frame_skip == 1 and env.obs_dim == 20 and env.dt == pytest.approx(0.01)
+    goal = torch.tensor([[1.5], [-1.0]]) if task == "dir" else torch.tensor([[1.5], [0.3]])
+    state, obs = env.reset(goal, 2, TaskStreams.seeded(0, 2))
+    physics = state[0].copy()
+    qpos, qvel = physics[:, 1:10], physics[:, 10:19]
+    assert 0.001 < np.abs(qpos - env.sim.init_qpos).max() < 0.05  # 0.01·N(0, 1) noise
+    model, torso = env.sim.model, 1
+    datas = []
+    for b in range(4):
+        data = mujoco.MjData(model)
+        data.qpos[:], data.qvel[:] = qpos[b], qvel[b]
+        mujoco.mj_forward(model, data)
+        datas.append(data)
+        expected = np.concatenate([data.qpos[1:], data.qvel, data.subtree_com[torso]])
+        np.testing.assert_allclose(obs.reshape(4, -1)[b].numpy(), expected, atol=1e-12)
+    g = torch.Generator().manual_seed(1)
+    actions = torch.randn(20, 2, 2, 6, generator=g) * 0.8  # some beyond ±1: clipped
+    for t in range(20):
+        state, obs, reward, done = env.step(state, actions[t])
+        for b, data in enumerate(datas):
+            i, j = divmod(b, 2)
+            a = actions[t, i, j].clamp(-1, 1).numpy()
+            data.ctrl[:] = a
+            mujoco.mj_step(model, data)
+            mujoco.mj_forward(model, data)
+            mujoco.mj_subtreeVel(model, data)
+            expected = np.concatenate([data.qpos[1:], data.qvel, data.subtree_com[torso]])
+            np.testing.assert_allclose(obs[i, j].numpy(), expected, atol=1e-9)
+            vx, cost = data.subtree_linvel[torso][0], 0.05 * float((a**2).sum())
+            g_ = float(goal[i, 0])
+            want = -abs(vx - g_) - cost if task == "vel" else g_ * vx - cost
+            assert abs(float(reward[i, j]) - want) < 1e-9
+        assert not done.any()
+
+
+def test_cheetah_env_setting(tmp_path):
+    """The presets run the paper's MDP; a config without ``task.env`` (every run from before
+    it existed) is the gymnasium MDP it trained on; an unknown one is one line."""
+    import yaml
+
+    from mamlkit.config import load_config
+    from mamlkit.errors import UserError
+
+    assert load_config("rl_cheetah_dir_oracle").task.env == "rllab"
+    old = load_config("rl_cheetah_vel_maml").to_dict()
+    del old["task"]["env"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert load_config(str(tmp_path / "config.yaml")).task.env == "gymnasium"
+    with pytest.raises(UserError, match="task.env") as info:
+        load_config("rl_cheetah_vel_maml", ["task.env=mujoco"])
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -1,12 +1,23 @@
 """Half-cheetah with a goal velocity or direction (Finn et al. 2017, §5.3), simulated by
 MuJoCo for T tasks × N trajectories at once.
 
-The model is gymnasium's ``HalfCheetah-v5`` (its XML, frame skip 5, reset noise 0.1,
-observation ``qpos[1:]`` and ``qvel``); every environment step is one MuJoCo rollout that
-advances all T·N simulations by the 5 physics steps of the frame skip with the policy's
-(clipped) action, on ``threads`` thread-local ``MjData`` and a thread pool kept for the
-simulator's life. Only the reward is the paper's: velocity tasks −|vₓ − goal| − 0.05‖a‖²,
-direction tasks dir·vₓ − 0.05‖a‖² (a the applied, clipped action).
+The model (bodies, joints, actuators, 0.01 s physics step) is gymnasium's
+``half_cheetah.xml``, the same cheetah as rllab's. Two MDPs on it (``env``):
+
+* ``"rllab"``, the paper's (cbfinn/maml_rl's ``HalfCheetahEnvRand`` and
+  ``HalfCheetahEnvRandDirec`` on rllab's ``MujocoEnv``): one physics step per environment
+  step (0.01 s: 200 steps are 2 s), reset noise 0.01·N(0, 1) on qpos and 0.1·N(0, 1) on
+  qvel, observation ``qpos[1:]``, ``qvel`` and the cheetah's centre of mass (20 numbers),
+  and the reward's velocity that of the centre of mass (rllab's ``get_body_comvel``);
+* ``"gymnasium"``, ``HalfCheetah-v5``'s: 5 physics steps per environment step (0.05 s),
+  reset noise uniform ±0.1 on qpos, observation ``qpos[1:]`` and ``qvel`` (17), the
+  velocity the root's displacement over the step (mamlkit's only MDP before session 16).
+
+Either way the reward is the paper's: velocity tasks −|vₓ − goal| − 0.05‖a‖², direction
+tasks dir·vₓ − 0.05‖a‖² (a the applied, clipped action). Every environment step is one
+MuJoCo rollout that advances all T·N simulations by the frame skip with the policy's
+action, on ``threads`` thread-local ``MjData`` and a thread pool kept for the simulator's
+life.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ from torch import Tensor
 
 from mamlkit.errors import UserError
 from mamlkit.rl.envs import TaskStreams, task_batch
+from mamlkit.rl.mujoco_com import SubtreeCom
+from mamlkit.rl.settings import CHEETAH_ENVS as ENVS
 
 INSTALL = "pip install 'mamlkit[rl]' (gymnasium[mujoco] and mujoco)"
 
@@ -88,6 +101,8 @@ class _Simulator:
         data = mujoco.MjData(self.model)
         self.init_qpos, self.init_qvel = data.qpos.copy(), data.qvel.copy()
         self.nq, self.nv = self.model.nq, self.model.nv
+        torso = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "torso")
+        self.com = SubtreeCom(self.model, torso)  # the cheetah's centre of mass, batched
         self._pool = None  # (pid, mujoco.rollout.Rollout): the threads, made on first use
 
     def rollout(self, physics: np.ndarray, control: np.ndarray, nstep: int) -> np.ndarray:
@@ -106,6 +121,11 @@ class _Simulator:
         out, _ = self._pool[1].rollout(self.model, self.datas, physics, control, nstep=nstep)
         return out
 
+    def centre_of_mass(self, physics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The cheetah's centre of mass and its velocity [B, 3] in FULLPHYSICS states."""
+        qpos = physics[:, 1 : 1 + self.nq]
+        return self.com(qpos, physics[:, 1 + self.nq : 1 + self.nq + self.nv])
+
     def full_state(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         """FULLPHYSICS states (time, qpos, qvel; no actuator state in this model)."""
         state = np.zeros((qpos.shape[0], self.nstate))
@@ -120,8 +140,7 @@ class HalfCheetah:
 
     task: str = "vel"
     horizon: int = 200
-    frame_skip: int = 5
-    reset_noise: float = 0.1
+    env: str = "gymnasium"
     ctrl_cost: float = 0.05
     threads: int = 2
     oracle: bool = False
@@ -132,7 +151,14 @@ class HalfCheetah:
     def __post_init__(self):
         if self.task not in ("vel", "dir"):
             raise ValueError(f"task must be 'vel' or 'dir', got {self.task!r}")
+        if self.env not in ENVS:
+            raise ValueError(f"env must be one of {sorted(ENVS)}, got {self.env!r}")
         self._sim: _Simulator | None = None
+
+    @property
+    def frame_skip(self) -> int:
+        """Physics steps per environment step."""
+        return 1 if self.env == "rllab" else 5
 
     @staticmethod
     def check_installed() -> None:
@@ -148,31 +174,45 @@ class HalfCheetah:
 
     @property
     def obs_dim(self) -> int:
-        return 17 + (1 if self.oracle else 0)
+        return (20 if self.env == "rllab" else 17) + (1 if self.oracle else 0)
 
     @property
     def dt(self) -> float:
         return float(self.sim.model.opt.timestep) * self.frame_skip
 
     def reset(self, task: Tensor, n: int, streams: TaskStreams | None = None):
-        """Initial positions and velocities with gymnasium's noise (uniform ±0.1 on qpos,
-        0.1·N(0, 1) on qvel), task t's drawn from ``streams``' t-th stream."""
+        """Initial positions and velocities with the noise of :attr:`env`, task t's drawn
+        from ``streams``' t-th stream (qpos's noise first, then qvel's)."""
         sim, tasks = self.sim, task.shape[0]
         batch = tasks * n
         streams = streams if streams is not None else TaskStreams.seeded(0, tasks)
-        u = streams.rand((n, sim.nq), dtype=torch.float64).reshape(batch, sim.nq)
+        if self.env == "rllab":
+            u = streams.randn((n, sim.nq), dtype=torch.float64).reshape(batch, sim.nq)
+            qpos = sim.init_qpos + 0.01 * u.cpu().numpy()
+        else:
+            u = streams.rand((n, sim.nq), dtype=torch.float64).reshape(batch, sim.nq)
+            qpos = sim.init_qpos + (u.cpu().numpy() * 2 - 1) * 0.1
         z = streams.randn((n, sim.nv), dtype=torch.float64).reshape(batch, sim.nv)
-        qpos = sim.init_qpos + (u.cpu().numpy() * 2 - 1) * self.reset_noise
-        qvel = sim.init_qvel + self.reset_noise * z.cpu().numpy()
+        qvel = sim.init_qvel + 0.1 * z.cpu().numpy()
         state = (sim.full_state(qpos, qvel), task.reshape(tasks, 1).expand(tasks, n), n)
         return state, self.observe(state, task.dtype, task.device)
 
     def observe(self, state, dtype, device) -> Tensor:
         physics, goal, n = state
         sim = self.sim
-        obs = torch.from_numpy(physics[:, 2 : 1 + sim.nq + sim.nv].copy())  # qpos[1:], qvel
+        obs = physics[:, 2 : 1 + sim.nq + sim.nv]  # qpos[1:], qvel
+        if self.env == "rllab":
+            obs = np.concatenate([obs, sim.centre_of_mass(physics)[0]], axis=1)
+        obs = torch.from_numpy(np.ascontiguousarray(obs))
         obs = obs.to(device=device, dtype=dtype).reshape(goal.shape[0], n, -1)
         return torch.cat([obs, goal.unsqueeze(-1)], -1) if self.oracle else obs
+
+    def velocity(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """The forward velocity the reward reads, from the physics states of one step."""
+        sim = self.sim
+        if self.env == "rllab":  # the centre of mass's, at the new state
+            return sim.centre_of_mass(after)[1][:, 0]
+        return (after[:, 1] - before[:, 1]) / self.dt  # qpos[0] is the root's x
 
     def step(self, state, action: Tensor):
         """All T·N cheetahs advance by ``frame_skip`` physics steps with ``action``."""
@@ -182,7 +222,7 @@ class HalfCheetah:
         control = applied.detach().reshape(-1, 1, self.act_dim).double().cpu().numpy()
         control = np.repeat(control, self.frame_skip, axis=1)
         new_physics = sim.rollout(physics, control, self.frame_skip)[:, -1]
-        velocity = (new_physics[:, 1] - physics[:, 1]) / self.dt  # qpos[0] is x
+        velocity = self.velocity(physics, new_physics)
         vx = torch.from_numpy(velocity).to(action.device, action.dtype).view(goal.shape)
         cost = self.ctrl_cost * applied.pow(2).sum(-1)
         if self.task == "vel":

@@ -70,6 +70,8 @@ class Nav2DSettings(RLTaskSettings):
 
 #: the half-cheetah tasks and the goal each rewards
 CHEETAH = {"cheetah_vel": "vel", "cheetah_dir": "dir"}
+#: the half-cheetah MDPs (:mod:`mamlkit.rl.cheetah`; kept here: settings import no MuJoCo)
+CHEETAH_ENVS = ("rllab", "gymnasium")
 
 
 @dataclass
@@ -77,12 +79,27 @@ class CheetahSettings(RLTaskSettings):
     """``task.name: cheetah_vel`` or ``cheetah_dir``: MuJoCo's half-cheetah."""
 
     name: str = "cheetah_vel"
+    # half-cheetah: whose MDP on the cheetah model. rllab: the paper's (maml_rl's; 1 physics
+    # step of 0.01 s per environment step, the centre of mass observed and its velocity
+    # rewarded; the presets). gymnasium: HalfCheetah-v5's (5 physics steps, 0.05 s; root
+    # velocity; runs from before session 16, whose configs lack the key, are these)
+    env: str = "gymnasium"
+
+    def validate(self, config: Config) -> None:
+        super().validate(config)
+        require(
+            self.env in CHEETAH_ENVS,
+            "task.env",
+            f"must be one of {', '.join(CHEETAH_ENVS)}, got {self.env!r}",
+        )
 
     def build_env(self) -> Any:
         from mamlkit.rl.cheetah import HalfCheetah
 
         HalfCheetah.check_installed()  # before a run directory is written
-        return HalfCheetah(CHEETAH[self.name], horizon=self.horizon, oracle=self.oracle)
+        return HalfCheetah(
+            CHEETAH[self.name], horizon=self.horizon, env=self.env, oracle=self.oracle
+        )
 
 
 @dataclass
