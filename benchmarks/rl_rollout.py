@@ -20,10 +20,12 @@ does not add to).
 
 An environment step is one step of one trajectory: a tensor step of T tasks × N
 trajectories counts T·N. Half-cheetah (where MuJoCo is installed, ``--cheetah-tasks``
-× ``--rollouts`` simulations, closed loop, one ``mujoco.rollout`` call of 5 physics steps per
-environment step): environment steps per second of mamlkit's vectorised environment and of
-one ``gymnasium.make("HalfCheetah-v5")`` environment, and with ``--cheetah-iters N`` seconds
-per half-cheetah velocity meta-iteration (meta-batch ``--cheetah-tasks``, horizon 200).
+× ``--rollouts`` simulations, closed loop, one ``mujoco.rollout`` call per environment step
+of the frame skip's physics steps: 1 for ``--cheetah-env rllab``, the presets' MDP and the
+default, 5 for ``gymnasium``): environment steps per second of mamlkit's vectorised
+environment and of one ``gymnasium.make("HalfCheetah-v5")`` environment, and with
+``--cheetah-iters N`` seconds per half-cheetah velocity meta-iteration (meta-batch
+``--cheetah-tasks``, horizon 200).
 
 ``--cheetah-split N``: N more half-cheetah meta-iterations, each split into its phases
 (``meta_iteration_split``: pre-update sampling, inner step, post-update sampling, surrogate
@@ -86,7 +88,9 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
 
     from mamlkit.rl.cheetah import CheetahVelocityTasks, HalfCheetah
 
-    env = HalfCheetah("vel", horizon=args.cheetah_horizon, threads=args.cheetah_threads)
+    env = HalfCheetah(
+        "vel", horizon=args.cheetah_horizon, env=args.cheetah_env, threads=args.cheetah_threads
+    )
     generator = torch.Generator(device=device).manual_seed(0)
     batch = CheetahVelocityTasks().sample(args.cheetah_tasks, generator).to(device)
     goal, n, horizon = batch.task, args.rollouts, args.cheetah_horizon
@@ -112,6 +116,7 @@ def cheetah_throughput(args, device: torch.device) -> dict | str:
         single.step(rng.uniform(-1, 1, 6))
     single_s = time.perf_counter() - start
     out = {
+        "env": env.env,
         "simulations": goal.shape[0] * n,
         "mujoco_threads": env.threads,
         "env_steps_per_s": goal.shape[0] * n * horizon / statistics.median(times),
@@ -199,6 +204,12 @@ def main() -> None:
     p.add_argument("--cheetah-split", type=int, default=0, help="split cheetah meta-iterations")
     p.add_argument("--floor-steps", type=int, default=50, help="physics floor steps (0: skip)")
     p.add_argument("--cheetah-threads", type=int, default=2, help="MuJoCo threads")
+    p.add_argument(
+        "--cheetah-env",
+        choices=["rllab", "gymnasium"],
+        default="rllab",
+        help="the half-cheetah MDP (task.env; rllab: the presets', 1 physics step per env step)",
+    )
     p.add_argument(
         "--fisher",
         nargs="+",

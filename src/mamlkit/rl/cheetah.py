@@ -197,22 +197,17 @@ class HalfCheetah:
         state = (sim.full_state(qpos, qvel), task.reshape(tasks, 1).expand(tasks, n), n)
         return state, self.observe(state, task.dtype, task.device)
 
-    def observe(self, state, dtype, device) -> Tensor:
+    def observe(self, state, dtype, device, com: np.ndarray | None = None) -> Tensor:
+        """The observation of ``state`` (``com``: its centre of mass, where known)."""
         physics, goal, n = state
         sim = self.sim
         obs = physics[:, 2 : 1 + sim.nq + sim.nv]  # qpos[1:], qvel
         if self.env == "rllab":
-            obs = np.concatenate([obs, sim.centre_of_mass(physics)[0]], axis=1)
+            com = sim.centre_of_mass(physics)[0] if com is None else com
+            obs = np.concatenate([obs, com], axis=1)
         obs = torch.from_numpy(np.ascontiguousarray(obs))
         obs = obs.to(device=device, dtype=dtype).reshape(goal.shape[0], n, -1)
         return torch.cat([obs, goal.unsqueeze(-1)], -1) if self.oracle else obs
-
-    def velocity(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """The forward velocity the reward reads, from the physics states of one step."""
-        sim = self.sim
-        if self.env == "rllab":  # the centre of mass's, at the new state
-            return sim.centre_of_mass(after)[1][:, 0]
-        return (after[:, 1] - before[:, 1]) / self.dt  # qpos[0] is the root's x
 
     def step(self, state, action: Tensor):
         """All T·N cheetahs advance by ``frame_skip`` physics steps with ``action``."""
@@ -222,7 +217,12 @@ class HalfCheetah:
         control = applied.detach().reshape(-1, 1, self.act_dim).double().cpu().numpy()
         control = np.repeat(control, self.frame_skip, axis=1)
         new_physics = sim.rollout(physics, control, self.frame_skip)[:, -1]
-        velocity = self.velocity(physics, new_physics)
+        com = None
+        if self.env == "rllab":  # the centre of mass's velocity, at the new state
+            com, com_velocity = sim.centre_of_mass(new_physics)
+            velocity = com_velocity[:, 0]
+        else:  # the root's displacement over the step (qpos[0] is its x)
+            velocity = (new_physics[:, 1] - physics[:, 1]) / self.dt
         vx = torch.from_numpy(velocity).to(action.device, action.dtype).view(goal.shape)
         cost = self.ctrl_cost * applied.pow(2).sum(-1)
         if self.task == "vel":
@@ -231,7 +231,7 @@ class HalfCheetah:
             reward = goal * vx - cost
         state = (new_physics, goal, n)
         done = torch.zeros_like(reward, dtype=torch.bool)  # the cheetah never terminates
-        return state, self.observe(state, action.dtype, action.device), reward, done
+        return state, self.observe(state, action.dtype, action.device, com), reward, done
 
 
 @dataclass(frozen=True)
