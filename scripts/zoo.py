@@ -59,13 +59,18 @@ def margin(budget: float) -> float:
 @dataclass(frozen=True)
 class Entry:
     """A zoo run: its preset (the published number it is compared with is
-    :data:`mamlkit.published.PUBLISHED`'s, or :data:`NO_NUMBER`'s note)."""
+    :data:`mamlkit.published.PUBLISHED`'s, or :data:`NO_NUMBER`'s note), or a ``variant`` of
+    it: the preset with other settings (``sets``, what ``note`` says), named
+    ``PRESET_VARIANT``."""
 
     preset: str
+    variant: str = ""
+    sets: tuple[str, ...] = ()
+    note: str = ""
 
     @property
     def name(self) -> str:
-        return self.preset
+        return f"{self.preset}_{self.variant}" if self.variant else self.preset
 
     @property
     def paper(self) -> str:
@@ -76,7 +81,8 @@ class Entry:
         published = PUBLISHED.get(self.preset)
         if published is None:
             return ""
-        return f"{' / '.join(published.by_step.values())} ({published.source})"
+        number = f"{' / '.join(published.by_step.values())} ({published.source})"
+        return f"{number}; {self.note}" if self.note else number
 
 
 #: zoo runs whose paper reports no number for their cell
@@ -111,6 +117,17 @@ ZOO: list[Entry] = [
         "omniglot_maml_20w1s",
         "omniglot_maml_20w5s",
     )
+]
+#: the MAML half-cheetahs in gymnasium's MDP (HalfCheetah-v5: 5 physics steps per environment
+#: step), as the presets ran before they took the paper's (rllab's) in session 16
+ZOO += [
+    Entry(
+        f"rl_cheetah_{goal}_maml",
+        "gymnasium",
+        ("task.env=gymnasium",),
+        "this run: gymnasium's HalfCheetah-v5 MDP, not the paper's (rllab's)",
+    )
+    for goal in ("vel", "dir")
 ]
 
 
@@ -180,7 +197,7 @@ def piece_command(entry: Entry, zoo: Path, seconds: float) -> list[str] | None:
     if state in ("finished", "diverged"):
         return None
     if not (run / "config.yaml").is_file():
-        sets = [a for s in START_SETS for a in ("--set", s)]
+        sets = [a for s in (*START_SETS, *entry.sets) for a in ("--set", s)]
         return mamlkit("train", entry.preset, "--out", str(run), "--no-progress", *sets,
                        "--max-time", budget)  # fmt: skip
     return mamlkit("train", "--resume", str(run), "--no-progress", "--max-time", budget)
