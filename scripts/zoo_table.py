@@ -74,6 +74,22 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m"
 
 
+def pace(state: dict) -> float | None:
+    """Seconds of training per iteration so far (all pieces, their machines' pace mixed)."""
+    done, seconds = state.get("step") or 0, state.get("train_seconds")
+    if done <= 0 or not isinstance(seconds, (int, float)) or seconds <= 0:
+        return None
+    return seconds / done
+
+
+def time_left(state: dict, total: int | None) -> float | None:
+    """Training seconds an unfinished run still needs at :func:`pace` (None if unknown)."""
+    per_iteration = pace(state)
+    if per_iteration is None or total is None or state.get("status") == "finished":
+        return None
+    return max(total - (state.get("step") or 0), 0) * per_iteration
+
+
 def table(zoo: Path = ZOO_DIR, entries: list[Entry] | None = None) -> str:
     """docs/zoo.md: one row per zoo run, from the zoo's files alone."""
     lines = [
@@ -84,15 +100,19 @@ def table(zoo: Path = ZOO_DIR, entries: list[Entry] | None = None) -> str:
         "resumable mamlkit run directory: `mamlkit eval zoo/NAME`, `mamlkit adapt zoo/NAME …`",
         'and `mamlkit.from_run("zoo/NAME")` work on it without training. Metrics are on the',
         "preset's test protocol (Omniglot: 600 tasks; RL: 40 tasks) with 95% confidence",
-        "intervals; a run not yet finished is not evaluated.",
+        "intervals; a run not yet finished is not evaluated. Pace is training time over",
+        "iterations done, one thread each (the zoo runs as many runs at once as there are",
+        "cores, at the lowest priority); time left is the iterations to go at that pace.",
         "",
-        "| run | iterations | ours | paper | machines @ commits | training time |",
-        "|---|---|---|---|---|---|",
+        "| run | iterations | ours | paper | machines @ commits | training time | pace |",
+        "|---|---|---|---|---|---|---|",
     ]
+    left_total, unknown = 0.0, 0
     for entry in entries or ZOO:
         run = zoo / entry.name
         if not (run / "config.yaml").is_file():
-            lines.append(f"| `{entry.name}` | not started | – | {entry.paper or '–'} | – | – |")
+            lines.append(f"| `{entry.name}` | not started | – | {entry.paper or '–'} | – | – | – |")
+            unknown += 1
             continue
         state = status(run)
         done, total = state.get("step", 0), length(run)
@@ -106,13 +126,27 @@ def table(zoo: Path = ZOO_DIR, entries: list[Entry] | None = None) -> str:
         best = state.get("best")
         if record is None and isinstance(best, dict) and isinstance(best.get("value"), float):
             ours += f"; best validation {best['value']:.4g} at step {best.get('step')}"
+        per_iteration, left = pace(state), time_left(state, total)
+        if left is not None:
+            left_total += left
+        elif state.get("status") != "finished":
+            unknown += 1
+        iterations = f"{done} / {total}" + (f" ({_duration(left)} left)" if left else "")
+        speed = f"{per_iteration:.3g} s/it" if per_iteration is not None else "–"
         lines.append(
-            f"| `{entry.name}` | {done} / {total} | {ours} | {entry.paper or '–'} | "
-            f"{_machines(_pieces(run))} | {_duration(state.get('train_seconds'))} |"
+            f"| `{entry.name}` | {iterations} | {ours} | {entry.paper or '–'} | "
+            f"{_machines(_pieces(run))} | {_duration(state.get('train_seconds'))} | {speed} |"
         )
     per_run, total = sizes(zoo)
     caps = f"caps: {RUN_CAP // 2**20} MB a run, {ZOO_CAP // 2**20} MB in all"
-    lines += ["", f"Zoo size: {total / 2**20:.1f} MB in {len(per_run)} runs ({caps}).", ""]
+    lines += [
+        "",
+        f"Time left for the started runs at their pace: {_duration(left_total)} of one core"
+        f" in all. Unfinished runs not estimated (not started, or no pace yet): {unknown}.",
+        "",
+        f"Zoo size: {total / 2**20:.1f} MB in {len(per_run)} runs ({caps}).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -89,6 +89,25 @@ def test_the_table_reports_progress_and_evaluations_from_the_files(tmp_path):
     assert "| 2 / 2 | finished, not evaluated yet |" in row and "AMD" in row or "@" in row
 
 
+def test_the_table_gives_each_runs_pace_and_the_time_it_has_left(tmp_path):
+    entries = [zoo.Entry("omniglot_anil_5w1s"), zoo.Entry("omniglot_fomaml_5w1s")]
+    run = tmp_path / "omniglot_anil_5w1s"
+    run.mkdir()
+    (run / "config.yaml").write_text("train: {iterations: 1000}\n")
+    state = {"status": "paused", "step": 250, "train_seconds": 1000.0}
+    (run / "status.json").write_text(json.dumps(state))
+    text = zoo.table(tmp_path, entries)
+    row = [line for line in text.splitlines() if "anil" in line][0]
+    # 4 s an iteration so far, 750 iterations to go: 3000 s
+    assert "| 250 / 1000 (0h50m left) |" in row and row.endswith("| 4 s/it |")
+    assert "0h50m of one core in all. Unfinished runs not estimated (not started, or no pace yet): 1." in text
+    state.update(status="finished", step=1000, train_seconds=4000.0)
+    (run / "status.json").write_text(json.dumps(state))
+    text = zoo.table(tmp_path, entries)
+    assert "| 1000 / 1000 | finished, not evaluated yet |" in text  # nothing left
+    assert "–" in text.split("Time left for the started runs at their pace: ")[1][:2]
+
+
 TINY = [*RL_TINY, "train.iterations=2", "train.keep_checkpoints=1"]
 
 
