@@ -79,6 +79,10 @@ def _say(text: str) -> None:
     print(f"[zoo {stamp}] {text}", flush=True)
 
 
+#: the CPU share of this process's session (Linux's autogroup), where the kernel has one
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
 def lowest_priority() -> None:
     """Yield the CPU to everything else. `nice 19` alone does not where the kernel shares the
     CPU between sessions first (Linux's autogroup): a background zoo (no terminal) takes a
@@ -90,9 +94,12 @@ def lowest_priority() -> None:
         return  # in a terminal: keep Ctrl-C reaching it
     try:
         os.setsid()
-        Path("/proc/self/autogroup").write_text("19")
     except OSError:
-        pass
+        pass  # a session leader already (started with `setsid`): its session is its own
+    try:
+        AUTOGROUP.write_text("19")
+    except OSError:
+        pass  # no autogroup here: nice alone decides
 
 
 def _needs_evaluation(run: Path) -> bool:

@@ -195,3 +195,19 @@ def test_a_finished_run_is_evaluated_before_the_next_run_trains(tmp_path, monkey
         ("a", 2, 4, "finished"), ("c", 2, 4, "finished")
     ]  # fmt: skip
     assert all(zoo.evaluation(tmp_path / name) for name in "abc")
+
+
+def test_a_zoo_started_as_a_session_leader_still_lowers_its_sessions_share(tmp_path, monkeypatch):
+    # `setsid nohup python scripts/zoo.py run …` makes the zoo a session leader, whose
+    # os.setsid() fails; its session's CPU share (autogroup) must still go to the lowest,
+    # or the zoo takes half the CPU from the user's own work whatever its nice value
+    def leader():
+        raise PermissionError("already a session leader")
+
+    monkeypatch.delenv("ZOO_NICE", raising=False)
+    monkeypatch.setattr(zoo.os, "nice", lambda increment: 0)
+    monkeypatch.setattr(zoo.os, "setsid", leader)
+    monkeypatch.setattr(zoo.sys, "stdin", open(tmp_path / "stdin", "w+"))  # not a terminal
+    monkeypatch.setattr(zoo, "AUTOGROUP", tmp_path / "autogroup")
+    zoo.lowest_priority()
+    assert (tmp_path / "autogroup").read_text() == "19"
