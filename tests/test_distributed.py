@@ -194,7 +194,8 @@ def test_a_nonfinite_task_on_one_rank_stops_every_rank_at_the_same_iteration(tmp
 
 def _own_update_cases():
     """Float64 learners whose outer update is their own, with a 4-task batch each, the
-    same in every process: MAML-TRPO on 2D navigation and Reptile on sine regression."""
+    same in every process: MAML-TRPO on 2D navigation and Reptile on sine regression (all of
+    a task's data at every inner step, and minibatches)."""
     import torch.nn.functional as F
 
     from mamlkit import Reptile, SineTasks
@@ -208,9 +209,12 @@ def _own_update_cases():
     policy = GaussianMLPPolicy(2, 2, (16, 16))
     trpo = MAMLTRPO(Navigation2D(horizon=12), policy, rollouts=5, cg_damping=0.1)
     reptile = Reptile(MLP((1, 16, 16, 1)), F.mse_loss, inner_lr=0.02, inner_steps=3)
+    # minibatches of 8 of a task's 20 examples: a task's draw is its own on every rank
+    minibatched = Reptile(MLP((1, 16, 16, 1)), F.mse_loss, 0.02, inner_steps=3, inner_batch=8)
     return [
         (trpo, NavigationTasks().sample(4, torch.Generator().manual_seed(2))),
         (reptile, SineTasks().sample(4, torch.Generator().manual_seed(3))),
+        (minibatched, SineTasks().sample(4, torch.Generator().manual_seed(4))),
     ]
 
 

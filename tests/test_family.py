@@ -399,16 +399,35 @@ def resumed_run_matches_uninterrupted(tmp_path, config, resume_at: int) -> str:
     return logs[0]
 
 
+def _minibatch_by_hand(x, y, size, step):
+    """Step ``step``'s examples of one task: classes interleaved (classification), in turn."""
+    order = list(range(len(y)))
+    if not y.is_floating_point():
+        seen: dict[int, int] = {}
+        rank = []
+        for label in y.tolist():
+            rank.append(seen.get(label, 0))
+            seen[label] = rank[-1] + 1
+        order.sort(key=lambda i: (rank[i], int(y[i])))
+    picks = [order[(step * size + j) % len(order)] for j in range(size)]
+    return x[picks], y[picks]
+
+
+@pytest.mark.parametrize("inner_batch", [0, 8])
 @pytest.mark.parametrize("case", ["mlp", "conv4-stride"])
-def test_reptile_update_is_its_definition(float64, case):
-    """θ ← θ + ε(φ̄ − θ), φᵢ from k plain gradient steps on task i's support and query data,
-    ε annealed linearly: against a per-task loop written out by hand."""
+def test_reptile_update_is_its_definition(float64, case, inner_batch):
+    """θ ← θ + ε(φ̄ − θ), φᵢ from k plain gradient steps on task i's support and query data
+    (all of it, or minibatches of 8 in turn: with a wrap-around, classes interleaved), ε
+    annealed linearly: against a per-task loop written out by hand."""
     from mamlkit import Reptile
     from mamlkit.tasks.base import TaskBatch
 
     gen = torch.Generator().manual_seed(27)
     torch.manual_seed(0)
     model, loss_fn, xs, ys, xq, yq, lr = make_case(case, gen)
+    if not ys.is_floating_point():  # class after class, as the episode samplers give them
+        blocked = ys[0].argsort(stable=True)
+        xs, ys, xq, yq = xs[:, blocked], ys[:, blocked], xq[:, blocked], yq[:, blocked]
     learner = Reptile(
         model,
         loss_fn,
@@ -417,6 +436,7 @@ def test_reptile_update_is_its_definition(float64, case):
         meta_step_size=0.8,
         meta_step_size_final=0.2,
         anneal_iterations=100,
+        inner_batch=inner_batch,
     )
     theta = {n: p.detach().clone() for n, p in model.named_parameters()}
     eps = 0.8 + (0.2 - 0.8) * 0.25  # at iteration 25 of 100
@@ -424,9 +444,10 @@ def test_reptile_update_is_its_definition(float64, case):
     for t in range(TASKS):
         x, y = torch.cat([xs[t], xq[t]]), torch.cat([ys[t], yq[t]])
         phi = {n: p.clone().requires_grad_() for n, p in theta.items()}
-        for _ in range(3):
+        for step in range(3):
+            xb, yb = _minibatch_by_hand(x, y, inner_batch, step) if inner_batch else (x, y)
             grads = torch.autograd.grad(
-                loss_fn(functional_call(model, phi, (x,)), y), list(phi.values())
+                loss_fn(functional_call(model, phi, (xb,)), yb), list(phi.values())
             )
             phi = {
                 n: (p - lr * g).detach().requires_grad_() for (n, p), g in zip(phi.items(), grads)
@@ -438,6 +459,22 @@ def test_reptile_update_is_its_definition(float64, case):
         torch.testing.assert_close(
             p.detach(), theta[n] + eps * (mean[n] - theta[n]), rtol=1e-10, atol=1e-12
         )
+
+
+def test_reptile_minibatches_see_every_class_alike():
+    from mamlkit.algorithms.reptile import inner_minibatches
+
+    y = torch.arange(5).repeat_interleave(10).expand(3, -1)  # 5 classes × 10, class after class
+    x = torch.randn(3, 50, 2)
+    batches = inner_minibatches(x, y, 10, 6)
+    for xb, yb in batches:
+        assert yb.shape == (3, 10) and (torch.bincount(yb[0], minlength=5) == 2).all()
+        assert xb.shape == (3, 10, 2)
+    seen = torch.cat([xb for xb, _ in batches[:5]], dim=1)  # 5 steps: one pass over the data
+    assert torch.equal(seen.sort(dim=1).values, x.sort(dim=1).values)
+    assert torch.equal(batches[5][0], batches[0][0])  # then from the start again
+    with pytest.raises(ValueError, match="1 to 50 examples"):
+        inner_minibatches(x, y, 51, 1)
 
 
 def test_reptile_trains_and_resumes_exactly(tmp_path):
@@ -494,3 +531,17 @@ def test_the_pretrained_baseline_is_not_a_maml():
     learner = build_learner(load_config("sine_pretrained"))
     assert isinstance(learner, GradientLearner) and not isinstance(learner, MAML)
     assert issubclass(MAML, GradientLearner)
+
+
+def test_reptile_inner_batch_is_a_setting_checked_against_the_task():
+    from mamlkit import Reptile, load_config
+    from mamlkit.build import build_learner
+    from mamlkit.errors import ConfigError
+
+    config = load_config("omniglot_reptile_5w1s", ["task.queries=3", "algorithm.inner_batch=20"])
+    learner = build_learner(config, 10)
+    assert isinstance(learner, Reptile) and learner.inner_batch == 20
+    with pytest.raises(ConfigError, match=r"'algorithm\.inner_batch': a task has 20 labelled"):
+        load_config("omniglot_reptile_5w1s", ["task.queries=3", "algorithm.inner_batch=21"])
+    with pytest.raises(ConfigError, match=r"'algorithm\.inner_batch': must be >= 0"):
+        load_config("sine_maml", ["algorithm.name=reptile", "algorithm.inner_batch=-1"])

@@ -3,16 +3,59 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaOutput, register
 from mamlkit.algorithms.capabilities import averages_over_ranks
 from mamlkit.algorithms.maml import MAML
-from mamlkit.functional import LossFn, adaptable_params
-from mamlkit.settings import AlgorithmSettings
+from mamlkit.functional import (
+    LossFn,
+    adaptable_params,
+    inner_loop,
+    stack_params,
+    supervised_support_loss,
+)
+from mamlkit.settings import AlgorithmSettings, require, require_at_least
 from mamlkit.tasks.base import TaskBatch
+
+__all__ = ["Reptile", "ReptileSettings", "inner_minibatches"]
+
+
+def inner_minibatches(x: Tensor, y: Tensor, size: int, steps: int) -> list[tuple[Tensor, Tensor]]:
+    """The examples of each of ``steps`` inner steps: ``size`` of each task's ``N``, taken in
+    turn (one pass over the task's data every ``N / size`` steps, then again from the start).
+
+    Classification tasks (integer labels ``y [T, N]``) are first put in an order that
+    interleaves their classes (the first example of every class, then the second, ...), so
+    that a step sees ``size / ways`` examples of every class (±1 where it does not divide).
+    Other tasks keep the order they come in (the samplers draw their examples at random).
+    The draw needs no random state: a step's examples depend on the task batch alone, on
+    every training path alike.
+
+    Examples:
+        >>> import torch
+        >>> y = torch.tensor([[0, 0, 1, 1, 2, 2]])          # one task: 3 classes, 2 each
+        >>> x = torch.arange(6.0).view(1, 6, 1)
+        >>> [xb.flatten().tolist() for xb, _ in inner_minibatches(x, y, 3, 3)]
+        [[0.0, 2.0, 4.0], [1.0, 3.0, 5.0], [0.0, 2.0, 4.0]]
+    """
+    tasks, n = y.shape[:2]
+    if not 1 <= size <= n:
+        raise ValueError(f"an inner minibatch takes 1 to {n} examples of a task, got {size}")
+    order = torch.arange(n, device=y.device).expand(tasks, n)
+    if not y.is_floating_point() and y.dim() == 2:
+        onehot = torch.nn.functional.one_hot(y, int(y.max()) + 1)
+        occurrence = (onehot.cumsum(1) * onehot).sum(-1) - 1  # k-th example of its class
+        order = (occurrence * onehot.shape[-1] + y).argsort(dim=1, stable=True)
+    rows = torch.arange(tasks, device=y.device).unsqueeze(1)
+    batches = []
+    for s in range(steps):
+        picks = order[:, (torch.arange(size, device=y.device) + s * size) % n]
+        batches.append((x[rows, picks], y[rows, picks]))
+    return batches
 
 
 @dataclass
@@ -23,20 +66,39 @@ class ReptileSettings(AlgorithmSettings):
     # reptile: the interpolation ε, annealed linearly over train.iterations
     meta_step_size: float = 1.0
     meta_step_size_final: float = 0.0
+    # reptile: examples of a task per inner step, taken in turn (classes interleaved);
+    # 0: all of the task's labelled data at every step
+    inner_batch: int = 0
+
+    def validate(self, config: Any) -> None:
+        super().validate(config)
+        require_at_least(0, "algorithm", self, "inner_batch")
+        task = config.task
+        if self.inner_batch and all(hasattr(task, k) for k in ("ways", "shots", "queries")):
+            per_task = task.ways * (task.shots + task.queries)
+            require(
+                self.inner_batch <= per_task,
+                "algorithm.inner_batch",
+                f"a task has {per_task} labelled examples (task.ways × (task.shots + "
+                f"task.queries)), got {self.inner_batch}; give at most {per_task}, or 0 for all",
+            )
 
 
 @register("reptile")
 class Reptile(MAML):
-    """Adapt every task by ``inner_steps`` plain gradient steps on all of its labelled data
-    (support and query sets together), then move θ toward the tasks' mean adapted weights:
-    θ ← θ + ε (φ̄ − θ), with ε annealed linearly from ``meta_step_size`` to
+    """Adapt every task by ``inner_steps`` plain gradient steps on its labelled data
+    (support and query sets together: all of it at every step, or ``inner_batch`` examples
+    a step, taken in turn by :func:`inner_minibatches`), then move θ toward the tasks' mean
+    adapted weights: θ ← θ + ε (φ̄ − θ), with ε annealed linearly from ``meta_step_size`` to
     ``meta_step_size_final`` over ``anneal_iterations`` meta-iterations. No second
     derivatives, no outer optimiser: the update is :meth:`outer_step`. Test-time
     adaptation is MAML's (gradient steps on the support set).
 
-    The inner steps are SGD with step size ``inner_lr`` (the paper's experiments use Adam
-    with β₁ = 0 on minibatches of 10; a one-line :class:`~mamlkit.functional.InnerUpdate`
-    change would not express Adam's state, so mamlkit's Reptile is the SGD variant).
+    The inner steps are SGD with step size ``inner_lr``. The paper's experiments use Adam
+    with β₁ = 0 on minibatches of 10, shuffled; a one-line
+    :class:`~mamlkit.functional.InnerUpdate` change would not express Adam's state, so
+    mamlkit's Reptile is the SGD variant, and its minibatches are drawn in turn with the
+    classes interleaved rather than shuffled.
 
     Examples:
         >>> import torch, torch.nn.functional as F
@@ -60,14 +122,18 @@ class Reptile(MAML):
         meta_step_size: float = 1.0,
         meta_step_size_final: float = 0.0,
         anneal_iterations: int = 100_000,
+        inner_batch: int = 0,
         **kwargs,
     ):
         if anneal_iterations < 1:
             raise ValueError(f"anneal_iterations must be >= 1, got {anneal_iterations}")
+        if inner_batch < 0:
+            raise ValueError(f"inner_batch must be >= 0 (0: all the data), got {inner_batch}")
         kwargs["first_order"] = True  # Reptile differentiates nothing through its steps
         super().__init__(model, loss_fn, inner_lr, inner_steps, **kwargs)
         self.meta_step_size, self.meta_step_size_final = meta_step_size, meta_step_size_final
         self.anneal_iterations = anneal_iterations
+        self.inner_batch = inner_batch
 
     settings_class = ReptileSettings
 
@@ -76,6 +142,7 @@ class Reptile(MAML):
         return {
             "meta_step_size": algorithm.meta_step_size,
             "meta_step_size_final": algorithm.meta_step_size_final,
+            "inner_batch": algorithm.inner_batch,
         }
 
     @classmethod
@@ -88,13 +155,26 @@ class Reptile(MAML):
         frac = min(iteration / self.anneal_iterations, 1.0)
         return (1 - frac) * self.meta_step_size + frac * self.meta_step_size_final
 
+    def _adapt_on_all(self, x: Tensor, y: Tensor, theta) -> dict[str, Tensor]:
+        """φ after the inner steps on the tasks' labelled data (first order, no graph)."""
+        if not self.inner_batch:
+            return self.adapt(x, y, params=theta, first_order=True, keep_graph=False)
+        batches = iter(inner_minibatches(x, y, self.inner_batch, self.inner_steps))
+
+        def support_loss(params):  # the next step's minibatch at every call
+            xb, yb = next(batches)
+            return supervised_support_loss(self._forward, xb, yb, self.loss_fn)(params)
+
+        phi = stack_params(theta, x.shape[0])
+        return inner_loop(phi, support_loss, self.update, self.inner_steps, True, None, False)
+
     @averages_over_ranks
     def outer_step(self, batch: TaskBatch, optimizer, iteration: int) -> MetaOutput:
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)
         theta = {n: p.detach().requires_grad_() for n, p in adaptable_params(self.model).items()}
         with torch.enable_grad():
-            phi = self.adapt(x, y, params=theta, first_order=True, keep_graph=False)
+            phi = self._adapt_on_all(x, y, theta)
         eps = self.interpolation(iteration)
         with torch.no_grad():
             loss, pred = self.outer_loss(phi, batch.query_x, batch.query_y)
