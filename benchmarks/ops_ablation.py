@@ -120,7 +120,10 @@ _CONV_CLASSES = {
 }
 VARIANTS = {
     "default": Variant("nothing (the library as it is)"),
-    "relu": Variant("ops.relu -> torch.relu", {"relu": torch.relu}),
+    "relu": Variant(
+        "ops.relu -> torch.relu",
+        {"relu": lambda x, slope=0.0: F.leaky_relu(x, slope) if slope else torch.relu(x)},
+    ),
     "batch_norm": Variant("ops.batch_norm -> F.batch_norm", {"batch_norm": _aten_batch_norm}),
     "task_conv2d": Variant(
         "ops.task_conv2d -> grouped F.conv2d", {"task_conv2d": _aten_task_conv2d}

@@ -258,7 +258,7 @@ def test_multi_step_loss_weights():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", ["mlp", "conv4-stride"])
+@pytest.mark.parametrize("case", ["mlp", "conv4-stride", "conv4-max-leaky"])
 @pytest.mark.parametrize("iteration", [0, 1700])
 @pytest.mark.parametrize("per_step_bn", [True, False])
 def test_mamlpp_multi_step_loss_and_lslr_match_reference(

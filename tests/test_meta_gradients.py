@@ -54,9 +54,11 @@ def make_case(name: str, gen: torch.Generator):
         model = Conv4(out_features=3, filters=4, image_size=8, pooling="stride")
     elif name == "conv4-max":
         model = Conv4(out_features=3, filters=4, image_size=16, pooling="max")
+    elif name == "conv4-max-leaky":  # MAML++'s released network
+        model = Conv4(3, filters=4, image_size=16, pooling="max", activation="leaky_relu")
     else:
         model = PlainConvBN()
-    size = 16 if name == "conv4-max" else 8
+    size = 16 if name.startswith("conv4-max") else 8
     xs = torch.randn(TASKS, 6, 1, size, size, generator=gen)
     xq = torch.randn(TASKS, 6, 1, size, size, generator=gen)
     ys = torch.arange(3).repeat(2).expand(TASKS, -1).contiguous()
@@ -129,6 +131,7 @@ CASES = [
     ("conv4-stride", "loop"),
     ("conv4-max", "batched"),
     ("conv4-max", "vmap"),
+    ("conv4-max-leaky", "batched"),
     ("plain-conv-bn", "vmap"),
     ("plain-conv-bn", "loop"),
 ]

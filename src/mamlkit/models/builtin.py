@@ -30,6 +30,7 @@ def build_conv4(c: Config, out_features: int | None) -> nn.Module:
         image_size=c.task.image_size,
         pooling=c.model.pooling,
         global_pool=c.model.global_pool,
+        activation=c.model.activation,
         bn_running_stats=c.model.bn_running_stats,
     )
 

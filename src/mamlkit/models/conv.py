@@ -13,6 +13,8 @@ from mamlkit.settings import ModelSettings, require, require_at_least
 
 from . import ops
 
+__all__ = ["ACTIVATIONS", "Conv4", "Conv4Settings"]
+
 if TYPE_CHECKING:
     from mamlkit.config import Config
 
@@ -24,12 +26,19 @@ class Conv4Settings(ModelSettings):
     filters: int = 64
     pooling: str = "stride"  # conv4: stride | max
     global_pool: bool = False  # conv4: average the last feature map before the head (cbfinn)
+    # conv4: relu | leaky_relu (slope 0.01, as MAML++'s released network)
+    activation: str = "relu"
     # conv4, resnet12 for protonet: track running stats, use them in eval
     bn_running_stats: bool = False
 
     def validate(self, config: Config) -> None:
         super().validate(config)
         require(self.pooling in ("stride", "max"), "model.pooling", "must be 'stride' or 'max'")
+        require(
+            self.activation in ACTIVATIONS,
+            "model.activation",
+            f"must be one of {', '.join(map(repr, ACTIVATIONS))}",
+        )
         require_at_least(1, "model", self, "filters")
         size = getattr(config.task, "image_size", 16)  # (a task without images: refused later)
         require(
@@ -48,6 +57,10 @@ class Conv4Settings(ModelSettings):
         return 4 * max(activations, weights), f"{keys}, model.filters"
 
 
+#: ``model.activation`` -> the negative slope of the (leaky) ReLU after each BatchNorm
+ACTIVATIONS: dict[str, float] = {"relu": 0.0, "leaky_relu": 0.01}
+
+
 class Conv4(nn.Module):
     """4 × [3×3 conv, BatchNorm, ReLU (, 2×2 max-pool)], then a linear head.
 
@@ -58,6 +71,8 @@ class Conv4(nn.Module):
     cbfinn/maml does for Omniglot (64 features instead of 64·2·2).
     BatchNorm normalises with the current batch's statistics and keeps no running stats, as
     the original MAML code does; its γ/β are ordinary (meta-learned) parameters.
+    ``activation="leaky_relu"`` puts a leaky ReLU (negative slope 0.01, PyTorch's default)
+    where the ReLU is, as MAML++'s released network has.
     ``bn_running_stats=True`` restores ordinary BatchNorm (running statistics, used in
     ``eval()`` mode), as Prototypical Networks are evaluated.
     ``fold_batch_norm=False`` turns off the simplifications :meth:`batched_forward` makes
@@ -75,10 +90,14 @@ class Conv4(nn.Module):
         global_pool: bool = False,
         bn_running_stats: bool = False,
         fold_batch_norm: bool = True,
+        activation: str = "relu",
     ):
         super().__init__()
         if pooling not in ("stride", "max"):
             raise ValueError(f"pooling must be 'stride' or 'max', got {pooling!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation, self.slope = activation, ACTIVATIONS[activation]
         self.pooling, self.filters, self.blocks = pooling, filters, blocks
         self.global_pool = global_pool
         self.fold_batch_norm = fold_batch_norm
@@ -89,7 +108,7 @@ class Conv4(nn.Module):
             layers += [
                 nn.Conv2d(channels, filters, 3, stride=stride, padding=1),
                 nn.BatchNorm2d(filters, track_running_stats=bn_running_stats),
-                nn.ReLU(),
+                nn.LeakyReLU(self.slope) if self.slope else nn.ReLU(),
             ]
             if pooling == "max":
                 layers.append(nn.MaxPool2d(2))
@@ -166,8 +185,8 @@ class Conv4(nn.Module):
                     beta.reshape(-1),
                     eps=layer.eps,
                 )
-            elif isinstance(layer, nn.ReLU):
-                h = ops.relu(h)
+            elif isinstance(layer, (nn.ReLU, nn.LeakyReLU)):
+                h = ops.relu(h, self.slope) if self.slope else ops.relu(h)
             else:
                 h = F.max_pool2d(h, 2)
         if self.global_pool:

@@ -275,53 +275,63 @@ def task_conv2d(
 
 
 class _ReLU(Function):
-    """y = max(x, 0). PyTorch's double backward of ReLU materialises a zero tensor for the
-    mask's derivative and adds it in; here the mask (y > 0) is a constant.
+    """y = max(x, 0), or with ``slope`` > 0 the leaky y = x for x > 0, slope·x otherwise.
+    PyTorch's double backward of ReLU materialises a zero tensor for the mask's derivative
+    and adds it in; here the mask (y > 0, the same as x > 0 for a positive slope) is a
+    constant.
 
     Replaces: ``aten::relu``'s derivative (``threshold_backward``, whose derivative for the
-    input is ``zeros_like``). Measured: no measurable gain on omniglot-5w1s at 1 thread
-    (within noise); small gains at 2 threads on the busy machine and on omniglot-20w1s
-    (benchmarks/ops_ablation.py, see docs/results.md).
+    input is ``zeros_like``) and ``aten::leaky_relu``'s. Measured: no measurable gain on
+    omniglot-5w1s at 1 thread (within noise); small gains at 2 threads on the busy machine
+    and on omniglot-20w1s (benchmarks/ops_ablation.py, see docs/results.md).
     """
 
     @staticmethod
-    def forward(ctx, x):
-        y = torch.relu(x)
+    def forward(ctx, x, slope):
+        y = torch.relu(x) if slope == 0.0 else F.leaky_relu(x, slope)
         ctx.save_for_backward(y)
+        ctx.slope = slope
         return y
 
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        return _ReLUGrad.apply(g, y)
+        return _ReLUGrad.apply(g, y, ctx.slope), None
 
 
 class _ReLUGrad(Function):
-    """(g, y) -> g · [y > 0], linear in g; its derivative w.r.t. y is zero almost everywhere.
+    """(g, y) -> g · [y > 0] (or g · slope where y <= 0), linear in g; its derivative w.r.t.
+    y is zero almost everywhere.
 
-    Replaces: ``threshold_backward``'s derivative (``threshold_backward`` for g, a zero
-    tensor for y). Measured: as :class:`_ReLU` (benchmarks/ops_ablation.py, see
-    docs/results.md).
+    Replaces: ``threshold_backward``'s and ``leaky_relu_backward``'s derivatives (the same
+    op for g, a zero tensor for y). Measured: as :class:`_ReLU`
+    (benchmarks/ops_ablation.py, see docs/results.md).
     """
 
     @staticmethod
-    def forward(ctx, g, y):
+    def forward(ctx, g, y, slope):
         ctx.save_for_backward(y)
-        return torch.ops.aten.threshold_backward(g, y, 0)
+        ctx.slope = slope
+        if slope == 0.0:
+            return torch.ops.aten.threshold_backward(g, y, 0)
+        return torch.ops.aten.leaky_relu_backward(g, y, slope, True)
 
     @staticmethod
     def backward(ctx, u):
         (y,) = ctx.saved_tensors
-        return _ReLUGrad.apply(u, y), None
+        return _ReLUGrad.apply(u, y, ctx.slope), None, None
 
 
-def relu(x: Tensor) -> Tensor:
-    """``torch.relu`` whose derivatives of every order are one masking pass each.
+def relu(x: Tensor, slope: float = 0.0) -> Tensor:
+    """``torch.relu`` (or, with ``slope`` > 0, ``F.leaky_relu(x, slope)``) whose derivatives
+    of every order are one masking pass each.
 
-    Replaces: ``torch.relu``'s derivatives. Measured: as :class:`_ReLU`
-    (benchmarks/ops_ablation.py, see docs/results.md).
+    Replaces: ``torch.relu``'s and ``F.leaky_relu``'s derivatives. Measured: as
+    :class:`_ReLU` (benchmarks/ops_ablation.py, see docs/results.md).
     """
-    return _ReLU.apply(x)
+    if slope < 0.0:
+        raise ValueError(f"relu: slope must be >= 0, got {slope}")
+    return _ReLU.apply(x, float(slope))
 
 
 # ------------------------------------------------------------------------------ BatchNorm
