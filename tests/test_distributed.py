@@ -211,10 +211,13 @@ def _own_update_cases():
     reptile = Reptile(MLP((1, 16, 16, 1)), F.mse_loss, inner_lr=0.02, inner_steps=3)
     # minibatches of 8 of a task's 20 examples: a task's draw is its own on every rank
     minibatched = Reptile(MLP((1, 16, 16, 1)), F.mse_loss, 0.02, inner_steps=3, inner_batch=8)
+    # inner Adam: its state (the tasks' mean moments) is averaged over the ranks too
+    adam = Reptile(MLP((1, 16, 16, 1)), F.mse_loss, 0.01, inner_steps=3, inner_optimizer="adam")
     return [
         (trpo, NavigationTasks().sample(4, torch.Generator().manual_seed(2))),
         (reptile, SineTasks().sample(4, torch.Generator().manual_seed(3))),
         (minibatched, SineTasks().sample(4, torch.Generator().manual_seed(4))),
+        (adam, SineTasks().sample(4, torch.Generator().manual_seed(5))),
     ]
 
 
@@ -234,7 +237,7 @@ def _rank_own_updates(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_own_outer_updates_over_two_ranks_are_the_single_process_update(tmp_path, float64):
-    """Reptile's interpolation and MAML-TRPO's step (gradient, conjugate gradient on the
+    """Reptile's interpolation (and its inner Adam's state) and MAML-TRPO's step (gradient, conjugate gradient on the
     averaged Fisher-vector products, line search on averaged losses and KLs), each rank
     with half of the tasks: the weights of one process, and the same on both ranks."""
     out = str(tmp_path / "weights")
@@ -245,6 +248,9 @@ def test_own_outer_updates_over_two_ranks_are_the_single_process_update(tmp_path
         learner.outer_step(batch, None, 0)
         for name, value in learner.state_dict().items():
             assert torch.equal(ranks[0][i][name], ranks[1][i][name])  # one update, not two
+            if not value.is_floating_point():  # a count (inner Adam's steps)
+                assert torch.equal(ranks[0][i][name], value), name
+                continue
             moved = (value - before[name]).norm()
             if moved > 0:
                 assert (ranks[0][i][name] - value).norm() / moved <= 1e-10, name

@@ -461,6 +461,76 @@ def test_reptile_update_is_its_definition(float64, case, inner_batch):
         )
 
 
+@pytest.mark.parametrize("beta1", [0.0, 0.9])
+@pytest.mark.parametrize("case", ["mlp", "conv4-stride"])
+def test_reptile_inner_adam_is_its_definition(float64, case, beta1):
+    """Inner Adam (TensorFlow's form, ε outside the bias correction) from a stored state
+    that every task starts from; after the meta-iteration the state is the tasks' mean and
+    t has advanced by the steps: two meta-iterations against a per-task loop by hand."""
+    from mamlkit import Reptile
+    from mamlkit.tasks.base import TaskBatch
+
+    gen = torch.Generator().manual_seed(28)
+    torch.manual_seed(0)
+    model, loss_fn, xs, ys, xq, yq, _ = make_case(case, gen)
+    lr, beta2, adam_eps, steps = 0.01, 0.99, 1e-8, 3
+    learner = Reptile(
+        model, loss_fn, lr, inner_steps=steps, meta_step_size=0.7, meta_step_size_final=0.7,
+        inner_optimizer="adam", inner_betas=(beta1, beta2), inner_eps=adam_eps,
+    )  # fmt: skip
+    rule = learner.update
+    with torch.no_grad():  # a state as training leaves it
+        rule.t.fill_(7)
+        for n in rule.names:
+            m, v = rule.moments(n)
+            v.copy_(torch.rand(v.shape, generator=gen, dtype=v.dtype) * 0.01)
+            if m is not None:
+                m.copy_(torch.randn(m.shape, generator=gen, dtype=m.dtype) * 0.01)
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = {n: [t.clone() if t is not None else None for t in rule.moments(n)] for n in theta}
+    t0 = 7
+    for iteration in range(2):
+        mean = {n: torch.zeros_like(p) for n, p in theta.items()}
+        new_state = {n: [None if m is None else torch.zeros_like(m), torch.zeros_like(v)]
+                     for n, (m, v) in state.items()}  # fmt: skip
+        for t in range(TASKS):
+            x, y = torch.cat([xs[t], xq[t]]), torch.cat([ys[t], yq[t]])
+            phi = {n: p.clone().requires_grad_() for n, p in theta.items()}
+            run = {n: list(mv) for n, mv in state.items()}
+            for k in range(steps):
+                grads = torch.autograd.grad(
+                    loss_fn(functional_call(model, phi, (x,)), y), list(phi.values())
+                )
+                count = t0 + k + 1
+                scale = lr * (1 - beta2**count) ** 0.5 / (1 - beta1**count)
+                for (n, p), g in zip(list(phi.items()), grads):
+                    m, v = run[n]
+                    v = beta2 * v + (1 - beta2) * g * g
+                    m = g if beta1 == 0 else beta1 * m + (1 - beta1) * g
+                    run[n] = [None if beta1 == 0 else m, v]
+                    phi[n] = (p - scale * m / (v.sqrt() + adam_eps)).detach().requires_grad_()
+            for n in mean:
+                mean[n] += phi[n].detach() / TASKS
+                new_state[n][1] += run[n][1] / TASKS
+                if beta1:
+                    new_state[n][0] += run[n][0] / TASKS
+        learner.outer_step(TaskBatch(xs, ys, xq, yq), None, iteration=iteration)
+        theta = {n: theta[n] + 0.7 * (mean[n] - theta[n]) for n in theta}
+        state, t0 = new_state, t0 + steps
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), theta[n], rtol=1e-10, atol=1e-12)
+            m, v = rule.moments(n)
+            torch.testing.assert_close(v, state[n][1], rtol=1e-10, atol=1e-14)
+            if beta1:
+                torch.testing.assert_close(m, state[n][0], rtol=1e-10, atol=1e-14)
+        assert int(rule.t) == t0
+    # test time: the stored state, left as it is
+    before = {k: b.clone() for k, b in rule.named_buffers()}
+    with torch.no_grad():
+        learner.adapt(xs, ys, steps=2)
+    assert all(torch.equal(before[k], b) for k, b in rule.named_buffers())
+
+
 def test_reptile_minibatches_see_every_class_alike():
     from mamlkit.algorithms.reptile import inner_minibatches
 
@@ -495,6 +565,18 @@ def test_reptile_trains_and_resumes_exactly(tmp_path):
 
     log = resumed_run_matches_uninterrupted(tmp_path, config, resume_at=8)
     assert log.count("\n") == 4
+
+
+def test_reptile_inner_adam_resumes_exactly(tmp_path):
+    """Inner Adam's moments and step count live in the checkpoint: a resumed run ends
+    bit-identical to an uninterrupted one."""
+    from mamlkit.config import load_config
+
+    sets = ["algorithm.name=reptile", "algorithm.inner_optimizer=adam", "algorithm.inner_lr=0.01",
+            "algorithm.inner_steps=3", "train.iterations=12", "train.checkpoint_every=4",
+            "train.log_every=3", "train.tensorboard=false", "train.meta_batch=3"]  # fmt: skip
+    config = load_config("sine_maml", sets)
+    resumed_run_matches_uninterrupted(tmp_path, config, resume_at=8)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,8 +11,10 @@ from torch import Tensor, nn
 
 from mamlkit.algorithms.base import MetaOutput, register
 from mamlkit.algorithms.capabilities import averages_over_ranks
+from mamlkit.algorithms.inner_adam import InnerAdam
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional import (
+    InnerUpdate,
     LossFn,
     adaptable_params,
     inner_loop,
@@ -69,10 +72,30 @@ class ReptileSettings(AlgorithmSettings):
     # reptile: examples of a task per inner step, taken in turn (classes interleaved);
     # 0: all of the task's labelled data at every step
     inner_batch: int = 0
+    # reptile: the inner steps' optimiser: sgd (step size inner_lr) | adam (learning rate
+    # inner_lr, its moments kept from task to task, as the paper trains)
+    inner_optimizer: str = "sgd"
+    # reptile, inner_optimizer adam: Adam's (β₁, β₂) and ε (the paper's: β₁ = 0)
+    inner_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    inner_eps: float = 1e-8
 
     def validate(self, config: Any) -> None:
         super().validate(config)
         require_at_least(0, "algorithm", self, "inner_batch")
+        require(
+            self.inner_optimizer in ("sgd", "adam"),
+            "algorithm.inner_optimizer",
+            f"must be 'sgd' or 'adam', got {self.inner_optimizer!r}",
+        )
+        betas = self.inner_betas
+        require(
+            isinstance(betas, (list, tuple))
+            and len(betas) == 2
+            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
+            "algorithm.inner_betas",
+            f"must be two numbers in [0, 1), e.g. [0.0, 0.999]; got {betas!r}",
+        )
+        require(self.inner_eps > 0, "algorithm.inner_eps", f"must be > 0, got {self.inner_eps}")
         task = config.task
         if self.inner_batch and all(hasattr(task, k) for k in ("ways", "shots", "queries")):
             per_task = task.ways * (task.shots + task.queries)
@@ -94,11 +117,11 @@ class Reptile(MAML):
     derivatives, no outer optimiser: the update is :meth:`outer_step`. Test-time
     adaptation is MAML's (gradient steps on the support set).
 
-    The inner steps are SGD with step size ``inner_lr``. The paper's experiments use Adam
-    with β₁ = 0 on minibatches of 10, shuffled; a one-line
-    :class:`~mamlkit.functional.InnerUpdate` change would not express Adam's state, so
-    mamlkit's Reptile is the SGD variant, and its minibatches are drawn in turn with the
-    classes interleaved rather than shuffled.
+    The inner steps are SGD with step size ``inner_lr``, or with
+    ``inner_optimizer="adam"`` Adam with learning rate ``inner_lr`` (:class:`InnerAdam`,
+    β₁ = 0 by default, as the paper's experiments), its moments kept from one
+    meta-iteration to the next and used at test time. The paper's minibatches are
+    shuffled; mamlkit's are drawn in turn with the classes interleaved.
 
     Examples:
         >>> import torch, torch.nn.functional as F
@@ -123,12 +146,19 @@ class Reptile(MAML):
         meta_step_size_final: float = 0.0,
         anneal_iterations: int = 100_000,
         inner_batch: int = 0,
+        inner_optimizer: str = "sgd",
+        inner_betas: Sequence[float] = (0.0, 0.999),
+        inner_eps: float = 1e-8,
         **kwargs,
     ):
         if anneal_iterations < 1:
             raise ValueError(f"anneal_iterations must be >= 1, got {anneal_iterations}")
         if inner_batch < 0:
             raise ValueError(f"inner_batch must be >= 0 (0: all the data), got {inner_batch}")
+        if inner_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {inner_optimizer!r}")
+        self.inner_optimizer = inner_optimizer  # read by make_update, in super().__init__
+        self.inner_betas, self.inner_eps = tuple(inner_betas), inner_eps
         kwargs["first_order"] = True  # Reptile differentiates nothing through its steps
         super().__init__(model, loss_fn, inner_lr, inner_steps, **kwargs)
         self.meta_step_size, self.meta_step_size_final = meta_step_size, meta_step_size_final
@@ -143,7 +173,18 @@ class Reptile(MAML):
             "meta_step_size": algorithm.meta_step_size,
             "meta_step_size_final": algorithm.meta_step_size_final,
             "inner_batch": algorithm.inner_batch,
+            "inner_optimizer": algorithm.inner_optimizer,
+            "inner_betas": algorithm.inner_betas,
+            "inner_eps": algorithm.inner_eps,
         }
+
+    def make_update(self) -> InnerUpdate:
+        if self.inner_optimizer == "sgd":
+            return super().make_update()
+        if not isinstance(self.inner_lr, (int, float)):
+            raise ValueError("Reptile's inner Adam takes one learning rate (inner_lr)")
+        params = adaptable_params(self.model, self.adapt_only)
+        return InnerAdam(params, self.inner_lr, self.inner_betas, self.inner_eps)
 
     @classmethod
     def from_config(cls, config, build_model, loss_fn, train_classes, **overrides):
@@ -175,6 +216,10 @@ class Reptile(MAML):
         theta = {n: p.detach().requires_grad_() for n, p in adaptable_params(self.model).items()}
         with torch.enable_grad():
             phi = self._adapt_on_all(x, y, theta)
+        if isinstance(self.update, InnerAdam):  # the next inner loops start from here
+            state = self.update.final_state()
+            self.mean_over_ranks(state)
+            self.update.keep(state)
         eps = self.interpolation(iteration)
         with torch.no_grad():
             loss, pred = self.outer_loss(phi, batch.query_x, batch.query_y)
