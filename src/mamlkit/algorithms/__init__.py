@@ -3,6 +3,7 @@
 from mamlkit.algorithms.anil import ANIL
 from mamlkit.algorithms.base import ALGORITHMS, MetaLearner, MetaOutput, register
 from mamlkit.algorithms.gradient import GradientLearner
+from mamlkit.algorithms.inner_adam import InnerAdam
 from mamlkit.algorithms.maml import FOMAML, MAML
 from mamlkit.algorithms.mamlpp import MAMLPlusPlus
 from mamlkit.algorithms.metasgd import MetaSGD
@@ -27,6 +28,7 @@ __all__ = [
     "AlgorithmSpec",
     "FOMAML",
     "GradientLearner",
+    "InnerAdam",
     "MAML",
     "MAMLPlusPlus",
     "MetaLearner",
