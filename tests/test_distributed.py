@@ -237,9 +237,10 @@ def _rank_own_updates(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_own_outer_updates_over_two_ranks_are_the_single_process_update(tmp_path, float64):
-    """Reptile's interpolation (and its inner Adam's state) and MAML-TRPO's step (gradient, conjugate gradient on the
-    averaged Fisher-vector products, line search on averaged losses and KLs), each rank
-    with half of the tasks: the weights of one process, and the same on both ranks."""
+    """Reptile's interpolation (and its inner Adam's state) and MAML-TRPO's step (gradient,
+    conjugate gradient on the averaged Fisher-vector products, line search on averaged
+    losses and KLs), each rank with half of the tasks: the weights of one process, and the
+    same on both ranks."""
     out = str(tmp_path / "weights")
     mp.spawn(_rank_own_updates, args=(2, free_port(), out), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.rank{r}") for r in range(2)]

@@ -627,3 +627,45 @@ def test_reptile_inner_batch_is_a_setting_checked_against_the_task():
         load_config("omniglot_reptile_5w1s", ["task.queries=3", "algorithm.inner_batch=21"])
     with pytest.raises(ConfigError, match=r"'algorithm\.inner_batch': must be >= 0"):
         load_config("sine_maml", ["algorithm.name=reptile", "algorithm.inner_batch=-1"])
+
+
+@pytest.mark.parametrize(
+    "preset,sets,message",
+    [
+        ("omniglot_reptile_5w1s", ["algorithm.inner_optimizer=rmsprop"],
+         r"'algorithm\.inner_optimizer': must be 'sgd' or 'adam'"),
+        ("omniglot_reptile_5w1s", ["algorithm.inner_betas=[0.9]"],
+         r"'algorithm\.inner_betas': must be two numbers in \[0, 1\)"),
+        ("omniglot_reptile_5w1s", ["algorithm.inner_betas=[0.0, 1.0]"],
+         r"'algorithm\.inner_betas': must be two numbers in \[0, 1\)"),
+        ("omniglot_reptile_5w1s", ["algorithm.inner_eps=0"],
+         r"'algorithm\.inner_eps': must be > 0"),
+        ("omniglot_mamlpp_5w1s", ["model.activation=tanh"],
+         r"'model\.activation': must be one of 'relu', 'leaky_relu'"),
+    ],
+)  # fmt: skip
+def test_inner_adam_and_activation_settings_are_checked(preset, sets, message):
+    from mamlkit import load_config
+    from mamlkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(preset, sets)
+
+
+def test_the_presets_build_the_papers_networks_and_inner_optimisers():
+    """MAML++'s presets build its released network (max-pooling, leaky ReLU); Reptile's
+    adapt with inner Adam (β₁ = 0), whose state the learner's checkpoint holds."""
+    from torch import nn
+
+    from mamlkit import load_config
+    from mamlkit.algorithms import InnerAdam
+    from mamlkit.build import build_learner
+
+    learner = build_learner(load_config("omniglot_mamlpp_5w1s"), 10)
+    layers = list(learner.model.features)
+    assert any(isinstance(m, nn.MaxPool2d) for m in layers)
+    assert [m.negative_slope for m in layers if isinstance(m, nn.LeakyReLU)] == [0.01] * 4
+    learner = build_learner(load_config("omniglot_reptile_5w1s"), 10)
+    assert isinstance(learner.update, InnerAdam) and learner.update.beta1 == 0.0
+    assert learner.update.lrs == [0.001]
+    assert "update.t" in learner.state_dict()
