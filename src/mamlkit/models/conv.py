@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamlkit.settings import ModelSettings, require, require_at_least
 
-from . import ops, pool
+from . import ops
 
 __all__ = ["ACTIVATIONS", "Conv4", "Conv4Settings"]
 
@@ -187,7 +188,7 @@ class Conv4(nn.Module):
             elif isinstance(layer, (nn.ReLU, nn.LeakyReLU)):
                 h = ops.relu(h, self.slope) if self.slope else ops.relu(h)
             else:
-                h = pool.max_pool2d(h)
+                h = F.max_pool2d(h, 2)
         if self.global_pool:
             h = h.mean((2, 3))
         # [B, T·C(, h, w)] -> [T, B, C(·h·w)]; the per-task flatten order matches forward().
