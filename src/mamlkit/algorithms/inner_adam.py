@@ -62,8 +62,9 @@ class InnerAdam(InnerUpdate):
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0) or eps <= 0:
             raise ValueError(f"Adam needs 0 <= betas < 1 and eps > 0, got {betas}, {eps}")
         self.lrs, self.beta1, self.beta2, self.eps = lrs, beta1, beta2, float(eps)
+        # the inner loop under way: each parameter's (m, v), the stored t and the steps taken
         self._run: dict[str, tuple[Tensor | None, Tensor]] = {}
-        self._run_t = 0
+        self._run_t = self._steps_run = 0
         if state is not None:  # a view of another rule's state (another step size)
             self.names, self._state = state.names, state
             return
@@ -132,7 +133,7 @@ class InnerAdam(InnerUpdate):
         with torch.no_grad():
             for kept, value in zip(stored, state):
                 kept.copy_(value)
-            self.owner.t += getattr(self, "_steps_run", 0)
+            self.owner.t += self._steps_run
         self._steps_run = 0
 
     def extra_repr(self) -> str:
