@@ -58,10 +58,9 @@ def _metric_cell(record: dict) -> str:
     if "by_step" in record:  # RL: after every step
         cells = [f"{r['return']:.2f} ± {r['ci95']:.2f}" for r in record["by_step"]]
         return " / ".join(cells) + f" ({record.get('tasks')} tasks)"
-    for metric in ("accuracy", "return", "mse"):
+    for metric in ("accuracy", "return", "mse"):  # accuracy: eval files hold percentages
         if metric in record and record[metric] is not None:
-            value = record[metric] * (100 if metric == "accuracy" else 1)
-            ci = (record.get("ci95") or 0) * (100 if metric == "accuracy" else 1)
+            value, ci = record[metric], record.get("ci95") or 0
             return (f"{value:.2f} ± {ci:.2f} after {record.get('steps')} steps "
                     f"({record.get('tasks')} tasks)")  # fmt: skip
     return "not finite"

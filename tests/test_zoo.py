@@ -109,6 +109,20 @@ def test_the_table_gives_each_runs_pace_and_the_time_it_has_left(tmp_path):
     assert "–" in text.split("Time left for the started runs at their pace: ")[1][:2]
 
 
+def test_a_finished_classification_run_shows_its_accuracy_as_evaluated(tmp_path):
+    """Evaluation files hold accuracy in percent (as `mamlkit eval` prints it): the table
+    shows that number, not a hundred times it."""
+    run = tmp_path / "omniglot_anil_5w1s"
+    run.mkdir()
+    (run / "config.yaml").write_text("train: {iterations: 10}\n")
+    state = {"status": "finished", "step": 10, "train_seconds": 20.0}
+    (run / "status.json").write_text(json.dumps(state))
+    record = {"accuracy": 98.7667, "ci95": 0.4069, "tasks": 600, "steps": 3, "step": 10}
+    (run / "eval.json").write_text(json.dumps(record))
+    text = zoo.table(tmp_path, [zoo.Entry("omniglot_anil_5w1s")])
+    assert "| 98.77 ± 0.41 after 3 steps (600 tasks) |" in text
+
+
 TINY = [*RL_TINY, "train.iterations=2", "train.keep_checkpoints=1"]
 
 

@@ -40,7 +40,9 @@ PUBLISHED: dict[str, Published] = {
     "omniglot_maml_20w5s": _final("98.9 ± 0.2", _T1),
     "omniglot_fomaml_5w1s": _final("98.3", "Nichol et al. 2018"),
     "omniglot_metasgd_5w1s": _final("99.53", "Li et al. 2017, as summarised (secondary)"),
-    "omniglot_mamlpp_5w1s": _final("99.47", "Antoniou et al. 2019"),
+    "omniglot_mamlpp_5w1s": _final(
+        "99.47", "Antoniou et al. 2019, an ensemble of its 5 best validation checkpoints"
+    ),
     # mamlkit tests Reptile with batch statistics over each task's query set: transductive
     "omniglot_reptile_5w1s": _final(
         "97.68",
