@@ -9,13 +9,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mamlkit.functional import InnerUpdate, Params
+from mamlkit.functional import (
+    InnerUpdate,
+    Params,
+    _key,  # buffer names cannot hold dots
+)
 
 __all__ = ["InnerAdam"]
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "-")  # buffer names cannot hold dots
 
 
 class InnerAdam(InnerUpdate):

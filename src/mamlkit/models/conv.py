@@ -186,7 +186,7 @@ class Conv4(nn.Module):
                     eps=layer.eps,
                 )
             elif isinstance(layer, (nn.ReLU, nn.LeakyReLU)):
-                h = ops.relu(h, self.slope) if self.slope else ops.relu(h)
+                h = ops.relu(h, self.slope)
             else:
                 h = F.max_pool2d(h, 2)
         if self.global_pool:

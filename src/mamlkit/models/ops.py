@@ -281,9 +281,10 @@ class _ReLU(Function):
     constant.
 
     Replaces: ``aten::relu``'s derivative (``threshold_backward``, whose derivative for the
-    input is ``zeros_like``) and ``aten::leaky_relu``'s. Measured: no measurable gain on
-    omniglot-5w1s at 1 thread (within noise); small gains at 2 threads on the busy machine
-    and on omniglot-20w1s (benchmarks/ops_ablation.py, see docs/results.md).
+    input is ``zeros_like``) and ``aten::leaky_relu``'s. Measured (the ReLU; the leaky one
+    not measured): no measurable gain on omniglot-5w1s at 1 thread (within noise); small
+    gains at 2 threads on the busy machine and on omniglot-20w1s
+    (benchmarks/ops_ablation.py, see docs/results.md).
     """
 
     @staticmethod
