@@ -118,12 +118,14 @@ _CONV_CLASSES = {
     "_ConvInputGrad": _AtenConvInputGrad,
     "_ConvWeightGrad": _AtenConvWeightGrad,
 }
+def _plain_relu(x, slope=0.0):
+    """``ops.relu``'s signature on torch's own ReLU / leaky ReLU (autograd's derivatives)."""
+    return F.leaky_relu(x, slope) if slope else torch.relu(x)
+
+
 VARIANTS = {
     "default": Variant("nothing (the library as it is)"),
-    "relu": Variant(
-        "ops.relu -> torch.relu",
-        {"relu": lambda x, slope=0.0: F.leaky_relu(x, slope) if slope else torch.relu(x)},
-    ),
+    "relu": Variant("ops.relu -> torch.relu", {"relu": _plain_relu}),
     "batch_norm": Variant("ops.batch_norm -> F.batch_norm", {"batch_norm": _aten_batch_norm}),
     "task_conv2d": Variant(
         "ops.task_conv2d -> grouped F.conv2d", {"task_conv2d": _aten_task_conv2d}
@@ -142,7 +144,7 @@ VARIANTS = {
     "unfolded": Variant("fold_batch_norm=False", fold=False),
     "pure_aten": Variant(
         "relu + batch_norm + task_conv2d + unfolded",
-        {"relu": torch.relu, "batch_norm": _aten_batch_norm, "task_conv2d": _aten_task_conv2d},
+        {"relu": _plain_relu, "batch_norm": _aten_batch_norm, "task_conv2d": _aten_task_conv2d},
         fold=False,
     ),
 }
