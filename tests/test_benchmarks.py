@@ -194,3 +194,16 @@ def test_paired_commits_times_two_checkouts_alternately():
     report = _run("paired_commits.py", *argv)
     assert len(report["p10_ms"]["base"]) == len(report["paired_p10_diff_ms"]) == 2
     assert all(t > 0 for side in report["median_ms"].values() for t in side)
+
+
+def test_paired_commits_times_a_presets_own_meta_iteration():
+    """``--preset``: the preset's learner and tasks (MAML++'s schedule at ``--iteration``)."""
+    from .conftest import data_root
+
+    data_root()
+    src = str(BENCHMARKS.parent / "src")
+    argv = ["--base", src, "--head", src, "--preset", "omniglot_mamlpp_5w1s"]
+    argv += ["--iteration", "6000", "--pairs", "1", "--iters", "1", "--warmup", "0"]
+    report = _run("paired_commits.py", *argv)
+    assert report["workload"] == "omniglot_mamlpp_5w1s" and report["iteration"] == 6000
+    assert all(t > 0 for side in report["median_ms"].values() for t in side)

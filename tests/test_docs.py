@@ -16,6 +16,7 @@ MODULES = [
     "mamlkit.algorithms.mamlpp",
     "mamlkit.algorithms.reptile",
     "mamlkit.device_step",
+    "mamlkit.models.pool",
 ]
 
 

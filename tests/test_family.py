@@ -441,24 +441,47 @@ def test_reptile_update_is_its_definition(float64, case, inner_batch):
     theta = {n: p.detach().clone() for n, p in model.named_parameters()}
     eps = 0.8 + (0.2 - 0.8) * 0.25  # at iteration 25 of 100
     mean = {n: torch.zeros_like(p) for n, p in theta.items()}
+    logged_loss, targets = 0.0, []  # the steps' losses; the examples they saw
     for t in range(TASKS):
         x, y = torch.cat([xs[t], xq[t]]), torch.cat([ys[t], yq[t]])
         phi = {n: p.clone().requires_grad_() for n, p in theta.items()}
+        targets.append([])
         for step in range(3):
             xb, yb = _minibatch_by_hand(x, y, inner_batch, step) if inner_batch else (x, y)
-            grads = torch.autograd.grad(
-                loss_fn(functional_call(model, phi, (xb,)), yb), list(phi.values())
-            )
+            loss = loss_fn(functional_call(model, phi, (xb,)), yb)
+            logged_loss += loss.item() / (3 * TASKS)
+            targets[-1].append(yb)
+            grads = torch.autograd.grad(loss, list(phi.values()))
             phi = {
                 n: (p - lr * g).detach().requires_grad_() for (n, p), g in zip(phi.items(), grads)
             }
         for n in mean:
             mean[n] += phi[n].detach() / TASKS
-    learner.outer_step(TaskBatch(xs, ys, xq, yq), None, iteration=25)
+    out = learner.outer_step(TaskBatch(xs, ys, xq, yq), None, iteration=25)
     for n, p in model.named_parameters():
         torch.testing.assert_close(
             p.detach(), theta[n] + eps * (mean[n] - theta[n]), rtol=1e-10, atol=1e-12
         )
+    # the log: the inner steps' own mean loss, their predictions and the examples' targets
+    assert out.loss.item() == pytest.approx(logged_loss, rel=1e-10)
+    expected_targets = torch.stack([torch.cat(steps) for steps in targets])
+    assert torch.equal(out.targets, expected_targets)
+    assert out.predictions.shape[:2] == expected_targets.shape[:2]
+
+
+def test_reptile_makes_no_non_finite_update():
+    """A NaN in the data makes φ NaN: θ is left as it was and the loss comes back NaN,
+    which stops training (instead of a NaN θ that a checkpoint could save)."""
+    from mamlkit import Reptile, SineTasks
+    from mamlkit.models import MLP
+
+    learner = Reptile(MLP((1, 8, 1)), F.mse_loss, inner_lr=0.01, inner_steps=2)
+    batch = SineTasks().sample(3, torch.Generator().manual_seed(0))
+    batch.support_x[1, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    out = learner.outer_step(batch, None, iteration=0)
+    assert out.loss.isnan()
+    assert all(torch.equal(p, before[n]) for n, p in learner.model.named_parameters())
 
 
 @pytest.mark.parametrize("beta1", [0.0, 0.9])

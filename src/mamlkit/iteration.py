@@ -86,7 +86,8 @@ def meta_gradient(
     grads = [p.grad for p in params if p.grad is not None]
     with torch.no_grad():
         value = loss.detach()
-        metric = value if metric_fn is None else metric_fn(pred, batch.targets).mean()
+        targets = batch.targets if out.targets is None else out.targets
+        metric = value if metric_fn is None else metric_fn(pred, targets).mean()
         if mean is not None:
             mean(grads)
             both = torch.stack([value.double(), metric.double()])

@@ -138,7 +138,8 @@ class OwnOuterStep:
             metric = out.metrics.get(self.metric) if self.metric else None
             if metric is None:
                 fn_ok = self.metric_fn is not None and out.predictions is not None
-                metric = self.metric_fn(out.predictions, batch.targets).mean() if fn_ok else value
+                targets = batch.targets if out.targets is None else out.targets
+                metric = self.metric_fn(out.predictions, targets).mean() if fn_ok else value
             both = torch.stack([value.double(), metric.double()])
             if self.mean is not None:  # the whole batch's: every rank logs and decides alike
                 self.mean([both])

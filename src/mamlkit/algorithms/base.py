@@ -21,11 +21,14 @@ __all__ = ["ALGORITHMS", "MetaLearner", "MetaOutput", "check_task_batch", "regis
 class MetaOutput:
     """One meta-training objective: ``loss`` (what the outer step differentiates),
     ``predictions`` on the query sets ``[T, N_q, ...]`` (for accuracy logging; None where
-    there are none) and any further scalars to log (``metrics``)."""
+    there are none), any further scalars to log (``metrics``), and ``targets``: what the
+    predictions are scored against where that is not the batch's query targets (Reptile
+    logs its inner steps' own minibatches)."""
 
     loss: Tensor
     predictions: Tensor | None = None
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    targets: Tensor | None = None
 
 
 def check_task_batch(x: Tensor, y: Tensor, where: str) -> None:

@@ -19,7 +19,7 @@ from mamlkit.functional import (
     adaptable_params,
     inner_loop,
     stack_params,
-    supervised_support_loss,
+    task_mean_loss,
 )
 from mamlkit.settings import AlgorithmSettings, require, require_at_least
 from mamlkit.tasks.base import TaskBatch
@@ -121,7 +121,9 @@ class Reptile(MAML):
     ``inner_optimizer="adam"`` Adam with learning rate ``inner_lr`` (:class:`InnerAdam`,
     β₁ = 0 by default, as the paper's experiments), its moments kept from one
     meta-iteration to the next and used at test time. The paper's minibatches are
-    shuffled; mamlkit's are drawn in turn with the classes interleaved.
+    shuffled; mamlkit's are drawn in turn with the classes interleaved. Training logs
+    the inner steps' own mean loss and accuracy (Reptile minimises no query loss, and
+    scoring the adapted weights again cost about a tenth of a meta-iteration).
 
     Examples:
         >>> import torch, torch.nn.functional as F
@@ -196,36 +198,53 @@ class Reptile(MAML):
         frac = min(iteration / self.anneal_iterations, 1.0)
         return (1 - frac) * self.meta_step_size + frac * self.meta_step_size_final
 
-    def _adapt_on_all(self, x: Tensor, y: Tensor, theta) -> dict[str, Tensor]:
-        """φ after the inner steps on the tasks' labelled data (first order, no graph)."""
-        if not self.inner_batch:
-            return self.adapt(x, y, params=theta, first_order=True, keep_graph=False)
-        batches = iter(inner_minibatches(x, y, self.inner_batch, self.inner_steps))
+    def _adapt_on_all(
+        self, x: Tensor, y: Tensor, theta
+    ) -> tuple[dict[str, Tensor], list[tuple[Tensor, Tensor, Tensor]]]:
+        """φ after the inner steps on the tasks' labelled data (first order, no graph), and
+        every step's mean loss, predictions and targets (detached: what training logs)."""
+        if self.inner_batch:
+            data = inner_minibatches(x, y, self.inner_batch, self.inner_steps)
+        else:
+            data = [(x, y)] * self.inner_steps
+        batches, seen = iter(data), []
 
-        def support_loss(params):  # the next step's minibatch at every call
+        def support_loss(params):  # the next step's examples at every call
             xb, yb = next(batches)
-            return supervised_support_loss(self._forward, xb, yb, self.loss_fn)(params)
+            pred = self._forward(params, xb)
+            loss = task_mean_loss(self.loss_fn, pred, yb)
+            seen.append((loss.detach(), pred.detach(), yb))
+            return loss * xb.shape[0]  # a sum over tasks: slice i of its gradient is task i's
 
         phi = stack_params(theta, x.shape[0])
-        return inner_loop(phi, support_loss, self.update, self.inner_steps, True, None, False)
+        phi = inner_loop(phi, support_loss, self.update, self.inner_steps, True, None, False)
+        return phi, seen
 
     @averages_over_ranks
     def outer_step(self, batch: TaskBatch, optimizer, iteration: int) -> MetaOutput:
+        """The interpolation θ ← θ + ε (φ̄ − θ). What it returns for the log is what the
+        inner steps trained on: their mean loss, and their predictions with the examples'
+        targets (no extra forward pass; Reptile minimises no query loss). An update that is
+        not finite is not made: the loss comes back NaN and training stops."""
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)
         theta = {n: p.detach().requires_grad_() for n, p in adaptable_params(self.model).items()}
         with torch.enable_grad():
-            phi = self._adapt_on_all(x, y, theta)
+            phi, seen = self._adapt_on_all(x, y, theta)
         if isinstance(self.update, InnerAdam):  # the next inner loops start from here
             state = self.update.final_state()
             self.mean_over_ranks(state)
             self.update.keep(state)
         eps = self.interpolation(iteration)
         with torch.no_grad():
-            loss, pred = self.outer_loss(phi, batch.query_x, batch.query_y)
+            loss = torch.stack([step_loss for step_loss, _, _ in seen]).mean()
+            pred = torch.cat([p for _, p, _ in seen], dim=1)
+            targets = torch.cat([t for _, _, t in seen], dim=1)
             params = adaptable_params(self.model)
             moves = [phi[name].mean(0) - p for name, p in params.items()]  # φ̄ − θ
             self.mean_over_ranks(moves)
+            if not bool(torch.stack([m.sum() for m in moves]).sum().isfinite()):
+                return MetaOutput(torch.full_like(loss, float("nan")), pred, targets=targets)
             for p, move in zip(params.values(), moves, strict=True):
                 p.add_(move, alpha=eps)
-        return MetaOutput(loss, pred)
+        return MetaOutput(loss, pred, targets=targets)

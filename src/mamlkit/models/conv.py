@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamlkit.settings import ModelSettings, require, require_at_least
 
 from . import ops
+from .pool import MaxPool2x2, max_pool2x2
 
 __all__ = ["ACTIVATIONS", "Conv4", "Conv4Settings"]
 
@@ -66,7 +66,9 @@ class Conv4(nn.Module):
 
     ``pooling="stride"``: stride-2 convolutions, no pooling (MAML's Omniglot net);
     ``pooling="max"``: stride-1 convolutions followed by 2×2 max-pooling (MiniImagenet,
-    ProtoNets). ``out_features=0`` drops the head and returns the flattened embedding.
+    ProtoNets), run before the ReLU, which gives the same values with the ReLU on a quarter
+    of the entries (:meth:`_layers`; :mod:`mamlkit.models.pool`).
+    ``out_features=0`` drops the head and returns the flattened embedding.
     ``global_pool`` averages the last feature map over space before the head, as
     cbfinn/maml does for Omniglot (64 features instead of 64·2·2).
     BatchNorm normalises with the current batch's statistics and keeps no running stats, as
@@ -111,7 +113,7 @@ class Conv4(nn.Module):
                 nn.LeakyReLU(self.slope) if self.slope else nn.ReLU(),
             ]
             if pooling == "max":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2x2())
                 size = size // 2
             else:
                 size = (size + 1) // 2
@@ -120,8 +122,22 @@ class Conv4(nn.Module):
         self.embedding_dim = filters if global_pool else filters * size * size
         self.head = nn.Linear(self.embedding_dim, out_features) if out_features else None
 
+    def _layers(self) -> list[tuple[int, nn.Module]]:
+        """``features`` with their indices, in the order they run: each block's max-pool
+        before its (leaky) ReLU. Both are monotone, so pooling first gives the same values
+        and sends the gradient to the same entry (for a leaky ReLU: unless its slope rounds
+        two different negative inputs to one value), with the activation and its
+        derivatives on a quarter of the entries."""
+        layers = list(enumerate(self.features))
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i + 1][1], nn.MaxPool2d):
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+        return layers
+
     def forward(self, x: Tensor) -> Tensor:
-        h = self.features(x)
+        h = x
+        for _, layer in self._layers():
+            h = layer(h)
         h = h.mean((2, 3)) if self.global_pool else h.flatten(1)
         return self.head(h) if self.head is not None else h
 
@@ -146,7 +162,7 @@ class Conv4(nn.Module):
         """
         tasks, batch = x.shape[:2]
         h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
-        layers = list(enumerate(self.features))
+        layers = self._layers()
         if self.fold_batch_norm and not x.requires_grad:
             # first convolution + BatchNorm folded (see the docstring)
             conv, bn = self.features[0], self.features[1]
@@ -188,7 +204,7 @@ class Conv4(nn.Module):
             elif isinstance(layer, (nn.ReLU, nn.LeakyReLU)):
                 h = ops.relu(h, self.slope)
             else:
-                h = F.max_pool2d(h, 2)
+                h = max_pool2x2(h)
         if self.global_pool:
             h = h.mean((2, 3))
         # [B, T·C(, h, w)] -> [T, B, C(·h·w)]; the per-task flatten order matches forward().
