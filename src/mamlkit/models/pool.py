@@ -1,16 +1,17 @@
 """2×2 max-pooling (stride 2) from four strided views, with derivatives of every order.
 
 ``F.max_pool2d(x, 2)`` on a contiguous (NCHW) CPU tensor scans every window through its
-generic kernel and returns int64 indices; its backward scatters through them. For the 2×2
-case the same values come from three elementwise maxima of the window's four corners
-``x[..., i::2, j::2]``, which the CPU vectorises, and the winner of each window is kept as
-two comparisons (bytes, not int64 indices).
+generic kernel, a branch per element, and writes int64 indices. For the 2×2 case the same
+values come from three elementwise maxima of the windows' four corners
+``x[..., i::2, j::2]``, which the CPU vectorises, and each window's winner from three
+comparisons (bytes). The int64 indices that PyTorch's scatter kernel (the backward) takes
+are built from them when a derivative first needs them; no-grad forward passes skip both.
 
 * :class:`_MaxPool` -> values; the winner is the first maximum of the window in row-major
   order, as ``F.max_pool2d`` picks it, so gradients match it exactly (ties included);
-* its backward :class:`_Scatter` puts each output gradient at its window's winner (zeros
-  elsewhere), and the derivative of that is :class:`_Gather` (the winner's entry of each
-  window), whose derivative is :class:`_Scatter` again: derivatives of every order, each one
+* its backward puts each output gradient at its window's winner (zeros elsewhere), and the
+  derivative of that takes the winner's entry of each window, whose derivative is the first
+  again (:class:`_Route`, both ways): derivatives of every order, each one
   pass, none of them differentiating the winners (constant almost everywhere).
 
 Under a ``torch.func`` transform (``vmap``, ``grad``), and for a tensor that is not contiguous
@@ -98,33 +99,22 @@ class _MaxPool(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _Scatter.apply(g, ctx.winners)
+        return _Route.apply(g, ctx.winners, False)
 
 
-class _Scatter(Function):
-    """g -> g at each window's winner, zeros elsewhere (linear in g)."""
+class _Route(Function):
+    """Linear in ``t``: with ``gather`` each window's winning entry of ``t`` (input-shaped ->
+    pooled shape), else each value of ``t`` at its window's winner, zeros elsewhere (pooled
+    shape -> input-shaped). Each is the other's derivative."""
 
     @staticmethod
-    def forward(ctx, g, winners):
-        ctx.winners = winners
-        return winners.scatter(g)
+    def forward(ctx, t, winners, gather):
+        ctx.winners, ctx.gather = winners, gather
+        return winners.gather(t) if gather else winners.scatter(t)
 
     @staticmethod
     def backward(ctx, u):
-        return _Gather.apply(u, ctx.winners), None
-
-
-class _Gather(Function):
-    """u -> each window's winning entry of u (linear in u)."""
-
-    @staticmethod
-    def forward(ctx, u, winners):
-        ctx.winners = winners
-        return winners.gather(u)
-
-    @staticmethod
-    def backward(ctx, v):
-        return _Scatter.apply(v, ctx.winners), None
+        return _Route.apply(u, ctx.winners, not ctx.gather), None, None
 
 
 def max_pool2x2(x: Tensor) -> Tensor:
