@@ -54,9 +54,9 @@ def test_nan_propagates_and_small_inputs_are_refused():
         max_pool2x2(torch.zeros(1, 1, 1, 4))
 
 
-def test_torch_func_transforms_and_channels_last_take_max_pool2d():
+def test_torch_func_transforms_channels_last_and_other_devices_take_max_pool2d():
     """Under vmap/torch.func.grad (which a custom autograd.Function without a vmap rule
-    cannot join) and on channels-last tensors it is F.max_pool2d itself."""
+    cannot join), on channels-last tensors and off the CPU it is F.max_pool2d itself."""
     x = torch.randint(-1, 2, (3, 2, 4, 6, 6)).float()
     grad = torch.func.vmap(torch.func.grad(lambda t: (max_pool2x2(t) ** 2).sum()))(x)
     ref = torch.func.vmap(torch.func.grad(lambda t: (F.max_pool2d(t, 2) ** 2).sum()))(x)
@@ -64,6 +64,10 @@ def test_torch_func_transforms_and_channels_last_take_max_pool2d():
     last = x[0].contiguous(memory_format=torch.channels_last).requires_grad_()
     out = max_pool2x2(last)
     assert out.grad_fn is not None and "MaxPool2DWithIndices" in type(out.grad_fn).__name__
+    # another device than the CPU (here PyTorch's shape-only "meta" device): not measured
+    # there, so PyTorch's own kernel
+    elsewhere = max_pool2x2(torch.empty(1, 2, 4, 4, device="meta", requires_grad=True))
+    assert "MaxPool2DWithIndices" in type(elsewhere.grad_fn).__name__
 
 
 def _relu_then_pool(model: Conv4, x: torch.Tensor) -> torch.Tensor:

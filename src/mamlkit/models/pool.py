@@ -14,8 +14,9 @@ are built from them when a derivative first needs them; no-grad forward passes s
   again (:class:`_Route`, both ways): derivatives of every order, each one
   pass, none of them differentiating the winners (constant almost everywhere).
 
-Under a ``torch.func`` transform (``vmap``, ``grad``), and for a tensor that is not contiguous
-(e.g. channels-last, where PyTorch's kernel is fast), it is ``F.max_pool2d`` itself.
+On another device than the CPU (not measured there), for a tensor that is not contiguous
+(e.g. channels-last, where PyTorch's kernel is fast) and under a ``torch.func`` transform
+(``vmap``, ``grad``) it is ``F.max_pool2d`` itself.
 Like ``F.max_pool2d(x, 2)`` an odd height or width drops its last row or column. NaN
 propagates to the output as in ``F.max_pool2d``. Checked against ``F.max_pool2d`` (values
 and three orders of derivatives, exactly, ties included) and float64 ``gradgradcheck`` in
@@ -130,9 +131,14 @@ def max_pool2x2(x: Tensor) -> Tensor:
     """
     if x.shape[-2] < 2 or x.shape[-1] < 2:
         raise ValueError(f"max_pool2x2: needs height and width >= 2, got {tuple(x.shape)}")
-    if torch._C._are_functorch_transforms_active() or not x.is_contiguous():
-        # vmap and torch.func.grad take their own rules; on channels-last (or another
-        # layout) F.max_pool2d's own kernel runs along the contiguous channels already
+    if (
+        x.device.type != "cpu"
+        or not x.is_contiguous()
+        or torch._C._are_functorch_transforms_active()
+    ):
+        # measured on the CPU only; on channels-last (or another layout) F.max_pool2d's own
+        # kernel runs along the contiguous channels already; vmap and torch.func.grad take
+        # their own rules
         return F.max_pool2d(x, 2)
     if not torch.is_grad_enabled() or not x.requires_grad:
         a, b, c, d = _corners(_crop(x))
