@@ -1,7 +1,8 @@
 """Where a meta-iteration spends its time: every aten call of the benchmark's meta-iteration,
 timed one by one and grouped by operator and first-argument shape.
 
-    python benchmarks/op_breakdown.py --workload omniglot-5w1s [--iters 10] [--top 25]
+    python benchmarks/op_breakdown.py --workload omniglot-5w1s [--algorithm maml] [--iters 10]
+        [--top 25]
 
 Prints one JSON object: the meta-iteration time under the timing mode (each call is timed
 synchronously, which adds a few µs per call), the summed op time, the share of convolution
@@ -22,7 +23,7 @@ import tempfile
 import time
 
 import torch
-from meta_iteration import WORKLOADS, make, tune_allocator
+from meta_iteration import WORKLOADS, make, make_protonet, tune_allocator
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
@@ -75,12 +76,21 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--first-order", action="store_true")
+    p.add_argument(
+        "--algorithm",
+        default="maml",
+        choices=["maml", "metasgd", "anil", "mamlpp", "reptile"],
+        help="MAML-family workloads: which algorithm's meta-iteration (default maml)",
+    )
     p.add_argument("--onednn", action="store_true", help="add oneDNN's ms per primitive kind")
     args = p.parse_args()
     tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
-    _, step = make(args.workload, "auto", args.first_order, "cpu")
+    if args.workload.startswith("protonet"):  # one episode, channels-last as ProtoNets train
+        _, step = make_protonet(args.workload, True, "cpu")
+    else:
+        _, step = make(args.workload, "auto", args.first_order, "cpu", algorithm=args.algorithm)
     for _ in range(3):
         step()
     timer = _OpTimer()
@@ -100,6 +110,7 @@ def main() -> None:
             {
                 **onednn,
                 "workload": args.workload,
+                "algorithm": "protonet" if args.workload.startswith("protonet") else args.algorithm,
                 "first_order": args.first_order,
                 "ms_per_iter_timed": round(per_iter * 1e3, 2),
                 "ms_in_ops": round(total * 1e3, 2),

@@ -63,6 +63,17 @@ def test_op_breakdown_prints_the_top_operators():
     assert all(entry["calls_per_iter"] > 0 for entry in result["top"])
 
 
+@pytest.mark.parametrize("workload,algorithm", [("protonet-omniglot-60w1s", "protonet"),
+                                                ("omniglot-5w1s", "mamlpp")])  # fmt: skip
+def test_op_breakdown_of_protonet_and_family_workloads(workload, algorithm):
+    argv = ["--workload", workload, "--iters", "1", "--top", "3"]
+    if algorithm != "protonet":
+        argv += ["--algorithm", algorithm]
+    result = _run("op_breakdown.py", *argv)
+    assert result["workload"] == workload and result["algorithm"] == algorithm
+    assert result["ms_in_ops"] > 0 and len(result["top"]) == 3
+
+
 def test_ops_ablation_checks_every_variant_then_times():
     """The float64 check covers every variant even when only one is timed."""
     # one thread: on a busy 2-core machine two threads wait on each other (seconds, not ms)
