@@ -113,3 +113,15 @@ def test_resnet12_block_pools_before_its_activation():
     )
     expected = F.max_pool2d(F.leaky_relu(h + block.shortcut(x), 0.1), 2)  # fmt: skip
     torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-12)
+
+
+def test_conv4_keeps_the_order_of_an_activation_that_is_not_monotone():
+    """A layer put in place of the ReLU that max-pooling does not commute with (GELU, a
+    negative slope) runs before the pool, as declared."""
+    torch.manual_seed(0)
+    for swapped in (torch.nn.GELU(), torch.nn.LeakyReLU(-0.5)):
+        model = Conv4(3, filters=4, image_size=16, pooling="max").double()
+        model.features[2] = swapped
+        assert model._layers()[2][1] is swapped
+        x = torch.randn(5, 1, 16, 16, dtype=torch.float64)
+        torch.testing.assert_close(model(x), _relu_then_pool(model, x), rtol=0, atol=0)

@@ -57,6 +57,13 @@ class Conv4Settings(ModelSettings):
         return 4 * max(activations, weights), f"{keys}, model.filters"
 
 
+def _monotone(layer: nn.Module) -> bool:
+    """A ReLU or a leaky ReLU with a slope >= 0 (another layer put there: not assumed)."""
+    if type(layer) is nn.ReLU:
+        return True
+    return type(layer) is nn.LeakyReLU and layer.negative_slope >= 0
+
+
 #: ``model.activation`` -> the negative slope of the (leaky) ReLU after each BatchNorm
 ACTIVATIONS: dict[str, float] = {"relu": 0.0, "leaky_relu": 0.01}
 
@@ -130,7 +137,7 @@ class Conv4(nn.Module):
         derivatives on a quarter of the entries."""
         layers = list(enumerate(self.features))
         for i in range(len(layers) - 1):
-            if isinstance(layers[i + 1][1], nn.MaxPool2d):
+            if isinstance(layers[i + 1][1], nn.MaxPool2d) and _monotone(layers[i][1]):
                 layers[i], layers[i + 1] = layers[i + 1], layers[i]
         return layers
 
