@@ -208,13 +208,11 @@ def test_paired_commits_times_two_checkouts_alternately():
 
 
 def test_paired_commits_times_a_presets_own_meta_iteration():
-    """``--preset``: the preset's learner and tasks (MAML++'s schedule at ``--iteration``)."""
-    from .conftest import data_root
-
-    data_root()
+    """``--preset``: the preset's own learner and tasks, at training ``--iteration``."""
+    preset = "sine_metasgd"
     src = str(BENCHMARKS.parent / "src")
-    argv = ["--base", src, "--head", src, "--preset", "omniglot_mamlpp_5w1s"]
-    argv += ["--iteration", "6000", "--pairs", "1", "--iters", "1", "--warmup", "0"]
+    argv = ["--base", src, "--head", src, "--preset", preset]
+    argv += ["--iteration", "600", "--pairs", "1", "--iters", "2", "--warmup", "1"]
     report = _run("paired_commits.py", *argv)
-    assert report["workload"] == "omniglot_mamlpp_5w1s" and report["iteration"] == 6000
+    assert report["workload"] == preset and report["iteration"] == 600
     assert all(t > 0 for side in report["median_ms"].values() for t in side)
