@@ -22,7 +22,7 @@ def _three_derivatives(pool, x: torch.Tensor) -> list[torch.Tensor]:
     return [value.detach(), g1.detach(), g2.detach(), g3]
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 7, 9), (4, 5, 3, 2)])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 7, 9), (4, 5, 3, 2), (3, 8, 6)])
 @pytest.mark.parametrize("values", ["ties", "random"])
 def test_values_and_derivatives_equal_max_pool2d(shape, values):
     """Exactly equal, in float32: with ties (small integers) the first maximum of each

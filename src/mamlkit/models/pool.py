@@ -119,9 +119,9 @@ class _Route(Function):
 
 
 def max_pool2x2(x: Tensor) -> Tensor:
-    """``F.max_pool2d(x, 2)`` for ``x [..., H, W]`` (H, W >= 2): the same values and
-    gradients (the first maximum of each window in row-major order gets the gradient), with
-    derivatives of every order that are one pass each.
+    """``F.max_pool2d(x, 2)`` for ``x [N, C, H, W]`` or ``[C, H, W]`` (H, W >= 2): the same
+    values and gradients (the first maximum of each window in row-major order gets the
+    gradient), with derivatives of every order that are one pass each.
 
     >>> x = torch.tensor([[[[1.0, 3.0], [3.0, 2.0]]]], requires_grad=True)
     >>> y = max_pool2x2(x)
@@ -133,6 +133,7 @@ def max_pool2x2(x: Tensor) -> Tensor:
         raise ValueError(f"max_pool2x2: needs height and width >= 2, got {tuple(x.shape)}")
     if (
         x.device.type != "cpu"
+        or x.dim() not in (3, 4)  # as F.max_pool2d takes them (which refuses the others)
         or not x.is_contiguous()
         or torch._C._are_functorch_transforms_active()
     ):
