@@ -64,7 +64,7 @@ def test_op_breakdown_prints_the_top_operators():
 
 
 @pytest.mark.parametrize("workload,algorithm", [("protonet-omniglot-60w1s", "protonet"),
-                                                ("omniglot-5w1s", "mamlpp")])  # fmt: skip
+                                                ("sine", "metasgd")])  # fmt: skip
 def test_op_breakdown_of_protonet_and_family_workloads(workload, algorithm):
     argv = ["--workload", workload, "--iters", "1", "--top", "3"]
     if algorithm != "protonet":
