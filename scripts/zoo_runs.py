@@ -26,6 +26,7 @@ KEEP = {
     "status.json",
     "model.safetensors",
     "checkpoints",
+    "ensemble",  # eval.ensemble's test predictions of the best validation checkpoints
 }
 
 

@@ -61,8 +61,17 @@ def _metric_cell(record: dict) -> str:
     for metric in ("accuracy", "return", "mse"):  # accuracy: eval files hold percentages
         if metric in record and record[metric] is not None:
             value, ci = record[metric], record.get("ci95") or 0
-            return (f"{value:.2f} ± {ci:.2f} after {record.get('steps')} steps "
+            cell = (f"{value:.2f} ± {ci:.2f} after {record.get('steps')} steps "
                     f"({record.get('tasks')} tasks)")  # fmt: skip
+            ensemble = record.get("ensemble")
+            if ensemble and ensemble.get(metric) is not None:  # eval.ensemble (MAML++'s)
+                steps = ", ".join(str(m["step"]) for m in ensemble["members"])
+                cell += (f"; ensemble of the {len(ensemble['members'])} best validation "
+                         f"checkpoints (steps {steps}): {ensemble[metric]:.2f} ± "
+                         f"{ensemble.get('ci95') or 0:.2f}")  # fmt: skip
+                if ensemble.get("not_kept"):
+                    cell += f" (validations without predictions: {len(ensemble['not_kept'])})"
+            return cell
     return "not finite"
 
 

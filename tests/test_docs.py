@@ -17,6 +17,7 @@ MODULES = [
     "mamlkit.algorithms.reptile",
     "mamlkit.device_step",
     "mamlkit.models.pool",
+    "mamlkit.ensemble",
 ]
 
 

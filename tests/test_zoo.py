@@ -15,6 +15,7 @@ import pytest
 
 from mamlkit.cli import main
 from mamlkit.config import load_config
+from mamlkit.rundir.checkpoint import load_checkpoint
 from mamlkit.runner import load_run, run_checkpoints, train_run
 
 from .test_rl import TINY as RL_TINY  # the RL tests' tiny settings
@@ -62,6 +63,10 @@ def test_a_zoo_run_loads_and_keeps_within_its_caps(run):
     for record in run.glob("eval*.json"):
         data = _strict(record.read_text())
         assert "step" in data or "iteration" in data, f"{record} names no step it evaluated"
+    # eval.ensemble's test predictions: readable (their SHA-256 checked), of steps trained
+    for step, path in run_checkpoints(run, "ensemble").items():
+        tensors, meta = load_checkpoint(path)
+        assert meta["step"] == step <= status["step"] and set(tensors) == {"predictions", "targets"}
     assert zoo.check(run.parent) == [] or all(run.name not in p for p in zoo.check(run.parent))
 
 
@@ -121,6 +126,24 @@ def test_a_finished_classification_run_shows_its_accuracy_as_evaluated(tmp_path)
     (run / "eval.json").write_text(json.dumps(record))
     text = zoo.table(tmp_path, [zoo.Entry("omniglot_anil_5w1s")])
     assert "| 98.77 ± 0.41 after 3 steps (600 tasks) |" in text
+
+
+def test_a_run_with_an_ensemble_shows_it_beside_the_final_weights(tmp_path):
+    run = tmp_path / "omniglot_mamlpp_5w1s"
+    run.mkdir()
+    (run / "config.yaml").write_text("train: {iterations: 10}\n")
+    state = {"status": "finished", "step": 10, "train_seconds": 20.0}
+    (run / "status.json").write_text(json.dumps(state))
+    members = [{"step": 10, "val_accuracy": 99.1}, {"step": 8, "val_accuracy": 99.0}]
+    ensemble = {"accuracy": 99.4123, "ci95": 0.3012, "members": members, "not_kept": [2]}
+    record = {"accuracy": 99.2, "ci95": 0.35, "tasks": 600, "steps": 5, "step": 10,
+              "ensemble": ensemble}  # fmt: skip
+    (run / "eval.json").write_text(json.dumps(record))
+    text = zoo.table(tmp_path, [zoo.Entry("omniglot_mamlpp_5w1s")])
+    assert (
+        "| 99.20 ± 0.35 after 5 steps (600 tasks); ensemble of the 2 best validation "
+        "checkpoints (steps 10, 8): 99.41 ± 0.30 (validations without predictions: 1) |"
+    ) in text
 
 
 TINY = [*RL_TINY, "train.iterations=2", "train.keep_checkpoints=1"]

@@ -120,13 +120,21 @@ class TimeBudget:
         self._iterations: deque[float] = deque(maxlen=20)
         self._validation: float | None = None
         self._checkpoint: float | None = None
+        #: eval.ensemble: test tasks per validation task; a validation may then also predict
+        #: the test tasks (planned as the slowest such prediction, or the validation's time
+        #: scaled by this ratio until one is measured). None: no ensemble
+        self.ensemble_ratio: float | None = None
+        self._ensemble: float | None = None
 
     def note(self, kind: str, seconds: float) -> None:
-        """Record how long an ``iteration``, ``validation`` or ``checkpoint`` took."""
+        """Record how long an ``iteration``, ``validation``, ``ensemble`` (the test
+        predictions of ``eval.ensemble``) or ``checkpoint`` took."""
         if kind == "iteration":
             self._iterations.append(seconds)
         elif kind == "validation":
             self._validation = seconds
+        elif kind == "ensemble":
+            self._ensemble = max(seconds, self._ensemble or 0.0)
         else:
             self._checkpoint = max(seconds, self._checkpoint or 0.0)
 
@@ -148,5 +156,9 @@ class TimeBudget:
         need = iteration * self.ITERATION_MARGIN + save * (2 if checkpoint else 1)
         if validation:
             # unmeasured: as long as 20 iterations (100 tasks x 10 steps vs 25 tasks x 1-5)
-            need += (self._validation or 20 * iteration) * self.OTHER_MARGIN
+            validating = self._validation or 20 * iteration
+            need += validating * self.OTHER_MARGIN
+            if self.ensemble_ratio is not None:
+                predicting = self._ensemble or validating * self.ensemble_ratio
+                need += predicting * self.OTHER_MARGIN
         return now + need <= self.deadline

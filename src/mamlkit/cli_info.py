@@ -77,6 +77,10 @@ def eval_summary(
     lines = [f"{path.parent}: {metric}, {', '.join(protocol)} (95% interval)"]
     found = published_for(config)
     paper = found[1].by_step if found else {}
+    ensemble = record.get("ensemble")
+    beside_ensemble = paper.get(None) if ensemble and found and found[1].ensemble else None
+    if beside_ensemble:  # the paper's number is an ensemble's: beside ours, not the last step
+        paper = {k: v for k, v in paper.items() if k is not None}
     last = by_step[-1]["steps"] if by_step else None
     head = f"  {'steps':>5}  {metric:<20}"
     lines.append(head + ("  paper" if paper else ""))
@@ -85,6 +89,16 @@ def eval_summary(
         text = f"  {step:>5}  {_cell(row.get(metric), row.get('ci95')):<20}"
         number = paper.get(step, paper.get(None) if step == last else None)
         lines.append((text + f"  {number}" if number else text).rstrip())
+    if ensemble:  # eval.ensemble: the best validation checkpoints' averaged predictions
+        steps = ", ".join(str(m["step"]) for m in ensemble["members"])
+        lines.append(
+            f"  ensemble of the {len(ensemble['members'])} best validation checkpoints (steps "
+            f"{steps}): {_cell(ensemble.get(metric), ensemble.get('ci95'))}"
+            + (f"  paper {beside_ensemble}" if beside_ensemble else "")
+        )
+        if ensemble.get("not_kept"):
+            missed = ", ".join(str(s) for s in ensemble["not_kept"])
+            lines.append(f"  not in it: validations at steps {missed} (no predictions kept)")
     if found:
         lines.append(f"  paper: {found[1].source} (preset {found[0]})")
     lines.append(f"wrote {path} (--json prints the record)")

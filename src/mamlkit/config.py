@@ -64,6 +64,9 @@ class EvalConfig:
     seed: int = 20170301
     split: str = "test"
     chunk: int = 100  # tasks evaluated at once
+    # average the test predictions of the K best validation checkpoints (MAML++'s protocol;
+    # captured during training, in ensemble/); 1: the final weights alone
+    ensemble: int = 1
 
 
 def _default_settings(section: str) -> Any:
@@ -399,6 +402,12 @@ def validate(c: Config) -> None:
         task.algorithms is None or c.algorithm.name in task.algorithms,
         "algorithm.name",
         f"task {c.task.name!r} runs {' or '.join(task.algorithms or ())}, not {c.algorithm.name!r}",
+    )
+    require(
+        c.eval.ensemble == 1 or not task.rl,
+        "eval.ensemble",
+        f"averages predictions given in advance; an RL task ({c.task.name}) samples its "
+        "query data: use eval.ensemble=1",
     )
     c.task.validate(c)
     c.model.validate(c)

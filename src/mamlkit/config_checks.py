@@ -35,6 +35,7 @@ def check_train_eval(c: Config) -> None:
         ("train.val_tasks", c.train.val_tasks),
         ("eval.tasks", c.eval.tasks),
         ("eval.chunk", c.eval.chunk),
+        ("eval.ensemble", c.eval.ensemble),
     ]:
         require(value >= 1, key, f"must be >= 1, got {value}")
     # 0: a run that holds its initialisation (the "random init" baseline), evaluable as any
@@ -60,6 +61,11 @@ def check_train_eval(c: Config) -> None:
         f"must be cpu or cuda[:n], got {c.train.device!r}",
     )
     require(c.eval.split in ("train", "val", "test"), "eval.split", "must be train, val or test")
+    require(
+        c.eval.ensemble == 1 or c.train.val_every > 0,
+        "eval.ensemble",
+        "picks the best validation checkpoints; set train.val_every too (or eval.ensemble=1)",
+    )
     if isinstance(c.train.cuda_graphs, bool):
         c.train.cuda_graphs = "on" if c.train.cuda_graphs else "off"
     require(

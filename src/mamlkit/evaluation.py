@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -80,6 +80,20 @@ def per_task_metric_by_step(
     return torch.cat(rows, dim=1)
 
 
+def task_batches(
+    tasks: TaskDistribution,
+    num_tasks: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+    chunk: int = 100,
+) -> Iterator[TaskBatch]:
+    """The ``num_tasks`` tasks that :func:`evaluate` scores, ``chunk`` at a time: drawn with
+    a generator seeded with ``seed`` (the same tasks for every method and every run)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for i in range(0, num_tasks, chunk):
+        yield tasks.sample(min(chunk, num_tasks - i), generator)
+
+
 def evaluate(
     learner: MetaLearner,
     tasks: TaskDistribution,
@@ -102,15 +116,13 @@ def evaluate(
     distributed, rank 0's); None: none."""
     from mamlkit.progress import Progress
 
-    generator = torch.Generator(device=device).manual_seed(seed)
     parts = []
     chunks = -(-num_tasks // chunk)
     shown = progress is not None and (dist is None or dist.main)
     bar = Progress(chunks * (steps + 1), progress) if shown else None
     tick = bar.update if bar is not None else None
     with bar if bar is not None else contextlib.nullcontext():
-        for i in range(0, num_tasks, chunk):
-            batch = tasks.sample(min(chunk, num_tasks - i), generator)
+        for batch in task_batches(tasks, num_tasks, seed, device, chunk):
             if dist is None or batch.num_tasks < dist.world:  # too few to share: all score all
                 part = per_task_metric_by_step(learner, batch, steps, metric, chunk, lr, tick)
             else:

@@ -18,14 +18,16 @@ _PN = "Snell et al. 2017"
 @dataclass(frozen=True)
 class Published:
     """A preset's published result: ``by_step`` maps adaptation steps to the number as the
-    paper prints it (None: the final step of the run's protocol)."""
+    paper prints it (None: the final step of the run's protocol); ``ensemble``: the number
+    is an ensemble's (``eval.ensemble``), shown beside the run's ensemble."""
 
     by_step: dict[int | None, str]
     source: str
+    ensemble: bool = False
 
 
-def _final(text: str, source: str) -> Published:
-    return Published({None: text}, source)
+def _final(text: str, source: str, ensemble: bool = False) -> Published:
+    return Published({None: text}, source, ensemble)
 
 
 def _steps(values: str, source: str) -> Published:
@@ -41,7 +43,7 @@ PUBLISHED: dict[str, Published] = {
     "omniglot_fomaml_5w1s": _final("98.3", "Nichol et al. 2018"),
     "omniglot_metasgd_5w1s": _final("99.53", "Li et al. 2017, as summarised (secondary)"),
     "omniglot_mamlpp_5w1s": _final(
-        "99.47", "Antoniou et al. 2019, an ensemble of its 5 best validation checkpoints"
+        "99.47", "Antoniou et al. 2019, an ensemble of its 5 best validation checkpoints", True
     ),
     # mamlkit tests Reptile with batch statistics over each task's query set: transductive
     "omniglot_reptile_5w1s": _final(

@@ -24,6 +24,7 @@ from mamlkit.checkpoint import (
 from mamlkit.config import SAVED_BEFORE_THE_KEY, Config, load_config
 from mamlkit.data.cache import forget_recent_entries
 from mamlkit.distributed import from_environment
+from mamlkit.ensemble import ensemble_record, run_ensemble
 from mamlkit.errors import UserError, is_write_failure
 from mamlkit.eval_files import WeightsSource
 from mamlkit.evaluation import evaluate
@@ -41,6 +42,7 @@ from mamlkit.run_resume import (
 )
 from mamlkit.rundir import (
     CHECKPOINT_DIR,
+    RunDirectory,
     check_no_links,
     lock_run_dir,
     remove_orphaned_tmp,
@@ -129,17 +131,20 @@ def train_run(
             remove_orphaned_tmp(run_dir)
             if not run_checkpoints(run_dir) and from_step is None:
                 restarted = restart_without_checkpoint(run_dir)
+        directory = RunDirectory(run_dir)
+        ensemble = run_ensemble(directory, learner, config) if main else None
         trainer = Trainer(
             learner,
             train_tasks,
             config,
-            run_dir,
+            directory,
             metric=metric_for(config),
             val_tasks=val_tasks,
             progress=progress,
             description=run_dir.name,
             dist=dist,
             budget=budget,
+            ensemble=ensemble,
             callbacks=[*([RecordData(data)] if data is not None else []), *callbacks],
         )
         try:
@@ -324,7 +329,9 @@ def eval_run(
     if the run still holds them when the evaluation ends. ``device`` evaluates on another
     device than the run's ``train.device`` (the same record: the device does not change what
     is measured). ``details``, a dict, receives what the record leaves out: ``by_step``
-    (the metric after every step), ``config`` and ``path`` (the file written)."""
+    (the metric after every step), ``config`` and ``path`` (the file written). On the run's
+    own protocol and final weights, a run with ``eval.ensemble`` > 1 adds ``ensemble``:
+    :func:`mamlkit.ensemble.ensemble_record`."""
     inner_lr = list(inner_lr)
     if not all(math.isfinite(a) and a > 0 for a in inner_lr):
         raise UserError(f"--inner-lr must be positive numbers, got {inner_lr}")
@@ -396,6 +403,10 @@ def eval_run(
         out["inner_lr"] = inner_lr
     if checkpoint is not None:  # a checkpoint's record also says which iteration it is
         out["iteration"] = int(source.step)
+    if checkpoint is None and not (inner_lr or protocol_changed) and samples is None:
+        if {"tasks": tasks, "split": split, "steps": steps} == own:  # the run's own protocol
+            ensemble = ensemble_record(run_dir, config, metric)  # eval.ensemble's
+            out.update({"ensemble": ensemble} if ensemble is not None else {})
     out.update(source.record())  # which weights of which run it scored
     # the run's protocol on its final weights is eval.json; every other setting has a file
     name = task.eval_file_name(

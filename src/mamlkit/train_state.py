@@ -19,7 +19,7 @@ from mamlkit.rundir.checkpoint import (
     state_mismatch,
 )
 
-__all__ = ["TrainState", "restore_state", "state_bytes", "state_tensors"]
+__all__ = ["TrainState", "restore_state", "seed_everything", "state_bytes", "state_tensors"]
 
 #: (window, step, best) of a restored trainer
 TrainState = tuple[torch.Tensor, int, "dict[str, Any] | None"]
@@ -88,3 +88,14 @@ def state_bytes(learner: torch.nn.Module, optimizer: torch.optim.Optimizer) -> i
     if not opt:
         opt = 2 * sum(p.numel() * p.element_size() for p in learner.parameters())
     return size + opt
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs (model initialisation, anything outside the task sampler)."""
+    import random
+
+    import numpy
+
+    random.seed(seed)
+    numpy.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -19,6 +19,7 @@ from mamlkit.budget import TimeBudget
 from mamlkit.callbacks import Callback, run_callbacks
 from mamlkit.config import Config
 from mamlkit.distributed import Distributed
+from mamlkit.ensemble import Ensemble
 from mamlkit.errors import DivergenceError, Interrupted, LostRank, UserError
 from mamlkit.optim import make_optimizer, make_scheduler
 from mamlkit.precision import cuda_precision
@@ -28,21 +29,10 @@ from mamlkit.rundir.files import load_training_checkpoint
 from mamlkit.steps import Step, capture_failed, make_step, refuse_undistributed
 from mamlkit.stopping import Stop, Stopper
 from mamlkit.tasks.base import TaskDistribution
-from mamlkit.train_state import restore_state, state_bytes, state_tensors
+from mamlkit.train_state import restore_state, seed_everything, state_bytes, state_tensors
 from mamlkit.validation import improves, validate
 
 __all__ = ["Trainer", "make_optimizer", "make_scheduler", "seed_everything"]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed the global RNGs (model initialisation, anything outside the task sampler)."""
-    import random
-
-    import numpy
-
-    random.seed(seed)
-    numpy.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -56,7 +46,8 @@ class Trainer:
     TensorBoard events, ``checkpoints/step-N.safetensors`` (the last
     ``keep_checkpoints``), ``status.json`` and ``model.safetensors`` at the end; each
     resume appends the step it continues from and its own environment to
-    ``resumes.jsonl``.
+    ``resumes.jsonl``. An ``ensemble`` (:func:`mamlkit.ensemble.run_ensemble`) keeps the
+    test predictions of the best validation checkpoints in ``ensemble/``.
     ``metric`` ("accuracy" or "mse") is computed on the query predictions when logging.
     A ``run_dir`` needs a ``config`` that rebuilds ``learner`` (for a model of your own:
     ``model.target``/``model.kwargs``), so that ``mamlkit eval`` can load the run; ``fit``
@@ -82,6 +73,7 @@ class Trainer:
         dist: Distributed | None = None,
         callbacks: list[Callback] | None = None,
         budget: TimeBudget | None = None,
+        ensemble: Ensemble | None = None,
     ):
         self.learner, self.train_tasks, self.val_tasks = learner, train_tasks, val_tasks
         self.dist = dist  # torchrun's data parallelism: each rank runs a share of the tasks
@@ -108,6 +100,10 @@ class Trainer:
         self._active: list[Callback] = []
         # --max-time: this piece of training pauses, with a checkpoint, before it runs out
         self.budget = budget
+        # eval.ensemble: after each validation, the test predictions of the best checkpoints
+        self.ensemble = ensemble
+        if ensemble is not None and budget is not None:  # its time is planned for
+            budget.ensemble_ratio = config.eval.tasks / config.train.val_tasks
         self._stopper = Stopper(budget)
         self._piece_steps = 0  # iterations run by this fit() call
 
@@ -234,6 +230,7 @@ class Trainer:
                     f"{self.step} or more (or evaluate an earlier step with --checkpoint)"
                 )
             run.truncate_metrics(self.step)
+            run.remove_predictions(after=self.step)  # as the metrics: redone from here
             if config_changed:
                 run.write_config(self.config.to_dict())
             run.append_resume(self.step, self.config.train.device, self._job())
@@ -380,10 +377,19 @@ class Trainer:
             if val:
                 with self._stopper.timed("validation"):
                     record.update(self.validate())
+                self._keep_predictions(record)
             self._log(record)
         if save:
             with self._stopper.timed("checkpoint"):
                 self.save()
+
+    def _keep_predictions(self, record: dict[str, Any]) -> None:
+        """``eval.ensemble``: the test predictions of the weights just validated, where their
+        validation ranks among the best (:class:`~mamlkit.ensemble.Ensemble`)."""
+        if self.ensemble is None or (self.dist is not None and not self.dist.main):
+            return
+        with self._stopper.timed("ensemble"):
+            self.ensemble.offer(self.step, record[f"val_{self.metric or 'mse'}"])
 
     def _window_record(self) -> dict[str, Any]:
         loss_sum, metric_sum, n = self.window.tolist()

@@ -2,11 +2,11 @@
 
 The trainer never writes a path of its own: ``config.yaml``, ``env.json``, ``status.json``,
 ``metrics.jsonl``, ``resumes.jsonl``, ``checkpoints/step-N.safetensors``,
-``model.safetensors``, the TensorBoard folder and a callback's own file (``data.json``) are
-all written by a method here, which records what it wrote (:attr:`RunDirectory.written`):
-a test can hold the folder's files to that list. How each file is written (atomically,
-appended without tearing, checked when read) is the concern of the package's other
-modules (:mod:`mamlkit.rundir`).
+``model.safetensors``, ``ensemble/step-N.safetensors``, the TensorBoard folder and a
+callback's own file (``data.json``) are all written by a method here, which records what
+it wrote (:attr:`RunDirectory.written`): a test can hold the folder's files to that list.
+How each file is written (atomically, appended without tearing, checked when read) is the
+concern of the package's other modules (:mod:`mamlkit.rundir`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from mamlkit.rundir.files import (
     write_env,
     write_status,
 )
-from mamlkit.rundir.ownership import CHECKPOINT_DIR, TENSORBOARD_DIR
+from mamlkit.rundir.ownership import CHECKPOINT_DIR, ENSEMBLE_DIR, TENSORBOARD_DIR
 
 __all__ = ["RunDirectory"]
 
@@ -175,6 +175,26 @@ class RunDirectory:
         meta = {"step": step, "kind": "weights", **save_identity(self.path, {}, True)}
         save_checkpoint(self._wrote(path), state, meta)
         return path
+
+
+    # ---- eval.ensemble: test predictions of the best validation checkpoints ---------------
+    def predictions(self) -> dict[int, Path]:
+        """``ensemble/step-N.safetensors`` by step, oldest first."""
+        return run_checkpoints(self.path, ENSEMBLE_DIR)
+
+    def save_predictions(self, step: int, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+        """``ensemble/step-N.safetensors``: the test predictions of training step ``step``."""
+        path = self.path / ENSEMBLE_DIR / f"step-{step:08d}.safetensors"
+        save_checkpoint(self._wrote(path), tensors, meta)
+        return path
+
+    def remove_predictions(self, after: int = -1, steps: tuple[int, ...] = ()) -> None:
+        """Remove the test predictions of ``steps``, and those of every step after
+        ``after`` (a resume from an earlier checkpoint redoes those validations)."""
+        for step, path in self.predictions().items():
+            if step > after >= 0 or step in steps:
+                path.unlink(missing_ok=True)
+                self.written.discard(path)
 
 
 def _utc_now() -> str:

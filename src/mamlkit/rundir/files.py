@@ -188,10 +188,11 @@ def _overwrite_in_place(path: Path, data: bytes) -> bool:
     return True
 
 
-def run_checkpoints(run_dir: Path) -> dict[int, Path]:
-    """The saved checkpoints of a run directory by training step, oldest first."""
+def run_checkpoints(run_dir: Path, folder: str = CHECKPOINT_DIR) -> dict[int, Path]:
+    """The saved checkpoints of a run directory by training step, oldest first (``folder``:
+    another folder of step-N files, e.g. ``ensemble``)."""
     found = {}
-    for path in (run_dir / CHECKPOINT_DIR).glob("step-*.safetensors"):
+    for path in (run_dir / folder).glob("step-*.safetensors"):
         step = path.stem.split("-")[1]
         if step.isascii() and step.isdigit():  # "²" is a digit int() refuses
             found[int(step)] = path

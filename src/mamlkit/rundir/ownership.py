@@ -28,6 +28,8 @@ from mamlkit.rundir.identity import is_mamlkit_env, read_env
 LOCK_FILE = ".mamlkit.lock"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+# test predictions of the best validation checkpoints (``eval.ensemble``), as step-N files
+ENSEMBLE_DIR = "ensemble"
 # Everything `train`, `eval`, `plot` and `runs --repair` write into a run directory under a
 # fixed name (the lock file stays: another process may be waiting on it).
 RUN_FILES = (
@@ -162,6 +164,7 @@ def clear_run_dir(path: Path, keep_set_aside: bool = False) -> None:
                     run.rmdir()
     remove_orphaned_tmp(path)
     _clear_folder(path / CHECKPOINT_DIR, CHECKPOINT_FILE)
+    _clear_folder(path / ENSEMBLE_DIR, CHECKPOINT_FILE)
     _clear_folder(path / TENSORBOARD_DIR, _TENSORBOARD_FILE)
     for item in owned:  # env.json (mamlkit's marker) last: an interrupted clear is redone
         if item.name != "env.json":
@@ -196,7 +199,7 @@ def remove_orphaned_tmp(run_dir: Path) -> list[Path]:
     that a killed process left behind; one a live process is still writing (an
     evaluation running beside a resume) stays."""
     removed = []
-    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / ENSEMBLE_DIR):
         if not folder.is_dir() or folder.is_symlink():
             continue
         for path in folder.glob(".*.tmp"):
@@ -209,8 +212,9 @@ def remove_orphaned_tmp(run_dir: Path) -> list[Path]:
 def check_no_links(run_dir: Path) -> None:
     """Refuse a run directory in which one of mamlkit's files or folders is a symbolic link:
     writing through it would change files outside the run."""
-    candidates = [run_dir / name for name in (*RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR)]
-    for folder in (CHECKPOINT_DIR, TENSORBOARD_DIR):
+    folders = (CHECKPOINT_DIR, TENSORBOARD_DIR, ENSEMBLE_DIR)
+    candidates = [run_dir / name for name in (*RUN_FILES, *folders)]
+    for folder in folders:
         if (run_dir / folder).is_dir() and not (run_dir / folder).is_symlink():
             candidates += (run_dir / folder).iterdir()
     for path in candidates:

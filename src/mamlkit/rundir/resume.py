@@ -35,6 +35,9 @@ RESUME_OVERRIDES = frozenset(
         "train.keep_checkpoints",
         "train.cuda_graphs",
         "train.max_time",
+        # what eval.ensemble keeps from then on (a resume after some validations: those are
+        # not in it, and `mamlkit eval` says so); training goes on as it would without
+        "eval.ensemble",
     }
 )
 
