@@ -41,6 +41,7 @@ COMMON = [
     "train.tensorboard=false",
     "train.threads=1",
     "eval.steps=1",
+    "eval.tasks=20",  # what eval.ensemble (the MAML++ preset's) predicts at validations
 ]
 OMNIGLOT = ["model.filters=8", "train.meta_batch=2", "task.val_classes=20"]
 # One preset per algorithm family, made tiny; every algorithm in ALGORITHMS must appear.
@@ -129,6 +130,10 @@ def test_sigkill_at_random_moment_then_resume_is_bit_identical(tmp_path, preset,
     assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
     assert (killed / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
     assert weights_equal(straight / "model.safetensors", killed / "model.safetensors")
+    ensemble = sorted(p.name for p in (straight / "ensemble").glob("*"))  # eval.ensemble's
+    assert ensemble == sorted(p.name for p in (killed / "ensemble").glob("*"))
+    assert len(ensemble) == (ITERATIONS // 10 if "mamlpp" in preset else 0)  # 4 validations
+    assert all(weights_equal(straight / "ensemble" / n, killed / "ensemble" / n) for n in ensemble)
     status = json.loads((killed / "status.json").read_text())
     assert (
         status["status"] == "finished"

@@ -24,7 +24,7 @@ from torch import Tensor
 from mamlkit.errors import UserError
 from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, mean_ci95, task_batches
 from mamlkit.rundir import RunDirectory
-from mamlkit.rundir.checkpoint import load_checkpoint
+from mamlkit.rundir.checkpoint import load_checkpoint, read_metadata
 
 __all__ = ["Ensemble", "ensemble_record", "protocol", "run_ensemble", "final_predictions"]
 
@@ -116,7 +116,7 @@ class Ensemble:
                 "protocol": self.protocol}  # fmt: skip
         self.run.save_predictions(step, {"predictions": preds, "targets": targets}, meta)
         # after the write: a crash in between leaves one file too many, never one too few
-        self.run.remove_predictions(steps=tuple(ranked[self.size - 1 :]))
+        self.run.remove_predictions(steps=tuple(s for s in ranked[self.size - 1 :] if s != step))
         return True
 
 
@@ -145,8 +145,6 @@ def run_ensemble(run: RunDirectory, learner: torch.nn.Module, config: Any) -> En
 
 
 def _meta(path: Path) -> dict[str, Any] | None:
-    from mamlkit.rundir.checkpoint import read_metadata
-
     meta = read_metadata(path)
     if meta is None or meta.get("kind") != KIND:
         return None
