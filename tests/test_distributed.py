@@ -347,12 +347,20 @@ def weights(run: Path) -> dict:
 
 
 def test_torchrun_sine_training_equals_one_process(tmp_path):
+    # with eval.ensemble: rank 0 alone predicts the test tasks at each validation
+    ensemble = [*SINE, "train.val_every=10", "train.val_tasks=5", "eval.tasks=10",
+                "eval.ensemble=2"]  # fmt: skip
     job = torchrun(
-        "train", "sine_maml", "--out", str(tmp_path / "two"), "--no-progress", *sets(SINE)
+        "train", "sine_maml", "--out", str(tmp_path / "two"), "--no-progress", *sets(ensemble)
     )
     _, err = job.communicate(timeout=300)
     assert job.returncode == 0, err.decode()[-8000:]
-    one = single("train", "sine_maml", "--out", str(tmp_path / "one"), "--no-progress", *sets(SINE))
+    assert sorted(p.name for p in (tmp_path / "two" / "ensemble").iterdir()) == [
+        "step-00000010.safetensors", "step-00000020.safetensors"
+    ]  # fmt: skip
+    one = single(
+        "train", "sine_maml", "--out", str(tmp_path / "one"), "--no-progress", *sets(ensemble)
+    )
     assert one.returncode == 0, one.stderr
     a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
     for name in b:
