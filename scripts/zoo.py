@@ -9,7 +9,9 @@ pieces of a time budget on whatever machine has the time, until each has its ful
 has cores (one thread each; ``make zoo`` runs it at ``nice 19`` so that other work keeps
 priority). A run starts with its preset and continues with ``mamlkit train --resume
 --max-time``: it pauses with a checkpoint before the budget ends. Each piece's machine and
-commit are in the run's ``env.json``/``resumes.jsonl``. A run that finished is evaluated with
+commit are in the run's ``env.json``/``resumes.jsonl``; a run its preset has since asked to
+keep an ensemble's test predictions for (``eval.ensemble``) keeps them from its next piece
+on (:func:`protocol_sets`). A run that finished is evaluated with
 its preset's protocol (``mamlkit eval``) as the next job, before another run starts training.
 After every piece the run directory is trimmed to what resuming and evaluating need
 (:data:`KEEP`). The runs and their files: ``scripts/zoo_runs.py``; the table:
@@ -71,7 +73,25 @@ def piece_command(entry: Entry, zoo: Path, seconds: float) -> list[str] | None:
         sets = [a for s in (*START_SETS, *entry.sets) for a in ("--set", s)]
         return mamlkit("train", entry.preset, "--out", str(run), "--no-progress", *sets,
                        "--max-time", budget)  # fmt: skip
-    return mamlkit("train", "--resume", str(run), "--no-progress", "--max-time", budget)
+    sets = [a for s in protocol_sets(entry, run) for a in ("--set", s)]
+    return mamlkit("train", "--resume", str(run), "--no-progress", *sets, "--max-time", budget)
+
+
+def protocol_sets(entry: Entry, run: Path) -> list[str]:
+    """The preset's test-protocol settings that a resume may take and the run lacks: a run
+    started before its preset kept the test predictions of its best validation checkpoints
+    (``eval.ensemble``, MAML++'s protocol) keeps them from its next piece on."""
+    import yaml
+
+    from mamlkit.config import load_config
+    from mamlkit.errors import ConfigError
+
+    try:
+        section = yaml.safe_load((run / "config.yaml").read_text()).get("eval") or {}
+        wanted = load_config(entry.preset, list(entry.sets)).eval.ensemble
+    except (OSError, AttributeError, yaml.YAMLError, ConfigError):  # the resume says what
+        return []
+    return [f"eval.ensemble={wanted}"] if section.get("ensemble", 1) != wanted else []
 
 
 def _say(text: str) -> None:

@@ -183,6 +183,25 @@ def test_make_zoo_continues_a_run_and_evaluates_it(tmp_path, capsys, monkeypatch
     assert "finished, not evaluated" not in table.read_text()
 
 
+def test_a_resumed_run_takes_its_presets_ensemble(tmp_path):
+    """A run started before its preset asked for eval.ensemble (MAML++'s test protocol) gets
+    it on its next piece (a key a resume may change); one that has it, or whose preset does
+    not ask for it, gets nothing."""
+    for name, config, sets in [
+        ("omniglot_mamlpp_5w1s", "eval: {tasks: 600}", ["--set", "eval.ensemble=5"]),
+        ("omniglot_mamlpp_5w1s", "eval: {tasks: 600, ensemble: 5}", []),
+        ("omniglot_anil_5w1s", "eval: {tasks: 600}", []),
+    ]:
+        run = tmp_path / name
+        run.mkdir(exist_ok=True)
+        (run / "config.yaml").write_text(config + "\n")
+        (run / "status.json").write_text(json.dumps({"status": "paused", "step": 4}))
+        command = zoo.piece_command(zoo.Entry(name), tmp_path, 60)
+        assert command[command.index("--resume") :] == [
+            "--resume", str(run), "--no-progress", *sets, "--max-time", "60s"
+        ]  # fmt: skip
+
+
 def test_trim_keeps_what_resuming_and_evaluating_need(tmp_path):
     run = tmp_path / "zoo" / "omniglot_metasgd_5w1s"
     (run / "checkpoints").mkdir(parents=True)
