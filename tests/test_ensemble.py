@@ -181,3 +181,34 @@ def test_the_summary_shows_a_published_ensembles_number_beside_the_ensemble():
     del record["ensemble"]
     lines = eval_summary(record, by_step, config, Path("run/eval.json"))
     assert lines[-3].split() == ["5", "99", "±", "0.3", "99.47"]
+
+
+def test_a_paused_run_keeps_its_predictions_and_resumes_to_the_same_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAMLKIT_TEST_CLOCK", "0.05")  # every clock read: 50 ms, on any machine
+    paused, straight = tmp_path / "paused", tmp_path / "straight"
+    longer = ["eval.ensemble=2", "train.iterations=200"]
+    train(paused, *longer, "train.max_time=15s")
+    state = json.loads((paused / "status.json").read_text())
+    assert state["status"] == "paused" and 20 <= state["step"] < 200
+    assert state["used_seconds"] <= state["budget_seconds"]  # predictions planned for
+    assert kept(paused) and max(kept(paused)) <= state["step"]
+    resume = ["train", "--resume", str(paused), "--no-progress", "--set", "train.max_time=1h"]
+    assert main(resume) == 0
+    train(straight, *longer)
+    ours, theirs = kept(paused), kept(straight)
+    assert ours.keys() == theirs.keys() and len(ours) == 2
+    assert all(torch.equal(ours[s][k], theirs[s][k]) for s in ours for k in ours[s])
+
+
+def test_a_trainer_with_a_budget_plans_for_its_predictions(tmp_path):
+    from mamlkit.build import build_learner
+    from mamlkit.config import load_config
+    from mamlkit.ensemble import run_ensemble
+    from mamlkit.training import Trainer
+
+    config = load_config("sine_maml", [*SINE, "eval.ensemble=2"])
+    learner, run, budget = build_learner(config), RunDirectory(tmp_path / "run"), TimeBudget(60)
+    ensemble = run_ensemble(run, learner, config)
+    Trainer(learner, build_tasks(config), config, run, budget=budget, ensemble=ensemble)
+    assert budget.ensemble_ratio == 30 / 8  # eval.tasks / train.val_tasks
+    assert run_ensemble(run, learner, load_config("sine_maml", SINE)) is None  # ensemble=1
