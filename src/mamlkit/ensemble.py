@@ -190,26 +190,25 @@ def ensemble_record(run_dir: Path, config: Any, metric: str) -> dict[str, Any] |
     best = sorted(members, key=lambda s: _key(members[s], s, higher))[:size]
     stack, targets = [], None
     for step in best:
-        tensors, _ = load_checkpoint(kept.run.predictions()[step])
+        path = kept.run.predictions()[step]
+        fix = f"remove it (the ensemble then leaves step {step} out and says so) or restore it"
+        try:
+            tensors, _ = load_checkpoint(path)
+        except UserError as exc:
+            raise UserError(f"{exc} [eval.ensemble's test predictions: {fix}]") from None
         preds, these = tensors.get("predictions"), tensors.get("targets")
         if preds is None or these is None or (targets is not None and not torch.equal(
             these, targets
         )):
-            raise UserError(
-                f"{kept.run.predictions()[step]}: not the test predictions of this run's "
-                "protocol (other tasks); remove the ensemble folder's file or restore it"
-            )
+            raise UserError(f"{path}: not test predictions of this run's test tasks; {fix}")
         targets = these
         stack.append(preds.double())
     mean = torch.stack(stack).mean(0)
     value, ci = mean_ci95(METRICS[metric](mean, targets))
-    worst = _key(members[best[-1]], best[-1], higher)
-    full = len(best) == size  # else every validation without predictions would be a member
-    not_kept = sorted(
-        s
-        for s, v in _validations(run_dir, metric).items()
-        if s not in members and (not full or _key(v, s, higher) < worst)
-    )
+    # the protocol's members: the best of every validation metrics.jsonl records
+    logged = {**_validations(run_dir, metric), **members}
+    top = sorted(logged, key=lambda s: _key(logged[s], s, higher))[:size]
+    not_kept = sorted(s for s in top if s not in members)
     record = {
         metric: value,
         "ci95": ci,
