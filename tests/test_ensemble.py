@@ -235,3 +235,17 @@ def test_damaged_predictions_are_one_line_and_a_removed_file_is_named(tmp_path, 
     ensemble = json.loads((run / "eval.json").read_text())["ensemble"]
     assert [m["step"] for m in ensemble["members"]] == [max(members)]
     assert ensemble["not_kept"] == [worst]
+
+
+def test_the_device_step_keeps_the_same_predictions_as_the_eager_loop(tmp_path, monkeypatch):
+    from mamlkit.training import Trainer
+
+    eager, device = tmp_path / "eager", tmp_path / "device"
+    train(eager, "eval.ensemble=2")
+    monkeypatch.setattr(Trainer, "_device_step_on_cpu", True)  # the CUDA-graph step's code
+    train(device, "eval.ensemble=2")
+    assert json.loads((device / "status.json").read_text())["engine"] == "device-eager"
+    assert (eager / "metrics.jsonl").read_bytes() == (device / "metrics.jsonl").read_bytes()
+    ours, theirs = kept(device), kept(eager)
+    assert ours.keys() == theirs.keys() and len(ours) == 2
+    assert all(torch.equal(ours[s][k], theirs[s][k]) for s in ours for k in ours[s])
