@@ -65,9 +65,9 @@ def _metric_cell(record: dict) -> str:
                     f"({record.get('tasks')} tasks)")  # fmt: skip
             ensemble = record.get("ensemble")
             if ensemble and ensemble.get(metric) is not None:  # eval.ensemble (MAML++'s)
-                steps = ", ".join(str(m["step"]) for m in ensemble["members"])
-                cell += (f"; ensemble of the {len(ensemble['members'])} best validation "
-                         f"checkpoints (steps {steps}): {ensemble[metric]:.2f} ± "
+                from mamlkit.ensemble import describe
+
+                cell += (f"; {describe(ensemble)}: {ensemble[metric]:.2f} ± "
                          f"{ensemble.get('ci95') or 0:.2f}")  # fmt: skip
                 if ensemble.get("not_kept"):
                     cell += f" (validations without predictions: {len(ensemble['not_kept'])})"

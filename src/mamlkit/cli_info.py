@@ -90,10 +90,10 @@ def eval_summary(
         number = paper.get(step, paper.get(None) if step == last else None)
         lines.append((text + f"  {number}" if number else text).rstrip())
     if ensemble:  # eval.ensemble: the best validation checkpoints' averaged predictions
-        steps = ", ".join(str(m["step"]) for m in ensemble["members"])
+        from mamlkit.ensemble import describe
+
         lines.append(
-            f"  ensemble of the {len(ensemble['members'])} best validation checkpoints (steps "
-            f"{steps}): {_cell(ensemble.get(metric), ensemble.get('ci95'))}"
+            f"  {describe(ensemble)}: {_cell(ensemble.get(metric), ensemble.get('ci95'))}"
             + (f"  paper {beside_ensemble}" if beside_ensemble else "")
         )
         if ensemble.get("not_kept"):

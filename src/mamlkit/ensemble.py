@@ -26,7 +26,14 @@ from mamlkit.evaluation import HIGHER_IS_BETTER, METRICS, mean_ci95, task_batche
 from mamlkit.rundir import RunDirectory
 from mamlkit.rundir.checkpoint import load_checkpoint, read_metadata
 
-__all__ = ["Ensemble", "ensemble_record", "protocol", "run_ensemble", "final_predictions"]
+__all__ = [
+    "Ensemble",
+    "describe",
+    "ensemble_record",
+    "final_predictions",
+    "protocol",
+    "run_ensemble",
+]
 
 KIND = "ensemble-predictions"
 
@@ -217,3 +224,13 @@ def ensemble_record(run_dir: Path, config: Any, metric: str) -> dict[str, Any] |
     if not_kept:
         record["not_kept"] = not_kept
     return record
+
+
+def describe(record: dict[str, Any]) -> str:
+    """How an ``ensemble`` record names itself (``mamlkit eval``'s summary, the zoo table).
+
+    >>> describe({"members": [{"step": 40}, {"step": 30}]})
+    'ensemble of the 2 best validation checkpoints (steps 40, 30)'
+    """
+    steps = ", ".join(str(m["step"]) for m in record["members"])
+    return f"ensemble of the {len(record['members'])} best validation checkpoints (steps {steps})"
