@@ -36,8 +36,11 @@ bench: $(STAMP)
 # once as there are cores, at the lowest priority; then evaluate the finished ones and
 # regenerate docs/zoo.md. Omniglot from $(MAMLKIT_DATA)/omniglot.
 # ZOO_ONLY="a b" limits it to those runs; ZOO_DIR and ZOO_TABLE move it, ZOO_NICE=0 keeps
-# the normal priority (tests do all three).
+# the normal priority (tests do all three). ZOO_DEVICE=cuda trains the pieces on a GPU (a run
+# last trained on the CPU moves there, and back on the next CPU zoo); ZOO_JOBS runs at once.
 ZOO_TIME  ?= 2h30m
+ZOO_DEVICE ?= cpu
+ZOO_JOBS  ?=
 ZOO_DIR   ?= zoo
 ZOO_TABLE ?= docs/zoo.md
 ZOO_ONLY  ?=
@@ -45,7 +48,8 @@ MAMLKIT_DATA ?= $(abspath ../shared/data)
 ZOO_NICE  ?= 19
 zoo: $(STAMP)
 	MAMLKIT_DATA=$(MAMLKIT_DATA) ZOO_NICE=$(ZOO_NICE) nice -n $(ZOO_NICE) $(BIN)/python scripts/zoo.py run \
-		--time $(ZOO_TIME) --zoo $(ZOO_DIR) $(if $(ZOO_ONLY),--only $(ZOO_ONLY))
+		--time $(ZOO_TIME) --zoo $(ZOO_DIR) --device $(ZOO_DEVICE) $(if $(ZOO_JOBS),--jobs $(ZOO_JOBS)) \
+		$(if $(ZOO_ONLY),--only $(ZOO_ONLY))
 	$(BIN)/python scripts/zoo.py table --zoo $(ZOO_DIR) --out $(ZOO_TABLE)
 
 zoo-table: $(STAMP)

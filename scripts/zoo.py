@@ -2,6 +2,7 @@
 pieces of a time budget on whatever machine has the time, until each has its full length.
 
     python scripts/zoo.py run --time 2h30m   # `make zoo ZOO_TIME=2h30m`
+    python scripts/zoo.py run --time 9m --device cuda --jobs 3 --only NAME ...   # a lent GPU
     python scripts/zoo.py table              # writes docs/zoo.md from zoo/ alone
     python scripts/zoo.py check              # the size caps (also a test)
 
@@ -14,8 +15,10 @@ keep an ensemble's test predictions for (``eval.ensemble``) keeps them from its 
 on (:func:`protocol_sets`). A run that finished is evaluated with
 its preset's protocol (``mamlkit eval``) as the next job, before another run starts training.
 After every piece the run directory is trimmed to what resuming and evaluating need
-(:data:`KEEP`). The runs and their files: ``scripts/zoo_runs.py``; the table:
-``scripts/zoo_table.py``.
+(:data:`KEEP`). With ``--device cuda`` the pieces train on a GPU: a run last trained on the
+CPU moves there (``mamlkit train --resume --device``; its task sampler starts from a new
+seed, which ``resumes.jsonl`` records), and the next CPU zoo moves it back. The runs and
+their files: ``scripts/zoo_runs.py``; the table: ``scripts/zoo_table.py``.
 """
 
 from __future__ import annotations
@@ -61,20 +64,45 @@ def mamlkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "mamlkit", *args]
 
 
-def piece_command(entry: Entry, zoo: Path, seconds: float) -> list[str] | None:
-    """The command that continues ``entry`` for ``seconds``, or None when it has nothing to
-    train (finished, or diverged: a run that needs other settings is a new zoo run)."""
+def piece_command(
+    entry: Entry, zoo: Path, seconds: float, device: str = "cpu"
+) -> list[str] | None:
+    """The command that continues ``entry`` for ``seconds`` on ``device``, or None when it
+    has nothing to train (finished, or diverged: a run that needs other settings is a new
+    zoo run). A run last trained on another device moves to this one (``--device``): a GPU
+    machine can take a piece of a run and hand it back."""
     run = zoo / entry.name
     budget = f"{max(int(seconds), 1)}s"
     state = status(run).get("status")
     if state in ("finished", "diverged"):
         return None
+    where = ["--device", device]
     if not (run / "config.yaml").is_file():
         sets = [a for s in (*START_SETS, *entry.sets) for a in ("--set", s)]
         return mamlkit("train", entry.preset, "--out", str(run), "--no-progress", *sets,
-                       "--max-time", budget)  # fmt: skip
+                       *where, "--max-time", budget)  # fmt: skip
     sets = [a for s in protocol_sets(entry, run) for a in ("--set", s)]
-    return mamlkit("train", "--resume", str(run), "--no-progress", *sets, "--max-time", budget)
+    if run_device(run) in (None, torch_device_type(device)):
+        where = []  # it stays where it is (or its config is unreadable: the resume says so)
+    return mamlkit("train", "--resume", str(run), "--no-progress", *sets, *where,
+                   "--max-time", budget)  # fmt: skip
+
+
+def torch_device_type(device: str) -> str:
+    """``cuda:1`` -> ``cuda``."""
+    return device.split(":", 1)[0]
+
+
+def run_device(run: Path) -> str | None:
+    """The kind of device a zoo run's config trains on (None: unreadable; the resume says
+    what is wrong)."""
+    import yaml
+
+    try:
+        device = yaml.safe_load((run / "config.yaml").read_text())["train"]["device"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return torch_device_type(device) if isinstance(device, str) else None
 
 
 def protocol_sets(entry: Entry, run: Path) -> list[str]:
@@ -126,15 +154,17 @@ def _needs_evaluation(run: Path) -> bool:
     return status(run).get("status") == "finished" and evaluation(run) is None
 
 
-def _start(kind: str, entry: Entry, zoo: Path, left: float, env: dict) -> subprocess.Popen:
+def _start(
+    kind: str, entry: Entry, zoo: Path, left: float, env: dict, device: str = "cpu"
+) -> subprocess.Popen:
     """Start a training piece of ``left`` seconds, or an evaluation, logging to the zoo."""
     run = zoo / entry.name
     if kind == "train":
-        command = piece_command(entry, zoo, left)
+        command = piece_command(entry, zoo, left, device)
         _say(f"{entry.name}: training from step {int(status(run).get('step', 0))} "
-             f"for {int(left)} s")  # fmt: skip
+             f"for {int(left)} s on {device}")  # fmt: skip
     else:
-        command = mamlkit("eval", str(run))
+        command = mamlkit("eval", str(run), "--device", device)
         _say(f"{entry.name}: evaluating with its preset's protocol")
     log = open(zoo / f".{entry.name}.log", "a")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -146,8 +176,9 @@ def _log_tail(zoo: Path, name: str) -> str:
 
 
 def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
-            entries: list[Entry] | None = None) -> list[dict]:  # fmt: skip
-    """Continue the zoo's unfinished runs for ``budget`` seconds, ``jobs`` at once. A run that
+            entries: list[Entry] | None = None, device: str = "cpu") -> list[dict]:  # fmt: skip
+    """Continue the zoo's unfinished runs for ``budget`` seconds, ``jobs`` at once, on
+    ``device`` (a run trained elsewhere moves here for the piece). A run that
     finishes (in this zoo or an earlier one) is evaluated next, as a job of its own, before
     the next run starts training; an evaluation the budget cuts short is redone by the next
     zoo. Returns what happened to each run trained."""
@@ -166,7 +197,7 @@ def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
         while queue and len(running) < jobs and left > 2 * keep:
             kind, entry = queue.pop(0)
             before = int(status(zoo / entry.name).get("step", 0))
-            proc = _start(kind, entry, zoo, left - keep, env)
+            proc = _start(kind, entry, zoo, left - keep, env, device)
             running[entry.name] = (proc, kind, entry, before)
         for name, (proc, kind, entry, before) in list(running.items()):
             if proc.poll() is None:
@@ -220,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--jobs", type=int, default=None, help="runs at once (default: cores)")
     run_p.add_argument("--zoo", type=Path, default=ZOO_DIR)
     run_p.add_argument("--only", nargs="*", default=None, help="these runs only")
+    run_p.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda: where the pieces train"
+    )
     table_p = sub.add_parser("table", help="write docs/zoo.md from zoo/")
     table_p.add_argument("--zoo", type=Path, default=ZOO_DIR)
     table_p.add_argument("--out", type=Path, default=TABLE)
@@ -230,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         from mamlkit.budget import parse_duration
         from mamlkit.errors import UserError
 
+        try:  # mamlkit's own check: cpu, or cuda where this machine has it
+            from mamlkit.cli.common import check_device
+
+            check_device(args.device)
+        except UserError as exc:
+            print(f"zoo: error: {exc}", file=sys.stderr)
+            return 2
         try:
             budget = parse_duration(args.time, "ZOO_TIME")
         except UserError as exc:
@@ -237,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         entries = ZOO if args.only is None else [e for e in ZOO if e.name in args.only]
         lowest_priority()
-        report = run_zoo(budget, args.zoo, args.jobs, entries)
+        report = run_zoo(budget, args.zoo, args.jobs, entries, args.device)
         for row in report:
             print(f"{row['run']}: step {row['from']} -> {row['to']} of {row['of']} "
                   f"({row['status']})")  # fmt: skip

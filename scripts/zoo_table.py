@@ -49,6 +49,8 @@ def _machines(pieces: list[dict]) -> str:
     for piece in pieces:
         hw = piece.get("gpu") or piece.get("cpu") or "unknown CPU"
         commit = (piece.get("git_commit") or "")[:7] or "commit not recorded"
+        if not piece.get("git_commit") and piece.get("declared_commit"):  # no .git there
+            commit = f"{str(piece['declared_commit'])[:7]} (declared)"
         dirty = "+" if piece.get("git_dirty") else ""
         seen[f"{hw} @ {commit}{dirty}"] = None
     return "; ".join(seen)
@@ -111,6 +113,8 @@ def table(zoo: Path = ZOO_DIR, entries: list[Entry] | None = None) -> str:
         "intervals; a run not yet finished is not evaluated. Pace is training time over",
         "iterations done, one thread each (the zoo runs as many runs at once as there are",
         "cores, at the lowest priority); time left is the iterations to go at that pace.",
+        "A piece may run on a lent GPU (`python scripts/zoo.py run --device cuda`): the",
+        "machines column then names the GPU, and the pace mixes the devices' speeds.",
         "",
         "| run | iterations | ours | paper | machines @ commits | training time | pace |",
         "|---|---|---|---|---|---|---|",

@@ -202,6 +202,33 @@ def test_a_resumed_run_takes_its_presets_ensemble(tmp_path):
         ]  # fmt: skip
 
 
+def test_a_zoo_run_moves_to_the_zoos_device(tmp_path, monkeypatch):
+    """A lent GPU takes a piece of a CPU run, and the next CPU zoo takes it back: a resume
+    gets --device only where the run's config trains on another kind of device, a new run
+    starts on the zoo's device, and a finished run is evaluated there."""
+    run = tmp_path / "omniglot_anil_5w1s"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"status": "paused", "step": 4}))
+    for trained, here, moves in [
+        ("cpu", "cpu", False), ("cpu", "cuda", True), ("cuda:0", "cpu", True),
+        ("cuda", "cuda:0", False),
+    ]:  # fmt: skip
+        (run / "config.yaml").write_text(f"train: {{device: '{trained}'}}\n")
+        command = zoo.piece_command(zoo.Entry(run.name), tmp_path, 60, here)
+        assert command[command.index("--no-progress") + 1 :] == [
+            *(["--device", here] if moves else []), "--max-time", "60s"
+        ]  # fmt: skip
+    new = zoo.piece_command(zoo.Entry("omniglot_metasgd_5w1s"), tmp_path, 60, "cuda")
+    assert new[new.index("--device") : new.index("--device") + 2] == ["--device", "cuda"]
+    seen = []
+    monkeypatch.setattr(zoo, "mamlkit", lambda *a: seen.append(a) or [sys.executable, "-c", ""])
+    zoo._start("eval", zoo.Entry(run.name), tmp_path, 60, {}, "cuda").wait()
+    assert seen == [("eval", str(run), "--device", "cuda")]
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    for device in ("tpu", "cuda"):  # refused before anything starts (or lowers its priority)
+        assert zoo.main(["run", "--time", "1m", "--device", device, "--zoo", str(tmp_path)]) == 2
+
+
 def test_trim_keeps_what_resuming_and_evaluating_need(tmp_path):
     run = tmp_path / "zoo" / "omniglot_metasgd_5w1s"
     (run / "checkpoints").mkdir(parents=True)

@@ -52,8 +52,9 @@ from mamlkit.tasks.registry import TASKS, task_spec
 from mamlkit.training import Trainer, seed_everything
 
 RESUME_ON_CUDA = (
-    "this run trains on CUDA: resume it on a machine with CUDA (the device cannot change on "
-    "--resume; `mamlkit eval RUN --device cpu` evaluates it here)"
+    "this run trains on CUDA: resume it on a machine with CUDA, or move it to this one's CPU "
+    "with `mamlkit train --resume RUN --device cpu` (its task sampler then starts from a new "
+    "seed; `mamlkit eval RUN --device cpu` evaluates it here without training)"
 )
 
 
@@ -87,7 +88,7 @@ def train_run(
         text = max_time or config.train.max_time
         option = "--max-time" if max_time else "train.max_time"
         budget = TimeBudget(parse_duration(text, option), started=started, text=text)
-    # --resume keeps the device it trained on (only RESUME_OVERRIDES may change)
+    # --resume keeps the device it trained on unless --set train.device moves it
     check_device(config, RESUME_ON_CUDA if resume else "use --set train.device=cpu")
     if resume:  # every rank reads the run (before taking its own device): each refuses alike
         require_mamlkit_run(run_dir, "--resume")

@@ -5,8 +5,9 @@ and the best validation result. Where the checkpoint is written is
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,10 +20,58 @@ from mamlkit.rundir.checkpoint import (
     state_mismatch,
 )
 
-__all__ = ["TrainState", "restore_state", "seed_everything", "state_bytes", "state_tensors"]
+__all__ = [
+    "TrainState",
+    "moved_task_seed",
+    "restore_state",
+    "seed_everything",
+    "state_bytes",
+    "state_tensors",
+]
 
-#: (window, step, best) of a restored trainer
-TrainState = tuple[torch.Tensor, int, "dict[str, Any] | None"]
+
+class TrainState(NamedTuple):
+    """What a restored trainer continues with besides its weights and optimiser."""
+
+    window: torch.Tensor
+    step: int
+    best: dict[str, Any] | None
+    #: a resume on another kind of device: ``{"from": "cpu", "to": "cuda", "task_seed": S}``
+    #: (the task sampler's state fits only its own kind of generator, so it starts again
+    #: from seed S); None on the device the checkpoint was saved on
+    moved: dict[str, Any] | None = None
+
+    def describe_move(self, run: str) -> str:
+        """The one line a resume on another kind of device prints.
+
+        >>> state = TrainState(torch.zeros(3), 500, None, {"from": "cpu", "to": "cuda",
+        ...                    "task_seed": 7})
+        >>> print(state.describe_move("runs/a"))  # doctest: +ELLIPSIS
+        mamlkit: runs/a moves from cpu to cuda at step 500: ... from seed 7 ...
+        """
+        move = self.moved or {}
+        return (
+            f"mamlkit: {run} moves from {move.get('from')} to {move.get('to')} at step "
+            f"{self.step}: weights, optimiser and global random states carry over, but the task "
+            f"sampler's state fits only its own device's generator, so tasks are drawn from "
+            f"seed {move.get('task_seed')} on (recorded in resumes.jsonl); from here the run "
+            "is not the one an unmoved run would have been"
+        )
+
+
+def moved_task_seed(seed: int, step: int, device: str) -> int:
+    """The task sampler's seed after a run moves to ``device`` at ``step``: fixed by the
+    run's seed, the step and the device, so that two such resumes sample the same tasks
+    (and distinct from ``seed`` itself, whose stream the run has already used).
+
+    >>> moved_task_seed(0, 1000, "cuda") == moved_task_seed(0, 1000, "cuda")
+    True
+    >>> len({moved_task_seed(0, 1000, "cuda"), moved_task_seed(0, 1000, "cpu"),
+    ...      moved_task_seed(0, 2000, "cuda"), moved_task_seed(1, 1000, "cuda")})
+    4
+    """
+    digest = hashlib.sha256(f"mamlkit tasks {seed} {step} {device}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # a non-negative int64
 
 
 def state_tensors(
@@ -53,10 +102,16 @@ def restore_state(
     learner: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    seed: int = 0,
 ) -> TrainState:
     """Load a training checkpoint's (``path``'s) weights, optimiser and task-RNG state into
     ``learner``, ``optimizer`` and ``generator``; return its window, step and best. A
-    checkpoint of another model, or with damaged state, is a :class:`UserError`."""
+    checkpoint of another model, or with damaged state, is a :class:`UserError`.
+
+    A checkpoint saved on another kind of device (a CPU run resumed on CUDA, or back)
+    loads onto the learner's device; only the task sampler's state cannot follow, and
+    ``generator`` is seeded with :func:`moved_task_seed` of the run's ``seed`` instead
+    (``TrainState.moved`` says so)."""
     state = {k[len("learner.") :]: v for k, v in tensors.items() if k.startswith("learner.")}
     try:
         learner.load_state_dict(state)
@@ -68,15 +123,31 @@ def restore_state(
         ) from None
     try:
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
-        rng_from_tensors(tensors, meta["rng"], {"tasks": generator})
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        saved_on = _trained_on(meta)
+        task_seed = moved_task_seed(seed, int(meta["step"]), generator.device.type)
+        moved = rng_from_tensors(
+            tensors, meta["rng"], {"tasks": generator}, saved_on,
+            reseed=lambda _, gen: gen.manual_seed(task_seed),
+        )  # fmt: skip
+        was = (meta["rng"].get("devices") or {}).get("tasks") or saved_on
+        move = {"from": torch.device(was).type, "to": generator.device.type} if moved else None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
         raise UserError(
             f"checkpoint {path}: its optimiser or random-generator state is damaged "
             f"({type(exc).__name__}); resume from an older checkpoint (--checkpoint STEP)"
         ) from None
     for group in optimizer.param_groups:  # the CUDA-graph step sets it where it runs
         group["capturable"] = False
-    return tensors["window"].clone(), int(meta["step"]), meta.get("best")
+    if move is not None:
+        move["task_seed"] = task_seed
+    return TrainState(tensors["window"].clone(), int(meta["step"]), meta.get("best"), move)
+
+
+def _trained_on(meta: dict[str, Any]) -> str | None:
+    """The device of the config a checkpoint records (its run's ``train.device``)."""
+    train = meta.get("config", {}).get("train") if isinstance(meta.get("config"), dict) else None
+    device = train.get("device") if isinstance(train, dict) else None
+    return device if isinstance(device, str) else None
 
 
 def state_bytes(learner: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:

@@ -96,6 +96,7 @@ class Trainer:
         self.window = torch.zeros(3, dtype=torch.float64)
         self.engine = "eager"  # or "cuda-graph", "device-eager": how the last fit ran
         self._rank_rng: dict[str, torch.Tensor] = {}
+        self._moved: dict[str, Any] | None = None  # a resume on another kind of device
         self.callbacks = list(callbacks or [])  # the user's; the run's own join in fit()
         self._active: list[Callback] = []
         # --max-time: this piece of training pauses, with a checkpoint, before it runs out
@@ -133,9 +134,11 @@ class Trainer:
     def restore(self, path: Path) -> None:
         """Continue from the checkpoint at ``path`` (its weights, optimiser, RNGs, step)."""
         tensors, meta = load_training_checkpoint(path)
-        self.window, self.step, self.best = restore_state(
-            path, tensors, meta, self.learner, self.optimizer, self.generator
-        )
+        state = restore_state(path, tensors, meta, self.learner, self.optimizer,
+                              self.generator, self.config.train.seed)  # fmt: skip
+        self.window, self.step, self.best, self._moved = state
+        if state.moved is not None and (self.dist is None or self.dist.main):
+            print(state.describe_move(self.description), file=sys.stderr)
         if self.dist is not None:
             self.dist.restore_rng_states(tensors)
         # the restored rate is the one the last update used: the schedule's at step − 1
@@ -292,7 +295,8 @@ class Trainer:
     def _job(self) -> dict[str, Any]:
         """What env.json and resumes.jsonl record of a distributed job."""
         dist = self.dist
-        return {} if dist is None else {"world_size": dist.world, "backend": dist.backend}
+        job = {} if dist is None else {"world_size": dist.world, "backend": dist.backend}
+        return {**job, **({"moved": self._moved} if self._moved else {})}
 
     def _join_job(self, resume: bool, from_step: int | None) -> None:
         """Distributed: every rank starts from the same state and only rank 0 writes (the

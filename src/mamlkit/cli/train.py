@@ -57,7 +57,12 @@ __all__ = ["train"]
     "and `--resume` continues it exactly.",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="train.seed (default 0).")
-@click.option("--device", default=None, help="cpu or cuda: train.device (default: the config's).")
+@click.option(
+    "--device",
+    default=None,
+    help="cpu or cuda: train.device (default: the config's). With --resume, the run moves "
+    "there (its task sampler then starts from a new seed, which the run records).",
+)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -95,12 +100,14 @@ def train(
                 "--resume continues a run with its own config and directory; drop "
                 "CONFIG/--out/--force"
             )
-        for flag, given in (("--seed", seed), ("--device", device), ("--dry-run", dry_run)):
+        for flag, given in (("--seed", seed), ("--dry-run", dry_run)):
             if given not in (None, False):
                 raise UserError(
-                    f"{flag} cannot change on --resume (the run keeps its seed and device, "
-                    f"and continues for real); drop {flag}"
+                    f"{flag} cannot change on --resume (the run keeps its seed, and "
+                    f"continues for real); drop {flag}"
                 )
+        if device is not None:  # the run moves to this device (train.device may change)
+            overrides = (*overrides, f"train.device={check_device(device)}")
         for text in overrides:
             key = text.split("=", 1)[0].strip()
             if key not in RESUME_OVERRIDES:

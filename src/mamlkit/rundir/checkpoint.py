@@ -260,20 +260,44 @@ def rng_to_tensors(generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
     meta = {
         "numpy": [kind, int(pos), int(has_gauss), float(cached)],
         "python": [version, list(py_state), gauss],
+        # a generator's state fits only a generator of its kind of device (CPU: Mersenne
+        # twister; CUDA: Philox), so a resume on another device must know which it was
+        "devices": {name: gen.device.type for name, gen in generators.items()},
     }
     return tensors, meta
 
 
-def rng_from_tensors(tensors: dict, meta: dict, generators: dict[str, torch.Generator]) -> None:
+def rng_from_tensors(
+    tensors: dict,
+    meta: dict,
+    generators: dict[str, torch.Generator],
+    saved_on: str | None = None,
+    reseed: Callable[[str, torch.Generator], None] | None = None,
+) -> list[str]:
+    """Restore what :func:`rng_to_tensors` saved. A generator saved on another kind of
+    device than its own now (``meta["devices"]``; for a checkpoint older than that record,
+    ``saved_on``, the device its run trained on) cannot take that state: ``reseed(name,
+    generator)`` seeds it instead (without ``reseed``, a ValueError). Returns the names of
+    the generators reseeded. CUDA's global states are restored where CUDA is available."""
     torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
+    devices = meta.get("devices") or {}
+    reseeded = []
     for name, gen in generators.items():
-        gen.set_state(tensors[f"rng.generator.{name}"])
+        was = devices.get(name) or (torch.device(saved_on).type if saved_on else gen.device.type)
+        if was == gen.device.type:
+            gen.set_state(tensors[f"rng.generator.{name}"])
+        elif reseed is None:
+            raise ValueError(f"generator {name!r} was saved on {was}, not {gen.device.type}")
+        else:
+            reseed(name, gen)
+            reseeded.append(name)
     kind, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state(
         (kind, tensors["rng.numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, cached)
     )
     version, py_state, gauss = meta["python"]
     random.setstate((version, tuple(py_state), gauss))
+    return reseeded

@@ -85,6 +85,9 @@ def environment_info(device: str) -> dict[str, Any]:
     checkout = source_checkout()
     if checkout is not None:  # an installed mamlkit has no commit of its own to record
         info.update(_git_state(checkout))
+    declared = os.environ.get("MAMLKIT_COMMIT", "").strip()
+    if "git_commit" not in info and declared:  # a copy without .git (a lent GPU machine's)
+        info["declared_commit"] = declared[:64]  # what its sender says, not what git read
     return info
 
 

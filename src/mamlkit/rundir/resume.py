@@ -34,6 +34,9 @@ RESUME_OVERRIDES = frozenset(
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.cuda_graphs",
+        # a run may move between a GPU and the CPU (weights, optimiser and global random
+        # states carry over; the task sampler starts from a new seed, and the resume says so)
+        "train.device",
         "train.max_time",
         # what eval.ensemble keeps from then on (a resume after some validations: those are
         # not in it, and `mamlkit eval` says so); training goes on as it would without
