@@ -124,7 +124,7 @@ for cell in $cells; do
         continue
     fi
     if ls "$run"/checkpoints/step-*.safetensors >/dev/null 2>&1; then
-        args=(--resume "$run")
+        args=(--resume "$run" --device "$device") # a run trained elsewhere (a zoo run's CPU) moves here
     else
         rm -rf "$run" # a start that never reached a checkpoint: nothing to keep
         args=("$cell" --out "$run" "${sets[@]}")
