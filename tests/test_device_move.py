@@ -191,3 +191,50 @@ def test_a_copy_without_git_records_the_commit_its_sender_declares(monkeypatch):
     monkeypatch.setattr(files, "source_checkout", lambda *a: Path("."))
     info = files.environment_info("cpu")
     assert info["git_commit"] == "f" * 40 and "declared_commit" not in info
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_device_scores_the_same_tasks(device):
+    """Validation, test and ensemble tasks (``task_batches``) are drawn with a CPU generator
+    and gathered where the data lies: a CUDA generator draws other numbers from the same
+    seed, so a run moved to a GPU would otherwise be validated (and its ensemble's members
+    predicted) on other tasks than on the CPU. Episodes within one group (Lake's
+    alphabets) and with rotations, and sine tasks."""
+    from mamlkit.evaluation import task_batches
+    from mamlkit.tasks.episodes import EpisodeTasks
+    from mamlkit.tasks.sine import SineTasks
+
+    images = torch.randint(0, 256, (30, 6, 8, 8), dtype=torch.uint8)
+    groups = torch.arange(30) // 10
+    for make in (
+        lambda where: EpisodeTasks(images, 5, 1, 2, device=where, groups=groups),
+        lambda where: EpisodeTasks(images, 5, 2, 1, rotations=True, device=where),
+        lambda where: SineTasks(5, 5),
+    ):
+        here = list(task_batches(make("cpu"), 7, 123, "cpu", chunk=3))
+        there = list(task_batches(make(device), 7, 123, device, chunk=3))
+        assert len(here) == len(there) == 3
+        for a, b in zip(here, there):
+            assert all(torch.equal(x, y.cpu()) for x, y in zip(a, b))
+            assert all(y.device.type == torch.device(device).type for y in b)
+
+
+def test_tasks_for_a_gpu_are_drawn_on_the_cpu_and_then_moved():
+    """Checkable without a GPU: ``task_batches`` for ``cuda`` draws with a CPU generator
+    and moves each batch with ``.to``."""
+    from mamlkit.evaluation import task_batches
+
+    seen = []
+
+    class Batch:
+        def to(self, device):
+            seen.append(("to", str(device)))
+            return self
+
+    class Tasks:
+        def sample(self, tasks, generator):
+            seen.append((tasks, generator.device.type))
+            return Batch()
+
+    assert len(list(task_batches(Tasks(), 5, 0, "cuda", chunk=3))) == 2
+    assert seen == [(3, "cpu"), ("to", "cuda"), (2, "cpu"), ("to", "cuda")]

@@ -87,11 +87,15 @@ def task_batches(
     device: str | torch.device = "cpu",
     chunk: int = 100,
 ) -> Iterator[TaskBatch]:
-    """The ``num_tasks`` tasks that :func:`evaluate` scores, ``chunk`` at a time: drawn with
-    a generator seeded with ``seed`` (the same tasks for every method and every run)."""
-    generator = torch.Generator(device=device).manual_seed(seed)
+    """The ``num_tasks`` tasks that :func:`evaluate` scores, ``chunk`` at a time, on
+    ``device``: drawn with a CPU generator seeded with ``seed``, so that they are the same
+    tasks for every method, every run and every device (a CUDA generator draws other
+    numbers than a CPU one from the same seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    elsewhere = torch.device(device).type != "cpu"  # then the batch moves to the device
     for i in range(0, num_tasks, chunk):
-        yield tasks.sample(min(chunk, num_tasks - i), generator)
+        batch = tasks.sample(min(chunk, num_tasks - i), generator)
+        yield batch.to(device) if elsewhere else batch
 
 
 def evaluate(

@@ -78,8 +78,8 @@ def choose_fine_tune_lr(
     """The pretrained model's test-time step size for K-shot tasks, chosen on validation
     tasks (a seed the test tasks never use) by mean MSE over 1..10 steps (``tick``: after
     each step size tried)."""
-    gen = torch.Generator(device=device).manual_seed(config.eval.seed + 1000 + k)
-    batch = SineTasks(k, k, query_grid=100).sample(200, gen)
+    gen = torch.Generator().manual_seed(config.eval.seed + 1000 + k)  # the same on any device
+    batch = SineTasks(k, k, query_grid=100).sample(200, gen).to(device)
     scores = {}
     for lr in FINE_TUNE_GRID:
         mse = per_task_metric_by_step(learner, batch, config.eval.steps, "mse", lr=lr)
@@ -93,10 +93,10 @@ def choose_fine_tune_lr(
 def sine_test_tasks(config: Config, k: int, device: str, tasks: int | None = None):
     """The K-shot test tasks every sine model is scored on (``tasks``, default
     ``eval.tasks``; the same seed for every method, so the same tasks)."""
-    gen = torch.Generator(device=device).manual_seed(config.eval.seed + k)
+    gen = torch.Generator().manual_seed(config.eval.seed + k)  # the same tasks on any device
     return SineTasks(k, k, query_grid=100).sample(
         config.eval.tasks if tasks is None else tasks, gen
-    )
+    ).to(device)
 
 
 def mse_by_step(learner, batch, config: Config, lr: float | None = None) -> list[dict[str, Any]]:
@@ -163,8 +163,8 @@ def fit_panels(learners: dict, device: str, seed: int, fine_tune: dict[int, floa
     trained = tuple(sorted(int(n[len("maml_k") :]) for n in learners if n.startswith("maml_k")))
     panels = []
     for k in (5, 10):
-        gen = torch.Generator(device=device).manual_seed(seed + 100 + k)
-        batch = SineTasks(k, k, query_grid=200).sample(1, gen)
+        gen = torch.Generator().manual_seed(seed + 100 + k)
+        batch = SineTasks(k, k, query_grid=200).sample(1, gen).to(device)
         for title, learner, lr in (
             (f"MAML, K={k}", learners[f"maml_k{maml_model_for(k, trained)}"], None),
             (f"pretrained, K={k} (step size {fine_tune[k]})", learners["pretrained"], fine_tune[k]),

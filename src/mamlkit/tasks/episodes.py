@@ -88,24 +88,27 @@ class EpisodeTasks:
         return x.float().div_(255.0)
 
     def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
-        device = generator.device
+        # the draws happen on the generator's device, the images are gathered where they
+        # lie: evaluation draws with a CPU generator, so that every device scores the same
+        # tasks; training draws where it trains (there both are one device: no copies)
+        device, data = generator.device, self.images.device
         n, k, q = self.ways, self.shots, self.queries
         per_class = self.images.shape[1]
         # N distinct classes per episode, in random order (the order assigns the labels)
         scores = torch.rand(tasks, self.num_classes, generator=generator, device=device)
         if self.group_members is not None:
             # one group per episode; classes outside it score below every class inside
-            pick = torch.randint(
-                len(self.group_members), (tasks,), generator=generator, device=device
-            )
-            scores = torch.where(self.group_members[pick], scores, scores - 2.0)
+            members = self.group_members.to(device)
+            pick = torch.randint(len(members), (tasks,), generator=generator, device=device)
+            scores = torch.where(members[pick], scores, scores - 2.0)
         classes = scores.topk(n).indices
         # K + Q distinct images of each chosen class
         picks = (
             torch.rand(tasks, n, per_class, generator=generator, device=device).topk(k + q).indices
         )
+        classes, picks = classes.to(data), picks.to(data)
         x = self.images_of(classes.unsqueeze(-1), picks)  # [T, N, K+Q, ch, H, W]
-        labels = torch.arange(n, device=device).view(1, n, 1).expand(tasks, n, k + q)
+        labels = torch.arange(n, device=data).view(1, n, 1).expand(tasks, n, k + q)
         shape = x.shape[3:]
         return TaskBatch(
             x[:, :, :k].reshape(tasks, n * k, *shape),
