@@ -205,3 +205,13 @@ def test_presets_list_shows_whole_first_sentences_wrapped(capsys):
     assert not text.rstrip().endswith(" and") and "§5.3 and appendix A.2" in text
     assert preset_summary("# One sentence. Another.\ntask: {}\n") == "One sentence."
     assert preset_summary("# MAML (Finn et al. 2017, §5.1).\n# more\n").endswith("§5.1).")
+
+
+def test_runs_columns_stay_aligned_with_the_longest_status():
+    """Before: `interrupted` (11 letters) pushed its row's STEP and RESULT out of line."""
+    from mamlkit.cli_info import run_table
+
+    rows = [{"run": f"runs/{s}", "status": s, "step": 7, "best": "-"}
+            for s in ("finished", "interrupted", "running")]  # fmt: skip
+    lines = run_table(rows)
+    assert len({line.index("STEP" if i == 0 else "step ") for i, line in enumerate(lines)}) == 1

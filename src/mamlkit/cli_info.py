@@ -45,8 +45,12 @@ def preset_lines(width: int = 100) -> list[str]:
 def run_table(rows: list[dict[str, Any]]) -> list[str]:
     """``mamlkit runs``: a header row, then one row per run."""
     width = max([40, *(len(r["run"]) for r in rows)])
-    out = [f"{'RUN':<{width}} {'STATUS':<9} {'STEP':<13} RESULT"]
-    out += [f"{r['run']:<{width}} {r['status']:<9} step {r['step']:<8} {r['best']}" for r in rows]
+    state = max([9, *(len(str(r["status"])) for r in rows)])  # "interrupted" is 11 long
+    out = [f"{'RUN':<{width}} {'STATUS':<{state}} {'STEP':<13} RESULT"]
+    out += [
+        f"{r['run']:<{width}} {r['status']:<{state}} step {r['step']:<8} {r['best']}"
+        for r in rows
+    ]
     return out
 
 
