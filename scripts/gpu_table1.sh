@@ -10,8 +10,8 @@
 #   1. benchmarks on the GPU alone (benchmarks/meta_iteration.py --device cuda, JSON lines),
 #      captured (CUDA graphs) and eager, fp32 and tf32, and benchmarks/scaling.py's
 #      one-process row on the GPU (OUT/scaling.jsonl);                     [BENCH=0 skips]
-#   2. the CUDA cases of the gradient, captured-step and collective (nccl) tests
-#      (pytest -k cuda), beside the training;
+#   2. the CUDA cases of the gradient, captured-step, collective (nccl) and device-move
+#      tests (pytest -k cuda), beside the training;
 #                                                                          [TESTS=0 skips]
 #   3. every cell in CELLS trained side by side (new, or `--resume` where RUNS_DIR holds it),
 #      stopped by SIGTERM when EVAL_RESERVE seconds are left (the run is marked interrupted
@@ -89,7 +89,7 @@ if [ "${TESTS:-1}" != 0 ]; then
     stamp "pytest -k cuda (beside the training)"
     (cd "$root" && timeout $(($(left) - reserve)) $py -m pytest -q -p no:cacheprovider -k cuda \
         tests/test_meta_gradients.py tests/test_algorithms.py tests/test_device_step.py \
-        tests/test_distributed.py \
+        tests/test_distributed.py tests/test_device_move.py \
         >"$out/pytest_cuda.txt" 2>&1; echo "exit $?" >>"$out/pytest_cuda.txt") &
 fi
 
