@@ -17,7 +17,8 @@ its preset's protocol (``mamlkit eval``) as the next job, before another run sta
 After every piece the run directory is trimmed to what resuming and evaluating need
 (:data:`KEEP`). With ``--device cuda`` the pieces train on a GPU: a run last trained on the
 CPU moves there (``mamlkit train --resume --device``; its task sampler starts from a new
-seed, which ``resumes.jsonl`` records), and the next CPU zoo moves it back. The runs and
+seed, which ``resumes.jsonl`` records), and the next CPU zoo moves it back (RL runs stay on
+the CPU: their time is the environments'). The runs and
 their files: ``scripts/zoo_runs.py``; the table: ``scripts/zoo_table.py``.
 """
 
@@ -150,6 +151,14 @@ def lowest_priority() -> None:
         pass  # no autogroup here: nice alone decides
 
 
+def _is_rl(entry: Entry) -> bool:
+    """Whether ``entry``'s preset is a reinforcement-learning task."""
+    from mamlkit.config import load_config
+    from mamlkit.tasks.registry import task_spec
+
+    return task_spec(load_config(entry.preset, list(entry.sets)).task.name).rl
+
+
 def _needs_evaluation(run: Path) -> bool:
     return status(run).get("status") == "finished" and evaluation(run) is None
 
@@ -186,6 +195,10 @@ def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
     keep = margin(budget)
     jobs = jobs or os.cpu_count() or 1
     entries = entries or ZOO
+    if device != "cpu":  # RL trains on the CPU: its time goes to the environments' steps
+        for entry in [e for e in entries if _is_rl(e)]:
+            _say(f"{entry.name}: RL, not trained on {device} (its rollouts run on the CPU)")
+        entries = [e for e in entries if not _is_rl(e)]
     queue = [("eval", e) for e in entries if _needs_evaluation(zoo / e.name)]
     queue += [("train", e) for e in entries if piece_command(e, zoo, 1) is not None]
     running: dict[str, tuple[subprocess.Popen, str, Entry, int]] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,19 @@ def test_a_zoo_run_moves_to_the_zoos_device(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "mamlkit", lambda *a: seen.append(a) or [sys.executable, "-c", ""])
     zoo._start("eval", zoo.Entry(run.name), tmp_path, 60, {}, "cuda").wait()
     assert seen == [("eval", str(run), "--device", "cuda")]
+    # on a GPU, RL runs are left to the CPU zoos (their time is the environments' steps)
+    fake = tmp_path / "fake.py"
+    fake.write_text("import pathlib, sys\n"
+                    "pathlib.Path(sys.argv[1]).with_name('seen.txt').open('a').write("
+                    "' '.join(sys.argv[2:]) + '\\n')\n")  # fmt: skip
+    log = tmp_path / "log"
+    monkeypatch.setattr(zoo, "mamlkit", lambda *a: [sys.executable, str(fake), str(log), *a])
+    rl = tmp_path / "rl_nav2d_oracle"
+    shutil.copytree(run, rl)
+    entries = [zoo.Entry("rl_nav2d_oracle"), zoo.Entry(run.name)]
+    zoo.run_zoo(60, tmp_path, jobs=2, entries=entries, device="cuda")
+    seen = (tmp_path / "seen.txt").read_text().splitlines()
+    assert len(seen) == 1 and seen[0].startswith(f"train --resume {run}")
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     for device in ("tpu", "cuda"):  # refused before anything starts (or lowers its priority)
         assert zoo.main(["run", "--time", "1m", "--device", device, "--zoo", str(tmp_path)]) == 2
