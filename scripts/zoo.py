@@ -53,6 +53,8 @@ from zoo_table import TABLE, table  # noqa: E402
 
 #: settings every zoo run starts with: one thread (as many runs as cores), one checkpoint
 START_SETS = ("train.threads=1", "train.keep_checkpoints=1", "train.tensorboard=false")
+#: seconds between two looks at the running pieces (the tests' stand-ins take a shorter one)
+POLL = 2.0
 #: time kept back from a piece's budget for starting and trimming it (a tenth of short ones)
 MARGIN = 60.0
 
@@ -247,7 +249,7 @@ def run_zoo(budget: float, zoo: Path = ZOO_DIR, jobs: int | None = None,
             report.append(row)
         if not running and deadline - time.monotonic() <= 2 * keep:
             break
-        time.sleep(2)
+        time.sleep(POLL)
     for entry in entries:
         if _needs_evaluation(zoo / entry.name):
             _say(f"{entry.name}: finished, not evaluated (no time left; the next zoo does it)")

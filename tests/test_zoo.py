@@ -235,6 +235,7 @@ def test_a_zoo_run_moves_to_the_zoos_device(tmp_path, monkeypatch):
     rl = tmp_path / "rl_nav2d_oracle"
     shutil.copytree(run, rl)
     entries = [zoo.Entry("rl_nav2d_oracle"), zoo.Entry(run.name)]
+    monkeypatch.setattr(zoo, "POLL", 0.05)
     zoo.run_zoo(60, tmp_path, jobs=2, entries=entries, device="cuda")
     seen = (tmp_path / "seen.txt").read_text().splitlines()
     assert len(seen) == 1 and seen[0].startswith(f"train --resume {run}")
@@ -286,6 +287,7 @@ def test_a_finished_run_is_evaluated_before_the_next_run_trains(tmp_path, monkey
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text("train: {iterations: 4}\n")
         (tmp_path / name / "status.json").write_text(json.dumps({"status": state, "step": 2}))
+    monkeypatch.setattr(zoo, "POLL", 0.05)
     report = zoo.run_zoo(3600, tmp_path, jobs=1, entries=entries)
     order = (tmp_path / "order.txt").read_text().split("\n")[:-1]
     assert order == ["eval b", "train a", "eval a", "train c", "eval c"]
