@@ -85,7 +85,7 @@ def test_a_cuda_run_moves_to_the_cpu_and_draws_its_tasks_from_a_new_seed(
 
     # without --device: one line that names the fix, and nothing written
     argv = ["train", "--resume", moved, "--no-progress", *more]
-    line = assert_user_error(capsys, *argv, match="--device cpu")
+    line = assert_user_error(capsys, *argv, match=f"`mamlkit train --resume {moved} --device cpu`")
     check_suggested_flags(argv, line)
     assert (moved / "metrics.jsonl").read_bytes() == before
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,8 @@ from mamlkit.training import Trainer, seed_everything
 
 RESUME_ON_CUDA = (
     "this run trains on CUDA: resume it on a machine with CUDA, or move it to this one's CPU "
-    "with `mamlkit train --resume RUN --device cpu` (its task sampler then starts from a new "
-    "seed; `mamlkit eval RUN --device cpu` evaluates it here without training)"
+    "with `mamlkit train --resume {run} --device cpu` (its task sampler then starts from a "
+    "new seed; `mamlkit eval {run} --device cpu` evaluates it here without training)"
 )
 
 
@@ -88,8 +89,9 @@ def train_run(
         text = max_time or config.train.max_time
         option = "--max-time" if max_time else "train.max_time"
         budget = TimeBudget(parse_duration(text, option), started=started, text=text)
-    # --resume keeps the device it trained on unless --set train.device moves it
-    check_device(config, RESUME_ON_CUDA if resume else "use --set train.device=cpu")
+    # --resume keeps the device it trained on unless --device (train.device) moves it
+    fix = RESUME_ON_CUDA.format(run=shlex.quote(str(run_dir)))
+    check_device(config, fix if resume else "use --set train.device=cpu")
     if resume:  # every rank reads the run (before taking its own device): each refuses alike
         require_mamlkit_run(run_dir, "--resume")
         check_resume(run_dir, config, from_step, RESUME_OVERRIDES)
