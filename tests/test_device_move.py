@@ -238,3 +238,16 @@ def test_tasks_for_a_gpu_are_drawn_on_the_cpu_and_then_moved():
 
     assert len(list(task_batches(Tasks(), 5, 0, "cuda", chunk=3))) == 2
     assert seen == [(3, "cpu"), ("to", "cuda"), (2, "cpu"), ("to", "cuda")]
+
+
+def test_reliability_md_lists_every_key_a_resume_may_change():
+    """The list in docs/reliability.md is the code's (it had fallen behind by three keys)."""
+    import re
+
+    from mamlkit.rundir.resume import RESUME_MAY_ALSO_CHANGE, RESUME_OVERRIDES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    listed = re.search(r"`mamlkit\.rundir\.resume\.RESUME_OVERRIDES`:(.*?)\)", text, re.S)
+    assert listed is not None
+    keys = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", listed.group(1)))
+    assert keys == RESUME_OVERRIDES | RESUME_MAY_ALSO_CHANGE
